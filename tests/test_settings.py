@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pmcqa.settings import Settings
+from pmcqa.settings_doc import END, START, render_into, settings_table
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = README.read_text()
+    assert render_into(readme) == readme, "README settings table is stale: run python -m pmcqa.settings_doc"
+    for name in Settings.model_fields:
+        assert f"PMCQA_{name.upper()}" in readme
+
+
+def test_table_is_between_markers() -> None:
+    table = settings_table()
+    assert table.count("\n") == len(Settings.model_fields) + 1
+    assert START in README.read_text() and END in README.read_text()
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PMCQA_API_KEYS", "alpha, beta")
+    monkeypatch.setenv("NCBI_API_KEY", "k")
+    monkeypatch.delenv("PMCQA_NCBI_API_KEY", raising=False)
+    settings = Settings()
+    assert settings.data_dir == tmp_path
+    assert settings.api_keys == ["alpha", "beta"]
+    assert settings.ncbi_rate() == 10.0
+    assert settings.raw_dir == tmp_path / "raw"
+
+
+def test_rate_without_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NCBI_API_KEY", raising=False)
+    monkeypatch.delenv("PMCQA_NCBI_API_KEY", raising=False)
+    assert Settings().ncbi_rate() == 3.0
+
+
+def test_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "pmcqa.toml"
+    config.write_text('top_k = 5\nanswer_backend = "openai"\n')
+    monkeypatch.setenv("PMCQA_CONFIG_FILE", str(config))
+    settings = Settings()
+    assert settings.top_k == 5 and settings.answer_backend == "openai"
+    monkeypatch.setenv("PMCQA_TOP_K", "7")
+    assert Settings().top_k == 7  # the environment wins over the file
+
+
+def test_bad_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PMCQA_ANSWER_BACKEND", "gpt5")
+    with pytest.raises(ValueError, match="answer_backend"):
+        Settings()
