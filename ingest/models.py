@@ -51,7 +51,9 @@ class Paper(BaseModel):
     license: str | None = None
     article_type: str | None = None
     full_text: bool = Field(True, description="False when the body is missing or the publisher restricts it.")
-    restricted: bool = Field(False, description="The 'publisher does not allow downloading' comment is present.")
+    restricted: bool = Field(
+        False, description="The 'publisher does not allow downloading' comment is present."
+    )
     sections: list[Section] = Field(default_factory=list, description="Body section tree.")
     blocks: list[Block] = Field(default_factory=list)
     references: list[ReferenceInfo] = Field(default_factory=list)
