@@ -1,0 +1,79 @@
+"""bench/corpus_report.py (and `pmcqa report`): counts that agree with the parser, failures counted."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from app.commands import report
+
+pytest.importorskip("ingest.jats", reason="ingest.jats (the JATS parser) is not there yet")
+
+SAMPLES = [
+    "allofplos/allofplos/starter_corpus/journal.pbio.0030408.xml",  # one figure
+    "allofplos/allofplos/starter_corpus/journal.pone.0008519.xml",  # one table
+    "elife-tools/elife00270.xml",  # editorial, no floats
+]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return report.load_report_module()
+
+
+@pytest.fixture
+def corpus(shared_data: Path, tmp_path: Path) -> Path:
+    """Three small real files and one broken one, in a folder of their own."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for relative in SAMPLES:
+        source = shared_data / "jats" / relative
+        if not source.is_file():
+            pytest.skip(f"missing {source}")
+        shutil.copy(source, folder / source.name)
+    (folder / "broken.xml").write_text("<article><front>never closed")
+    (folder / "notes.txt").write_text("not a candidate: wrong suffix")
+    return folder
+
+
+def test_rows_agree_with_the_parser_and_count_failures(bench: ModuleType, corpus: Path) -> None:
+    from ingest.jats import parse_jats
+
+    files = bench.corpus_files(corpus)
+    assert [f.name for f in files] == sorted(["broken.xml", *(Path(s).name for s in SAMPLES)])
+    ours, theirs = bench.corpus_report(files)
+    assert (ours.tool, theirs.tool) == ("pmcqa", "pubmed_parser")
+    assert ours.files == theirs.files == 4
+    assert ours.failures == theirs.failures == 1  # broken.xml, for both tools
+
+    papers = [paper for f in files if f.name != "broken.xml" for paper in parse_jats(f.read_bytes())]
+    kinds = [block.kind for paper in papers for block in paper.blocks]
+    assert ours.paragraphs == kinds.count("paragraph") > 0
+    assert ours.tables == kinds.count("table") >= 1
+    assert ours.captions == kinds.count("caption") >= 1
+    assert ours.characters == sum(len(p.canonical_text) for p in papers)
+    standalone = sum(kinds.count(kind) for kind in ("title", "caption", "table"))
+    assert ours.sections > 0 and ours.chunks >= standalone > 0
+    assert theirs.paragraphs > 0 and theirs.characters > 0
+    assert theirs.sections is None and theirs.chunks is None  # columns pubmed_parser does not produce
+    assert ours.seconds > 0 and theirs.seconds > 0
+
+
+def test_pmcqa_report_command_prints_the_table(corpus: Path) -> None:
+    cli = typer.Typer()
+    cli.callback()(lambda: None)
+    report.register(cli)
+    result = CliRunner().invoke(cli, ["report", str(corpus)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "(4 files)" in result.stdout and "Error" not in result.stdout
+    assert any(line.split("│")[1].strip() == "pmcqa" for line in lines if line.count("│") > 5)
+    assert any(line.split("│")[1].strip() == "pubmed_parser" for line in lines if line.count("│") > 5)
+
+    missing = CliRunner().invoke(cli, ["report", str(corpus / "nope")])
+    assert missing.exit_code == 2 and "not a folder" in missing.stderr
