@@ -1,0 +1,342 @@
+"""The SQLite + FAISS store: round trips, replacement without re-embedding, model checks, readers, scale."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from index.store import EmbeddingModelMismatch, Store, StoreError
+
+FakeEmbedder = Any  # the conftest double (tests/ is not a package, so it comes through fixtures)
+
+OpenStore = Callable[..., Store]
+
+
+def test_round_trip(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake)
+    record, chunks = paper("PMC100", texts("PMC100", 5), pmid="12345", doi="10.1000/ABC.1")
+    store.put_paper(record, chunks)
+
+    assert store.get_paper("PMC100") == record
+    assert store.get_chunks("PMC100") == chunks
+    chunk_ids, matrix = store.get_vectors("PMC100")
+    assert chunk_ids == [c.chunk_id for c in chunks]
+    assert matrix.dtype == np.float32 and matrix.shape == (5, 16)
+    np.testing.assert_allclose(matrix[2], fake.vector(chunks[2].text), rtol=1e-6)
+    assert store.get_paper("PMC999") is None and store.get_chunks("PMC999") == []
+    assert store.get_vectors("PMC999")[1].shape == (0, 16)
+
+
+def test_listing_aliases_and_status(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake)
+    for n in range(3):
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 2), pmid=f"90{n}", doi=f"10.1/X{n}"))
+    assert store.count_papers() == 3
+    page = store.list_papers(offset=1, limit=10)
+    assert len(page) == 2 and all(p.text == "" and p.title.startswith("Synthetic") for p in page)
+    assert {p.paper_id for p in store.list_papers(0, 10)} == {"PMC0", "PMC1", "PMC2"}
+
+    for spelling in ("901", "pmid:901", "10.1/x1", "doi:10.1/X1", "https://doi.org/10.1/X1", "pmc1"):
+        assert store.resolve_alias(spelling) == "PMC1", spelling
+    assert store.resolve_alias("404") is None
+
+    status = store.get_status("PMC1")
+    assert status is not None and status.status == "ingested" and status.reason is None
+    store.set_status("PMC77", "queued")
+    store.set_status("PMC77", "failed", reason="efetch timed out")
+    failed = store.get_status("PMC77")
+    assert failed is not None and (failed.status, failed.reason) == ("failed", "efetch timed out")
+    assert failed.updated_at >= failed.created_at
+    assert store.get_status("PMC404") is None
+
+
+def test_reingest_replaces_chunks_and_embeds_only_changed_text(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake)
+    texts = texts("PMC1", 6)
+    store.put_paper(*paper("PMC1", texts))
+    assert len(fake.encoded) == 6
+
+    fake.encoded.clear()
+    store.put_paper(*paper("PMC1", texts))  # identical: nothing to embed
+    assert fake.encoded == []
+
+    changed = texts[:2] + ["a rewritten paragraph"] + texts[3:] + ["a new closing paragraph"]
+    record, chunks = paper("PMC1", changed)
+    store.put_paper(record, chunks)
+    assert sorted(fake.encoded) == ["a new closing paragraph", "a rewritten paragraph"]
+    assert store.get_chunks("PMC1") == chunks
+    chunk_ids, matrix = store.get_vectors("PMC1")
+    assert len(chunk_ids) == 7 and matrix.shape == (7, 16)
+    np.testing.assert_allclose(matrix[2], fake.vector("a rewritten paragraph"), rtol=1e-6)
+    assert store.integrity_check() == []
+
+
+def test_a_batch_is_embedded_in_one_call_without_duplicates(
+    open_store: OpenStore, fake: FakeEmbedder, paper: Callable[..., Any]
+) -> None:
+    store = open_store(fake)
+    shared = "A methods paragraph reused verbatim by two papers."
+    store.put_papers(
+        [(*paper("PMC1", ["first", shared]), None), (*paper("PMC2", [shared, "second", "third"]), None)]
+    )
+    assert fake.calls == 1 and sorted(fake.encoded) == sorted([shared, "first", "second", "third"])
+    np.testing.assert_array_equal(store.get_vectors("PMC1")[1][1], store.get_vectors("PMC2")[1][0])
+    assert store.count_chunks() == 5
+
+
+def test_delete_paper(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake, library_refresh_s=0)
+    store.put_paper(*paper("PMC1", texts("PMC1", 3), pmid="11"))
+    store.put_paper(*paper("PMC2", texts("PMC2", 3)))
+    assert store.delete_paper("PMC1") is True
+    assert store.delete_paper("PMC1") is False
+    assert store.get_paper("PMC1") is None and store.get_chunks("PMC1") == []
+    assert store.resolve_alias("11") is None and store.get_status("PMC1") is None
+    query = fake.vector(texts("PMC1", 3)[0])
+    assert all(chunk.paper_id == "PMC2" for chunk, _ in store.search_library(query, k=10))
+
+
+def test_invalid_input_is_refused_and_nothing_is_written(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake)
+    record, chunks = paper("PMC1", texts("PMC1", 3))
+    bad = [chunks[0], chunks[1].model_copy(update={"text": "not in the record"}), chunks[2]]
+    with pytest.raises(ValueError, match="not record.text"):
+        store.put_paper(record, bad)
+    with pytest.raises(ValueError, match="belongs to"):
+        store.put_paper(record, [c.model_copy(update={"paper_id": "PMC2"}) for c in chunks])
+    assert store.count_papers() == 0
+    with pytest.raises(StoreError, match="without an embedder"):
+        open_store().put_paper(record, chunks)
+
+
+def test_failure_inside_the_transaction_keeps_the_old_version(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake)
+    old_record, old_chunks = paper("PMC1", texts("PMC1", 4))
+    store.put_paper(old_record, old_chunks)
+
+    def explode(*_: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Store, "_write_aliases", staticmethod(explode))  # runs after chunks are inserted
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.put_paper(*paper("PMC1", texts("PMC1", 9)))
+    assert store.get_chunks("PMC1") == old_chunks and store.get_paper("PMC1") == old_record
+    assert store.integrity_check() == []
+
+
+def test_model_mismatch_names_both_models(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+    make_fake: Callable[..., Any],
+) -> None:
+    open_store(fake).put_paper(*paper("PMC1", texts("PMC1", 2)))
+    with pytest.raises(EmbeddingModelMismatch) as raised:
+        open_store(make_fake("other-model", dimension=32))
+    message = str(raised.value)
+    assert "'fake-model' (16-d)" in message and "'other-model' (32-d)" in message
+    assert "pmcqa reindex" in message
+    with pytest.raises(EmbeddingModelMismatch, match="document prefix"):
+        open_store(make_fake(document_prefix="passage: "))
+    reader = open_store()  # readers need no model
+    assert reader.embedding_info() is not None and reader.embedding_info().model_name == "fake-model"  # type: ignore[union-attr]
+    assert len(reader.get_chunks("PMC1")) == 2
+
+
+def test_reindex_reembeds_every_paper(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+    make_fake: Callable[..., Any],
+) -> None:
+    store = open_store(fake)
+    for n in range(3):
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 4)))
+    other = make_fake("other-model", dimension=8)
+    seen: list[tuple[int, int]] = []
+    assert open_store().reindex(other, progress=lambda done, total: seen.append((done, total))) == 3
+    assert seen[-1] == (3, 3) and len(other.encoded) == 12
+
+    reopened = open_store(other)  # no mismatch any more
+    _, matrix = reopened.get_vectors("PMC1")
+    np.testing.assert_allclose(matrix[0], other.vector(texts("PMC1", 4)[0]), rtol=1e-6)
+    hits = reopened.search_library(other.vector(texts("PMC2", 4)[3]), k=1)
+    assert hits[0][0].chunk_id == reopened.get_chunks("PMC2")[3].chunk_id
+    assert reopened.integrity_check() == []
+    with pytest.raises(EmbeddingModelMismatch):
+        open_store(fake)
+
+
+def test_reader_sees_writer_without_restart(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    reader = open_store()
+    writer = open_store(fake, library_refresh_s=3600)
+    assert reader.count_papers() == 0 and reader.search_library(np.ones(16, np.float32), k=3) == []
+
+    writer.put_paper(*paper("PMC1", texts("PMC1", 4)))  # first write builds the FAISS file
+    writer.put_paper(*paper("PMC2", texts("PMC2", 4)))  # this one only lives in SQLite so far
+    assert reader.count_papers() == 2 and len(reader.get_chunks("PMC2")) == 4
+    target = texts("PMC2", 4)[1]
+    assert writer.library_index_lag() == 1
+    top, _ = reader.search_library(fake.vector(target), k=1)[0]
+    assert top.text == target  # found through the exact "tail" search of chunks newer than the file
+
+    before = reader._faiss_stamp
+    assert writer.rebuild_library_index() == 8 and writer.library_index_lag() == 0
+    assert reader.search_library(fake.vector(target), k=1)[0][0].text == target
+    assert reader._faiss_stamp != before and reader._faiss_max_id > 0  # the reader reloaded the new file
+
+
+def test_library_search_filters_and_rebuilds(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake, library_refresh_s=3600, library_tail_max=10)
+    for n in range(4):
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 5)))
+    assert store.library_index_lag() <= 1  # the tail limit triggered a rebuild along the way
+
+    query = fake.vector(texts("PMC3", 5)[2])
+    hits = store.search_library(query, k=5)
+    assert hits[0][0].paper_id == "PMC3" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert [score for _, score in hits] == sorted((score for _, score in hits), reverse=True)
+    only = store.search_library(query, k=20, paper_ids=["PMC0", "PMC1"])
+    assert len(only) == 10 and {c.paper_id for c, _ in only} == {"PMC0", "PMC1"}
+
+    store.rebuild_library_index()
+    store.delete_paper("PMC3")  # the FAISS file still holds its vectors; SQLite says they are gone
+    assert all(c.paper_id != "PMC3" for c, _ in store.search_library(query, k=15))
+    assert len(store.search_library(query, k=15)) == 15
+
+    store.faiss_path.unlink()  # the file is disposable: rebuilt from SQLite
+    assert store.rebuild_library_index() == 15
+    assert len(store.search_library(query, k=3)) == 3
+
+
+def _vm_steps(store: Store, paper_id: str) -> int:
+    """SQLite virtual-machine instructions spent by get_vectors: a measure of work, free of timing noise."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn: sqlite3.Connection = store._conn()
+    conn.set_progress_handler(count, 1)
+    try:
+        store.get_vectors(paper_id)
+    finally:
+        conn.set_progress_handler(None, 1)
+    return steps
+
+
+def test_per_paper_reads_do_not_scan_the_library(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake, library_refresh_s=3600, library_tail_max=10**9)
+    store.put_paper(*paper("PMC1", texts("PMC1", 20)))
+    small = _vm_steps(store, "PMC1")
+
+    # Grow the library 500-fold with bulk inserts of precomputed vectors.
+    rng = np.random.default_rng(0)
+    batch = []
+    for n in range(500):
+        record, chunks = paper(f"PMCX{n}", texts(f"PMCX{n}", 20))
+        batch.append((record, chunks, rng.standard_normal((20, 16)).astype(np.float32)))
+    store.put_papers(batch)
+    assert store.count_chunks() == 10_020
+    large = _vm_steps(store, "PMC1")
+    assert large <= small * 1.2, (small, large)
+    plan = " ".join(
+        row[3]
+        for row in store._conn().execute(
+            "EXPLAIN QUERY PLAN SELECT chunk_id, vector FROM chunks WHERE paper_id = ? ORDER BY ordinal",
+            ("x",),
+        )
+    )
+    assert "USING INDEX" in plan and "SCAN" not in plan
+
+
+def test_threads_share_a_store(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake)
+
+    def work(n: int) -> int:
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 3)))
+        return len(store.get_vectors(f"PMC{n}")[0]) + store.count_papers() * 0
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(work, range(24))) == [3] * 24
+    assert store.count_papers() == 24 and store.integrity_check() == []
+
+
+def test_library_search_looks_past_many_deleted_hits(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store(fake, library_refresh_s=3600)
+    rng = np.random.default_rng(7)
+    query = fake.vector("query")
+    near = query + 0.05 * rng.standard_normal((40, 16)).astype(np.float32)
+    store.put_papers(
+        [(*paper("PMC1", texts("PMC1", 40)), near / np.linalg.norm(near, axis=1, keepdims=True))]
+    )
+    store.put_paper(*paper("PMC2", texts("PMC2", 10)))
+    store.rebuild_library_index()
+    store.delete_paper("PMC1")  # its 40 vectors, the best matches, stay in the FAISS file
+    hits = store.search_library(query, k=3)
+    assert len(hits) == 3 and {chunk.paper_id for chunk, _ in hits} == {"PMC2"}
