@@ -1,0 +1,122 @@
+"""End-to-end ingest through the fake E-utilities server into a real Store (small hashing encoder)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes.eutils_server import FakeEutils
+
+from index.store import Store
+from ingest.pipeline import Ingestor
+from pmcqa.settings import Settings
+
+
+class HashEncoder:
+    """A deterministic stand-in for the sentence-transformers model (the store and pipeline are real)."""
+
+    model_name = "test-hash-encoder"
+    dimension = 16
+    document_prefix = ""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], dtype=np.uint8) for t in texts]
+        vectors = np.array(rows, dtype=np.float32).reshape(len(texts), 16) + 1.0
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def ingestor(eutils_settings: Settings) -> Ingestor:
+    return Ingestor(eutils_settings, store=Store(eutils_settings, HashEncoder()))
+
+
+def test_mixed_batch_gives_one_outcome_per_id(ingestor: Ingestor, fake_eutils: FakeEutils) -> None:
+    ids = ["PMC8435807", "pmid:41675504", "PMC2647976", "424242", "pmid:1", "bad!", "PMC8435807"]
+    seen = []
+    outcomes = ingestor.ingest_ids(ids, progress=seen.append)
+    assert [o.requested for o in outcomes] == ids
+    assert [o.status for o in outcomes] == [
+        "ingested",
+        "ingested",
+        "no-full-text",
+        "not-found",
+        "not-found",
+        "invalid",
+        "ingested",
+    ]
+    assert outcomes[1].paper_id == "PMC12806063" and outcomes[1].chunks > 0
+    assert "if you meant PMID 424242, pass pmid:424242" in (outcomes[3].reason or "")
+    assert len(seen) == 6  # one progress call per distinct requested id
+    assert len(fake_eutils.requests_to("efetch")) == 1
+    store = ingestor.store
+    assert store.get_paper("PMC8435807").status == "ingested"
+    assert store.get_paper("PMC2647976").status == "no-full-text"
+    assert len(store.get_chunks("PMC12806063")) == outcomes[1].chunks
+
+
+def test_reingest_reads_the_raw_cache_unless_refresh(ingestor: Ingestor, fake_eutils: FakeEutils) -> None:
+    ingestor.ingest_ids(["PMC8435807"])
+    again = ingestor.ingest_ids(["PMC8435807"])
+    assert again[0].status == "ingested" and again[0].source == "cache"
+    assert len(fake_eutils.requests_to("efetch")) == 1
+    ingestor.ingest_ids(["PMC8435807"], refresh=True)
+    assert len(fake_eutils.requests_to("efetch")) == 2
+
+
+def test_local_files_dirs_and_packages(ingestor: Ingestor, shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "eutils/efetch-pmc/efetch_pmc_PMC8435807_correction__from_biopython.xml"
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    package = tmp_path / "pkg.tar.gz"
+    with tarfile.open(package, "w:gz") as tar:
+        tar.add(src, arcname="pkg/article.nxml")
+        for name, data in [("pkg/figure.jpg", b"\xff\xd8"), ("../evil.nxml", b"<article/>")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    junk = tmp_path / "junk.xml"
+    junk.write_bytes(b"<html/>")
+    outcomes = ingestor.ingest_files([package, plos, junk, tmp_path / "missing.xml"])
+    by = {o.requested.split("::")[-1]: o for o in outcomes}
+    assert by["pkg/article.nxml"].status == "ingested" and by["pkg/article.nxml"].paper_id == "PMC8435807"
+    assert by["pkg/figure.jpg"].skipped and by["pkg/figure.jpg"].ok
+    assert by["../evil.nxml"].status == "invalid" and not by["../evil.nxml"].skipped
+    assert by[str(plos)].paper_id == "10.1371/journal.pbio.0020188"  # no PMCID: its DOI
+    assert by[str(junk)].status == "invalid"
+    assert by[str(tmp_path / "missing.xml")].status == "failed"
+    override = ingestor.ingest_files([plos], id_override="PMC9999999")
+    assert override[0].paper_id == "PMC9999999" and ingestor.store.get_paper("PMC9999999") is not None
+
+
+def test_cli_ingest_json_and_exit_codes(
+    eutils_settings: Settings, fake_eutils: FakeEutils, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    import app.commands.ingest as command
+    from app.cli import cli
+
+    monkeypatch.setattr("pmcqa.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr(
+        command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
+    )
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("PMC2647976  # restricted\n\n# comment line\n")
+    ok = CliRunner().invoke(cli, ["ingest", "PMC8435807", "--ids-file", str(ids_file), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert [o["status"] for o in json.loads(ok.stdout)] == ["ingested", "no-full-text"]
+    bad = CliRunner().invoke(cli, ["ingest", "PMC8435807", "424242"])
+    assert bad.exit_code == 1 and "not-found" in bad.stdout
+    assert CliRunner().invoke(cli, ["ingest"]).exit_code == 2
+
+
+def _run_with_hash_store(settings: Settings, ids, xml_paths, id_override, refresh, show_progress=False):  # type: ignore[no-untyped-def]
+    from app.commands.ingest import _run
+
+    ingestor = Ingestor(settings, store=Store(settings, HashEncoder()))
+    return _run(ingestor, ids, xml_paths, id_override, refresh, None)
