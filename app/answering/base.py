@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from index.models import Passage, PaperRecord
+from index.models import PaperRecord, Passage
 
 ABSTAIN_ANSWER = "The paper does not appear to answer this."
 
@@ -32,6 +32,7 @@ class Draft(BaseModel):
     cited: list[CitedSpan] = Field(default_factory=list)
     abstained: bool = False
     model: str = ""
+    truncated: bool = Field(False, description="Generation stopped before the answer was complete.")
 
 
 class Citation(BaseModel):

@@ -1,0 +1,151 @@
+"""A local OpenAI-compatible server (the shape vLLM / llama.cpp / Ollama serve) for end-to-end backend tests.
+
+Serves `GET /v1/models` and `POST /v1/chat/completions` (JSON, or SSE when `stream: true`) on 127.0.0.1 in a
+background thread. Replies are scripted (`ScriptedReply`), and every request body is recorded so tests can
+assert what the real `openai` client sent over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class ScriptedReply:
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning"  # vLLM now: "reasoning"; older vLLM / llama.cpp: "reasoning_content"
+    finish_reason: str = "stop"
+    delay_s: float = 0.0
+    status: int = 200
+    chunk_size: int = 7  # characters per streamed delta
+
+
+@dataclass
+class FakeOpenAIServer:
+    models: list[str] = field(default_factory=lambda: ["bio-gpt-oss-20b"])
+    replies: deque[ScriptedReply] = field(default_factory=deque)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def script(self, *replies: ScriptedReply) -> None:
+        self.replies.extend(replies)
+
+    def start(self) -> FakeOpenAIServer:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/v1/models":
+                self._json(404, {"error": {"message": "not found"}})
+                return
+            data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in fake.models]
+            self._json(200, {"object": "list", "data": data})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            fake.requests.append(
+                {
+                    "path": self.path,
+                    "headers": {key.lower(): value for key, value in self.headers.items()},
+                    "body": body,
+                }
+            )
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                self._json(404, {"error": {"message": "not found"}})
+                return
+            reply = fake.replies.popleft() if fake.replies else ScriptedReply(content="(no scripted reply)")
+            time.sleep(reply.delay_s)
+            if reply.status != 200:
+                self._json(reply.status, {"error": {"message": "scripted failure", "type": "server_error"}})
+            elif body.get("stream"):
+                self._stream(body, reply)
+            else:
+                self._json(200, _completion(body, reply))
+
+        def _json(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _stream(self, body: dict[str, Any], reply: ScriptedReply) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for chunk in _chunks(body, reply):
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+
+    return Handler
+
+
+def _completion(body: dict[str, Any], reply: ScriptedReply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.reasoning is not None:
+        message[reply.reasoning_field] = reply.reasoning
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def _chunks(body: dict[str, Any], reply: ScriptedReply) -> list[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": body.get("model", ""),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    size = reply.chunk_size
+    out = [chunk({"role": "assistant", "content": ""})]
+    for text, key in ((reply.reasoning, reply.reasoning_field), (reply.content, "content")):
+        out += [chunk({key: text[i : i + size]}) for i in range(0, len(text or ""), size)]
+    out.append(chunk({}, reply.finish_reason))
+    return out
