@@ -1,0 +1,147 @@
+"""One real library per test session: the real embedder, store and retriever over really ingested JATS papers.
+
+Papers come from ../shared/data/jats (PLOS articles without PMCIDs of their own, stored under the ids below)
+through the real pipeline: `ingest.jats.parse_jats` → `ingest.chunking.chunk_paper` → `Store.put_paper`
+Loading the embedding model dominates the cost, so it happens once.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from index.models import PaperRecord
+from pmcqa.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def shared_path(relative: str) -> Path:
+    import os
+
+    root = Path(os.environ["PMCQA_SHARED_DIR"]) / "data" if "PMCQA_SHARED_DIR" in os.environ else SHARED_DATA
+    path = root / relative
+    if not path.exists():
+        pytest.skip(f"shared test data not found: {path} (expected ../shared/data beside the checkout)")
+    return path
+
+
+# (stored id, PMID alias, file under shared/data/jats)
+PAPERS = {
+    "ioannidis": ("PMC1182327", "16060722", "allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"),
+    "xmrv": ("PMC2795199", "20066031", "allofplos/allofplos/starter_corpus/journal.pone.0008519.xml"),
+}
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "eutils_url": "http://127.0.0.1:9/entrez/eutils/",
+        "idconv_url": "http://127.0.0.1:9/idconv/",
+        "ncbi_email": "tests@example.org",
+        "ncbi_max_tries": 1,
+        "ncbi_timeout_s": 0.5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def library_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("library")
+
+
+@pytest.fixture(scope="session")
+def embedder(library_dir: Path):
+    from index.embedding import Embedder
+
+    return Embedder(make_settings(library_dir))
+
+
+@pytest.fixture(scope="session")
+def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
+    """Parse, chunk and store the test papers once; returns their records by short name."""
+    from index.store import Store
+    from ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from ingest.jats import parse_jats
+
+    settings = make_settings(library_dir)
+    counter = load_token_counter(settings)
+    params = chunking_params(settings)
+    records: dict[str, PaperRecord] = {}
+    with Store(settings, embedder) as store:
+        for name, (paper_id, pmid, relative) in PAPERS.items():
+            path = shared_path(f"jats/{relative}")
+            (paper,) = parse_jats(path.read_bytes())
+            paper = paper.model_copy(update={"pmid": pmid})
+            record = to_record(paper, paper_id, params, source=str(path))
+            chunks = chunk_paper(paper, paper_id, counter, params)
+            store.put_paper(record, chunks)
+            records[name] = record
+    return records
+
+
+@pytest.fixture(scope="session")
+def make_library(library_dir: Path, embedder, ingested):
+    """Build a `Library` over the shared index with settings overrides; components are the real ones."""
+    from app.service import Library
+    from index.retrieval import Retriever
+    from index.store import Store
+
+    def build(**overrides: object) -> Library:
+        settings = make_settings(library_dir, **overrides)
+        store = Store(settings, embedder)
+        library = Library(settings, store, embedder, Retriever(store, embedder, settings), None)
+        library.load_backend(settings.answer_backend)
+        return library
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def library(make_library):
+    return make_library()
+
+
+@pytest.fixture(scope="session")
+def client(library):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    app = create_app(library.settings, library_factory=lambda _settings: library)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_server(library) -> Iterator[str]:
+    """The app served by uvicorn on a free 127.0.0.1 port, in a background thread: a real socket."""
+    import uvicorn
+
+    from app.main import create_app
+
+    app = create_app(library.settings, library_factory=lambda _settings: library)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -1,0 +1,43 @@
+"""`pmcqa ask` (in-process, no server) and `pmcqa serve` (prints where the API is, then runs uvicorn)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from app.cli import cli
+
+runner = CliRunner()
+
+
+def test_ask_command_answers_in_process(library_dir, ingested, monkeypatch):
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(library_dir))
+    question = "What is the probability that a research claim is true?"
+    result = runner.invoke(cli, ["ask", "pmid:16060722", question, "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["paper_id"] == "PMC1182327" and answer["citations"] and not answer["abstained"]
+    text = ingested["ioannidis"].text
+    assert all(text[c["start"] : c["end"]] == c["quote"] for c in answer["citations"])
+
+    plain = runner.invoke(cli, ["ask", "PMC1182327", question, "--backend", "extractive"])
+    assert plain.exit_code == 0 and "[1]" in plain.stdout and "1) Searched" in plain.stdout
+
+    missing = runner.invoke(cli, ["ask", "PMC424242", question])
+    assert missing.exit_code == 3 and "pmcqa ingest PMC424242" in missing.output
+    malformed = runner.invoke(cli, ["ask", "PMC-nope", question])
+    assert malformed.exit_code == 2 and "not a paper id" in malformed.output
+
+
+def test_serve_prints_where_the_api_is(monkeypatch, tmp_path):
+    import uvicorn
+
+    calls = {}
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(kwargs, app=app))
+    result = runner.invoke(cli, ["serve", "--port", "8765"])
+    assert result.exit_code == 0, result.output
+    assert "http://127.0.0.1:8765" in result.stdout and "pmcqa ingest PMC" in result.stdout
+    assert calls["port"] == 8765 and calls["host"] == "127.0.0.1"
+    assert {"/ask", "/healthz", "/metrics"} <= set(calls["app"].openapi()["paths"])

@@ -1,0 +1,69 @@
+"""Backends by name: lazy imports, shared components passed only where accepted, background loading."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from app.answering.extractive import ExtractiveBackend
+from app.answering.registry import BACKENDS, UnknownBackend, backend_class, create_backend
+from app.service import BackendNotReady, Library
+from pmcqa.settings import Settings
+
+
+class LoadsLater:
+    """A backend whose weights load in `load()` (like the transformers backend created with load=False)."""
+
+    name = "loads-later"
+    model = "m"
+
+    def __init__(self, settings: Settings, *, load: bool = True) -> None:
+        self.ready = False
+        self.release = threading.Event()
+        if load:
+            self.load()
+
+    def load(self) -> None:
+        self.release.wait(10)
+        self.ready = True
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+
+def test_names_map_to_classes_and_unknown_names_fail_clearly(tmp_path):
+    assert set(BACKENDS) == {"extractive", "transformers", "openai"}
+    assert backend_class("extractive") is ExtractiveBackend
+    with pytest.raises(UnknownBackend, match="choose one of extractive, transformers, openai"):
+        backend_class("gpt9")
+    # Shared components go only to constructors that take them.
+    backend = create_backend("extractive", Settings(data_dir=tmp_path), embedder="E", load=False)
+    assert backend._embedder == "E"
+
+
+def test_choosing_extractive_imports_no_generation_stack():
+    code = (
+        "import sys; from app.answering.registry import create_backend; from pmcqa.settings import Settings;"
+        "create_backend('extractive', Settings(), embedder=object());"
+        "print(any(m in sys.modules for m in ('openai', 'app.answering.transformers_backend')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_slow_backend_loads_in_the_background(monkeypatch, tmp_path):
+    monkeypatch.setitem(BACKENDS, "later", f"{__name__}:LoadsLater")
+    library = Library(Settings(data_dir=tmp_path), store=None, embedder=None, retriever=None)
+    backend = library.load_backend("later")
+    assert isinstance(backend, LoadsLater) and not backend.is_ready()
+    with pytest.raises(BackendNotReady, match="still loading"):
+        library.backend("later")
+    backend.release.set()
+    deadline = time.monotonic() + 10
+    while not backend.is_ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert library.backend("later") is backend
