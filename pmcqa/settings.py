@@ -12,7 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -80,7 +79,9 @@ class Settings(BaseSettings):
     )
     embedding_document_prefix: str = Field("", description="Text prepended to passages before embedding.")
     embedding_batch_size: int = Field(64, ge=1, description="Texts per encode batch.")
-    embedding_device: str | None = Field(None, description="torch device; default CUDA when present, else CPU.")
+    embedding_device: str | None = Field(
+        None, description="torch device; default CUDA when present, else CPU."
+    )
     top_k: int = Field(8, ge=1, le=100, description="Passages retrieved per question.")
     context_tokens: int = Field(
         1024, ge=64, description="Token budget of passage text handed to the answerer (neighbours included)."
@@ -115,6 +116,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis URL for the networked job queue; unset = embedded SQLite queue."
     )
+    queue_name: str = Field(
+        "pmcqa", description="Name of the huey queue (its Redis key prefix); workers of one queue share jobs."
+    )
+    job_batch_size: int = Field(25, ge=1, le=200, description="Ids per worker task of an ingest job.")
+    job_lease_s: float = Field(
+        60.0, gt=0, description="A worker's lease on a batch; a batch whose lease lapses is re-run."
+    )
+    job_max_ids: int = Field(1000, ge=1, description="Most ids one POST /ingest job accepts.")
+    max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest JATS body POST /papers accepts.")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -1,0 +1,409 @@
+"""Ingest jobs and their per-id progress, persisted in SQLite under `data_dir` (survives restarts).
+
+A job is a list of ids cut into batches; each batch is one queue task. The queue only carries
+``(job_id, batch)``: the truth lives here, so a task is idempotent and may be delivered more than once.
+
+- ``claim`` takes a time-limited lease on a batch and returns its still-pending ids (finished ones are
+  skipped); a worker renews the lease (``heartbeat``) while it runs.
+- ``record`` stores an id's outcome at most once (only a pending id is updated).
+- ``reclaim_stale`` finds batches whose worker vanished (lease lapsed; or enqueued long ago and never
+  started) so a worker can enqueue them again. That is what makes a SIGKILLed worker harmless: huey deletes a
+  task from the queue before running it, so a killed worker loses the task, but not the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "done", "failed"]
+ItemStatus = Literal["pending", "ingested", "no-full-text", "not-found", "failed", "invalid"]
+FINAL_STATUSES: tuple[str, ...] = ("ingested", "no-full-text", "not-found", "failed", "invalid")
+
+# A batch that crashes its worker this many times is given up (its pending ids fail) instead of looping.
+MAX_ATTEMPTS = 5
+
+_SCHEMA = """
+create table if not exists jobs (
+    id text primary key,
+    created real not null,
+    updated real not null,
+    state text not null,
+    refresh integer not null default 0,
+    total integer not null,
+    error text
+);
+create table if not exists job_items (
+    job_id text not null references jobs(id) on delete cascade,
+    position integer not null,
+    requested text not null,
+    batch integer not null,
+    status text not null default 'pending',
+    paper_id text,
+    reason text,
+    title text,
+    chunks integer,
+    finished real,
+    primary key (job_id, position)
+);
+create index if not exists job_items_batch on job_items(job_id, batch, status);
+create table if not exists job_batches (
+    job_id text not null references jobs(id) on delete cascade,
+    batch integer not null,
+    done integer not null default 0,
+    enqueued real,
+    owner text,
+    lease_until real,
+    attempts integer not null default 0,
+    last_error text,
+    primary key (job_id, batch)
+);
+create index if not exists job_batches_open on job_batches(done, lease_until);
+create table if not exists workers (
+    name text primary key,
+    queue text not null,
+    last_seen real not null
+);
+create index if not exists jobs_created on jobs(created);
+"""
+
+
+class JobItem(BaseModel):
+    id: str = Field(description="The id as requested.")
+    status: ItemStatus = "pending"
+    paper_id: str | None = None
+    reason: str | None = None
+    title: str | None = None
+    chunks: int | None = None
+
+
+class Job(BaseModel):
+    job_id: str
+    created: float
+    updated: float
+    state: JobState
+    refresh: bool = False
+    total: int
+    counts: dict[str, int] = Field(default_factory=dict, description="Ids per status (pending included).")
+    error: str | None = None
+    items: list[JobItem] | None = Field(None, description="Per-id outcomes, in request order.")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+
+class Claim(BaseModel):
+    """What a worker may do with a batch it leased."""
+
+    job_id: str
+    batch: int
+    ids: list[str]
+    refresh: bool
+    attempt: int
+
+
+def split_batches(ids: list[str], size: int) -> list[list[str]]:
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
+
+
+class JobStore:
+    """Thread- and process-safe: one short-lived connection per operation, WAL, immediate transactions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("pragma journal_mode=wal")  # persistent: readers never block the writer
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
+    @classmethod
+    def for_settings(cls, settings: object) -> JobStore:
+        return cls(Path(settings.data_dir) / "jobs.sqlite3")  # type: ignore[attr-defined]
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None + explicit BEGIN IMMEDIATE: the write lock is taken up front, so two workers
+        # claiming the same batch serialize instead of failing with "database is locked" mid-transaction.
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("pragma foreign_keys=on")
+            conn.execute("begin immediate")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+        finally:
+            conn.close()
+
+    # --- creating and reading ----------------------------------------------------------------------------
+    def create(self, ids: Iterable[str], refresh: bool = False, batch_size: int = 25) -> Job:
+        unique = list(dict.fromkeys(ids))  # a repeated id is ingested once
+        if not unique:
+            raise ValueError("a job needs at least one id")
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        batches = split_batches(unique, batch_size)
+        with self._tx() as conn:
+            conn.execute(
+                "insert into jobs (id, created, updated, state, refresh, total) "
+                "values (?, ?, ?, 'queued', ?, ?)",
+                (job_id, now, now, int(refresh), len(unique)),
+            )
+            position = 0
+            for number, batch in enumerate(batches):
+                conn.execute(
+                    "insert into job_batches (job_id, batch, enqueued) values (?, ?, ?)",
+                    (job_id, number, now),
+                )
+                for requested in batch:
+                    conn.execute(
+                        "insert into job_items (job_id, position, requested, batch) values (?, ?, ?, ?)",
+                        (job_id, position, requested, number),
+                    )
+                    position += 1
+        job = self.get(job_id, items=False)
+        assert job is not None
+        return job
+
+    def batches(self, job_id: str) -> list[int]:
+        with self._tx() as conn:
+            rows = conn.execute("select batch from job_batches where job_id = ? order by batch", (job_id,))
+            return [row[0] for row in rows]
+
+    def get(self, job_id: str, items: bool = True) -> Job | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "select id, created, updated, state, refresh, total, error from jobs where id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            counts = dict(
+                conn.execute(
+                    "select status, count(*) from job_items where job_id = ? group by status", (job_id,)
+                ).fetchall()
+            )
+            job_items = None
+            if items:
+                job_items = [
+                    JobItem(id=r[0], status=r[1], paper_id=r[2], reason=r[3], title=r[4], chunks=r[5])
+                    for r in conn.execute(
+                        "select requested, status, paper_id, reason, title, chunks from job_items "
+                        "where job_id = ? order by position",
+                        (job_id,),
+                    )
+                ]
+        return Job(
+            job_id=row[0],
+            created=row[1],
+            updated=row[2],
+            state=row[3],
+            refresh=bool(row[4]),
+            total=row[5],
+            error=row[6],
+            counts=counts,
+            items=job_items,
+        )
+
+    def list(self, limit: int = 20) -> list[Job]:
+        with self._tx() as conn:
+            ids = [r[0] for r in conn.execute("select id from jobs order by created desc limit ?", (limit,))]
+        return [job for job in (self.get(job_id, items=False) for job_id in ids) if job is not None]
+
+    # --- the worker's side -------------------------------------------------------------------------------
+    def claim(self, job_id: str, batch: int, owner: str, lease_s: float) -> Claim | None:
+        """Lease a batch; None when it is finished, unknown, or leased by a live worker."""
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "select done, owner, lease_until, attempts, last_error from job_batches "
+                "where job_id = ? and batch = ?",
+                (job_id, batch),
+            ).fetchone()
+            if row is None or row[0]:
+                return None
+            _, holder, lease_until, attempts, last_error = row
+            if lease_until is not None and lease_until > now and holder != owner:
+                return None  # another worker holds it (a duplicate delivery): leave it alone
+            attempts += 1
+            if attempts > MAX_ATTEMPTS:
+                self._give_up(conn, job_id, batch, f"gave up after {MAX_ATTEMPTS} attempts: {last_error}")
+                return None
+            conn.execute(
+                "update job_batches set owner = ?, lease_until = ?, attempts = ? "
+                "where job_id = ? and batch = ?",
+                (owner, now + lease_s, attempts, job_id, batch),
+            )
+            conn.execute(
+                "update jobs set state = 'running', updated = ? where id = ? and state = 'queued'",
+                (now, job_id),
+            )
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "select requested from job_items where job_id = ? and batch = ? and status = 'pending' "
+                    "order by position",
+                    (job_id, batch),
+                )
+            ]
+            refresh = bool(conn.execute("select refresh from jobs where id = ?", (job_id,)).fetchone()[0])
+        return Claim(job_id=job_id, batch=batch, ids=ids, refresh=refresh, attempt=attempts)
+
+    def heartbeat(self, job_id: str, batch: int, owner: str, lease_s: float) -> bool:
+        """Extend a lease; False if it was lost (then another worker may have taken the batch over)."""
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "update job_batches set lease_until = ? "
+                "where job_id = ? and batch = ? and owner = ? and done = 0",
+                (time.time() + lease_s, job_id, batch, owner),
+            )
+            return cursor.rowcount == 1
+
+    def record(
+        self,
+        job_id: str,
+        requested: str,
+        status: str,
+        paper_id: str | None = None,
+        reason: str | None = None,
+        title: str | None = None,
+        chunks: int | None = None,
+    ) -> bool:
+        """Store one id's outcome; only a pending id changes, so a re-delivered batch cannot overwrite it."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"not a final status: {status}")
+        now = time.time()
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "update job_items set status = ?, paper_id = ?, reason = ?, title = ?, chunks = ?, "
+                "finished = ? "
+                "where job_id = ? and requested = ? and status = 'pending'",
+                (status, paper_id, reason, title, chunks, now, job_id, requested),
+            )
+            conn.execute("update jobs set updated = ? where id = ?", (now, job_id))
+            return cursor.rowcount == 1
+
+    def finish(self, job_id: str, batch: int, owner: str) -> None:
+        """Close a batch if none of its ids is pending, and the job if all its batches are closed."""
+        now = time.time()
+        with self._tx() as conn:
+            pending = conn.execute(
+                "select count(*) from job_items where job_id = ? and batch = ? and status = 'pending'",
+                (job_id, batch),
+            ).fetchone()[0]
+            if pending:
+                # Something was left undone (should not happen): expire the lease so it is re-run.
+                conn.execute(
+                    "update job_batches set lease_until = 0, last_error = ? where job_id = ? and batch = ? "
+                    "and owner = ?",
+                    (f"{pending} ids left pending", job_id, batch, owner),
+                )
+                return
+            conn.execute(
+                "update job_batches set done = 1, lease_until = null where job_id = ? and batch = ?",
+                (job_id, batch),
+            )
+            self._close_job_if_finished(conn, job_id, now)
+
+    def release(self, job_id: str, batch: int, owner: str, error: str) -> None:
+        """A batch failed as a whole (e.g. the network is down): expire the lease so it is retried soon."""
+        with self._tx() as conn:
+            conn.execute(
+                "update job_batches set lease_until = 0, last_error = ? where job_id = ? and batch = ? "
+                "and owner = ?",
+                (error[:2000], job_id, batch, owner),
+            )
+
+    def reclaim_stale(self, requeue_after_s: float) -> list[tuple[str, int]]:
+        """Batches to enqueue again: lease lapsed, or queued longer than `requeue_after_s` and never started.
+
+        The update marks them re-enqueued in the same transaction, so two workers scanning at once do not
+        both enqueue the same batch (and a duplicate would be harmless anyway: `claim` filters it).
+        """
+        now = time.time()
+        with self._tx() as conn:
+            rows = conn.execute(
+                "update job_batches set owner = null, lease_until = null, enqueued = ? "
+                "where done = 0 and ((lease_until is not null and lease_until < ?) "
+                "or (lease_until is null and (enqueued is null or enqueued < ?))) "
+                "returning job_id, batch",
+                (now, now, now - requeue_after_s),
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def open_batches(self) -> list[tuple[str, int]]:
+        with self._tx() as conn:
+            rows = conn.execute("select job_id, batch from job_batches where done = 0 order by job_id, batch")
+            return [(row[0], row[1]) for row in rows]
+
+    # --- worker liveness (so the CLI can say "no worker is running") --------------------------------------
+    def worker_seen(self, name: str, queue: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "insert into workers (name, queue, last_seen) values (?, ?, ?) "
+                "on conflict(name) do update set queue = excluded.queue, last_seen = excluded.last_seen",
+                (name, queue, time.time()),
+            )
+
+    def worker_gone(self, name: str) -> None:
+        with self._tx() as conn:
+            conn.execute("delete from workers where name = ?", (name,))
+
+    def live_workers(self, queue: str, within_s: float) -> list[str]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "select name from workers where queue = ? and last_seen > ? order by name",
+                (queue, time.time() - within_s),
+            )
+            return [row[0] for row in rows]
+
+    # --- internals ---------------------------------------------------------------------------------------
+    def _give_up(self, conn: sqlite3.Connection, job_id: str, batch: int, reason: str) -> None:
+        now = time.time()
+        conn.execute(
+            "update job_items set status = 'failed', reason = ?, finished = ? "
+            "where job_id = ? and batch = ? and status = 'pending'",
+            (reason, now, job_id, batch),
+        )
+        conn.execute(
+            "update job_batches set done = 1, lease_until = null, last_error = ? "
+            "where job_id = ? and batch = ?",
+            (reason, job_id, batch),
+        )
+        conn.execute("update jobs set error = ? where id = ?", (reason, job_id))
+        self._close_job_if_finished(conn, job_id, now)
+
+    @staticmethod
+    def _close_job_if_finished(conn: sqlite3.Connection, job_id: str, now: float) -> None:
+        open_batches = conn.execute(
+            "select count(*) from job_batches where job_id = ? and done = 0", (job_id,)
+        ).fetchone()[0]
+        if open_batches:
+            return
+        # "failed" = the job itself broke (a batch was given up); per-id failures still make a "done" job.
+        error = conn.execute("select error from jobs where id = ?", (job_id,)).fetchone()[0]
+        state = "failed" if error else "done"
+        conn.execute("update jobs set state = ?, updated = ? where id = ?", (state, now, job_id))
+
+
+def job_summary(job: Job) -> str:
+    """One line for logs and the CLI."""
+    counts = ", ".join(f"{status}={count}" for status, count in sorted(job.counts.items()))
+    return f"job {job.job_id} {job.state}: {counts}"
+
+
+def job_json(job: Job) -> str:
+    return json.dumps(job.model_dump(mode="json"), indent=2)

@@ -1,0 +1,112 @@
+"""An NCBI rate limit shared by every worker process (and machine) through Redis.
+
+NCBI's limit (3 requests/s without an API key, 10/s with one) holds per key/IP, not per process, so workers
+that each kept their own limiter would multiply it. `RedisRateLimiter` keeps a sliding-window log in one
+Redis sorted set and decides admission in a Lua script, atomically, on Redis's own clock (so workers on
+machines with skewed clocks still agree). It meets `ingest.entrez`'s `RateLimiter` protocol: `acquire()`
+blocks until a request may be sent.
+
+Embedded mode (SQLite queue, one machine) needs no cross-process limiter as long as one worker process runs:
+its threads share one in-process limiter. Running several embedded worker processes against NCBI would
+exceed the limit; use Redis mode for that.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from typing import Any
+
+# KEYS[1] = the window's sorted set; ARGV = limit, window (µs), member.
+# Returns 0 when admitted, else the µs to wait until the oldest entry leaves the window.
+_ACQUIRE = """
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) < limit then
+  redis.call('ZADD', key, now, ARGV[3])
+  redis.call('PEXPIRE', key, math.ceil(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
+# Requests are timed where they leave us, but NCBI counts where they arrive: a request that lingers in
+# transit and the next one sent on time can land closer together than the window. A small widening of the
+# window absorbs that jitter.
+DEFAULT_SLACK_S = 0.1
+
+
+def window_for(rate: float, slack_s: float = DEFAULT_SLACK_S) -> tuple[int, float]:
+    """(requests, seconds) per window for `rate`/s: 3/s → 3 per 1.1 s; 0.5/s → 1 per 2.1 s."""
+    if rate <= 0:
+        raise ValueError("rate must be positive")
+    limit = max(1, math.floor(rate))
+    return limit, limit / rate + slack_s
+
+
+class RedisRateLimiter:
+    """At most `rate` acquisitions per second across every process sharing `key` on one Redis."""
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        rate: float,
+        slack_s: float = DEFAULT_SLACK_S,
+        max_wait_s: float | None = None,
+    ) -> None:
+        self.client = client
+        self.key = key
+        self.rate = rate
+        self.limit, self.window_s = window_for(rate, slack_s)
+        self.max_wait_s = max_wait_s
+        self._script = client.register_script(_ACQUIRE)
+
+    @classmethod
+    def from_url(cls, url: str, key: str, rate: float, **kwargs: Any) -> RedisRateLimiter:
+        import redis
+
+        return cls(redis.Redis.from_url(url), key, rate, **kwargs)
+
+    def try_acquire(self) -> float:
+        """0.0 when a slot was taken, else seconds to wait before trying again."""
+        member = uuid.uuid4().hex  # unique, so two admissions in the same µs do not collapse into one
+        wait_us = int(self._script(keys=[self.key], args=[self.limit, int(self.window_s * 1e6), member]))
+        return wait_us / 1e6
+
+    def acquire(self) -> None:
+        deadline = None if self.max_wait_s is None else time.monotonic() + self.max_wait_s
+        while True:
+            wait = self.try_acquire()
+            if wait <= 0:
+                return
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise TimeoutError(f"NCBI rate limit: no slot within {self.max_wait_s}s")
+            time.sleep(wait)
+
+
+class LocalRateLimiter:
+    """The same sliding window in one process (threads share it); used when no Redis is configured."""
+
+    def __init__(self, rate: float, slack_s: float = DEFAULT_SLACK_S) -> None:
+        self.limit, self.window_s = window_for(rate, slack_s)
+        self._sent: list[float] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self._sent = [t for t in self._sent if t > now - self.window_s]
+                if len(self._sent) < self.limit:
+                    self._sent.append(now)
+                    return
+                wait = self._sent[0] + self.window_s - now
+            time.sleep(max(wait, 0.001))

@@ -1,0 +1,117 @@
+"""SIGKILL a real worker process mid-job, restart it: the job still finishes, every id exactly once."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from worker_fakes import DELAY_ENV, fake_db
+from worker_helpers import cleanup_redis, fake_worker_settings, wait_for
+
+from ingest.jobs import JobStore
+from ingest.worker import enqueue_job
+
+IDS = [f"PMC{1000 + n}" for n in range(30)]
+
+
+def _finished_ids(jobs: JobStore, job_id: str) -> int:
+    job = jobs.get(job_id, items=False)
+    assert job is not None
+    return job.total - job.counts.get("pending", 0)
+
+
+def _kill_mid_job_and_recover(settings, workers_factory) -> None:  # type: ignore[no-untyped-def]
+    jobs = JobStore.for_settings(settings)
+    job = enqueue_job(settings, IDS)
+    procs = workers_factory(settings, PMCQA_INGESTOR_FACTORY="worker_fakes:factory", **{DELAY_ENV: "0.08"})
+
+    first = procs.start(workers=2)
+    wait_for(lambda: _finished_ids(jobs, job.job_id) >= 8, 60, "the first ids to finish")
+    first.send_signal(signal.SIGKILL)  # no cleanup: the running batches' tasks are gone from the queue
+    first.wait()
+    killed_at = _finished_ids(jobs, job.job_id)
+    assert killed_at < len(IDS), "the job finished before the kill; slow the fake ingestor down"
+    assert jobs.get(job.job_id).state == "running"
+
+    procs.start(workers=2)  # re-enqueues the batches whose lease lapses, then drains the queue
+    done = wait_for(lambda: (j := jobs.get(job.job_id)) and j.finished and j, 90, "the job to finish")
+    assert done.state == "done", procs.logs()
+    assert "re-enqueueing job" in procs.logs()  # recovered by the lease scan, not by luck
+    assert done.counts == {"ingested": 27, "not-found": 3}
+    by_id = {item.id: item for item in done.items}
+    assert list(by_id) == IDS
+    assert by_id["PMC1009"].status == "not-found" and by_id["PMC1009"].reason == "no such id"
+    assert all(item.chunks == 3 for item in done.items if item.status == "ingested")
+
+    with sqlite3.connect(fake_db(settings.data_dir)) as conn:
+        stored = [row[0] for row in conn.execute("select paper_id from papers order by paper_id")]
+        writes = dict(conn.execute("select paper_id, count(*) from writes group by paper_id").fetchall())
+    assert stored == sorted(i for i in IDS if not i.endswith("9"))  # every paper exactly once
+    # At most the ids in flight at the kill were written twice (replace-on-write keeps one copy).
+    assert sum(writes.values()) - len(writes) <= 2
+
+
+def test_sigkill_mid_job_embedded(tmp_path: Path, workers_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = fake_worker_settings(tmp_path)
+    _kill_mid_job_and_recover(settings, workers_factory)
+    assert settings.queue_path.exists()  # the SQLite queue, no server
+
+
+def test_sigkill_mid_job_redis(tmp_path: Path, workers_factory, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    settings = fake_worker_settings(tmp_path, redis_url=redis_url)
+    try:
+        _kill_mid_job_and_recover(settings, workers_factory)
+        assert not settings.queue_path.exists()  # the queue lived in Redis
+    finally:
+        cleanup_redis(redis_url, settings.queue_name)
+
+
+@pytest.mark.parametrize("attempts", [1])
+def test_duplicate_delivery_is_skipped(tmp_path: Path, attempts: int) -> None:
+    """A batch leased by a live worker is not run by a second delivery; a finished batch never again."""
+    jobs = JobStore(tmp_path / "jobs.sqlite3")
+    job = jobs.create(["PMC1", "PMC2", "PMC3"], batch_size=2)
+    claim = jobs.claim(job.job_id, 0, "a", lease_s=30)
+    assert claim is not None and claim.ids == ["PMC1", "PMC2"] and claim.attempt == attempts
+    assert jobs.claim(job.job_id, 0, "b", lease_s=30) is None
+    assert jobs.record(job.job_id, "PMC1", "ingested", paper_id="PMC1")
+    assert not jobs.record(job.job_id, "PMC1", "failed", reason="late duplicate")
+    jobs.record(job.job_id, "PMC2", "not-found")
+    jobs.finish(job.job_id, 0, "a")
+    assert jobs.claim(job.job_id, 0, "b", lease_s=30) is None
+    assert jobs.get(job.job_id).state == "running"
+    claim = jobs.claim(job.job_id, 1, "b", lease_s=30)
+    jobs.record(job.job_id, "PMC3", "ingested")
+    jobs.finish(job.job_id, 1, "b")
+    final = jobs.get(job.job_id)
+    assert final.state == "done" and final.counts == {"ingested": 2, "not-found": 1}
+    assert [i.status for i in final.items] == ["ingested", "not-found", "ingested"]
+
+
+def test_lapsed_lease_is_reclaimed_once(tmp_path: Path) -> None:
+    jobs = JobStore(tmp_path / "jobs.sqlite3")
+    job = jobs.create(["PMC1", "PMC2"], batch_size=1)
+    jobs.claim(job.job_id, 0, "dead", lease_s=0.01)
+    jobs.claim(job.job_id, 1, "alive", lease_s=60)
+    import time
+
+    time.sleep(0.05)
+    assert jobs.reclaim_stale(requeue_after_s=600) == [(job.job_id, 0)]
+    assert jobs.reclaim_stale(requeue_after_s=600) == []  # a second scanner does not enqueue it again
+    assert jobs.claim(job.job_id, 0, "new", lease_s=60).attempt == 2
+
+
+def test_poison_batch_gives_up(tmp_path: Path) -> None:
+    from ingest.jobs import MAX_ATTEMPTS
+
+    jobs = JobStore(tmp_path / "jobs.sqlite3")
+    job = jobs.create(["PMC1"], batch_size=1)
+    for _ in range(MAX_ATTEMPTS):
+        assert jobs.claim(job.job_id, 0, "w", lease_s=60) is not None
+        jobs.release(job.job_id, 0, "w", "RuntimeError: boom")
+    assert jobs.claim(job.job_id, 0, "w", lease_s=60) is None
+    final = jobs.get(job.job_id)
+    assert final.state == "failed" and final.items[0].status == "failed"
+    assert "boom" in final.items[0].reason
