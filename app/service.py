@@ -260,6 +260,7 @@ class Library:
             abstained=draft.abstained,
             backend=prepared.backend.name,
             model=draft.model or prepared.backend.model,
+            truncated=draft.truncated,
             timings=prepared.timings,
         )
 

@@ -52,6 +52,7 @@ class Answer(BaseModel):
     abstained: bool
     backend: str
     model: str
+    truncated: bool = Field(False, description="Generation stopped before the answer was complete.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
 
 

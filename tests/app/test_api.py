@@ -8,7 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.answering.base import ABSTAIN_ANSWER
+from app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft
 from app.answering.extractive import ExtractiveBackend
 from app.main import create_app
 
@@ -132,6 +132,27 @@ class _Broken(ExtractiveBackend):
         raise RuntimeError("secret internal detail")
 
 
+class _CutShortWithInventedCitations(ExtractiveBackend):
+    """An LLM-like draft: cut off by the token budget, citing one real, one invented, one unretrieved span."""
+
+    def generate(self, question, passages, paper):
+        real = passages[0].chunk
+        retrieved = {p.chunk.chunk_id for p in passages}
+        retrieved |= {n.chunk_id for p in passages for n in p.neighbours}
+        unretrieved = next(c for c in self.store_chunks(paper.paper_id) if c.chunk_id not in retrieved)
+        return Draft(
+            answer="Partial answer [1]",
+            steps=["1) Locate the section"],
+            cited=[
+                CitedSpan(chunk_id=real.chunk_id),
+                CitedSpan(chunk_id=real.chunk_id, quote="a sentence the paper never says"),
+                CitedSpan(chunk_id=unretrieved.chunk_id),
+            ],
+            truncated=True,
+            model="scripted",
+        )
+
+
 def _library_with_backend(make_library, backend_cls, **overrides):
     library = make_library(**overrides)
     library.backends["extractive"] = backend_cls(library.settings, library.embedder)
@@ -165,6 +186,19 @@ def test_generation_past_the_timeout_is_504(make_library):
         response = client.post("/ask", json={"paper_id": "PMC1182327", "question": OWN_QUESTION})
         assert response.status_code == 504
         assert response.json()["error"] == "generation_timeout"
+
+
+def test_invented_and_unretrieved_citations_are_dropped_and_truncation_reported(make_library):
+    library = _library_with_backend(make_library, _CutShortWithInventedCitations, top_k=2)
+    backend = library.backends["extractive"]
+    backend.store_chunks = library.store.get_chunks
+    with _app_with(library, top_k=2) as client:
+        response = client.post("/ask", json={"paper_id": "PMC1182327", "question": OWN_QUESTION, "top_k": 2})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+    assert answer["truncated"] is True and answer["model"] == "scripted"
+    assert len(answer["citations"]) == 1  # only the real, retrieved span survives
+    _assert_verbatim(client, library, answer)
 
 
 def test_unexpected_errors_are_a_clean_500(make_library):
