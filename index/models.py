@@ -75,7 +75,9 @@ class Chunk(BaseModel):
 
     @property
     def section(self) -> str:
-        return " > ".join(part for part in self.section_path if part)
+        path = " > ".join(part for part in self.section_path if part)
+        # The title has no section; naming it keeps citations of it readable.
+        return path or ("Title" if self.kind == "title" else "")
 
 
 class PaperRecord(BaseModel):
