@@ -93,7 +93,11 @@ def print_table(outcomes: list[IngestOutcome]) -> None:
 
 def ingest(
     ids: list[str] = typer.Argument(None, help="PMCIDs, pmid:…, DOIs (bare numbers per `bare_digits`)."),
-    xml: list[Path] = typer.Option(None, "--xml", help="Local JATS file, directory or .tar.gz (repeatable)."),
+    xml: list[Path] = typer.Option(
+        None,
+        "--xml",
+        help="Local JATS file, directory or .tar.gz; with --xml every positional argument is a path too.",
+    ),
     paper_id: list[str] = typer.Option(None, "--id", help="Paper id for --xml files without one (per path)."),
     ids_file: Path | None = typer.Option(None, "--ids-file", help="File with one id per line; '#' comments."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcomes as a JSON list."),
@@ -108,6 +112,9 @@ def ingest(
     from pmcqa.settings import get_settings
 
     all_ids = list(ids or [])
+    if xml:  # `pmcqa ingest --xml a.nxml dir/ pkg.tar.gz`: the option names the first path, the rest follow
+        xml = [*xml, *(Path(arg) for arg in all_ids)]
+        all_ids = []
     if ids_file is not None:
         if not ids_file.is_file():
             Console(stderr=True).print(f"[red]error:[/] no such file: {escape(str(ids_file))}")

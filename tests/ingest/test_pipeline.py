@@ -115,6 +115,31 @@ def test_cli_ingest_json_and_exit_codes(
     assert CliRunner().invoke(cli, ["ingest"]).exit_code == 2
 
 
+def test_cli_xml_takes_every_following_path(
+    eutils_settings: Settings, monkeypatch: pytest.MonkeyPatch, shared_data: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    import app.commands.ingest as command
+    from app.cli import cli
+
+    monkeypatch.setattr("pmcqa.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr(
+        command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
+    )
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    restricted = next((shared_data / "eutils/efetch-pmc").glob("restricted_PMC2647976_*.xml"))
+    result = CliRunner().invoke(cli, ["ingest", "--xml", str(plos), str(restricted), "--json"])
+    assert result.exit_code == 0, result.output
+    outcomes = json.loads(result.stdout)
+    assert [(o["paper_id"], o["status"]) for o in outcomes] == [
+        ("10.1371/journal.pbio.0020188", "ingested"),
+        ("PMC2647976", "no-full-text"),
+    ]
+
+
 def _run_with_hash_store(settings: Settings, ids, xml_paths, id_override, refresh, show_progress=False):  # type: ignore[no-untyped-def]
     from app.commands.ingest import _run
 
