@@ -77,16 +77,12 @@ def run_query(
 
 
 def passage_json(passage: Passage) -> dict[str, Any]:
-    chunk = passage.chunk
-    return {
-        "chunk_id": chunk.chunk_id,
-        "paper_id": chunk.paper_id,
-        "section": chunk.section,
-        "text": chunk.text,
-        "score": round(passage.score, 6),
-        "start": chunk.start,
-        "end": chunk.end,
-    }
+    # One definition of a search hit serves `POST /search` and `pmcqa search --json`.
+    from app.schemas import SearchHit
+
+    hit = SearchHit.from_passage(passage)
+    hit.score = round(hit.score, 6)
+    return hit.model_dump()
 
 
 def read_queries(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:

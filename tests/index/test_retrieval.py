@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.schemas import SearchHit
 from index.models import Chunk, PaperRecord, ReferenceInfo
 from index.retrieval import (
     AuthorMention,
@@ -475,6 +476,7 @@ def test_cli_search_one_paper_json(cli_store: MemoryStore) -> None:
     assert result["paper_id"] == "PMC1"
     assert [p["chunk_id"] for p in result["passages"]][0] == "PMC1-c5"
     assert len(result["passages"]) == 2
+    assert set(result["passages"][0]) == set(SearchHit.model_fields)  # the same hit as POST /search
     first = result["passages"][0]
     assert set(first) >= {"chunk_id", "section", "text", "score", "start", "end"}
     assert first["section"] == "Results"
