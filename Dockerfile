@@ -17,13 +17,10 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 
 # Dependencies before sources, so editing code does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p pmcqa ingest index app && touch pmcqa/__init__.py ingest/__init__.py index/__init__.py app/__init__.py \
+RUN mkdir -p pmcqa && touch pmcqa/__init__.py \
     && pip install . && pip uninstall -y pmcqa
 
 COPY pmcqa ./pmcqa
-COPY ingest ./ingest
-COPY index ./index
-COPY app ./app
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 pmcqa \
     && mkdir -p /data && chown pmcqa:pmcqa /data

@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fakes.eutils_server import run_fake_eutils  # noqa: E402
 
-from ingest.jobs import JobStore  # noqa: E402
-from ingest.worker import enqueue_job, settings_env  # noqa: E402
-from pmcqa.settings import Settings  # noqa: E402
+from pmcqa.core.settings import Settings  # noqa: E402
+from pmcqa.ingest.jobs import JobStore  # noqa: E402
+from pmcqa.ingest.worker import enqueue_job, settings_env  # noqa: E402
 
 SHARED = Path(os.environ.get("PMCQA_SHARED_DIR", ROOT.parent / "shared")) / "data" / "jats"
 ASK_FILE = "allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"  # Ioannidis 2005
@@ -156,12 +156,12 @@ def main() -> None:
         logs = ROOT / "bench" / "out" / "logs"  # kept: the first place to look when a run fails
         logs.mkdir(parents=True, exist_ok=True)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--workers", str(args.workers)],
+            [sys.executable, "-m", "pmcqa.app.cli", "worker", "--workers", str(args.workers)],
             env=env, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.main:app_factory", "--port", str(args.port),
-             "--log-level", "warning"],
+            [sys.executable, "-m", "uvicorn", "--factory", "pmcqa.app.main:app_factory",
+             "--port", str(args.port), "--log-level", "warning"],
             env=env, stdout=open(logs / "api.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         try:

@@ -35,8 +35,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from index.store import Store, content_hash  # noqa: E402
-from pmcqa.settings import Settings  # noqa: E402
+from pmcqa.core.settings import Settings  # noqa: E402
+from pmcqa.index.store import Store, content_hash  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "jats"
 CHUNKS_PER_PAPER = 50
@@ -53,8 +53,8 @@ def corpus_files(limit: int | None) -> list[Path]:
 
 def parse_and_chunk(files: list[Path], settings: Settings) -> list[tuple[Any, list[Any]]]:
     """(record, chunks) per paper; files that are not JATS (the corpus holds one PubMed XML) are skipped."""
-    from ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
-    from ingest.jats import parse_jats
+    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from pmcqa.ingest.jats import parse_jats
 
     counter, params = load_token_counter(settings), chunking_params(settings)
     out = []
@@ -73,7 +73,7 @@ def parse_and_chunk(files: list[Path], settings: Settings) -> list[tuple[Any, li
 
 
 def bench_ingest(args: argparse.Namespace, work: Path) -> dict[str, float]:
-    from index.embedding import Embedder
+    from pmcqa.index.embedding import Embedder
 
     settings = Settings(data_dir=work / "ingest-warm")
     embedder = Embedder(settings)
@@ -214,10 +214,10 @@ def status_mb(field):
 def rss_mb():
     return status_mb("VmRSS")
 
-from index.store import Store
-from pmcqa.settings import Settings
+from pmcqa.index.store import Store
+from pmcqa.core.settings import Settings
 try:
-    from index.retrieval import Retriever
+    from pmcqa.index.retrieval import Retriever
 except ImportError:
     Retriever = None
 baseline = rss_mb()

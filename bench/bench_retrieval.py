@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from index.embedding import Embedder  # noqa: E402
-from index.evaluation import build_store, context_hit_rate, evaluate, load_squad  # noqa: E402
-from index.retrieval import Retriever  # noqa: E402
-from index.store import Store  # noqa: E402
-from pmcqa.settings import Settings  # noqa: E402
+from pmcqa.app.evaluation import build_store, context_hit_rate, evaluate, load_squad  # noqa: E402
+from pmcqa.core.settings import Settings  # noqa: E402
+from pmcqa.index.embedding import Embedder  # noqa: E402
+from pmcqa.index.retrieval import Retriever  # noqa: E402
+from pmcqa.index.store import Store  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/covid-qa/dev.json"
 

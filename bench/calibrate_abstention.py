@@ -33,10 +33,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.answering.extractive import ExtractiveBackend, split_sentences  # noqa: E402
-from index.models import PaperRecord  # noqa: E402
-from ingest.models import Block, Paper  # noqa: E402
-from pmcqa.settings import Settings  # noqa: E402
+from pmcqa.app.answering.extractive import ExtractiveBackend, split_sentences  # noqa: E402
+from pmcqa.core.settings import Settings  # noqa: E402
+from pmcqa.index.models import PaperRecord  # noqa: E402
+from pmcqa.ingest.models import Block, Paper  # noqa: E402
 
 DEFAULT_DEV = REPO.parent / "shared" / "data" / "covid-qa" / "dev.json"
 
@@ -63,10 +63,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="Write per-question scores here.")
     args = parser.parse_args()
 
-    from index.embedding import Embedder
-    from index.retrieval import Retriever
-    from index.store import Store
-    from ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from pmcqa.index.embedding import Embedder
+    from pmcqa.index.retrieval import Retriever
+    from pmcqa.index.store import Store
+    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="pmcqa-calib-"))
     settings = Settings(data_dir=data_dir)

@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from ingest.models import Section
-    from pmcqa.settings import Settings
+    from pmcqa.core.settings import Settings
+    from pmcqa.ingest.models import Section
 
 DEFAULT_FOLDER = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "jats"
 SUFFIXES = {".xml", ".nxml"}
@@ -62,8 +62,8 @@ def _count_sections(sections: list[Section]) -> int:
 
 
 def pmcqa_row(files: Sequence[Path], settings: Settings) -> ReportRow:
-    from ingest.chunking import chunk_paper, chunking_params, load_token_counter
-    from ingest.jats import parse_jats
+    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter
+    from pmcqa.ingest.jats import parse_jats
 
     counter = load_token_counter(settings)  # loaded before the clock starts: a one-off cost
     params = chunking_params(settings)
@@ -122,7 +122,7 @@ def pubmed_parser_row(files: Sequence[Path]) -> ReportRow:
 
 def corpus_report(files: Sequence[Path], settings: Settings | None = None) -> list[ReportRow]:
     """Both tools over the same files; pubmed_parser's row is skipped when it is not installed."""
-    from pmcqa.settings import Settings
+    from pmcqa.core.settings import Settings
 
     rows = [pmcqa_row(files, settings or Settings())]
     with contextlib.suppress(ImportError):  # pubmed_parser is a dev-only dependency

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("PMCQA_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()

@@ -4,15 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from pmcqa.settings import Settings
-from pmcqa.settings_doc import END, START, render_into, settings_table
+from pmcqa.core.settings import Settings
+from pmcqa.core.settings_doc import END, START, render_into, settings_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_documents_every_setting() -> None:
     readme = README.read_text()
-    assert render_into(readme) == readme, "README settings table is stale: run python -m pmcqa.settings_doc"
+    stale = "README settings table is stale: run python -m pmcqa.core.settings_doc"
+    assert render_into(readme) == readme, stale
     for name in Settings.model_fields:
         assert f"PMCQA_{name.upper()}" in readme
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from index.models import PaperRecord
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
+from pmcqa.index.models import PaperRecord
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -58,7 +58,7 @@ def library_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder(library_dir: Path):
-    from index.embedding import Embedder
+    from pmcqa.index.embedding import Embedder
 
     return Embedder(make_settings(library_dir))
 
@@ -66,9 +66,9 @@ def embedder(library_dir: Path):
 @pytest.fixture(scope="session")
 def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
     """Parse, chunk and store the test papers once; returns their records by short name."""
-    from index.store import Store
-    from ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
-    from ingest.jats import parse_jats
+    from pmcqa.index.store import Store
+    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from pmcqa.ingest.jats import parse_jats
 
     settings = make_settings(library_dir)
     counter = load_token_counter(settings)
@@ -89,9 +89,9 @@ def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
 @pytest.fixture(scope="session")
 def make_library(library_dir: Path, embedder, ingested):
     """Build a `Library` over the shared index with settings overrides; components are the real ones."""
-    from app.service import Library
-    from index.retrieval import Retriever
-    from index.store import Store
+    from pmcqa.app.service import Library
+    from pmcqa.index.retrieval import Retriever
+    from pmcqa.index.store import Store
 
     def build(**overrides: object) -> Library:
         settings = make_settings(library_dir, **overrides)
@@ -112,7 +112,7 @@ def library(make_library):
 def client(library):
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from pmcqa.app.main import create_app
 
     app = create_app(library.settings, library_factory=lambda _settings: library)
     with TestClient(app) as test_client:
@@ -130,7 +130,7 @@ def live_server(library) -> Iterator[str]:
     """The app served by uvicorn on a free 127.0.0.1 port, in a background thread: a real socket."""
     import uvicorn
 
-    from app.main import create_app
+    from pmcqa.app.main import create_app
 
     app = create_app(library.settings, library_factory=lambda _settings: library)
     port = free_port()

@@ -8,9 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft
-from app.answering.extractive import ExtractiveBackend
-from app.main import create_app
+from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft
+from pmcqa.app.answering.extractive import ExtractiveBackend
+from pmcqa.app.main import create_app
 
 OWN_QUESTION = "What is the probability that a research claim is true?"
 FOREIGN_QUESTION = "Was XMRV detected in the blood of patients with chronic fatigue syndrome?"

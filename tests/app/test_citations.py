@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.answering.base import CitedSpan, Draft
-from app.answering.citations import finalize, locate_quote
-from index.models import Chunk, PaperRecord, Passage
+from pmcqa.app.answering.base import CitedSpan, Draft
+from pmcqa.app.answering.citations import finalize, locate_quote
+from pmcqa.index.models import Chunk, PaperRecord, Passage
 
 TEXT = (
     "Title of the paper\n\n"

@@ -10,9 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.commands import report
+from pmcqa.app.commands import report
 
-pytest.importorskip("ingest.jats", reason="ingest.jats (the JATS parser) is not there yet")
+pytest.importorskip("pmcqa.ingest.jats", reason="ingest.jats (the JATS parser) is not there yet")
 
 SAMPLES = [
     "allofplos/allofplos/starter_corpus/journal.pbio.0030408.xml",  # one figure
@@ -42,7 +42,7 @@ def corpus(shared_data: Path, tmp_path: Path) -> Path:
 
 
 def test_rows_agree_with_the_parser_and_count_failures(bench: ModuleType, corpus: Path) -> None:
-    from ingest.jats import parse_jats
+    from pmcqa.ingest.jats import parse_jats
 
     files = bench.corpus_files(corpus)
     assert [f.name for f in files] == sorted(["broken.xml", *(Path(s).name for s in SAMPLES)])

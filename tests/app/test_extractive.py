@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.answering.base import ABSTAIN_ANSWER
-from app.answering.extractive import DEFAULT_ABSTAIN_THRESHOLD, ExtractiveBackend, split_sentences
-from index.models import Chunk
+from pmcqa.app.answering.base import ABSTAIN_ANSWER
+from pmcqa.app.answering.extractive import DEFAULT_ABSTAIN_THRESHOLD, ExtractiveBackend, split_sentences
+from pmcqa.index.models import Chunk
 
 OWN_QUESTION = "What is the probability that a research claim is true?"
 FOREIGN_QUESTION = "Was XMRV detected in the blood of patients with chronic fatigue syndrome?"

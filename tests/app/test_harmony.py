@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fakes.tiny_gpt_oss import build_tokenizer, sample_paper
 
-from app.answering import harmony, prompts
-from app.answering.base import ABSTAIN_ANSWER
-from app.answering.postprocess import (
+from pmcqa.app.answering import harmony, prompts
+from pmcqa.app.answering.base import ABSTAIN_ANSWER
+from pmcqa.app.answering.postprocess import (
     StreamAssembler,
     build_draft,
     cited_numbers,

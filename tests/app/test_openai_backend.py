@@ -9,11 +9,11 @@ import pytest
 from fakes.openai_server import FakeOpenAIServer, ScriptedReply
 from fakes.tiny_gpt_oss import sample_paper
 
-from app.answering import prompts
-from app.answering.base import ABSTAIN_ANSWER, Draft
-from app.answering.openai_backend import OpenAIBackend, split_reply
-from app.answering.postprocess import GenerationTimeout
-from pmcqa.settings import Settings
+from pmcqa.app.answering import prompts
+from pmcqa.app.answering.base import ABSTAIN_ANSWER, Draft
+from pmcqa.app.answering.openai_backend import OpenAIBackend, split_reply
+from pmcqa.app.answering.postprocess import GenerationTimeout
+from pmcqa.core.settings import Settings
 
 QUESTION = "How do the kidney organoid protocols compare?"
 REASONING = "Steps:\n1) Locate the section on kidney organoids [1].\n2) Compare the protocols."

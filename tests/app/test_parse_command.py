@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from app.commands import parse
+from pmcqa.app.commands import parse
 
-pytest.importorskip("ingest.jats", reason="ingest.jats (the JATS parser) is not there yet")
+pytest.importorskip("pmcqa.ingest.jats", reason="ingest.jats (the JATS parser) is not there yet")
 
 SMALL = "allofplos/allofplos/starter_corpus/journal.pone.0008519.xml"  # PLOS: one table, no PMCID
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from fakes.tiny_gpt_oss import build_tokenizer, sample_paper, save_checkpoint
 
-from app.answering import harmony, prompts
-from app.answering.transformers_backend import TransformersBackend
-from pmcqa.settings import Settings
+from pmcqa.app.answering import harmony, prompts
+from pmcqa.app.answering.transformers_backend import TransformersBackend
+from pmcqa.core.settings import Settings
 
 DATE = "2026-11-28"
 QUESTION = "How do the kidney organoid protocols compare?"

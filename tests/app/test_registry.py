@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from app.answering.extractive import ExtractiveBackend
-from app.answering.registry import BACKENDS, UnknownBackend, backend_class, create_backend
-from app.service import BackendNotReady, Library
-from pmcqa.settings import Settings
+from pmcqa.app.answering.extractive import ExtractiveBackend
+from pmcqa.app.answering.registry import BACKENDS, UnknownBackend, create_backend
+from pmcqa.app.service import BackendNotReady, Library
+from pmcqa.core.settings import Settings
 
 
 class LoadsLater:
@@ -35,28 +35,28 @@ class LoadsLater:
         return self.ready
 
 
-def test_names_map_to_classes_and_unknown_names_fail_clearly(tmp_path):
+def test_names_map_to_backends_and_unknown_names_fail_clearly(tmp_path):
     assert set(BACKENDS) == {"extractive", "transformers", "openai"}
-    assert backend_class("extractive") is ExtractiveBackend
+    backend = create_backend("extractive", Settings(data_dir=tmp_path), embedder="E")
+    assert isinstance(backend, ExtractiveBackend)
+    assert backend._embedder == "E"  # the process's embedder is shared, not loaded again
     with pytest.raises(UnknownBackend, match="choose one of extractive, transformers, openai"):
-        backend_class("gpt9")
-    # Shared components go only to constructors that take them.
-    backend = create_backend("extractive", Settings(data_dir=tmp_path), embedder="E", load=False)
-    assert backend._embedder == "E"
+        create_backend("gpt9", Settings(data_dir=tmp_path))
 
 
 def test_choosing_extractive_imports_no_generation_stack():
     code = (
-        "import sys; from app.answering.registry import create_backend; from pmcqa.settings import Settings;"
+        "import sys; from pmcqa.app.answering.registry import create_backend;"
+        "from pmcqa.core.settings import Settings;"
         "create_backend('extractive', Settings(), embedder=object());"
-        "print(any(m in sys.modules for m in ('openai', 'app.answering.transformers_backend')))"
+        "print(any(m in sys.modules for m in ('openai', 'pmcqa.app.answering.transformers_backend')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
 
 
 def test_a_slow_backend_loads_in_the_background(monkeypatch, tmp_path):
-    monkeypatch.setitem(BACKENDS, "later", f"{__name__}:LoadsLater")
+    monkeypatch.setitem(BACKENDS, "later", lambda settings, embedder: LoadsLater(settings, load=False))
     library = Library(Settings(data_dir=tmp_path), store=None, embedder=None, retriever=None)
     backend = library.load_backend("later")
     assert isinstance(backend, LoadsLater) and not backend.is_ready()

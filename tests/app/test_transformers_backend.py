@@ -23,16 +23,16 @@ from fakes.tiny_gpt_oss import (
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from app.answering import transformers_backend as tb
-from app.answering.base import Draft
-from app.answering.postprocess import GenerationTimeout
-from app.answering.transformers_backend import (
+from pmcqa.app.answering import transformers_backend as tb
+from pmcqa.app.answering.base import Draft
+from pmcqa.app.answering.postprocess import GenerationTimeout
+from pmcqa.app.answering.transformers_backend import (
     FinalEndStop,
     ModelLoadError,
     TransformersBackend,
     bnb_cpu_4bit_supported,
 )
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
 
 QUESTION = "How do the kidney organoid protocols compare?"
 DATE = "2026-11-28"

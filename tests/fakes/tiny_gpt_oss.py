@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GptOssConfig, GptOssForCausalLM, PreTrainedTokenizerFast
 
-from app.answering.harmony import HARMONY_CHAT_TEMPLATE, HARMONY_SPECIAL_TOKENS
-from app.answering.prompts import CITATION_INSTRUCTION, DEVELOPER_PROMPT
-from index.models import Chunk, PaperRecord, Passage
+from pmcqa.app.answering.harmony import HARMONY_CHAT_TEMPLATE, HARMONY_SPECIAL_TOKENS
+from pmcqa.app.answering.prompts import CITATION_INSTRUCTION, DEVELOPER_PROMPT
+from pmcqa.index.models import Chunk, PaperRecord, Passage
 
 _CORPUS = [
     "You are a scholarly Q & A extraction agent. Only use the provided paper. Be concise and precise.",

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.embedding import Embedder
-from index.models import Chunk, ChunkingParams, PaperRecord
-from index.store import Store
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
+from pmcqa.index.embedding import Embedder
+from pmcqa.index.models import Chunk, ChunkingParams, PaperRecord
+from pmcqa.index.store import Store
 
 
 class FakeEmbedder:

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from index.store import Store
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
+from pmcqa.index.store import Store
 
 # The writer re-ingests (with changed text), deletes and rebuilds the FAISS file while it is being killed.
 # Its embedder is a deterministic stand-in with a little latency, so kills also land while "embedding".
 WRITER = r"""
 import hashlib, random, sys, time
 import numpy as np
-from index.models import Chunk, PaperRecord
-from index.store import Store
-from pmcqa.settings import Settings
+from pmcqa.index.models import Chunk, PaperRecord
+from pmcqa.index.store import Store
+from pmcqa.core.settings import Settings
 
 class Embedder:
     model_name, dimension, document_prefix = "crash-model", 32, ""

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import index.embedding as embedding
-from index.embedding import Embedder, default_device, load_model
-from index.store import EmbeddingModelMismatch, Store
-from pmcqa.settings import Settings
+import pmcqa.index.embedding as embedding
+from pmcqa.core.settings import Settings
+from pmcqa.index.embedding import Embedder, default_device, load_model
+from pmcqa.index.store import EmbeddingModelMismatch, Store
 
 
 def test_documents_and_queries_are_normalised_float32(embedder: Embedder) -> None:
@@ -115,7 +115,7 @@ def test_reindex_command_switches_the_store_to_the_configured_model(
     with pytest.raises(EmbeddingModelMismatch, match="pmcqa reindex"):
         Store(settings, embedder)
 
-    from app.cli import cli
+    from pmcqa.app.cli import cli
 
     monkeypatch.setenv("PMCQA_DATA_DIR", str(Path(settings.data_dir)))
     result = CliRunner().invoke(cli, ["reindex"])

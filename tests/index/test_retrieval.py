@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.schemas import SearchHit
-from index.models import Chunk, PaperRecord, ReferenceInfo
-from index.retrieval import (
+from pmcqa.app.schemas import SearchHit
+from pmcqa.core.settings import Settings
+from pmcqa.index.models import Chunk, PaperRecord, ReferenceInfo
+from pmcqa.index.retrieval import (
     AuthorMention,
     LabelKey,
     Retriever,
@@ -27,7 +28,6 @@ from index.retrieval import (
     matching_references,
     reciprocal_rank_fusion,
 )
-from pmcqa.settings import Settings
 
 
 class MemoryStore:
@@ -448,7 +448,7 @@ def test_search_library_spans_papers(embedder: object) -> None:
 
 @pytest.fixture
 def cli_store(embedder: object, monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
-    import app.commands.search as search_command
+    import pmcqa.app.commands.search as search_command
 
     store = MemoryStore(embedder)
     store.put_paper(*build_paper("PMC1", VIRUS_PAPER))
@@ -461,7 +461,7 @@ def cli_store(embedder: object, monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
 def run_cli(*args: str) -> tuple[int, str]:
     from typer.testing import CliRunner
 
-    from app.cli import cli
+    from pmcqa.app.cli import cli
 
     result = CliRunner().invoke(cli, ["search", *args])
     return result.exit_code, result.stdout

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index.store import EmbeddingModelMismatch, Store, StoreError
+from pmcqa.index.store import EmbeddingModelMismatch, Store, StoreError
 
 FakeEmbedder = Any  # the conftest double (tests/ is not a package, so it comes through fixtures)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fakes.eutils_server import FakeEutils, register_recorded, run_fake_eutils
 
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from index.models import Chunk, ChunkingParams, ReferenceInfo
-from ingest.chunking import (
+from pmcqa.core.settings import Settings
+from pmcqa.index.models import Chunk, ChunkingParams, ReferenceInfo
+from pmcqa.ingest.chunking import (
     CHUNKER_VERSION,
     Measure,
     TokenCounter,
@@ -20,8 +21,7 @@ from ingest.chunking import (
     split_sentences,
     to_record,
 )
-from ingest.models import Block, Paper, Section
-from pmcqa.settings import Settings
+from pmcqa.ingest.models import Block, Paper, Section
 
 # Whitespace words stand in for tokens in constructed-paper tests: exact, instant, easy to reason about.
 WORDS = TokenCounter("words", lambda text: len(text.split()))
@@ -318,9 +318,9 @@ def corpus_papers() -> list[tuple[str, Paper]]:
     """(paper id, Paper) for every article of the shared JATS corpus, parsed once for this module."""
     # conftest's rule for ../shared (its `shared_data` fixture is function-scoped, this one is per module).
     shared_dir = Path(os.environ.get("PMCQA_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-    if importlib.util.find_spec("ingest.jats") is None:
+    if importlib.util.find_spec("pmcqa.ingest.jats") is None:
         pytest.skip("ingest.jats (the JATS parser) is not there yet")
-    from ingest.jats import parse_jats
+    from pmcqa.ingest.jats import parse_jats
 
     root = shared_dir / "data" / "jats"
     if not root.is_dir():

@@ -11,7 +11,8 @@ from Bio import Entrez
 from fakes.eutils_server import FakeEutils, Fault, RecordedRequest, rate_limited, server_error
 from pydantic import SecretStr
 
-from ingest.entrez import (
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.entrez import (
     EntrezClient,
     IntervalRateLimiter,
     PermanentHTTPError,
@@ -20,7 +21,6 @@ from ingest.entrez import (
     is_rate_limit_body,
     parse_retry_after,
 )
-from pmcqa.settings import Settings
 
 
 class _TopOfRange(random.Random):

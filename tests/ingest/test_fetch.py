@@ -8,8 +8,9 @@ import pytest
 from fakes.eutils_server import XML_HEADER, FakeEutils, Fault, rate_limited, server_error
 from lxml import etree
 
-from ingest.entrez import EntrezClient, IntervalRateLimiter
-from ingest.fetch import (
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.entrez import EntrezClient, IntervalRateLimiter
+from pmcqa.ingest.fetch import (
     Fetcher,
     MalformedReply,
     RawCache,
@@ -17,7 +18,6 @@ from ingest.fetch import (
     classify_articleset,
     parse_xml_bytes,
 )
-from pmcqa.settings import Settings
 
 
 @pytest.fixture

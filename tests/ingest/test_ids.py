@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fakes.eutils_server import FakeEutils, server_error
 
-from ingest.entrez import EntrezClient, IntervalRateLimiter
-from ingest.ids import IdResolver, InvalidPaperId, not_found_hint, parse_id
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.entrez import EntrezClient, IntervalRateLimiter
+from pmcqa.ingest.ids import IdResolver, InvalidPaperId, not_found_hint, parse_id
 
 
 # --- grammar -----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ingest.jats import (
+from pmcqa.ingest.jats import (
     articleset_errors,
     element_text,
     find_articles,
@@ -21,8 +21,8 @@ from ingest.jats import (
     parse_article,
     parse_jats,
 )
-from ingest.models import Block, Paper, Section
-from ingest.xml import JatsError, parse_xml
+from pmcqa.ingest.models import Block, Paper, Section
+from pmcqa.ingest.xml import JatsError, parse_xml
 
 FIXTURES = Path(__file__).parent / "fixtures"
 _REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fakes.eutils_server import FakeEutils
 
-from index.store import Store
-from ingest.pipeline import Ingestor
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
+from pmcqa.index.store import Store
+from pmcqa.ingest.pipeline import Ingestor
 
 
 class HashEncoder:
@@ -98,10 +98,10 @@ def test_cli_ingest_json_and_exit_codes(
 
     from typer.testing import CliRunner
 
-    import app.commands.ingest as command
-    from app.cli import cli
+    import pmcqa.app.commands.ingest as command
+    from pmcqa.app.cli import cli
 
-    monkeypatch.setattr("pmcqa.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr("pmcqa.core.settings.get_settings", lambda: eutils_settings)
     monkeypatch.setattr(
         command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
     )
@@ -122,10 +122,10 @@ def test_cli_xml_takes_every_following_path(
 
     from typer.testing import CliRunner
 
-    import app.commands.ingest as command
-    from app.cli import cli
+    import pmcqa.app.commands.ingest as command
+    from pmcqa.app.cli import cli
 
-    monkeypatch.setattr("pmcqa.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr("pmcqa.core.settings.get_settings", lambda: eutils_settings)
     monkeypatch.setattr(
         command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
     )
@@ -141,7 +141,7 @@ def test_cli_xml_takes_every_following_path(
 
 
 def _run_with_hash_store(settings: Settings, ids, xml_paths, id_override, refresh, show_progress=False):  # type: ignore[no-untyped-def]
-    from app.commands.ingest import _run
+    from pmcqa.app.commands.ingest import _run
 
     ingestor = Ingestor(settings, store=Store(settings, HashEncoder()))
     return _run(ingestor, ids, xml_paths, id_override, refresh, None)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ingest.jats import parse_jats
-from ingest.xml import JatsError, parse_xml
+from pmcqa.ingest.jats import parse_jats
+from pmcqa.ingest.xml import JatsError, parse_xml
 
 XXE_FILE = b"""<?xml version="1.0"?>
 <!DOCTYPE article [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>

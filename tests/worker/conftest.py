@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from worker_helpers import REDIS_URL, WorkerProcesses
 
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from worker_fakes import DELAY_ENV, fake_db
 from worker_helpers import cleanup_redis, fake_worker_settings, wait_for
 
-from ingest.jobs import JobStore
-from ingest.worker import enqueue_job
+from pmcqa.ingest.jobs import JobStore
+from pmcqa.ingest.worker import enqueue_job
 
 IDS = [f"PMC{1000 + n}" for n in range(30)]
 
@@ -104,7 +104,7 @@ def test_lapsed_lease_is_reclaimed_once(tmp_path: Path) -> None:
 
 
 def test_poison_batch_gives_up(tmp_path: Path) -> None:
-    from ingest.jobs import MAX_ATTEMPTS
+    from pmcqa.ingest.jobs import MAX_ATTEMPTS
 
     jobs = JobStore(tmp_path / "jobs.sqlite3")
     job = jobs.create(["PMC1"], batch_size=1)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from worker_helpers import HERE, fake_worker_settings, wait_for
 
-from ingest.jobs import JobStore
-from ingest.worker import enqueue_job, live_workers, serve_with_worker, settings_env
+from pmcqa.ingest.jobs import JobStore
+from pmcqa.ingest.worker import enqueue_job, live_workers, serve_with_worker, settings_env
 
 
 def test_embedded_worker_drains_the_sqlite_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,7 +29,7 @@ def test_embedded_worker_drains_the_sqlite_queue(tmp_path: Path, monkeypatch: py
         assert jobs.get(job.job_id).counts == {"ingested": 3}
         assert live_workers(settings)  # it reports itself alive, so the CLI can tell
         result = subprocess.run(
-            [sys.executable, "-m", "app.cli", "jobs", job.job_id, "--wait", "--json"],
+            [sys.executable, "-m", "pmcqa.app.cli", "jobs", job.job_id, "--wait", "--json"],
             env={**os.environ, **settings_env(settings)}, capture_output=True, text=True, timeout=60,
         )
         assert result.returncode == 0, result.stderr
@@ -37,7 +37,7 @@ def test_embedded_worker_drains_the_sqlite_queue(tmp_path: Path, monkeypatch: py
 
         # `pmcqa ingest` sees the live worker, so it queues a job and follows it (exit 1: one not-found).
         ingest = subprocess.run(
-            [sys.executable, "-m", "app.cli", "ingest", "PMC21", "PMC29", "--json"],
+            [sys.executable, "-m", "pmcqa.app.cli", "ingest", "PMC21", "PMC29", "--json"],
             env={**os.environ, **settings_env(settings)}, capture_output=True, text=True, timeout=60,
         )
         assert ingest.returncode == 1, ingest.stderr
@@ -46,7 +46,7 @@ def test_embedded_worker_drains_the_sqlite_queue(tmp_path: Path, monkeypatch: py
         assert pairs == [("PMC21", "ingested"), ("PMC29", "not-found")]
         assert [job.total for job in jobs.list()] == [2, 3]  # it went through the queue, not inline
         detached = subprocess.run(
-            [sys.executable, "-m", "app.cli", "ingest", "PMC31", "--no-wait", "--json"],
+            [sys.executable, "-m", "pmcqa.app.cli", "ingest", "PMC31", "--no-wait", "--json"],
             env={**os.environ, **settings_env(settings)}, capture_output=True, text=True, timeout=60,
         )
         assert detached.returncode == 0 and jobs.get(json.loads(detached.stdout)["job_id"]) is not None

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from worker_helpers import LiveServer, fake_worker_settings, wait_for
 
-from app.main import create_app
-from app.routes.jobs import MAX_INGEST_BODY_BYTES
+from pmcqa.app.main import create_app
+from pmcqa.app.routes.jobs import MAX_INGEST_BODY_BYTES
 
 
 def _stub_library(settings):  # type: ignore[no-untyped-def]

@@ -12,9 +12,9 @@ from fakes.eutils_server import run_fake_eutils
 from worker_fakes import fake_db
 from worker_helpers import cleanup_redis, fake_worker_settings, wait_for
 
-from ingest.jobs import JobStore
-from ingest.shared_ratelimit import RedisRateLimiter, window_for
-from ingest.worker import enqueue_job
+from pmcqa.ingest.jobs import JobStore
+from pmcqa.ingest.shared_ratelimit import RedisRateLimiter, window_for
+from pmcqa.ingest.worker import enqueue_job
 
 RATE = 5.0
 

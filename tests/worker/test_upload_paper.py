@@ -8,14 +8,14 @@ import httpx
 import pytest
 from worker_helpers import LiveServer, fake_worker_settings
 
-from app.main import create_app
+from pmcqa.app.main import create_app
 
 ARTICLE = "jats/allofplos/allofplos/starter_corpus/journal.pbio.0030408.xml"  # short commentary
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    pytest.importorskip("ingest.pipeline", reason="ingest.pipeline (Ingestor) not available")
+    pytest.importorskip("pmcqa.ingest.pipeline", reason="ingest.pipeline (Ingestor) not available")
     settings = fake_worker_settings(tmp_path_factory.mktemp("upload"), max_upload_bytes=2_000_000)
     with LiveServer(create_app(settings)) as live:
         yield live.url

@@ -66,7 +66,7 @@ class EfetchIngestor:
     """
 
     def __init__(self, settings: Any, limiter: Any) -> None:
-        from ingest.entrez import EntrezClient
+        from pmcqa.ingest.entrez import EntrezClient
 
         self.client = EntrezClient(settings, limiter=limiter)
         self.db = fake_db(settings.data_dir)

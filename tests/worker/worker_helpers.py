@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from ingest.worker import settings_env
-from pmcqa.settings import Settings
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.worker import settings_env
 
 HERE = Path(__file__).resolve().parent
 REDIS_URL = os.environ.get("PMCQA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -45,7 +45,7 @@ class WorkerProcesses:
     def start(self, workers: int = 1) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--workers", str(workers), "--verbose"],
+            [sys.executable, "-m", "pmcqa.app.cli", "worker", "--workers", str(workers), "--verbose"],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)

@@ -1,0 +1,132 @@
+"""Answer through an OpenAI-compatible server (vLLM, llama.cpp `llama-server`, Ollama) serving gpt-oss.
+
+Servers tokenize the prompt themselves with the harmony template, so untrusted text is neutralized before it
+is sent (`harmony.build_messages`). The analysis channel comes back in a server-specific place:
+`message.reasoning` (vLLM now, Ollama's OpenAI endpoint), `reasoning_content` (older vLLM, llama.cpp), or
+inline harmony tags in `content` (llama.cpp `--reasoning-format none`); all are read, then post-processed
+exactly like the transformers backend's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+from openai import OpenAI
+
+from pmcqa.app.answering import harmony
+from pmcqa.app.answering.base import Draft, StreamEvent
+from pmcqa.app.answering.postprocess import GenerationTimeout, StreamAssembler, build_draft
+from pmcqa.core.settings import Settings
+from pmcqa.index.models import PaperRecord, Passage
+
+log = logging.getLogger(__name__)
+
+REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
+
+
+def reasoning_of(message: Any) -> str:
+    """The analysis text of a message or stream delta, whichever field the server used."""
+    extra = getattr(message, "model_extra", None) or {}
+    for key in REASONING_FIELDS:
+        value = getattr(message, key, None) or extra.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _has_harmony_tags(content: str) -> bool:
+    return "<|" in content or content.lstrip().startswith("analysis")
+
+
+def split_reply(
+    reasoning: str, content: str | None, finish_reason: str | None, *, partial: bool = False
+) -> tuple[str, str | None, bool]:
+    """(analysis, final, truncated) of a server reply; finish_reason "length" means cut by max_tokens."""
+    content = content or ""
+    cut = finish_reason == "length"
+    if content and _has_harmony_tags(content):
+        parsed = (harmony.parse_partial if partial else harmony.parse_completion)(content)
+        analysis = "\n".join(part for part in (reasoning, parsed.analysis) if part)
+        return analysis, parsed.final, cut or parsed.final is None
+    return reasoning, content.strip() or None, cut
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, settings: Settings, *, client: OpenAI | None = None) -> None:
+        self.settings = settings
+        self.model = settings.openai_model
+        self._client = client or OpenAI(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key.get_secret_value(),
+            timeout=settings.generation_timeout_s,
+            max_retries=1,
+        )
+
+    def is_ready(self) -> bool:
+        """The server answers /models and lists our model."""
+        try:
+            models = self._client.with_options(timeout=5.0, max_retries=0).models.list()
+        except openai.OpenAIError as error:
+            log.info("OpenAI-compatible server not ready: %s", error)
+            return False
+        return any(model.id == self.model for model in models)
+
+    def _params(self, question: str, passages: list[Passage], paper: PaperRecord) -> dict[str, Any]:
+        effort = self.settings.reasoning_effort
+        return {
+            "model": self.model,
+            "messages": harmony.build_messages(question, passages, paper),
+            "max_tokens": self.settings.max_new_tokens,
+            "temperature": 0.0,  # reproducible answers, like the transformers backend's greedy decoding
+            # vLLM reads the top-level field; llama.cpp reads it from the template kwargs.
+            "reasoning_effort": effort,
+            "extra_body": {"chat_template_kwargs": {"reasoning_effort": effort}},
+        }
+
+    def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft:
+        try:
+            response = self._client.chat.completions.create(**self._params(question, passages, paper))
+        except openai.APITimeoutError as error:
+            raise GenerationTimeout(
+                f"model server exceeded {self.settings.generation_timeout_s:.0f} s"
+            ) from error
+        choice = response.choices[0]
+        analysis, final, truncated = split_reply(
+            reasoning_of(choice.message), choice.message.content, choice.finish_reason
+        )
+        return build_draft(analysis, final, passages, self.model, truncated=truncated)
+
+    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[StreamEvent]:
+        """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come."""
+        deadline = time.monotonic() + self.settings.generation_timeout_s
+        assembler, reasoning, content, finish = StreamAssembler(), "", "", None
+        try:
+            chunks = self._client.chat.completions.create(
+                **self._params(question, passages, paper), stream=True
+            )
+            with chunks:
+                for chunk in chunks:
+                    if time.monotonic() > deadline:  # the client's timeout is per read, not per answer
+                        raise GenerationTimeout(self._timeout_message())
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    reasoning += reasoning_of(choice.delta)
+                    content += choice.delta.content or ""
+                    finish = choice.finish_reason or finish
+                    analysis, final, _ = split_reply(reasoning, content, None, partial=True)
+                    yield from assembler.update(analysis, final)
+        except openai.APITimeoutError as error:
+            raise GenerationTimeout(self._timeout_message()) from error
+        analysis, final, truncated = split_reply(reasoning, content, finish)
+        yield from assembler.update(analysis, final, finished=True)
+        yield StreamAssembler.done(build_draft(analysis, final, passages, self.model, truncated=truncated))
+
+    def _timeout_message(self) -> str:
+        return f"model server exceeded {self.settings.generation_timeout_s:.0f} s"

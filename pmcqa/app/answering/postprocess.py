@@ -1,0 +1,125 @@
+"""From a model's (analysis, final) text to a `Draft`, the same way for every LLM backend.
+
+- steps: the analysis split into numbered steps;
+- answer: the final message, with `[n]` markers kept only for excerpt numbers that were actually given;
+- cited: one `CitedSpan` per cited excerpt, covering its whole chunk (`citations.py` checks them verbatim);
+- abstained: the answer says the paper doesn't answer the question.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft, StreamEvent
+from pmcqa.app.answering.harmony import numbered_steps, split_steps
+from pmcqa.index.models import Passage
+
+
+class GenerationTimeout(TimeoutError):
+    """An answer took longer than `generation_timeout_s` (the API maps it to 504)."""
+
+
+_CITATION_RE = re.compile(r"\s?\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
+_ABSTAIN_RE = re.compile(
+    r"does not appear to answer|do(?:es)? not answer|not stated in the (?:paper|excerpts?|text)"
+    r"|cannot (?:be )?answer|can't answer|unable to answer"
+    r"|(?:paper|excerpts?|text) (?:does|do) not (?:state|say|mention|report|provide|contain|specify)"
+    r"|not (?:mentioned|reported|provided|specified|addressed|discussed) in the (?:paper|excerpts?|text)"
+    r"|no information (?:about|on|regarding)",
+    re.IGNORECASE,
+)
+_FIRST_SENTENCE_RE = re.compile(r"^.*?(?:[.!?](?=\s|$)|$)", re.DOTALL)
+
+
+def cited_numbers(text: str) -> list[int]:
+    """Excerpt numbers cited as [n], [n, m] or [n-m], in order of first appearance."""
+    numbers: list[int] = []
+    for match in _CITATION_RE.finditer(text):
+        for number in _expand(match.group(1)):
+            if number not in numbers:
+                numbers.append(number)
+    return numbers
+
+
+def _expand(group: str) -> list[int]:
+    numbers: list[int] = []
+    for part in re.split(r"\s*[,;]\s*", group.strip()):
+        bounds = [int(value) for value in re.split(r"\s*[\u2013-]\s*", part) if value]
+        if len(bounds) == 2 and 0 <= bounds[1] - bounds[0] < 50:  # a range such as [2-4]
+            numbers.extend(range(bounds[0], bounds[1] + 1))
+        else:
+            numbers.extend(bounds)
+    return numbers
+
+
+def drop_unknown_citations(text: str, count: int) -> str:
+    """Keep [n] markers only for excerpts 1..count; a marker left with no valid number disappears."""
+
+    def rewrite(match: re.Match[str]) -> str:
+        valid = [number for number in _expand(match.group(1)) if 1 <= number <= count]
+        if not valid:
+            return ""
+        lead = match.group(0)[: len(match.group(0)) - len(match.group(0).lstrip())]
+        return f"{lead}[{', '.join(str(number) for number in dict.fromkeys(valid))}]"
+
+    return _CITATION_RE.sub(rewrite, text).strip()
+
+
+def is_abstention(answer: str) -> bool:
+    """The answer's first sentence says the paper doesn't answer (later sentences may hedge a real answer)."""
+    first = _FIRST_SENTENCE_RE.match(answer.strip())
+    return bool(first and _ABSTAIN_RE.search(first.group(0)))
+
+
+def build_draft(
+    analysis: str,
+    final: str | None,
+    passages: list[Passage],
+    model: str,
+    *,
+    truncated: bool = False,
+) -> Draft:
+    """Assemble the Draft; without a final message the answer is the last reasoning step (truncated)."""
+    count = len(passages)
+    steps = [drop_unknown_citations(step, count) for step in split_steps(analysis)]
+    answer = drop_unknown_citations(final or "", count)
+    if not answer:
+        # Truncated before (or during an empty) final: answer from what's there, and say so.
+        answer, truncated = (steps[-1] if steps else ""), True
+    if not answer or is_abstention(answer):
+        return Draft(answer=ABSTAIN_ANSWER, steps=steps, abstained=True, model=model, truncated=truncated)
+    cited = [_whole_chunk(passages[number - 1]) for number in cited_numbers(answer)]
+    return Draft(answer=answer, steps=steps, cited=cited, model=model, truncated=truncated)
+
+
+def _whole_chunk(passage: Passage) -> CitedSpan:
+    chunk = passage.chunk
+    return CitedSpan(chunk_id=chunk.chunk_id, start=chunk.start, end=chunk.end)
+
+
+class StreamAssembler:
+    """Turns growing (analysis, final) texts into `step` and `answer` events.
+
+    A step is emitted once the next one has begun (or the analysis is over); answer events carry text deltas.
+    """
+
+    def __init__(self) -> None:
+        self._steps_sent = 0
+        self._answer_sent = ""
+
+    def update(self, analysis: str, final: str | None, *, finished: bool = False) -> Iterator[StreamEvent]:
+        analysis_over = finished or final is not None
+        # While reasoning runs, only a numbered split is stable enough to emit its completed steps.
+        ready = split_steps(analysis) if analysis_over else numbered_steps(analysis)[:-1]
+        for step in ready[self._steps_sent :]:
+            yield StreamEvent(event="step", data=step)
+        self._steps_sent = max(self._steps_sent, len(ready))
+        # Only ever append: a partial parse that would rewrite already-sent text waits for more tokens.
+        if final and len(final) > len(self._answer_sent) and final.startswith(self._answer_sent):
+            yield StreamEvent(event="answer", data=final[len(self._answer_sent) :])
+            self._answer_sent = final
+
+    @staticmethod
+    def done(draft: Draft) -> StreamEvent:
+        return StreamEvent(event="done", data=draft.model_dump())

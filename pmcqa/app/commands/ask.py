@@ -1,0 +1,54 @@
+"""`pmcqa ask PAPER_ID "question"`: answer in-process (no server), from the local library."""
+
+from __future__ import annotations
+
+import typer
+
+# Exit codes by refusal, so scripts can tell "not ingested yet" from a bad question.
+EXIT_CODES = {
+    "invalid_request": 2,
+    "paper_not_found": 3,
+    "paper_being_ingested": 4,
+    "backend_not_ready": 5,
+    "generation_timeout": 6,
+}
+
+
+def ask(
+    paper_id: str = typer.Argument(..., help="PMCID, versioned PMCID, PMID (pmid:123) or DOI."),
+    question: str = typer.Argument(..., help="The question, answered from this paper only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full Answer as JSON."),
+    backend: str | None = typer.Option(None, "--backend", help="extractive | transformers | openai."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, max=100, help="Passages to retrieve."),
+) -> None:
+    """Answer a question about one ingested paper, citing its own sentences."""
+    from pmcqa.app.answering.registry import BACKENDS
+    from pmcqa.app.service import Library, ServiceError
+    from pmcqa.core.settings import Settings
+
+    if backend is not None and backend not in BACKENDS:
+        raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
+    settings = Settings(**({"answer_backend": backend} if backend else {}))
+    library = Library.create(settings)
+    try:
+        answer = library.ask(paper_id, question, top_k)
+    except ServiceError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(EXIT_CODES.get(exc.code, 1)) from None
+    finally:
+        library.close()
+    if as_json:
+        typer.echo(answer.model_dump_json(indent=2))
+        return
+    typer.echo(answer.answer)
+    for number, citation in enumerate(answer.citations, start=1):
+        typer.echo(f"  [{number}] {citation.section or '(untitled)'} [{citation.start}:{citation.end}]")
+        typer.echo(f'      "{citation.quote}"')
+    typer.echo("")
+    for step in answer.steps:
+        typer.echo(f"  {step}")
+    typer.echo(f"  ({answer.backend}, {answer.model}, {answer.timings.get('total', 0):.2f}s)")
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command("ask")(ask)

@@ -1,0 +1,47 @@
+"""`pmcqa serve`: run the HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import typer
+
+
+def serve(
+    host: str | None = typer.Option(None, help="Bind address (default: PMCQA_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port (default: PMCQA_PORT, 8080)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+    worker: bool | None = typer.Option(
+        None, "--worker/--no-worker", help="Start an ingest worker beside the API (default: unless Redis)."
+    ),
+) -> None:
+    """Serve the question-answering API (POST /ask, /search, /papers, /healthz, /readyz, /metrics)."""
+    import uvicorn
+
+    from pmcqa.app.main import create_app
+    from pmcqa.core.settings import Settings
+
+    overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
+    settings = Settings(**overrides)
+    base = f"http://{settings.host}:{settings.port}"
+    auth = ' -H "Authorization: Bearer $KEY"' if settings.api_keys else ""
+    typer.echo(f"pmcqa API on {base}  (docs: {base}/docs, backend: {settings.answer_backend})")
+    typer.echo(
+        "Ingest a first paper:  pmcqa ingest PMC8026465   or  "
+        f"curl -X POST {base}/ingest{auth} -H 'Content-Type: application/json' "
+        '-d \'{"ids": ["PMC8026465"]}\''
+    )
+    typer.echo(
+        f"Then ask:  curl -X POST {base}/ask{auth} -H 'Content-Type: application/json' "
+        '-d \'{"paper_id": "PMC8026465", "question": "What did the authors find?"}\''
+    )
+    from pmcqa.ingest.worker import serve_with_worker
+
+    embedded = serve_with_worker(settings, worker, typer.echo)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command("serve")(serve)

@@ -1,0 +1,86 @@
+"""FastAPI dependencies: the process-wide components (created once by the lifespan) and bearer-key auth."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from pmcqa.app.answering.base import Answer
+from pmcqa.app.service import Library
+from pmcqa.core.settings import Settings
+
+
+class AnswerMetrics:
+    """Answers by backend, abstentions, and answer latency, on the app's own Prometheus registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.answers = Counter(
+            "pmcqa_answers_total",
+            "Answers returned, by backend and outcome.",
+            ["backend", "abstained"],
+            registry=registry,
+        )
+        self.abstentions = Counter(
+            "pmcqa_abstentions_total", "Answers where the backend abstained.", ["backend"], registry=registry
+        )
+        self.latency = Histogram(
+            "pmcqa_answer_seconds",
+            "Seconds from request to final answer, by backend.",
+            ["backend"],
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+
+    def observe(self, answer: Answer) -> None:
+        self.answers.labels(answer.backend, str(answer.abstained).lower()).inc()
+        if answer.abstained:
+            self.abstentions.labels(answer.backend).inc()
+        self.latency.labels(answer.backend).observe(answer.timings.get("total", 0.0))
+
+
+_bearer = HTTPBearer(auto_error=False, description="One of PMCQA_API_KEYS, when keys are configured.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_library(request: Request) -> Library:
+    library: Library | None = getattr(request.app.state, "library", None)
+    if library is None:  # only between process start and the end of the lifespan's startup
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the index is still loading; retry shortly")
+    return library
+
+
+def get_metrics(request: Request) -> AnswerMetrics:
+    return request.app.state.answer_metrics
+
+
+def key_matches(presented: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every configured key (no early exit reveals which one matched)."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented.encode(), key.encode())
+    return matched
+
+
+def require_api_key(
+    settings: Settings = Depends(get_settings),
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> None:
+    """With PMCQA_API_KEYS set, every request needs `Authorization: Bearer <key>`; 401 otherwise."""
+    if not settings.api_keys:
+        return
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API key: send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not key_matches(credentials.credentials, settings.api_keys):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "Bearer"}
+        )

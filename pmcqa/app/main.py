@@ -1,0 +1,126 @@
+"""The FastAPI application: `create_app(settings)`.
+
+The lifespan loads the library (embedder, store, retriever, default answer backend) once per process and the
+routes get it through dependencies; the routers are listed in `ROUTERS`. Errors leave as
+``{"error": code, "detail": message}``; nothing a client sends can produce a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pmcqa.app.deps import AnswerMetrics, require_api_key
+from pmcqa.app.routes import ask, health, jobs, papers, search
+from pmcqa.app.service import (
+    BackendNotReady,
+    GenerationTimeout,
+    InvalidInput,
+    Library,
+    PaperBusy,
+    PaperNotFound,
+    ServiceError,
+)
+from pmcqa.core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[ServiceError], int] = {
+    InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    PaperNotFound: status.HTTP_404_NOT_FOUND,
+    PaperBusy: status.HTTP_409_CONFLICT,
+    BackendNotReady: status.HTTP_503_SERVICE_UNAVAILABLE,
+    GenerationTimeout: status.HTTP_504_GATEWAY_TIMEOUT,
+}
+
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
+
+
+def error(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status_code, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    """One readable line per problem, e.g. "body.question: Field required"."""
+    parts = []
+    for problem in exc.errors():
+        where = ".".join(str(p) for p in problem.get("loc", ()))
+        parts.append(f"{where}: {problem.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    @api.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error(STATUS_OF.get(type(exc), 400), exc.code, exc.detail)
+
+    @api.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request", _describe_validation(exc))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @api.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with the traceback for operators; the client gets a clean message, never the trace.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error(
+            status.HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log"
+        )
+
+
+# Every router of the service; a new endpoint module is added here.
+ROUTERS = (ask.router, health.router, jobs.router, papers.router, search.router)
+
+
+def create_app(
+    settings: Settings | None = None, library_factory: Callable[[Settings], Library] | None = None
+) -> FastAPI:
+    """The service; `library_factory` (tests, embedding) replaces `Library.create`, run once at startup."""
+    settings = settings or get_settings()
+    factory = library_factory or Library.create
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        library = factory(settings)
+        api.state.library = library
+        try:
+            yield
+        finally:
+            api.state.library = None
+            if library_factory is None:  # a library handed in by the caller stays the caller's to close
+                library.close()
+
+    api = FastAPI(
+        title="pmcqa",
+        summary="Paper-grounded question answering over PubMed Central full texts.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    api.state.settings = settings
+    api.state.library = None
+    registry = CollectorRegistry()  # per app, so several apps in one process (tests) never collide
+    api.state.answer_metrics = AnswerMetrics(registry)
+    install_error_handlers(api)
+    for router in ROUTERS:
+        api.include_router(router)
+    Instrumentator(registry=registry, excluded_handlers=["/metrics", "/healthz"]).instrument(api).expose(
+        api, endpoint="/metrics", tags=["health"], dependencies=[Depends(require_api_key)]
+    )
+    return api
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory pmcqa.app.main:app_factory`."""
+    return create_app()

@@ -1,0 +1,25 @@
+"""POST /search: passages inside one paper (hybrid/dense/lexical) or across the library (dense)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+
+from pmcqa.app.deps import get_library, require_api_key
+from pmcqa.app.schemas import SearchHit, SearchRequest, SearchResponse, error_responses
+from pmcqa.app.service import Library
+
+router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)])
+
+
+@router.post("/search", response_model=SearchResponse, responses=error_responses(401, 404, 409, 422))
+async def search(request: SearchRequest, library: Library = Depends(get_library)) -> SearchResponse:
+    paper_id, passages = await run_in_threadpool(
+        library.search, request.query, request.paper_id, request.k, request.mode
+    )
+    return SearchResponse(
+        query=request.query,
+        paper_id=paper_id,
+        mode=request.mode if paper_id else "dense",
+        passages=[SearchHit.from_passage(p) for p in passages],
+    )

@@ -1,0 +1,369 @@
+"""Question answering over the library, independent of HTTP: the one code path of `POST /ask` and `pmcqa ask`.
+
+`Library` holds the components created once per process (store, embedder, retriever, answer backends) and
+turns requests into typed results or typed errors (`PaperNotFound`, `PaperBusy`, `InvalidInput`,
+`BackendNotReady`, `GenerationTimeout`); the HTTP layer maps those to status codes, the CLI to messages.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pmcqa.app.answering.base import Answer, AnswerBackend, Draft, StreamEvent
+from pmcqa.app.answering.citations import finalize
+from pmcqa.app.answering.registry import create_backend
+from pmcqa.core.settings import Settings
+from pmcqa.index.models import PaperRecord, Passage
+
+log = logging.getLogger(__name__)
+
+BUSY_STATUSES = frozenset({"queued", "ingesting"})
+
+
+class ServiceError(Exception):
+    """A request the service refuses; `code` names it in the JSON error body."""
+
+    code = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidInput(ServiceError):
+    code = "invalid_request"
+
+
+class PaperNotFound(ServiceError):
+    code = "paper_not_found"
+
+
+class PaperBusy(ServiceError):
+    code = "paper_being_ingested"
+
+
+class BackendNotReady(ServiceError):
+    code = "backend_not_ready"
+
+
+class GenerationTimeout(ServiceError):
+    code = "generation_timeout"
+
+
+def not_found_message(paper_id: str) -> str:
+    return (
+        f"{paper_id} is not in the library. Ingest it first: `pmcqa ingest {paper_id}` "
+        f'or `POST /ingest` with {{"ids": ["{paper_id}"]}}.'
+    )
+
+
+@dataclass
+class Prepared:
+    """Everything generation needs, checked and retrieved before any answer text is produced."""
+
+    paper: PaperRecord
+    question: str
+    passages: list[Passage]
+    backend: AnswerBackend
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Library:
+    settings: Settings
+    store: Any
+    embedder: Any
+    retriever: Any
+    id_resolver: Any = None
+    backends: dict[str, AnswerBackend] = field(default_factory=dict)
+    backend_errors: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Generation runs here so a request can stop waiting after generation_timeout_s.
+    _pool: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pmcqa-gen")
+    )
+
+    @classmethod
+    def create(cls, settings: Settings) -> Library:
+        """Load the real components once: embedder, store, retriever, id resolver and the default backend."""
+        from pmcqa.index.embedding import Embedder
+        from pmcqa.index.retrieval import Retriever
+        from pmcqa.index.store import Store
+
+        embedder = Embedder(settings)
+        store = Store(settings, embedder)
+        library = cls(
+            settings, store, embedder, Retriever(store, embedder, settings), _make_resolver(settings)
+        )
+        library.load_backend(settings.answer_backend)
+        return library
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        client = getattr(self.id_resolver, "client", None)
+        if client is not None:
+            client.close()
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()
+
+    # --- backends ------------------------------------------------------------------------------------------
+    def load_backend(self, name: str) -> AnswerBackend | None:
+        """Create backend `name` once; a failure is remembered (readyz and /ask report it) and not retried.
+
+        A backend with a separate `load()` (the transformers model: minutes) is created unloaded and loads in
+        a background thread, so the service is up (healthz 200, readyz/ask 503) while the weights arrive.
+        """
+        with self._lock:
+            if name in self.backends:
+                return self.backends[name]
+            if name in self.backend_errors:
+                return None
+            try:
+                backend = create_backend(name, self.settings, self.embedder)
+            except Exception as exc:  # missing optional dependency, unknown name, bad configuration, ...
+                log.exception("answer backend %s failed to load", name)
+                self.backend_errors[name] = f"{type(exc).__name__}: {exc}"
+                return None
+            self.backends[name] = backend
+        load = getattr(backend, "load", None)
+        if callable(load) and not backend.is_ready():
+            threading.Thread(target=self._load_in_background, args=(name, load), daemon=True).start()
+        return backend
+
+    def _load_in_background(self, name: str, load: Any) -> None:
+        try:
+            load()
+        except Exception as exc:  # no GPU, weights missing, out of memory: report it, keep serving
+            log.exception("answer backend %s failed to load", name)
+            with self._lock:
+                self.backend_errors[name] = f"{type(exc).__name__}: {exc}"
+                self.backends.pop(name, None)
+
+    def backend(self, name: str | None = None) -> AnswerBackend:
+        name = name or self.settings.answer_backend
+        backend = self.load_backend(name)
+        if backend is None or name in self.backend_errors:
+            raise BackendNotReady(f"answer backend {name!r} failed to load: {self.backend_errors[name]}")
+        if not backend.is_ready():
+            raise BackendNotReady(f"answer backend {name!r} is still loading; retry shortly.")
+        return backend
+
+    def readiness(self) -> dict[str, Any]:
+        name = self.settings.answer_backend
+        backend = self.backends.get(name)
+        backend_ready = backend is not None and backend.is_ready()
+        try:
+            papers = int(self.store.count_papers())
+            index_ready = True
+        except Exception as exc:
+            log.warning("index not ready: %s", exc)
+            papers, index_ready = 0, False
+        detail = self.backend_errors.get(name) or (None if backend_ready else "backend loading")
+        return {
+            "ready": index_ready and backend_ready,
+            "index": index_ready,
+            "backend": name,
+            "backend_ready": backend_ready,
+            "papers": papers,
+            "detail": detail if not (index_ready and backend_ready) else None,
+        }
+
+    # --- papers --------------------------------------------------------------------------------------------
+    def resolve_id(self, text: str) -> str:
+        """Canonical PMCID of any accepted id form (PMCID, versioned PMCID, PMID, DOI)."""
+        from pmcqa.ingest.ids import InvalidPaperId, parse_id
+
+        try:
+            parsed = parse_id(text, self.settings.bare_digits)
+        except InvalidPaperId as exc:
+            raise InvalidInput(str(exc)) from None
+        if parsed.kind == "pmcid":
+            return parsed.value
+        # PMID / DOI: the store's aliases first (no network), then NCBI's ID converter.
+        paper_id = self.store.resolve_alias(str(parsed))
+        if paper_id:
+            return paper_id
+        resolver = self.id_resolver
+        if resolver is not None:
+            try:
+                resolution = resolver.resolve_many([parsed.raw]).get(parsed.raw)
+            except Exception as exc:  # NCBI unreachable: then it cannot be in the library under this id
+                log.warning("could not resolve %s: %s", parsed.raw, exc)
+                resolution = None
+            if resolution is not None and resolution.pmcid:
+                return str(resolution.pmcid)
+        label = str(parsed)
+        raise PaperNotFound(
+            f"{label} is not in the library. Ingest it first: `pmcqa ingest {label}` "
+            f'or `POST /ingest` with {{"ids": ["{label}"]}}.'
+        )
+
+    def status_of(self, paper_id: str) -> str | None:
+        """Ingest status (queued, ingesting, ingested, no-full-text, failed, ...) or None when unknown."""
+        status = self.store.get_status(paper_id)
+        return None if status is None else str(getattr(status, "status", status))
+
+    def require_paper(self, text: str) -> PaperRecord:
+        """The stored paper for an id, or the error saying why not (404 absent, 409 still ingesting)."""
+        paper_id = self.resolve_id(text)
+        status = self.status_of(paper_id)
+        if status in BUSY_STATUSES:
+            raise PaperBusy(f"{paper_id} is being ingested (status: {status}); retry when it is done.")
+        paper = self.store.get_paper(paper_id)
+        if paper is None:
+            raise PaperNotFound(not_found_message(paper_id))
+        return paper
+
+    def check_question(self, question: str) -> str:
+        question = question.strip()
+        if not question:
+            raise InvalidInput("question must not be empty")
+        limit = self.settings.max_question_chars
+        if len(question) > limit:
+            raise InvalidInput(
+                f"question is {len(question)} characters; the limit is {limit} (PMCQA_MAX_QUESTION_CHARS)"
+            )
+        return question
+
+    # --- answering -----------------------------------------------------------------------------------------
+    def prepare(
+        self, paper_id: str, question: str, top_k: int | None = None, backend: str | None = None
+    ) -> Prepared:
+        # Input errors first (422, 404, 409), then whether the backend can answer now (503).
+        question = self.check_question(question)
+        paper = self.require_paper(paper_id)
+        chosen = self.backend(backend)
+        started = time.perf_counter()
+        passages = self.retriever.retrieve(paper.paper_id, question, top_k or self.settings.top_k, "hybrid")
+        timings = {"retrieve": round(time.perf_counter() - started, 4)}
+        return Prepared(paper, question, passages, chosen, timings, started)
+
+    def answer(self, prepared: Prepared, draft: Draft) -> Answer:
+        """The final Answer: the draft's text with only verified citations."""
+        citations = finalize(draft, prepared.paper, prepared.passages)
+        prepared.timings["total"] = round(time.perf_counter() - prepared.started, 4)
+        return Answer(
+            paper_id=prepared.paper.paper_id,
+            question=prepared.question,
+            answer=draft.answer,
+            steps=draft.steps,
+            citations=citations,
+            abstained=draft.abstained,
+            backend=prepared.backend.name,
+            model=draft.model or prepared.backend.model,
+            truncated=draft.truncated,
+            timings=prepared.timings,
+        )
+
+    def ask(
+        self, paper_id: str, question: str, top_k: int | None = None, backend: str | None = None
+    ) -> Answer:
+        prepared = self.prepare(paper_id, question, top_k, backend)
+        started = time.perf_counter()
+        future = self._pool.submit(
+            prepared.backend.generate, prepared.question, prepared.passages, prepared.paper
+        )
+        try:
+            draft = future.result(timeout=self.settings.generation_timeout_s)
+        except concurrent.futures.TimeoutError:
+            # The worker thread cannot be killed; it finishes in the background and its result is discarded.
+            future.cancel()
+            raise GenerationTimeout(
+                f"generation ran past {self.settings.generation_timeout_s:g}s (PMCQA_GENERATION_TIMEOUT_S)"
+            ) from None
+        prepared.timings["generate"] = round(time.perf_counter() - started, 4)
+        return self.answer(prepared, draft)
+
+    def stream(self, prepared: Prepared) -> Iterator[StreamEvent]:
+        """`step` and `answer` events as the backend produces them, then `done` with the final Answer.
+
+        The backend runs in a worker thread feeding a queue, so a stalled backend still ends the stream with
+        an `error` event at generation_timeout_s.
+        """
+        events: queue.Queue[StreamEvent | BaseException | None] = queue.Queue()
+        deadline = time.monotonic() + self.settings.generation_timeout_s
+
+        def produce() -> None:
+            try:
+                for event in prepared.backend.stream(prepared.question, prepared.passages, prepared.paper):
+                    events.put(event)
+            except BaseException as exc:  # handed to the consumer, which reports it as an error event
+                events.put(exc)
+            finally:
+                events.put(None)
+
+        started = time.perf_counter()
+        self._pool.submit(produce)
+        steps: list[str] = []
+        while True:
+            try:
+                item = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                yield StreamEvent(
+                    event="error",
+                    data={
+                        "error": GenerationTimeout.code,
+                        "detail": f"generation ran past {self.settings.generation_timeout_s:g}s",
+                    },
+                )
+                return
+            if item is None:
+                yield StreamEvent(
+                    event="error", data={"error": "internal_error", "detail": "no answer produced"}
+                )
+                return
+            if isinstance(item, TimeoutError):  # the backend's own wall-clock limit
+                yield StreamEvent(event="error", data={"error": GenerationTimeout.code, "detail": str(item)})
+                return
+            if isinstance(item, BaseException):
+                log.error("streaming backend failed", exc_info=item)
+                yield StreamEvent(
+                    event="error", data={"error": "internal_error", "detail": "generation failed"}
+                )
+                return
+            if item.event == "step":
+                steps.append(str(item.data))
+            if item.event == "done":
+                draft = Draft.model_validate(item.data)
+                draft.steps = draft.steps or steps
+                prepared.timings["generate"] = round(time.perf_counter() - started, 4)
+                yield StreamEvent(event="done", data=self.answer(prepared, draft).model_dump())
+                return
+            yield item
+
+    # --- search --------------------------------------------------------------------------------------------
+    def search(
+        self, query: str, paper_id: str | None, k: int | None, mode: str
+    ) -> tuple[str | None, list[Passage]]:
+        query = query.strip()
+        if not query:
+            raise InvalidInput("query must not be empty")
+        if len(query) > self.settings.max_question_chars:
+            raise InvalidInput(f"query is longer than {self.settings.max_question_chars} characters")
+        if paper_id:
+            paper = self.require_paper(paper_id)
+            return paper.paper_id, self.retriever.retrieve(
+                paper.paper_id, query, k or self.settings.top_k, mode
+            )
+        return None, self.retriever.search_library(query, k or self.settings.top_k)
+
+
+def _make_resolver(settings: Settings) -> Any:
+    """NCBI id resolver (cached id map + ID Converter) for PMIDs/DOIs the store does not know."""
+    try:
+        from pmcqa.ingest.entrez import EntrezClient
+        from pmcqa.ingest.ids import IdResolver
+
+        return IdResolver(settings, EntrezClient(settings))
+    except Exception as exc:  # the service still answers for PMCIDs and stored aliases
+        log.warning("no id resolver: %s", exc)
+        return None

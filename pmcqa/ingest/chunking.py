@@ -1,0 +1,435 @@
+"""Paper → Chunks: section-aware, token-budgeted, verbatim slices of the paper's canonical text.
+
+Rules (see the README section "Chunking"):
+- A chunk never spans two sections, two parts (front/body/back/floats/sub-article) or two sub-articles.
+- Titles, captions, tables and supplementary items (and any labelled block but a numbered formula) are
+  chunks of their own and keep their label.
+- A block over the token budget splits: tables by rows, text at sentence boundaries, an over-long sentence at
+  word boundaries. Split pieces never merge with neighbouring blocks.
+- Short neighbouring text blocks of one section merge while the chunk is under `min_tokens` and the merged
+  chunk stays within `max_tokens`. Paragraphs, lists and display formulas merge with each other (a formula
+  reads as part of the paragraph around it); abstracts, back matter, boxed text and sub-article blocks merge
+  only with blocks of their own kind.
+- Offsets point into `Paper.canonical_text` and ``canonical_text[start:end] == chunk.text`` exactly: merged
+  blocks keep the blank-line separator between them, whitespace is trimmed by moving offsets only.
+- `chunk_id` is a hash of (paper id, chunking params key, offsets, text): the same input gives the same ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pmcqa.index.models import Chunk, ChunkingParams, ChunkKind, OutlineEntry, PaperRecord
+from pmcqa.ingest.models import Block, Paper, Section
+
+if TYPE_CHECKING:
+    from pmcqa.core.settings import Settings
+
+# Bump whenever the rules below change what chunks come out: stored papers record it and get re-chunked.
+CHUNKER_VERSION = 1
+
+# Never merged with anything: each is a retrieval target of its own ("what does Table 2 show?").
+STANDALONE_KINDS: frozenset[str] = frozenset({"title", "caption", "table", "supplementary"})
+# Kinds that read as one running text inside a section; every other kind merges only with itself.
+_TEXT_GROUP: frozenset[str] = frozenset({"paragraph", "list", "formula"})
+
+Span = tuple[int, int]
+Splitter = Callable[[str, int, int], list[Span]]
+
+
+# --- token counting ----------------------------------------------------------------------------------------
+
+
+class TokenCounter:
+    """Counts tokens as the embedding model sees them (no special tokens), so the budget is the model's.
+
+    `spans` (token character offsets) and `additive` are an optimisation: when the tokenizer splits on
+    whitespace before anything else (BERT's WordPiece and friends), a slice cut at whitespace has exactly the
+    tokens whose offsets fall inside it, so a block is tokenized once however it is split or merged.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        count: Callable[[str], int],
+        spans: Callable[[str], list[Span]] | None = None,
+        additive: bool = False,
+    ) -> None:
+        self.name = name
+        self._count = count
+        self.spans = spans
+        self.additive = additive and spans is not None
+
+    @classmethod
+    def from_tokenizer(cls, name: str, tokenizer: Any) -> TokenCounter:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+
+            def count_slow(text: str) -> int:
+                # verbose=False: long texts are only counted, never embedded; the length warning is noise.
+                encoded = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)
+                return len(encoded["input_ids"])
+
+            return cls(name, count_slow)
+        # The Rust tokenizer directly: ~10x less overhead per call than the Python wrapper. It is copied
+        # because sentence-transformers' tokenizer.json truncates (and pads) to the model's length.
+        backend = copy.deepcopy(backend)
+        backend.no_truncation()
+        backend.no_padding()
+
+        def count(text: str) -> int:
+            return len(backend.encode(text, add_special_tokens=False).ids)
+
+        def spans(text: str) -> list[Span]:
+            return list(backend.encode(text, add_special_tokens=False).offsets)
+
+        pre_tokenizer = type(backend.pre_tokenizer).__name__ if backend.pre_tokenizer else ""
+        return cls(name, count, spans, additive=pre_tokenizer in _WHITESPACE_PRE_TOKENIZERS)
+
+    def count(self, text: str) -> int:
+        return self._count(text)
+
+
+# Pre-tokenizers that cut at every whitespace first, so counts add up over whitespace-separated slices.
+_WHITESPACE_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
+
+
+@lru_cache(maxsize=4)
+def _cached_counter(model_name: str) -> TokenCounter:
+    from transformers import AutoTokenizer
+
+    from pmcqa.index.embedding import resolve_model_path
+
+    return TokenCounter.from_tokenizer(
+        model_name, AutoTokenizer.from_pretrained(resolve_model_path(model_name))
+    )
+
+
+def load_token_counter(settings: Settings) -> TokenCounter:
+    """The embedding model's tokenizer as a counter, loaded once per process and model."""
+    return _cached_counter(settings.embedding_model)
+
+
+def chunking_params(settings: Settings) -> ChunkingParams:
+    # The tokenizer is recorded by its setting name, not the resolved path, so ids agree across machines.
+    return ChunkingParams(
+        version=CHUNKER_VERSION,
+        tokenizer=settings.embedding_model,
+        max_tokens=settings.chunk_max_tokens,
+        min_tokens=settings.chunk_min_tokens,
+    )
+
+
+# --- splitting ---------------------------------------------------------------------------------------------
+
+# Words whose trailing period is not a sentence end (compared lower-cased, leading brackets removed).
+_ABBREVIATION_WORDS = """
+al. e.g. i.e. fig. figs. eq. eqs. ref. refs. tab. suppl. vs. cf. viz. approx. ca. resp. no. nos. vol. pp. ch.
+chap. sect. ed. eds. dr. mr. mrs. ms. prof. st. jr. inc. ltd. co. corp. dept. univ. sp. spp. subsp. ssp. var.
+cv. str. gen. nov. mol. wt. conc. natl. acad. sci. proc. u.s. u.k. jan. feb. mar. apr. jun. jul. aug. sep.
+sept. oct. dec.
+"""
+_ABBREVIATIONS: frozenset[str] = frozenset(_ABBREVIATION_WORDS.split())
+# Sentence end: terminal punctuation (plus closing quotes/brackets), whitespace, then something that can
+# start a sentence. Decimals ("3.5") never match because no whitespace follows the point.
+_SENTENCE_END = re.compile(
+    r"(?P<end>[.!?][\"')\]\u201d\u2019]*)\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9\u0391-\u03a9])|(?P<nl>)\n\s*"
+)
+_WORD = re.compile(r"\S+")
+_LINE = re.compile(r"[^\n]+")
+
+
+def _strip(text: str, start: int, end: int) -> Span:
+    """Trim whitespace by moving the offsets, never by editing the text."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _is_abbreviation(text: str, seg_start: int, dot_end: int) -> bool:
+    word_start = dot_end
+    while word_start > seg_start and not text[word_start - 1].isspace():
+        word_start -= 1
+    word = text[word_start:dot_end].lstrip("([\"'\u201c\u2018").lower()
+    if word in _ABBREVIATIONS:
+        return True
+    # Initials and abbreviated genera: "J. Smith", "E. coli", "C. elegans".
+    return len(word) == 2 and word[0].isalpha()
+
+
+def split_sentences(text: str, start: int, end: int) -> list[Span]:
+    """Sentence spans of text[start:end] (stripped); line breaks always end a sentence."""
+    spans: list[Span] = []
+    seg_start = start
+    for match in _SENTENCE_END.finditer(text, start, end):
+        if match.group("nl") is None:
+            cut = match.end("end")
+            if text[match.start("end")] == "." and _is_abbreviation(text, seg_start, match.start("end") + 1):
+                continue
+        else:
+            cut = match.start()
+        spans.append((seg_start, cut))
+        seg_start = match.end()
+    spans.append((seg_start, end))
+    return [span for span in (_strip(text, s, e) for s, e in spans) if span[0] < span[1]]
+
+
+def split_words(text: str, start: int, end: int) -> list[Span]:
+    return [m.span() for m in _WORD.finditer(text, start, end)]
+
+
+def split_lines(text: str, start: int, end: int) -> list[Span]:
+    spans = (_strip(text, *m.span()) for m in _LINE.finditer(text, start, end))
+    return [span for span in spans if span[0] < span[1]]
+
+
+class Counted(NamedTuple):
+    """A span of the text with its token count."""
+
+    start: int
+    end: int
+    tokens: int
+
+
+class Measure:
+    """Token counts of sub-spans of one block of `text`.
+
+    With an additive counter the block is tokenized once and a sub-span's count is the number of tokens
+    inside it (exact, since every cut is at whitespace); otherwise each sub-span is tokenized for real.
+    """
+
+    def __init__(self, text: str, start: int, end: int, counter: TokenCounter) -> None:
+        self.text = text
+        self.counter = counter
+        self._starts: list[int] | None = None
+        self._ends: list[int] = []
+        if counter.additive and counter.spans is not None:
+            offsets = counter.spans(text[start:end])
+            self._starts = [start + s for s, _ in offsets]
+            self._ends = [start + e for _, e in offsets]
+
+    @property
+    def exact(self) -> bool:
+        return self._starts is not None
+
+    def count(self, start: int, end: int) -> int:
+        if self._starts is None:
+            return self.counter.count(self.text[start:end])
+        return bisect_right(self._ends, end) - bisect_left(self._starts, start)
+
+
+def _pack_exact(measure: Measure, units: list[Counted], max_tokens: int) -> list[Counted]:
+    """Greedy packing that counts every candidate slice: exact for any tokenizer, but O(units) counts."""
+    packed: list[Counted] = []
+    current = units[0]
+    for unit in units[1:]:
+        tokens = measure.count(current.start, unit.end)
+        if tokens <= max_tokens:
+            current = Counted(current.start, unit.end, tokens)
+        else:
+            packed.append(current)
+            current = unit
+    packed.append(current)
+    return packed
+
+
+def _close(measure: Measure, group: list[Counted], max_tokens: int) -> list[Counted]:
+    if len(group) == 1:
+        return group
+    tokens = measure.count(group[0].start, group[-1].end)
+    if tokens <= max_tokens:
+        return [Counted(group[0].start, group[-1].end, tokens)]
+    return _pack_exact(measure, group, max_tokens)  # the tokenizer is not additive over whitespace
+
+
+def _pack(measure: Measure, units: list[Counted], max_tokens: int) -> list[Counted]:
+    """Greedily join consecutive units into spans within the budget.
+
+    Groups are formed on the sum of the unit counts (exact for whitespace-pre-tokenizing tokenizers) and each
+    group is then measured, so the budget holds for any tokenizer.
+    """
+    packed: list[Counted] = []
+    group = [units[0]]
+    estimate = units[0].tokens
+    for unit in units[1:]:
+        if estimate + unit.tokens <= max_tokens:
+            group.append(unit)
+            estimate += unit.tokens
+        else:
+            packed.extend(_close(measure, group, max_tokens))
+            group, estimate = [unit], unit.tokens
+    packed.extend(_close(measure, group, max_tokens))
+    return packed
+
+
+def split_span(
+    measure: Measure, start: int, end: int, max_tokens: int, splitters: list[Splitter]
+) -> list[Counted]:
+    """Split a span into budgeted spans, trying each splitter from coarse (rows) to fine (words).
+
+    Only a single unsplittable unit (one huge "word") can stay over the budget.
+    """
+    tokens = measure.count(start, end)
+    if not splitters or tokens <= max_tokens:
+        return [Counted(start, end, tokens)]
+    units = splitters[0](measure.text, start, end)
+    if len(units) <= 1:
+        return split_span(measure, start, end, max_tokens, splitters[1:])
+    fine: list[Counted] = []
+    for unit_start, unit_end in units:
+        fine.extend(split_span(measure, unit_start, unit_end, max_tokens, splitters[1:]))
+    return _pack(measure, fine, max_tokens)
+
+
+# --- chunking ----------------------------------------------------------------------------------------------
+
+
+def is_standalone(block: Block) -> bool:
+    """Titles, captions, tables, supplementary items, and any other labelled block but a formula.
+
+    The label rule catches floats whose kind the parser forces, e.g. "Author response table 1" of kind
+    "sub-article"; a numbered formula "(1)" still reads as part of its paragraph.
+    """
+    return block.kind in STANDALONE_KINDS or (block.label is not None and block.kind != "formula")
+
+
+@dataclass(frozen=True)
+class _Piece:
+    start: int
+    end: int
+    tokens: int
+    blocks: tuple[Block, ...]
+    mergeable: bool
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        """Pieces merge only when their keys match: same part, sub-article, section and kind group."""
+        block = self.blocks[0]
+        group = "text" if block.kind in _TEXT_GROUP else block.kind
+        return block.part, block.sub_article, tuple(block.section_path), group
+
+
+def _block_pieces(
+    block: Block, text: str, span: Span, counter: TokenCounter, params: ChunkingParams
+) -> list[_Piece]:
+    start, end = _strip(text, *span)
+    if start >= end:
+        return []
+    measure = Measure(text, start, end, counter)
+    tokens = measure.count(start, end)
+    if tokens <= params.max_tokens:
+        return [_Piece(start, end, tokens, (block,), not is_standalone(block))]
+    splitters: list[Splitter] = [split_sentences, split_words]
+    if block.kind == "table":
+        splitters.insert(0, split_lines)  # one linearized row per line: split between rows first
+    spans = split_span(measure, start, end, params.max_tokens, splitters)
+    # Split pieces stay apart from neighbouring blocks: merging a tail with the next paragraph would blur
+    # the block boundary for little gain.
+    return [_Piece(s, e, n, (block,), False) for s, e, n in spans]
+
+
+def _merge(pieces: list[_Piece], text: str, counter: TokenCounter, params: ChunkingParams) -> list[_Piece]:
+    merged: list[_Piece] = []
+    for piece in pieces:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.mergeable
+            and piece.mergeable
+            and last.key == piece.key
+            and last.tokens < params.min_tokens
+            and last.tokens + piece.tokens <= params.max_tokens  # exact when additive, a cheap pre-check else
+        ):
+            # The blank line between blocks adds no token to an additive (whitespace-splitting) tokenizer.
+            tokens = (
+                last.tokens + piece.tokens
+                if counter.additive
+                else counter.count(text[last.start : piece.end])
+            )
+            if tokens <= params.max_tokens:
+                merged[-1] = replace(last, end=piece.end, tokens=tokens, blocks=last.blocks + piece.blocks)
+                continue
+        merged.append(piece)
+    return merged
+
+
+def _chunk_kind(blocks: tuple[Block, ...]) -> ChunkKind:
+    kinds = {block.kind for block in blocks}
+    if len(kinds) == 1:
+        return blocks[0].kind
+    return "paragraph"  # a mixed text-group chunk (paragraph + list/formula) reads as a paragraph
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def chunk_id(paper_id: str, params: ChunkingParams, start: int, end: int, text: str) -> str:
+    digest = hashlib.sha1(f"{paper_id}\x1f{params.key()}\x1f{start}\x1f{end}\x1f{text}".encode())
+    return digest.hexdigest()[:20]
+
+
+def chunk_paper(paper: Paper, paper_id: str, counter: TokenCounter, params: ChunkingParams) -> list[Chunk]:
+    """Cut a paper into chunks; every chunk's text is ``paper.canonical_text[start:end]``."""
+    text = paper.canonical_text
+    pieces: list[_Piece] = []
+    for block, span in zip(paper.blocks, paper.block_spans, strict=True):
+        pieces.extend(_block_pieces(block, text, span, counter, params))
+    chunks: list[Chunk] = []
+    for ordinal, piece in enumerate(_merge(pieces, text, counter, params)):
+        first = piece.blocks[0]
+        piece_text = text[piece.start : piece.end]
+        chunks.append(
+            Chunk(
+                chunk_id=chunk_id(paper_id, params, piece.start, piece.end, piece_text),
+                paper_id=paper_id,
+                ordinal=ordinal,
+                section_path=list(first.section_path),
+                kind=_chunk_kind(piece.blocks),
+                text=piece_text,
+                start=piece.start,
+                end=piece.end,
+                # Split pieces keep their whole block's ref_ids: blocks carry no citation offsets.
+                ref_ids=_unique(ref for block in piece.blocks for ref in block.ref_ids),
+                label=first.label if len(piece.blocks) == 1 else None,
+            )
+        )
+    return chunks
+
+
+# --- record ------------------------------------------------------------------------------------------------
+
+
+def _outline(sections: list[Section], depth: int = 0) -> Iterator[OutlineEntry]:
+    for section in sections:
+        yield OutlineEntry(path=list(section.path), sec_type=section.sec_type, depth=depth)
+        yield from _outline(section.children, depth + 1)
+
+
+def to_record(paper: Paper, paper_id: str, params: ChunkingParams, source: str | None) -> PaperRecord:
+    """Flatten a parsed Paper into what the index stores."""
+    return PaperRecord(
+        paper_id=paper_id,
+        pmid=paper.pmid,
+        doi=paper.doi,
+        title=paper.title,
+        journal=paper.journal,
+        year=paper.year,
+        license=paper.license,
+        article_type=paper.article_type,
+        status="ingested" if paper.full_text else "no-full-text",
+        text=paper.canonical_text,
+        outline=list(_outline(paper.sections)),
+        references=list(paper.references),
+        chunking=params,
+        source=source,
+    )

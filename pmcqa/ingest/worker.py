@@ -1,0 +1,368 @@
+"""Queued ingest jobs on huey: enqueue from request handlers, run in `pmcqa worker` processes.
+
+Two modes, chosen by `settings.redis_url`:
+- embedded: `SqliteHuey` at `settings.queue_path` (no server; workers on this machine);
+- networked: `RedisHuey` named `settings.queue_name`, so workers on several machines share the load.
+
+A job's ids are cut into batches of `settings.job_batch_size`; each batch is one task carrying only
+``(job_id, batch)``. Progress lives in the jobs table (`ingest.jobs`), which makes tasks idempotent and
+re-deliverable: a worker leases the batch, renews the lease while it runs, records each id's outcome once,
+and skips ids already finished. Huey removes a task from the queue before running it, so a SIGKILLed worker
+loses its task; every worker therefore re-enqueues, at start and periodically, the batches whose lease
+lapsed. `store.put_paper` is atomic and replaces a paper's chunks, so re-running an id cannot duplicate it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from huey import Huey, RedisHuey, SqliteHuey
+
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.jobs import FINAL_STATUSES, Claim, Job, JobStore
+from pmcqa.ingest.shared_ratelimit import LocalRateLimiter, RedisRateLimiter
+
+log = logging.getLogger("pmcqa.worker")
+
+TASK_NAME = "pmcqa.ingest_batch"
+# Environment variable naming a `module:callable` that builds the ingestor (settings, limiter) -> ingestor.
+# The default builds `ingest.pipeline.Ingestor`; tests and custom pipelines plug in here.
+INGESTOR_FACTORY_ENV = "PMCQA_INGESTOR_FACTORY"
+
+
+class BatchIngestor(Protocol):
+    def ingest_ids(self, ids: list[str], refresh: bool = False, progress: Any = None) -> list[Any]: ...
+
+
+# --- the queue ---------------------------------------------------------------------------------------------
+_HUEYS: dict[tuple[str, ...], tuple[Huey, Any]] = {}
+_HUEYS_LOCK = threading.Lock()
+
+
+def get_huey(settings: Settings) -> Huey:
+    """The huey instance for these settings, with the ingest task registered (one per queue per process)."""
+    return _queue(settings)[0]
+
+
+def _queue(settings: Settings) -> tuple[Huey, Any]:
+    key = (settings.redis_url or "", settings.queue_name, str(settings.queue_path))
+    with _HUEYS_LOCK:
+        entry = _HUEYS.get(key)
+        if entry is None:
+            huey = _make_huey(settings)
+            # A fixed name, so enqueuer and consumer agree whatever module path imported this file.
+            entry = _HUEYS[key] = (huey, huey.task(name=TASK_NAME)(_ingest_batch_task))
+        return entry
+
+
+def _make_huey(settings: Settings) -> Huey:
+    # results=False: outcomes go to the jobs table, not huey's result store.
+    if settings.redis_url:
+        return RedisHuey(name=settings.queue_name, url=settings.redis_url, results=False)
+    settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey(name=settings.queue_name, filename=str(settings.queue_path), results=False)
+
+
+def _enqueue_batch(settings: Settings, job_id: str, batch: int) -> None:
+    _queue(settings)[1](job_id, batch)  # calling a huey task wrapper enqueues it
+
+
+def enqueue_job(
+    settings: Settings, ids: list[str], refresh: bool = False, jobs: JobStore | None = None
+) -> Job:
+    """Record a job and enqueue its batches; returns at once (request handlers call only this)."""
+    jobs = jobs or JobStore.for_settings(settings)
+    job = jobs.create(ids, refresh=refresh, batch_size=settings.job_batch_size)
+    for batch in jobs.batches(job.job_id):
+        _enqueue_batch(settings, job.job_id, batch)
+    return job
+
+
+def requeue_stale(settings: Settings, jobs: JobStore) -> int:
+    """Enqueue again the batches whose worker vanished; returns how many."""
+    # A never-started batch is only suspicious after a long wait: a busy queue legitimately holds tasks.
+    stale = jobs.reclaim_stale(requeue_after_s=max(settings.job_lease_s * 10, 600.0))
+    for job_id, batch in stale:
+        log.warning("re-enqueueing job %s batch %s (its lease lapsed)", job_id, batch)
+        _enqueue_batch(settings, job_id, batch)
+    return len(stale)
+
+
+# --- running a batch ---------------------------------------------------------------------------------------
+@dataclass
+class WorkerRuntime:
+    """What a worker process builds once at start-up and its task threads share."""
+
+    settings: Settings
+    jobs: JobStore
+    limiter: Any
+    factory: Callable[[Settings, Any], BatchIngestor]
+    _local: threading.local = field(default_factory=threading.local)
+
+    def ingestor(self) -> BatchIngestor:
+        # One ingestor per worker thread (the pipeline is not assumed thread-safe); they share the limiter.
+        ingestor = getattr(self._local, "ingestor", None)
+        if ingestor is None:
+            ingestor = self._local.ingestor = self.factory(self.settings, self.limiter)
+        return ingestor
+
+    @property
+    def owner(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+_RUNTIME: WorkerRuntime | None = None
+
+
+def _ingest_batch_task(job_id: str, batch: int) -> None:
+    if _RUNTIME is None:
+        raise RuntimeError("ingest task run outside a pmcqa worker (no runtime configured)")
+    run_batch(_RUNTIME, job_id, batch)
+
+
+def run_batch(runtime: WorkerRuntime, job_id: str, batch: int) -> None:
+    owner = runtime.owner
+    claim = runtime.jobs.claim(job_id, batch, owner, runtime.settings.job_lease_s)
+    if claim is None:
+        return  # finished already, or running elsewhere: a duplicate delivery
+    log.info("job %s batch %s: %d ids (attempt %d)", job_id, batch, len(claim.ids), claim.attempt)
+    try:
+        with _heartbeat(runtime, claim, owner):
+            if claim.ids:
+                _ingest_claim(runtime, claim)
+    except Exception as exc:  # the batch as a whole failed: let another try pick it up
+        log.exception("job %s batch %s failed", job_id, batch)
+        runtime.jobs.release(job_id, batch, owner, f"{type(exc).__name__}: {exc}")
+        return
+    runtime.jobs.finish(job_id, batch, owner)
+
+
+def _ingest_claim(runtime: WorkerRuntime, claim: Claim) -> None:
+    def record(outcome: Any) -> None:
+        fields = outcome_fields(outcome)
+        if fields is not None and fields["requested"] in claim.ids:
+            runtime.jobs.record(claim.job_id, **fields)
+
+    # `progress` records each outcome as it arrives, so a crash mid-batch does not redo finished ids.
+    outcomes = runtime.ingestor().ingest_ids(claim.ids, refresh=claim.refresh, progress=record)
+    for outcome in outcomes:
+        record(outcome)  # no-op for ids already recorded
+
+
+def outcome_fields(outcome: Any) -> dict[str, Any] | None:
+    """`IngestOutcome` (or a dict of its fields) → `JobStore.record` keywords; None if not final."""
+    data = outcome.model_dump() if hasattr(outcome, "model_dump") else outcome
+    if not isinstance(data, dict) or data.get("requested") is None:
+        return None
+    if data.get("status") not in FINAL_STATUSES:
+        return None
+    return {
+        "requested": str(data["requested"]),
+        "status": data["status"],
+        "paper_id": data.get("paper_id"),
+        "reason": data.get("reason"),
+        "title": data.get("title"),
+        "chunks": data.get("chunks"),
+    }
+
+
+@contextmanager
+def _heartbeat(runtime: WorkerRuntime, claim: Claim, owner: str) -> Iterator[None]:
+    stop = threading.Event()
+    interval = max(runtime.settings.job_lease_s / 3, 0.2)
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            if not runtime.jobs.heartbeat(claim.job_id, claim.batch, owner, runtime.settings.job_lease_s):
+                log.warning("lost the lease on job %s batch %s", claim.job_id, claim.batch)
+                return
+
+    thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --- building the runtime ----------------------------------------------------------------------------------
+def make_limiter(settings: Settings) -> Any:
+    """Redis mode: one limit across all workers; embedded: one per process, shared by its threads."""
+    if settings.redis_url:
+        return RedisRateLimiter.from_url(
+            settings.redis_url, key=f"{settings.queue_name}:ncbi-rate", rate=settings.ncbi_rate()
+        )
+    return LocalRateLimiter(settings.ncbi_rate())
+
+
+def default_ingestor(settings: Settings, limiter: Any) -> BatchIngestor:
+    """The real pipeline; its Entrez client takes its turns from the worker's (shared) limiter."""
+    from pmcqa.ingest.pipeline import Ingestor
+
+    return Ingestor(settings, store=_shared_store(settings), limiter=limiter)
+
+
+_STORE: Any = None
+_STORE_LOCK = threading.Lock()
+
+
+def _shared_store(settings: Settings) -> Any:
+    # One Store (and one embedding model in memory) per worker process; the store is thread-safe.
+    global _STORE
+    with _STORE_LOCK:
+        if _STORE is None:
+            from pmcqa.index.embedding import Embedder
+            from pmcqa.index.store import Store
+
+            _STORE = Store(settings, Embedder(settings))
+        return _STORE
+
+
+def load_factory() -> Callable[[Settings, Any], BatchIngestor]:
+    spec = os.environ.get(INGESTOR_FACTORY_ENV)
+    if not spec:
+        return default_ingestor
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_runtime(settings: Settings) -> WorkerRuntime:
+    return WorkerRuntime(
+        settings=settings,
+        jobs=JobStore.for_settings(settings),
+        limiter=make_limiter(settings),
+        factory=load_factory(),
+    )
+
+
+def recovery_interval(settings: Settings) -> float:
+    return min(max(settings.job_lease_s / 2, 0.5), 30.0)
+
+
+def queue_id(settings: Settings) -> str:
+    """Which queue a worker serves, as recorded in the workers table."""
+    return f"redis:{settings.queue_name}" if settings.redis_url else f"sqlite:{settings.queue_name}"
+
+
+def _recovery_loop(runtime: WorkerRuntime, stop: threading.Event, name: str) -> None:
+    queue = queue_id(runtime.settings)
+    while True:
+        try:
+            runtime.jobs.worker_seen(name, queue)
+            requeue_stale(runtime.settings, runtime.jobs)
+        except Exception:  # a locked database or a Redis blip must not kill the loop
+            log.exception("stale-batch scan failed")
+        if stop.wait(recovery_interval(runtime.settings)):
+            return
+
+
+def live_workers(settings: Settings, jobs: JobStore | None = None) -> list[str]:
+    if jobs is None:
+        if not (settings.data_dir / "jobs.sqlite3").exists():
+            return []  # no worker ever ran here; do not create the database just to ask
+        jobs = JobStore.for_settings(settings)
+    return jobs.live_workers(queue_id(settings), within_s=recovery_interval(settings) * 3 + 5)
+
+
+def run_worker(settings: Settings, workers: int = 1) -> None:
+    """Consume the queue in this process until SIGINT/SIGTERM (the `pmcqa worker` command)."""
+    global _RUNTIME
+    _RUNTIME = build_runtime(settings)
+    huey = get_huey(settings)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    requeue_stale(settings, _RUNTIME.jobs)  # batches a killed worker was running before this start
+    stop = threading.Event()
+    threading.Thread(target=_recovery_loop, args=(_RUNTIME, stop, name), name="requeue", daemon=True).start()
+    consumer = huey.create_consumer(
+        workers=workers, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=1.0,
+        graceful_signal="TERM",
+    )
+    log.info("pmcqa worker: %d thread(s) on %s", workers, describe_queue(settings))
+    try:
+        consumer.run()
+    finally:
+        stop.set()
+        _RUNTIME.jobs.worker_gone(name)
+
+
+def describe_queue(settings: Settings) -> str:
+    if settings.redis_url:
+        return f"Redis queue {settings.queue_name!r} at {settings.redis_url}"
+    return f"SQLite queue {settings.queue_path}"
+
+
+# --- an embedded worker for `pmcqa serve` ------------------------------------------------------------------
+def settings_env(settings: Settings) -> dict[str, str]:
+    """PMCQA_* variables that rebuild `settings` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if name == "data_dir":
+            value = Path(value).resolve()  # the child may not share our notion of "."
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, list):
+            value = ",".join(str(item) for item in value)
+        env[f"PMCQA_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class EmbeddedWorker:
+    """A `pmcqa worker` child process; a separate process keeps ingest CPU work off the API's GIL."""
+
+    process: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # graceful: finish the running batch
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # safe: its batch's lease lapses and another worker re-runs it
+            self.process.wait()
+
+
+def start_embedded_worker(
+    settings: Settings, workers: int = 1, log_path: Path | None = None
+) -> EmbeddedWorker:
+    """Start a worker beside the API (what `pmcqa serve` does on embedded defaults)."""
+    env = {**os.environ, **settings_env(settings)}
+    command = [sys.executable, "-m", "pmcqa.app.cli", "worker", "--workers", str(workers)]
+    stream = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        command, env=env, stdout=stream, stderr=subprocess.STDOUT if stream else None
+    )
+    return EmbeddedWorker(process)
+
+
+def wants_embedded_worker(settings: Settings) -> bool:
+    """`pmcqa serve` starts its own worker on embedded defaults; in Redis mode workers run as a service."""
+    return not settings.redis_url
+
+
+def serve_with_worker(
+    settings: Settings, enabled: bool | None, echo: Callable[[str], None]
+) -> EmbeddedWorker | None:
+    """What `pmcqa serve` calls before starting uvicorn: maybe start a worker, and say so."""
+    if not (wants_embedded_worker(settings) if enabled is None else enabled):
+        echo(f"No embedded worker: run `pmcqa worker` to consume the {describe_queue(settings)}.")
+        return None
+    worker = start_embedded_worker(settings)
+    echo(f"Embedded ingest worker (pid {worker.process.pid}) on the {describe_queue(settings)}.")
+    return worker
