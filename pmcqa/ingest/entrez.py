@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.error import HTTPError, URLError
@@ -415,7 +415,3 @@ def _parse_elink_json(text: bytes) -> dict[str, list[str]]:
             out.setdefault(str(pmid), []).extend(links)
     return out
 
-
-def chunked(items: Sequence[T], size: int) -> Iterable[list[T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
