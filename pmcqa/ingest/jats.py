@@ -21,6 +21,10 @@ Parsing rules (also in the README):
 - Sub-articles (decision letters, author responses, peer reviews) are kept apart: kind and part
   "sub-article", `sub_article` set, section_path starting with the sub-article title.
 - Restricted (publisher comment) or body-less articles: `full_text=False`, title/abstract blocks kept.
+
+This module also owns the article facts the fetcher classifies efetch replies by (`article_pmcids`,
+`article_pmcid`, `article_doi`, `is_restricted`, `has_body`, `local`); the id rules themselves are
+`pmcqa.core.ids`.
 """
 
 from __future__ import annotations
