@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,13 +19,19 @@ def test_pip_install_puts_nothing_but_pmcqa_at_the_top_level(tmp_path: Path) -> 
     # A fresh venv and `pip install .` as a user would run it (dependencies skipped: they do not change which
     # files pmcqa itself installs). Generic top-level names like `app` or `index` would collide with other
     # distributions.
-    # The wheel is built by this venv's setuptools (what `pip install .` builds), then installed into a fresh
-    # venv the way pip installs any wheel.
+    # The wheel is built by this venv's setuptools (what `pip install .` builds) from a copy of the sources,
+    # so the build leaves no egg-info in the checkout; then it is installed into a fresh venv as pip installs
+    # any wheel. PYTHONPATH is dropped so nothing outside that venv counts as installed.
+    source = tmp_path / "src"
+    shutil.copytree(REPO_ROOT / "pmcqa", source / "pmcqa", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-         str(REPO_ROOT)],
-        check=True, capture_output=True, timeout=300,
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(wheels), str(source)],
+        check=True, capture_output=True, timeout=300, env=env,
     )  # fmt: skip
     target = tmp_path / "venv"
     venv.create(target, with_pip=True)
@@ -31,7 +39,7 @@ def test_pip_install_puts_nothing_but_pmcqa_at_the_top_level(tmp_path: Path) -> 
     (wheel,) = wheels.glob("pmcqa-*.whl")
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
-        check=True, capture_output=True, timeout=300,
+        check=True, capture_output=True, timeout=300, env=env,
     )  # fmt: skip
     site = Path(
         subprocess.run(
