@@ -74,14 +74,14 @@ def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
     counter = load_token_counter(settings)
     params = chunking_params(settings)
     records: dict[str, PaperRecord] = {}
-    with Store(settings, embedder) as store:
+    with Store(settings) as store:
         for name, (paper_id, pmid, relative) in PAPERS.items():
             path = shared_path(f"jats/{relative}")
             (paper,) = parse_jats(path.read_bytes())
             paper = paper.model_copy(update={"pmid": pmid})
             record = to_record(paper, paper_id, params, source=str(path))
             chunks = chunk_paper(paper, paper_id, counter, params)
-            store.put_paper(record, chunks)
+            store.put_paper(record, chunks, embedder)
             records[name] = record
     return records
 
@@ -90,13 +90,12 @@ def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
 def make_library(library_dir: Path, embedder, ingested):
     """Build a `Library` over the shared index with settings overrides; components are the real ones."""
     from pmcqa.app.service import Library
-    from pmcqa.index.retrieval import Retriever
-    from pmcqa.index.store import Store
+    from pmcqa.index.library import open_library
 
     def build(**overrides: object) -> Library:
         settings = make_settings(library_dir, **overrides)
-        store = Store(settings, embedder)
-        library = Library(settings, store, embedder, Retriever(store, embedder, settings), None)
+        parts = open_library(settings, writable=True, embedder=embedder)
+        library = Library(settings, parts.store, parts.embedder, parts.retriever, None)
         library.load_backend(settings.answer_backend)
         return library
 
