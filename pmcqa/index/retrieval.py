@@ -196,7 +196,7 @@ class LexicalIndex:
     """BM25 over one paper's chunks (in the order given)."""
 
     def __init__(self, texts: Sequence[str]) -> None:
-        import bm25s
+        import bm25s  # ~0.7 s (scipy): loaded by the first lexical ranking, not by every import
 
         self.size = len(texts)
         self._bm25 = bm25s.BM25()
