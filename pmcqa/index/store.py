@@ -194,9 +194,8 @@ class Store:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._changed_library = (
-            False  # this store committed a write: close() brings the FAISS file up to date
-        )
+        # Set once this store commits a write: close() then brings the FAISS file up to date.
+        self._changed_library = False
         self._init_schema()
 
     # --- connections -----------------------------------------------------------------------------------
