@@ -53,10 +53,11 @@ def corpus_files(limit: int | None) -> list[Path]:
 
 def parse_and_chunk(files: list[Path], settings: Settings) -> list[tuple[Any, list[Any]]]:
     """(record, chunks) per paper; files that are not JATS (the corpus holds one PubMed XML) are skipped."""
-    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from pmcqa.core.ids import own_paper_id
+    from pmcqa.ingest.chunking import Chunker
     from pmcqa.ingest.jats import parse_jats
 
-    counter, params = load_token_counter(settings), chunking_params(settings)
+    chunker = Chunker(settings)
     out = []
     for path in files:
         try:
@@ -64,11 +65,12 @@ def parse_and_chunk(files: list[Path], settings: Settings) -> list[tuple[Any, li
         except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
             console.print(f"[yellow]skip {path.name}: {exc}")
             continue
-        for n, paper in enumerate(papers):
-            paper_id = paper.pmcid or f"FILE-{path.stem}-{n}"
-            out.append(
-                (to_record(paper, paper_id, params, str(path)), chunk_paper(paper, paper_id, counter, params))
-            )
+        for paper in papers:
+            paper_id = own_paper_id(paper.pmcid, paper.doi)  # the id `pmcqa ingest --xml` stores it under
+            if paper_id is None:
+                console.print(f"[yellow]skip a paper of {path.name}: no PMCID or DOI")
+                continue
+            out.append(chunker.chunk(paper, paper_id, str(path)))
     return out
 
 

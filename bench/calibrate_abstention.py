@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pmcqa.index.library import open_library
-    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from pmcqa.ingest.chunking import Chunker
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="pmcqa-calib-"))
     settings = Settings(data_dir=data_dir)
@@ -72,7 +72,7 @@ def main() -> None:
     library = open_library(settings, writable=True)
     store, embedder, retriever = library.store, library.embedder, library.retriever
     backend = ExtractiveBackend(settings, embedder)
-    counter, params = load_token_counter(settings), chunking_params(settings)
+    chunker = Chunker(settings)
 
     articles = json.loads(args.dev.read_text())["data"]
     papers: list[tuple[PaperRecord, list[dict]]] = []
@@ -81,8 +81,8 @@ def main() -> None:
         paper_id, paper = paper_from_context(paragraph["context"], i)
         record = store.get_paper(paper_id)
         if record is None or record.text != paper.canonical_text:
-            record = to_record(paper, paper_id, params, source="covid-qa dev")
-            store.put_paper(record, chunk_paper(paper, paper_id, counter, params), embedder)
+            record, chunks = chunker.chunk(paper, paper_id, source="covid-qa dev")
+            store.put_paper(record, chunks, embedder)
         papers.append((record, paragraph["qas"]))
     print(f"indexed {len(papers)} papers in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     # Embed every sentence of every paper once, in large batches (the backend caches them by offsets);

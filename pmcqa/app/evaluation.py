@@ -311,19 +311,16 @@ def evaluate(
 
 def build_store(eval_set: EvalSet, settings: Any, embedder: Any, source: str) -> Any:
     """Chunk the eval set's papers with the production chunker and store them (one transaction)."""
-    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from pmcqa.ingest.chunking import Chunker
 
     store = open_library(settings, writable=True, embedder=embedder).store
-    params = chunking_params(settings)
-    counter = None
+    chunker = Chunker(settings)  # the tokenizer loads only if a paper needs chunking
     items = []
     for paper_id, paper in eval_set.papers:
         stored = store.get_paper(paper_id)
-        if stored is not None and stored.chunking == params and stored.text == paper.canonical_text:
+        if stored is not None and stored.chunking == chunker.params and stored.text == paper.canonical_text:
             continue  # a kept store (`store_dir`) already holds this paper as this chunker cuts it
-        counter = counter or load_token_counter(settings)
-        chunks = chunk_paper(paper, paper_id, counter, params)
-        items.append((to_record(paper, paper_id, params, source), chunks, None))
+        items.append((*chunker.chunk(paper, paper_id, source), None))
     store.put_papers(items, embedder)
     return store
 

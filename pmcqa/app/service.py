@@ -176,7 +176,7 @@ class Library:
     # --- papers --------------------------------------------------------------------------------------------
     def resolve_id(self, text: str) -> str:
         """Canonical PMCID of any accepted id form (PMCID, versioned PMCID, PMID, DOI)."""
-        from pmcqa.ingest.ids import InvalidPaperId, parse_id
+        from pmcqa.core.ids import InvalidPaperId, parse_id
 
         try:
             parsed = parse_id(text, self.settings.bare_digits)
@@ -357,7 +357,7 @@ def _make_resolver(settings: Settings) -> Any:
     """NCBI id resolver (cached id map + ID Converter) for PMIDs/DOIs the store does not know."""
     try:
         from pmcqa.ingest.entrez import EntrezClient
-        from pmcqa.ingest.ids import IdResolver
+        from pmcqa.ingest.resolve import IdResolver
 
         return IdResolver(settings, EntrezClient(settings))
     except Exception as exc:  # the service still answers for PMCIDs and stored aliases

@@ -32,6 +32,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from pmcqa.core.ids import alias_key
 from pmcqa.core.settings import Settings
 from pmcqa.index.library_index import LibraryIndex, VectorSnapshot
 from pmcqa.index.models import Chunk, PaperRecord
@@ -140,22 +141,6 @@ class EmbeddingInfo:
 def content_hash(model_name: str, document_prefix: str, text: str) -> bytes:
     """Key of a chunk's vector: same model + prefix + text means the same vector, so it is not re-embedded."""
     return hashlib.sha256(f"{model_name}\x00{document_prefix}\x00{text}".encode()).digest()
-
-
-def normalize_alias(value: str) -> str:
-    """Canonical alias key: PMIDs as digits, DOIs lower-cased without a resolver prefix, PMCIDs upper-case."""
-    text = value.strip()
-    lowered = text.lower()
-    for prefix in ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "doi:"):
-        if lowered.startswith(prefix):
-            return "doi:" + lowered[len(prefix) :].strip()
-    if lowered.startswith("10.") and "/" in lowered:
-        return "doi:" + lowered
-    if lowered.startswith("pmid:"):
-        return "pmid:" + text[5:].strip()
-    if text.isdigit():
-        return "pmid:" + text
-    return text.upper()
 
 
 def _now() -> float:
@@ -452,11 +437,11 @@ class Store:
 
     @staticmethod
     def _write_aliases(conn: sqlite3.Connection, record: PaperRecord) -> None:
-        aliases = {normalize_alias(record.paper_id)}
+        aliases = {alias_key(record.paper_id)}
         if record.pmid:
-            aliases.add(normalize_alias("pmid:" + record.pmid))
+            aliases.add(alias_key("pmid:" + record.pmid))
         if record.doi:
-            aliases.add(normalize_alias("doi:" + record.doi))
+            aliases.add(alias_key("doi:" + record.doi))
         conn.executemany(
             "INSERT OR REPLACE INTO aliases(alias, paper_id) VALUES (?, ?)",
             [(alias, record.paper_id) for alias in aliases],
@@ -555,7 +540,7 @@ class Store:
         """Paper id stored under a PMID, DOI (any common spelling) or PMCID; None when unknown."""
         row = (
             self._conn()
-            .execute("SELECT paper_id FROM aliases WHERE alias = ?", (normalize_alias(pmid_or_doi),))
+            .execute("SELECT paper_id FROM aliases WHERE alias = ?", (alias_key(pmid_or_doi),))
             .fetchone()
         )
         return None if row is None else str(row[0])

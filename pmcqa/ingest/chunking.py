@@ -13,6 +13,9 @@ Rules (see the README section "Chunking"):
 - Offsets point into `Paper.canonical_text` and ``canonical_text[start:end] == chunk.text`` exactly: merged
   blocks keep the blank-line separator between them, whitespace is trimmed by moving offsets only.
 - `chunk_id` is a hash of (paper id, chunking params key, offsets, text): the same input gives the same ids.
+
+`Chunker(settings).chunk(paper, paper_id) -> (PaperRecord, chunks)` is the entry point every caller uses (the
+ingest pipeline, `pmcqa parse`, evaluation, the corpus report, the benches).
 """
 
 from __future__ import annotations
@@ -433,3 +436,31 @@ def to_record(paper: Paper, paper_id: str, params: ChunkingParams, source: str |
         chunking=params,
         source=source,
     )
+
+
+# --- entry point -------------------------------------------------------------------------------------------
+
+
+class Chunker:
+    """The one way to turn a parsed paper into what the index stores: ``chunk(paper, paper_id)`` gives the
+    `PaperRecord` and its chunks. Params come from the settings once; the embedding tokenizer is loaded on the
+    first chunk (or given, e.g. a word counter in tests), so checking `params` against a stored paper is free.
+    """
+
+    def __init__(self, settings: Settings, counter: TokenCounter | None = None) -> None:
+        self.settings = settings
+        self.params = chunking_params(settings)
+        self._counter = counter
+
+    @property
+    def counter(self) -> TokenCounter:
+        if self._counter is None:
+            self._counter = load_token_counter(self.settings)
+        return self._counter
+
+    def chunk(
+        self, paper: Paper, paper_id: str, source: str | None = None
+    ) -> tuple[PaperRecord, list[Chunk]]:
+        """The record (`source`: "efetch" or the file it came from) and the chunks of one paper."""
+        chunks = chunk_paper(paper, paper_id, self.counter, self.params)
+        return to_record(paper, paper_id, self.params, source), chunks

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.error import HTTPError, URLError
@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 from Bio import Entrez
 
+from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.xml import parse_xml
 
@@ -393,7 +394,8 @@ def parse_elink(body: bytes) -> dict[str, list[str]]:
         for linksetdb in linkset.findall("LinkSetDb"):
             if (linksetdb.findtext("LinkName") or "").strip() != "pubmed_pmc":
                 continue
-            links.extend(f"PMC{el.text.strip()}" for el in linksetdb.findall("Link/Id") if el.text)
+            pmcids = (canonical_pmcid(el.text) for el in linksetdb.findall("Link/Id"))
+            links.extend(pmcid for pmcid in pmcids if pmcid)
         for pmid in from_ids:
             out.setdefault(pmid, []).extend(links)
     return out
@@ -405,17 +407,14 @@ def _parse_elink_json(text: bytes) -> dict[str, list[str]]:
     doc = json.loads(text)
     out: dict[str, list[str]] = {}
     for linkset in doc.get("linksets", []):
-        links = [
-            f"PMC{link}"
+        pmcids = (
+            canonical_pmcid(link)
             for db in linkset.get("linksetdbs", [])
             if db.get("linkname") == "pubmed_pmc"
             for link in db.get("links", [])
-        ]
+        )
+        links = [pmcid for pmcid in pmcids if pmcid]
         for pmid in linkset.get("ids", []):
             out.setdefault(str(pmid), []).extend(links)
     return out
 
-
-def chunked(items: Sequence[T], size: int) -> Iterable[list[T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])

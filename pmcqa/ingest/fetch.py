@@ -1,6 +1,7 @@
 """efetch replies -> per-PMCID outcomes, and the raw XML cache.
 
-Every "no full text" case of `efetch db=pmc` is HTTP 200, so the payload is classified, never the status:
+Every "no full text" case of `efetch db=pmc` is HTTP 200, so the payload is classified, never the status (the
+JATS facts used — article ids, restriction comment, `<body>` — are `pmcqa.ingest.jats`'s):
 
 * `<article>` children are matched to the requested ids by their article ids — both vintages,
   ``pub-id-type="pmc"`` (digits) and ``pmcid``/``pmcid-ver`` (``PMC…``/``PMC….N``) — never by position;
@@ -11,31 +12,31 @@ Every "no full text" case of `efetch db=pmc` is HTTP 200, so the payload is clas
 * a requested id absent from a well-formed reply → ``failed`` ("not in reply").
 
 Each article's XML (the `<article>` element, comments kept) is written to ``settings.raw_dir/PMC….xml``
-atomically (temp file + rename); later ingests read it from there unless ``refresh=True``.
+atomically (temp file + rename); later ingests read it from there unless ``refresh=True``. The parsed article
+travels in `FetchResult.article`, so nothing is parsed twice.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from lxml import etree
 
+from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.entrez import EntrezClient, EntrezError
+from pmcqa.ingest.jats import article_pmcids, articleset_errors, find_articles, has_body, is_restricted, local
 from pmcqa.ingest.xml import JatsError, parse_xml
 
 log = logging.getLogger(__name__)
 
 FetchStatus = Literal["ok", "no-full-text", "not-found", "failed"]
-RESTRICTED_MARK = "does not allow downloading"
-_PMC_RE = re.compile(r"^(?:PMC)?(\d+)(?:\.\d+)?$", re.IGNORECASE)
 
 
 class MalformedReply(ValueError):
@@ -47,63 +48,19 @@ class FetchResult:
     pmcid: str
     status: FetchStatus
     reason: str | None = None
-    xml: bytes | None = None  # the <article> element's bytes (ok / no-full-text)
+    xml: bytes | None = None  # the <article> element's bytes (ok / no-full-text), what the raw cache keeps
     from_cache: bool = False
+    # The parsed <article> (ok / no-full-text), so the pipeline parses each article once. `fetch_many` hands
+    # it to `on_result` and then drops it: a long run holds one batch's trees, not all of them.
+    article: etree._Element | None = field(default=None, repr=False, compare=False)
 
 
-# --- parsing -----------------------------------------------------------------------------------------------
-def parse_xml_bytes(data: bytes) -> etree._Element:
-    """Safe parse (no network, DTD or entities; comments kept); raises `MalformedReply`."""
+# --- classifying -------------------------------------------------------------------------------------------
+def _parse_reply(data: bytes) -> etree._Element:
     try:
         return parse_xml(bytes(data))
     except JatsError as exc:
         raise MalformedReply(str(exc) or "malformed XML") from exc
-
-
-def canonical_pmcid(value: str | None) -> str | None:
-    """'PMC123', '123', 'PMC123.2' -> 'PMC123'; anything else -> None."""
-    if not value:
-        return None
-    m = _PMC_RE.match(value.strip())
-    return f"PMC{int(m.group(1))}" if m else None
-
-
-def _local(element: etree._Element) -> str:
-    return etree.QName(element).localname if isinstance(element.tag, str) else ""
-
-
-def article_pmcids(article: etree._Element) -> set[str]:
-    """Every PMCID an `<article>` names for itself (both id vintages), canonical form."""
-    found: set[str] = set()
-    meta = next((el for el in article.iter("{*}article-meta")), None)
-    if meta is None:
-        return found
-    for el in meta.iterchildren("{*}article-id"):
-        kind = (el.get("pub-id-type") or "").lower()
-        if kind in ("pmc", "pmcid", "pmcid-ver") and (pmcid := canonical_pmcid(el.text)):
-            found.add(pmcid)
-    return found
-
-
-def article_doi(article: etree._Element) -> str | None:
-    meta = next((el for el in article.iter("{*}article-meta")), None)
-    if meta is None:
-        return None
-    for el in meta.iterchildren("{*}article-id"):
-        if (el.get("pub-id-type") or "").lower() == "doi" and el.text and el.text.strip():
-            return el.text.strip()
-    return None
-
-
-def is_restricted(article: etree._Element) -> bool:
-    return any(
-        isinstance(node, etree._Comment) and RESTRICTED_MARK in (node.text or "")
-        for node in article.iterchildren()
-    )
-
-
-def has_body(article: etree._Element) -> bool:
-    return any(_local(child) == "body" for child in article.iterchildren())
 
 
 def classify_article(article: etree._Element) -> tuple[FetchStatus, str | None]:
@@ -116,27 +73,24 @@ def classify_article(article: etree._Element) -> tuple[FetchStatus, str | None]:
 
 def classify_articleset(xml_bytes: bytes, requested: Sequence[str]) -> dict[str, FetchResult]:
     """One `FetchResult` per requested PMCID. Raises `MalformedReply` if the reply cannot be read."""
-    root = parse_xml_bytes(xml_bytes)
-    if _local(root) != "pmc-articleset":
-        raise MalformedReply(f"expected <pmc-articleset>, got <{_local(root) or root.tag}>")
-    wanted = {canonical_pmcid(r) or r: r for r in requested}
+    root = _parse_reply(xml_bytes)
+    if local(root) != "pmc-articleset":
+        raise MalformedReply(f"expected <pmc-articleset>, got <{local(root) or root.tag}>")
+    wanted = {canonical_pmcid(r) or r for r in requested}
     results: dict[str, FetchResult] = {}
-    for child in root.iterchildren():
-        name = _local(child)
-        if name == "article":
-            matches = article_pmcids(child) & wanted.keys()
-            if not matches:
-                log.warning(
-                    "efetch returned an article for none of the requested ids: %s", article_pmcids(child)
-                )
-            for pmcid in matches:
-                status, reason = classify_article(child)
-                results[pmcid] = FetchResult(pmcid, status, reason, etree.tostring(child, encoding="utf-8"))
-        elif name == "error":
-            pmcid = canonical_pmcid(child.get("id"))
-            if pmcid in wanted and pmcid not in results:
-                text = (child.text or "").strip() or "not available"
-                results[pmcid] = FetchResult(pmcid, "not-found", f"{pmcid}: {text}")
+    for article in find_articles(root):
+        pmcids = article_pmcids(article)
+        if not pmcids & wanted:
+            log.warning("efetch returned an article for none of the requested ids: %s", pmcids)
+            continue
+        status, reason = classify_article(article)
+        xml = etree.tostring(article, encoding="utf-8")
+        for pmcid in pmcids & wanted:
+            results[pmcid] = FetchResult(pmcid, status, reason, xml, article=article)
+    for error_id, message in articleset_errors(root):
+        pmcid = canonical_pmcid(error_id)
+        if pmcid in wanted and pmcid not in results:  # an article for the id wins over an error for it
+            results[pmcid] = FetchResult(pmcid, "not-found", f"{pmcid}: {message or 'not available'}")
     for pmcid in wanted:
         results.setdefault(pmcid, FetchResult(pmcid, "failed", "not in reply"))
     return results
@@ -173,20 +127,17 @@ class RawCache:
             raise
         return target
 
-    def delete(self, pmcid: str) -> None:
-        self.path(pmcid).unlink(missing_ok=True)
-
 
 def classify_cached(pmcid: str, data: bytes) -> FetchResult | None:
     """A cached article re-classified; None when the file is unreadable (then it is fetched again)."""
     try:
-        article = parse_xml_bytes(data)
+        article = _parse_reply(data)
     except MalformedReply:
         return None
-    if _local(article) != "article" or pmcid not in article_pmcids(article):
+    if local(article) != "article" or pmcid not in article_pmcids(article):
         return None
     status, reason = classify_article(article)
-    return FetchResult(pmcid, status, reason, data, from_cache=True)
+    return FetchResult(pmcid, status, reason, data, from_cache=True, article=article)
 
 
 # --- fetching ----------------------------------------------------------------------------------------------
@@ -209,21 +160,24 @@ class Fetcher:
         for pmcid in dict.fromkeys(pmcids):
             cached = None if refresh else self._from_cache(pmcid)
             if cached is not None:
-                results[pmcid] = cached
-                if on_result:
-                    on_result(cached)
+                results[pmcid] = self._deliver(cached, on_result)
             else:
                 to_fetch.append(pmcid)
         size = max(1, self.settings.efetch_batch_size)
         for start in range(0, len(to_fetch), size):
             batch_results = self._fetch_batch(to_fetch[start : start + size], retry=True)
-            for result in batch_results.values():
+            for pmcid, result in batch_results.items():
                 if result.status in ("ok", "no-full-text") and result.xml is not None:
                     self.cache.put(result.pmcid, result.xml)
-                if on_result:
-                    on_result(result)
-            results.update(batch_results)
+                results[pmcid] = self._deliver(result, on_result)
         return results
+
+    @staticmethod
+    def _deliver(result: FetchResult, on_result: Callable[[FetchResult], None] | None) -> FetchResult:
+        if on_result is None:
+            return result
+        on_result(result)
+        return replace(result, article=None)  # consumed: let the parsed tree go
 
     def _from_cache(self, pmcid: str) -> FetchResult | None:
         data = self.cache.get(pmcid)

@@ -21,6 +21,10 @@ Parsing rules (also in the README):
 - Sub-articles (decision letters, author responses, peer reviews) are kept apart: kind and part
   "sub-article", `sub_article` set, section_path starting with the sub-article title.
 - Restricted (publisher comment) or body-less articles: `full_text=False`, title/abstract blocks kept.
+
+This module also owns the article facts the fetcher classifies efetch replies by (`article_pmcids`,
+`article_pmcid`, `article_doi`, `is_restricted`, `has_body`, `local`); the id rules themselves are
+`pmcqa.core.ids`.
 """
 
 from __future__ import annotations
@@ -32,17 +36,24 @@ from functools import cache
 
 from lxml import etree
 
+from pmcqa.core.ids import canonical_pmcid
 from pmcqa.index.models import ChunkKind, ReferenceInfo
 from pmcqa.ingest.models import Block, Paper, Part, Section
 from pmcqa.ingest.xml import JatsError, parse_xml
 
 __all__ = [
+    "PMCID_ID_TYPES",
     "RESTRICTED_MARKER",
     "JatsError",
+    "article_doi",
+    "article_ids",
+    "article_pmcid",
+    "article_pmcids",
     "articleset_errors",
     "element_text",
     "find_articles",
     "formula_text",
+    "has_body",
     "is_restricted",
     "linearize_table",
     "local",
@@ -707,24 +718,45 @@ _HANDLERS: dict[str, Callable[[etree._Element, _Ctx, _Out], None]] = {
 # ------------------------------------------------------------------------------------------ metadata
 
 
-def _article_ids(meta: etree._Element | None) -> dict[str, str]:
+# Article-id types that carry the article's PMCID, by preference: the 2026 vintage writes `pmcid` ("PMC123")
+# and `pmcid-ver` ("PMC123.1"), the older one `pmc` (digits); `pmcaid` (digits) is the last resort.
+PMCID_ID_TYPES = ("pmcid", "pmcid-ver", "pmc", "pmcaid")
+
+
+def _article_meta(article: etree._Element) -> etree._Element | None:
+    return _path(article, "front", "article-meta")
+
+
+def article_ids(article: etree._Element) -> dict[str, str]:
+    """The article's own ids from front/article-meta: ``pub-id-type`` -> first non-empty value."""
+    meta = _article_meta(article)
     ids: dict[str, str] = {}
     for el in _children(meta, "article-id") if meta is not None else ():
-        kind, value = el.get("pub-id-type") or "", element_text(el)
+        kind, value = (el.get("pub-id-type") or "").lower(), element_text(el)
         if value and kind not in ids:
             ids[kind] = value
     return ids
 
 
-def _pmcid(ids: dict[str, str]) -> str | None:
-    """Both id vintages: `pmcid` (2026: "PMC123"), `pmcid-ver` ("PMC123.1"), or "PMC" + `pmc` digits."""
-    for kind in ("pmcid", "pmcid-ver", "pmc", "pmcaid"):
-        value = ids.get(kind, "").strip()
-        if not value:
-            continue
-        value = value.split(".")[0] if kind == "pmcid-ver" else value
-        return value if value.upper().startswith("PMC") else f"PMC{value}"
-    return None
+def article_pmcids(article: etree._Element) -> set[str]:
+    """Every PMCID the article names for itself (both id vintages), canonical: efetch replies are matched to
+    the requested ids by these, never by position."""
+    meta = _article_meta(article)
+    found: set[str] = set()
+    for el in _children(meta, "article-id") if meta is not None else ():
+        if (el.get("pub-id-type") or "").lower() in PMCID_ID_TYPES and (pmcid := canonical_pmcid(el.text)):
+            found.add(pmcid)
+    return found
+
+
+def article_pmcid(article: etree._Element, ids: dict[str, str] | None = None) -> str | None:
+    """The article's PMCID (canonical), by `PMCID_ID_TYPES` preference; None for publisher JATS."""
+    ids = article_ids(article) if ids is None else ids
+    return next((pmcid for kind in PMCID_ID_TYPES if (pmcid := canonical_pmcid(ids.get(kind)))), None)
+
+
+def article_doi(article: etree._Element, ids: dict[str, str] | None = None) -> str | None:
+    return (article_ids(article) if ids is None else ids).get("doi")
 
 
 def _year(meta: etree._Element | None) -> str | None:
@@ -775,6 +807,11 @@ def is_restricted(article: etree._Element) -> bool:
     return any(RESTRICTED_MARKER in (c.text or "") for c in article.iter(etree.Comment))
 
 
+def has_body(article: etree._Element) -> bool:
+    """The article has a <body> element (front-matter-only articles, e.g. publish-on-accept, have none)."""
+    return _child(article, "body") is not None
+
+
 # ------------------------------------------------------------------------------------- article parts
 
 
@@ -819,7 +856,7 @@ def parse_article(article: etree._Element) -> Paper:
     """One <article> element (any namespace) → Paper."""
     front = _child(article, "front")
     meta = _child(front, "article-meta")
-    ids = _article_ids(meta)
+    ids = article_ids(article)
     title = element_text(_path(meta, "title-group", "article-title"))
     restricted = is_restricted(article)
     out = _Out()
@@ -838,9 +875,9 @@ def parse_article(article: etree._Element) -> Paper:
         _walk(floats, _Ctx(part="floats"), out)
     _sub_article_blocks(article, out)
     return Paper(
-        pmcid=_pmcid(ids),
+        pmcid=article_pmcid(article, ids),
         pmid=ids.get("pmid"),
-        doi=ids.get("doi"),
+        doi=article_doi(article, ids),
         title=title,
         journal=_journal(front),
         year=_year(meta),

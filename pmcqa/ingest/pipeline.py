@@ -12,9 +12,11 @@ invalid         the id or file is malformed / not JATS / carries no id (`skipped
                 that are simply not articles, e.g. images in a .tar.gz)
 =============== ===================================================================================
 
-The parsing and chunking collaborators (`ingest.jats`, `ingest.chunking`) are imported lazily, so resolving
-and fetching work without them and `pmcqa --help` stays light. The library (store and embedding model) is
-opened on first use with `index.library.open_library`, unless the caller hands in a store and its encoder.
+Each article is parsed once (the fetcher hands over the parsed element) and chunked by
+`ingest.chunking.Chunker`. A file's paper id is the ``--id`` given for it, else its own PMCID, else its DOI
+(`pmcqa.core.ids`). The library (store and embedding model) is opened on first use with
+`index.library.open_library`, unless the caller hands in a store and its encoder, so resolving and fetching
+need neither.
 """
 
 from __future__ import annotations
@@ -24,19 +26,28 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
+from lxml import etree
 from pydantic import BaseModel
 
+from pmcqa.core.ids import NO_OWN_ID, given_paper_id, not_found_hint, own_paper_id
 from pmcqa.core.settings import Settings
 from pmcqa.index.library import open_library
 from pmcqa.index.store import DocumentEncoder, Store
+from pmcqa.ingest.chunking import Chunker
 from pmcqa.ingest.entrez import EntrezClient, RateLimiter
-from pmcqa.ingest.fetch import Fetcher, FetchResult, article_doi, article_pmcids
-from pmcqa.ingest.ids import IdResolver, InvalidPaperId, Resolution, not_found_hint, parse_id
-
-if TYPE_CHECKING:
-    from lxml import etree
+from pmcqa.ingest.fetch import Fetcher, FetchResult
+from pmcqa.ingest.jats import (
+    JatsError,
+    article_doi,
+    article_pmcid,
+    articleset_errors,
+    find_articles,
+    parse_article,
+)
+from pmcqa.ingest.resolve import IdResolver, Resolution
+from pmcqa.ingest.xml import parse_xml
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +107,7 @@ class Ingestor:
         self._store = store
         self._encoder = encoder
         self._status_store: Store | None = None
-        self._chunker: tuple[Any, Any] | None = None
+        self.chunker = Chunker(settings)  # the tokenizer loads on the first article
         self._stored: dict[str, IngestOutcome] = {}  # pmcid -> outcome of this call: asked twice, stored once
 
     # --- collaborators, built on first use ---------------------------------------------------------------
@@ -122,13 +133,6 @@ class Ingestor:
             self._status_store.set_status(paper_id, status, reason)
         except Exception as exc:  # the outcome is what matters; the status table is a convenience
             log.warning("could not record status of %s: %s", paper_id, exc)
-
-    def _chunking(self) -> tuple[Any, Any]:
-        if self._chunker is None:
-            from pmcqa.ingest.chunking import chunking_params, load_token_counter
-
-            self._chunker = (load_token_counter(self.settings), chunking_params(self.settings))
-        return self._chunker
 
     def close(self) -> None:
         self.client.close()
@@ -185,36 +189,28 @@ class Ingestor:
                 reason = f"{reason} ({hint})"
             outcome = IngestOutcome(**base, status="not-found", reason=reason)
             self._record_status(pmcid, "not-found", reason)
-        elif result.status == "failed" or result.xml is None:
+        elif result.status == "failed" or result.article is None:
             outcome = IngestOutcome(**base, status="failed", reason=result.reason or "fetch failed")
             self._record_status(pmcid, "failed", outcome.reason)
         else:
             source = "cache" if result.from_cache else "efetch"
-            outcome = self._store_article(resolution.requested, pmcid, result.xml, source, result.reason)
+            outcome = self._store_article(resolution.requested, pmcid, result.article, source, result.reason)
         self._stored[pmcid] = outcome
         return outcome
 
     # --- one article -------------------------------------------------------------------------------------
     def _store_article(
-        self, requested: str, paper_id: str, xml: bytes | etree._Element, source: str, reason: str | None
+        self, requested: str, paper_id: str, article: etree._Element, source: str, reason: str | None
     ) -> IngestOutcome:
         base = {"requested": requested, "paper_id": paper_id, "source": source}
         try:
-            from pmcqa.ingest.jats import parse_article
-            from pmcqa.ingest.xml import parse_xml
-
-            article = parse_xml(xml) if isinstance(xml, bytes) else xml
             paper = parse_article(article)
         except Exception as exc:
             log.exception("parsing %s failed", paper_id)
             self._record_status(paper_id, "failed", f"parse failed: {exc}")
             return IngestOutcome(**base, status="failed", reason=f"parse failed: {exc}")
         try:
-            from pmcqa.ingest.chunking import chunk_paper, to_record
-
-            counter, params = self._chunking()
-            chunks = chunk_paper(paper, paper_id, counter, params)
-            record = to_record(paper, paper_id, params, source="efetch" if source == "cache" else source)
+            record, chunks = self.chunker.chunk(paper, paper_id, "efetch" if source == "cache" else source)
             store, encoder = self._writer()
             store.put_paper(record, chunks, encoder)
         except Exception as exc:
@@ -244,7 +240,7 @@ class Ingestor:
         """Ingest JATS files, directories (recursive) and .tar.gz packages; one outcome per document.
 
         `id_override` is one id for a single path, or one per path (None where the file's own id serves).
-        Without it the id comes from the article (pmcid, pmc, else DOI).
+        Without it the id comes from the article: its PMCID, else its DOI (`pmcqa.core.ids.own_paper_id`).
         """
         overrides = _overrides(paths, id_override)
         outcomes: list[IngestOutcome] = []
@@ -260,9 +256,6 @@ class Ingestor:
     def _ingest_document(self, document: _Document) -> list[IngestOutcome]:
         if document.error is not None:
             return [document.error]
-        from pmcqa.ingest.jats import JatsError, articleset_errors, find_articles
-        from pmcqa.ingest.xml import parse_xml
-
         label = document.label
         try:
             root = parse_xml(document.data or b"")
@@ -280,31 +273,15 @@ class Ingestor:
         outcomes = []
         for n, article in enumerate(articles):
             requested = label if len(articles) == 1 else f"{label}#{n + 1}"
-            paper_id = document.override or _file_paper_id(article)
+            paper_id = document.override or own_paper_id(article_pmcid(article), article_doi(article))
             if paper_id is None:
-                reason = "the file carries no PMCID or DOI; give one with --id"
-                outcomes.append(IngestOutcome(requested=requested, status="invalid", reason=reason))
+                outcomes.append(IngestOutcome(requested=requested, status="invalid", reason=NO_OWN_ID))
                 continue
             outcomes.append(self._store_article(requested, paper_id, article, label, None))
         return outcomes
 
 
 # --- helpers for files -------------------------------------------------------------------------------------
-def _file_paper_id(article: etree._Element) -> str | None:
-    pmcids = sorted(article_pmcids(article))
-    return pmcids[0] if pmcids else article_doi(article)
-
-
-def _canonical_override(value: str) -> str:
-    try:
-        pid = parse_id(value)
-    except InvalidPaperId as exc:
-        raise ValueError(f"--id {value!r}: {exc}") from exc
-    if pid.kind == "pmid":
-        raise ValueError(f"--id {value!r}: a paper id must be a PMCID or DOI, not a PMID")
-    return pid.value
-
-
 def _overrides(
     paths: Sequence[Path | str], id_override: str | Sequence[str | None] | None
 ) -> list[str | None]:
@@ -313,10 +290,10 @@ def _overrides(
     if isinstance(id_override, str):
         if len(paths) != 1:
             raise ValueError("one --id needs exactly one path (or give one --id per path)")
-        return [_canonical_override(id_override)]
+        return [given_paper_id(id_override)]  # InvalidPaperId is the ValueError callers report
     if len(id_override) != len(paths):
         raise ValueError(f"{len(id_override)} ids for {len(paths)} paths: give one --id per path")
-    return [_canonical_override(value) if value else None for value in id_override]
+    return [given_paper_id(value) if value else None for value in id_override]
 
 
 def _is_tar(path: Path) -> bool:

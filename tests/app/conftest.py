@@ -1,7 +1,7 @@
 """One real library per test session: the real embedder, store and retriever over really ingested JATS papers.
 
 Papers come from ../shared/data/jats (PLOS articles without PMCIDs of their own, stored under the ids below)
-through the real pipeline: `ingest.jats.parse_jats` → `ingest.chunking.chunk_paper` → `Store.put_paper`
+through the real pipeline: `ingest.jats.parse_jats` → `ingest.chunking.Chunker` → `Store.put_paper`.
 Loading the embedding model dominates the cost, so it happens once.
 """
 
@@ -67,20 +67,18 @@ def embedder(library_dir: Path):
 def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
     """Parse, chunk and store the test papers once; returns their records by short name."""
     from pmcqa.index.store import Store
-    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter, to_record
+    from pmcqa.ingest.chunking import Chunker
     from pmcqa.ingest.jats import parse_jats
 
     settings = make_settings(library_dir)
-    counter = load_token_counter(settings)
-    params = chunking_params(settings)
+    chunker = Chunker(settings)
     records: dict[str, PaperRecord] = {}
     with Store(settings) as store:
         for name, (paper_id, pmid, relative) in PAPERS.items():
             path = shared_path(f"jats/{relative}")
             (paper,) = parse_jats(path.read_bytes())
             paper = paper.model_copy(update={"pmid": pmid})
-            record = to_record(paper, paper_id, params, source=str(path))
-            chunks = chunk_paper(paper, paper_id, counter, params)
+            record, chunks = chunker.chunk(paper, paper_id, source=str(path))
             store.put_paper(record, chunks, embedder)
             records[name] = record
     return records

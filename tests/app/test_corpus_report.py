@@ -1,8 +1,10 @@
-"""bench/corpus_report.py (and `pmcqa report`): counts that agree with the parser, failures counted."""
+"""The corpus report (`pmcqa report`): counts that agree with the parser, failures counted, pubmed_parser
+optional."""
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -10,6 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from pmcqa.app import corpus_report
 from pmcqa.app.commands import report
 
 pytest.importorskip("pmcqa.ingest.jats", reason="ingest.jats (the JATS parser) is not there yet")
@@ -23,7 +26,8 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return report.load_report_module()
+    pytest.importorskip("pubmed_parser", reason="the side-by-side row needs the report extra (pmcqa[report])")
+    return corpus_report
 
 
 @pytest.fixture
@@ -77,3 +81,20 @@ def test_pmcqa_report_command_prints_the_table(corpus: Path) -> None:
 
     missing = CliRunner().invoke(cli, ["report", str(corpus / "nope")])
     assert missing.exit_code == 2 and "not a folder" in missing.stderr
+
+
+def test_without_pubmed_parser_the_report_names_the_extra(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pubmed_parser", None)  # import now raises ImportError: "not installed"
+    rows = corpus_report.corpus_report(corpus_report.corpus_files(corpus))
+    assert [row.tool for row in rows] == ["pmcqa"] and rows[0].files == 4 and rows[0].chunks
+
+    cli = typer.Typer()
+    cli.callback()(lambda: None)
+    report.register(cli)
+    result = CliRunner().invoke(cli, ["report", str(corpus)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.count("│") > 5]
+    assert [line.split("│")[1].strip() for line in lines] == ["pmcqa"]  # the only row
+    assert "pip install 'pmcqa[report]'" in " ".join(result.stdout.split())

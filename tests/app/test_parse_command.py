@@ -53,10 +53,25 @@ def test_json_prints_paper_and_verbatim_chunks(cli: typer.Typer, small_file: Pat
     assert tables and all(c["label"] == "Table 1" for c in tables)
 
 
-def test_default_paper_id_falls_back_to_the_file_name(cli: typer.Typer, small_file: Path) -> None:
+def test_default_paper_id_is_the_one_ingest_uses(cli: typer.Typer, small_file: Path) -> None:
+    # The rule of `pmcqa ingest --xml`: the PMCID, else the DOI (this PLOS file has no PMCID).
     code, out, _ = run(cli, str(small_file), "--json")
     assert code == 0
-    assert {c["paper_id"] for c in json.loads(out)["chunks"]} == {small_file.stem}
+    document = json.loads(out)
+    assert document["paper"]["pmcid"] is None and document["paper"]["doi"]
+    assert {c["paper_id"] for c in document["chunks"]} == {document["paper"]["doi"]}
+
+
+def test_a_file_without_pmcid_or_doi_needs_an_id(cli: typer.Typer, tmp_path: Path) -> None:
+    path = tmp_path / "anonymous.xml"
+    path.write_bytes(
+        b"<article><front><article-meta><title-group><article-title>T</article-title>"
+        b"</title-group></article-meta></front><body><p>Text.</p></body></article>"
+    )
+    code, out, err = run(cli, str(path), "--json")
+    assert code == 2 and out == "" and "no PMCID or DOI" in err and "--id" in err
+    code, out, _ = run(cli, str(path), "--json", "--id", "PMC5")
+    assert code == 0 and {c["paper_id"] for c in json.loads(out)["chunks"]} == {"PMC5"}
 
 
 def test_summary_shows_title_ids_outline_and_chunk_count(cli: typer.Typer, small_file: Path) -> None:
@@ -90,7 +105,12 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(
     assert out == ""
 
 
-@pytest.mark.parametrize("bad_id", ["pmid:123", "10.1000/xyz", "not an id"])
-def test_id_must_be_a_pmcid(cli: typer.Typer, small_file: Path, bad_id: str) -> None:
+@pytest.mark.parametrize("bad_id", ["pmid:123", "10.12/x", "not an id"])
+def test_id_must_be_a_pmcid_or_doi(cli: typer.Typer, small_file: Path, bad_id: str) -> None:
     code, out, err = run(cli, str(small_file), "--json", "--id", bad_id)
     assert code == 2 and "--id" in err and out == ""
+
+
+def test_id_may_be_a_doi_as_for_ingest(cli: typer.Typer, small_file: Path) -> None:
+    code, out, _ = run(cli, str(small_file), "--json", "--id", "https://doi.org/10.1000/xyz")
+    assert code == 0 and {c["paper_id"] for c in json.loads(out)["chunks"]} == {"10.1000/xyz"}

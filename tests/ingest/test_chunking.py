@@ -13,6 +13,7 @@ from pmcqa.core.settings import Settings
 from pmcqa.index.models import Chunk, ChunkingParams, ReferenceInfo
 from pmcqa.ingest.chunking import (
     CHUNKER_VERSION,
+    Chunker,
     Measure,
     TokenCounter,
     chunk_paper,
@@ -277,6 +278,18 @@ def test_to_record_flattens_metadata_outline_and_status() -> None:
     assert to_record(paper_of(), "PMC1", params(), None).status == "ingested"
 
 
+def test_chunker_is_record_and_chunks_with_params_from_the_settings() -> None:
+    settings = Settings(chunk_max_tokens=40, chunk_min_tokens=12)
+    chunker = Chunker(settings, counter=WORDS)
+    paper = paper_of(para(words(30), ["Intro"]), para(words(60), ["Methods"]), doi="10.1/x")
+    record, chunks = chunker.chunk(paper, "PMC1", "file.xml")
+    assert chunker.params == chunking_params(settings)
+    assert record == to_record(paper, "PMC1", chunking_params(settings), "file.xml")
+    assert chunks == chunk_paper(paper, "PMC1", WORDS, chunking_params(settings))
+    assert len(chunks) >= 3 and all(c.paper_id == "PMC1" for c in chunks)  # 60 words split under 40
+    assert_invariants(paper, chunks, WORDS, 40)
+
+
 # --- the real tokenizer and the shared corpus --------------------------------------------------------------
 
 
@@ -289,6 +302,13 @@ def test_token_counter_uses_embedding_tokenizer_without_special_tokens(real_coun
     assert real_counter.count("hello world") == 2
     assert load_token_counter(Settings()) is real_counter  # loaded once per process and model
     assert real_counter.count("word " * 2000) == 2000  # no truncation at the model's 512
+
+
+def test_chunker_loads_the_embedding_tokenizer_on_first_use(real_counter: TokenCounter) -> None:
+    chunker = Chunker(Settings())
+    assert chunker.params.tokenizer == Settings().embedding_model  # known before any tokenizer loads
+    _, chunks = chunker.chunk(paper_of(para("Hello world.", ["Intro"])), "PMC1")
+    assert chunker.counter is real_counter and [c.text for c in chunks] == ["Hello world."]
 
 
 def test_single_tokenization_measure_matches_real_counts(real_counter: TokenCounter) -> None:

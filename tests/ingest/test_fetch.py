@@ -10,14 +10,9 @@ from lxml import etree
 
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.entrez import EntrezClient, IntervalRateLimiter
-from pmcqa.ingest.fetch import (
-    Fetcher,
-    MalformedReply,
-    RawCache,
-    article_pmcids,
-    classify_articleset,
-    parse_xml_bytes,
-)
+from pmcqa.ingest.fetch import Fetcher, FetchResult, MalformedReply, RawCache, classify_articleset
+from pmcqa.ingest.jats import article_pmcids
+from pmcqa.ingest.xml import parse_xml
 
 
 @pytest.fixture
@@ -68,6 +63,12 @@ def test_articles_match_by_id_never_by_order(shared_data: Path) -> None:
     assert out["PMC5"].reason == "not in reply"
     # the restriction comment survives into the bytes kept for the raw cache
     assert b"<!--The publisher of this article does not allow" in (out["PMC2647976"].xml or b"")
+    # each article also travels parsed (no second parse downstream), and it is the one its bytes hold
+    for pmcid in ("PMC8435807", "PMC12806063", "PMC2647976"):
+        parsed = out[pmcid].article
+        assert parsed is not None and article_pmcids(parsed) == {pmcid}
+        assert etree.tostring(parsed, encoding="utf-8") == out[pmcid].xml
+    assert out["PMC999999999"].article is None and out["PMC5"].article is None
 
 
 def test_no_body_is_no_full_text_whatever_the_wording(shared_data: Path) -> None:
@@ -96,7 +97,7 @@ def test_parser_never_expands_entities_or_fetches_dtds(tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP-SECRET")
     doc = f'<!DOCTYPE x [<!ENTITY e SYSTEM "file://{secret}">]><pmc-articleset><p>&e;</p></pmc-articleset>'
-    root = parse_xml_bytes(doc.encode())
+    root = parse_xml(doc.encode())
     assert b"TOP-SECRET" not in etree.tostring(root)
 
 
@@ -195,3 +196,23 @@ def test_a_corrupt_cache_file_is_fetched_again(fetcher: Fetcher, fake_eutils: Fa
     out = fetcher.fetch_many(["PMC8435807"])
     assert out["PMC8435807"].status == "ok" and not out["PMC8435807"].from_cache
     assert len(fake_eutils.requests_to("efetch")) == 1
+
+
+def test_parsed_articles_go_to_on_result_and_are_then_released(
+    fetcher: Fetcher, fake_eutils: FakeEutils
+) -> None:
+    handed: list[FetchResult] = []
+    out = fetcher.fetch_many(["PMC8435807", "PMC2647976", "PMC424242"], on_result=handed.append)
+    assert {r.pmcid: r.article is not None for r in handed} == {
+        "PMC8435807": True,
+        "PMC2647976": True,
+        "PMC424242": False,  # not found: nothing to parse
+    }
+    assert all(r.article is None for r in out.values())  # consumed: the trees are not kept
+    assert out["PMC8435807"].xml is not None  # the bytes stay (they are what the raw cache holds)
+
+    cached: list[FetchResult] = []
+    fetcher.fetch_many(["PMC8435807"], on_result=cached.append)
+    (from_cache,) = cached
+    assert from_cache.from_cache and from_cache.article is not None
+    assert article_pmcids(from_cache.article) == {"PMC8435807"}

@@ -67,6 +67,32 @@ def test_reingest_reads_the_raw_cache_unless_refresh(ingestor: Ingestor, fake_eu
     assert len(fake_eutils.requests_to("efetch")) == 2
 
 
+def test_each_article_is_parsed_once(
+    ingestor: Ingestor, fake_eutils: FakeEutils, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pmcqa.ingest.fetch as fetch_module
+    import pmcqa.ingest.pipeline as pipeline_module
+
+    parsed: list[str] = []
+
+    def counting(where: str, parse):  # type: ignore[no-untyped-def]
+        def wrapper(data: bytes):  # type: ignore[no-untyped-def]
+            parsed.append(where)
+            return parse(data)
+
+        return wrapper
+
+    monkeypatch.setattr(fetch_module, "parse_xml", counting("fetch", fetch_module.parse_xml))
+    monkeypatch.setattr(pipeline_module, "parse_xml", counting("pipeline", pipeline_module.parse_xml))
+    first = ingestor.ingest_ids(["PMC8435807", "PMC12806063", "PMC2647976"])
+    assert [o.status for o in first] == ["ingested", "ingested", "no-full-text"]
+    assert parsed == ["fetch"]  # the one efetch reply; the pipeline works on its parsed articles
+    parsed.clear()
+    again = ingestor.ingest_ids(["PMC8435807", "PMC12806063"], refresh=False)
+    assert [o.source for o in again] == ["cache", "cache"]
+    assert parsed == ["fetch", "fetch"]  # one parse per cached file, none in the pipeline
+
+
 def test_local_files_dirs_and_packages(ingestor: Ingestor, shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / "eutils/efetch-pmc/efetch_pmc_PMC8435807_correction__from_biopython.xml"
     plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"

@@ -1,6 +1,8 @@
 """`pmcqa parse FILE`: parse a local JATS/NXML file and show the Paper and its chunks.
 
-Nothing is stored and nothing goes to the network.
+Nothing is stored and nothing goes to the network. The chunks' paper id follows the rule of
+`pmcqa ingest --xml` (`pmcqa.core.ids`): the ``--id`` given (a PMCID or DOI), else the paper's PMCID, else its
+DOI.
 
 Errors (missing file, not JATS) print one line on stderr and exit with code 2, never a traceback.
 """
@@ -49,48 +51,45 @@ def read_papers(file: Path) -> list[Paper]:
     return papers
 
 
-def canonical_pmcid(text: str) -> str:
-    """`--id` takes a PMCID in any accepted spelling ("pmc123", "123", "PMC123.1") and gives "PMC123"."""
-    from pmcqa.ingest.ids import parse_id
+def given_id(text: str) -> str:
+    """`--id` in any accepted spelling ("pmc123", "PMC123.1", "doi:10.…") → the canonical PMCID or DOI."""
+    from pmcqa.core.ids import InvalidPaperId, given_paper_id
 
     try:
-        parsed = parse_id(text, bare_digits="pmcid")
-    except ValueError as exc:
+        return given_paper_id(text)
+    except InvalidPaperId as exc:
         raise fail(f"--id: {exc}") from None
-    if parsed.kind != "pmcid":
-        raise fail(f"--id takes a PMCID (chunks belong to a PMC paper), not {text!r}")
-    return parsed.value
-
-
-def paper_id_for(paper: Paper, file: Path, override: str | None) -> str:
-    # Publisher JATS (e.g. PLOS) has no PMCID: fall back to the file name so chunk ids stay stable.
-    return override or paper.pmcid or file.stem
 
 
 def chunk_papers(
     papers: list[Paper], file: Path, override: str | None
 ) -> list[tuple[Paper, str, list[Chunk]]]:
+    from pmcqa.core.ids import NO_OWN_ID, own_paper_id
     from pmcqa.core.settings import get_settings
-    from pmcqa.ingest.chunking import chunk_paper, chunking_params, load_token_counter
+    from pmcqa.ingest.chunking import Chunker
 
-    settings = get_settings()
-    counter = load_token_counter(settings)
-    params = chunking_params(settings)
+    chunker = Chunker(get_settings())
     out = []
-    for paper in papers:
-        paper_id = paper_id_for(paper, file, override)
-        out.append((paper, paper_id, chunk_paper(paper, paper_id, counter, params)))
+    for n, paper in enumerate(papers):
+        paper_id = override or own_paper_id(paper.pmcid, paper.doi)
+        if paper_id is None:
+            where = f"{file}" if len(papers) == 1 else f"article {n + 1} of {file}"
+            raise fail(f"{where}: {NO_OWN_ID}")
+        _, chunks = chunker.chunk(paper, paper_id)
+        out.append((paper, paper_id, chunks))
     return out
 
 
 def parse(
     file: Path = typer.Argument(..., help="A JATS / NXML file (article, PMC articleset or OAI record)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"paper": ..., "chunks": [...]} as JSON.'),
-    paper_id: str | None = typer.Option(None, "--id", help="Paper id for the chunks (default: its PMCID)."),
+    paper_id: str | None = typer.Option(
+        None, "--id", help="Paper id for the chunks, a PMCID or DOI (default: its PMCID, else its DOI)."
+    ),
 ) -> None:
     """Parse a local JATS file and show the paper and its chunks."""
     if paper_id is not None:
-        paper_id = canonical_pmcid(paper_id)
+        paper_id = given_id(paper_id)
     papers = read_papers(file)
     if paper_id and len(papers) > 1:
         raise fail(f"--id names one paper but {file} holds {len(papers)}")

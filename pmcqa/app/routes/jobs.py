@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pmcqa.app.deps import get_library, get_settings, require_api_key
 from pmcqa.app.schemas import ErrorResponse
 from pmcqa.app.service import Library
+from pmcqa.core.ids import InvalidPaperId, parse_id
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import OutlineEntry
 from pmcqa.ingest.jobs import Job, JobStore
@@ -92,8 +93,6 @@ def validate_ids(ids: list[str], settings: Settings) -> list[str]:
         raise RequestRejected(
             422, "too_many_ids", f"{len(ids)} ids; one job takes at most {settings.job_max_ids} (split it)"
         )
-    from pmcqa.ingest.ids import InvalidPaperId, parse_id
-
     invalid: list[str] = []
     for text in ids:
         try:

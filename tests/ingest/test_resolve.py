@@ -1,4 +1,4 @@
-"""Paper id grammar and PMID/DOI resolution (ID Converter, elink fallback, persistent cache) via the fake."""
+"""PMID/DOI resolution (ID Converter, elink fallback, persistent cache) via the fake E-utilities server."""
 
 from __future__ import annotations
 
@@ -7,82 +7,7 @@ from fakes.eutils_server import FakeEutils, server_error
 
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.entrez import EntrezClient, IntervalRateLimiter
-from pmcqa.ingest.ids import IdResolver, InvalidPaperId, not_found_hint, parse_id
-
-
-# --- grammar -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("text", "value", "version"),
-    [
-        ("PMC8026465", "PMC8026465", None),
-        ("pmc8026465", "PMC8026465", None),
-        ("  PMC8026465.1 ", "PMC8026465", 1),
-        ("pmcid:8026465", "PMC8026465", None),
-        ("PMCID: PMC8026465.3", "PMC8026465", 3),
-        ("https://pmc.ncbi.nlm.nih.gov/articles/PMC8026465/", "PMC8026465", None),
-        ("https://www.ncbi.nlm.nih.gov/pmc/articles/PMC8026465", "PMC8026465", None),
-    ],
-)
-def test_pmcid_forms_are_canonical(text: str, value: str, version: int | None) -> None:
-    pid = parse_id(text)
-    assert (pid.kind, pid.value, pid.version, pid.bare) == ("pmcid", value, version, False)
-
-
-@pytest.mark.parametrize(
-    ("text", "kind", "value"),
-    [
-        ("pmid:34527728", "pmid", "34527728"),
-        ("PMID: 34527728", "pmid", "34527728"),
-        ("https://pubmed.ncbi.nlm.nih.gov/34527728/", "pmid", "34527728"),
-        ("10.1183/23120541.50193-2021", "doi", "10.1183/23120541.50193-2021"),
-        ("doi:10.1002/qub2.92", "doi", "10.1002/qub2.92"),
-        ("DOI: 10.1002/qub2.92", "doi", "10.1002/qub2.92"),
-        ("https://doi.org/10.1002/qub2.92", "doi", "10.1002/qub2.92"),
-        ("http://dx.doi.org/10.1002%2Fqub2.92", "doi", "10.1002/qub2.92"),
-    ],
-)
-def test_pmid_and_doi_forms(text: str, kind: str, value: str) -> None:
-    pid = parse_id(text)
-    assert (pid.kind, pid.value) == (kind, value)
-
-
-def test_bare_digits_follow_the_setting_and_hint_at_the_other_reading() -> None:
-    as_pmc = parse_id("8026465")
-    assert (as_pmc.kind, as_pmc.value, as_pmc.bare) == ("pmcid", "PMC8026465", True)
-    assert not_found_hint(as_pmc) == "if you meant PMID 8026465, pass pmid:8026465"
-    as_pmid = parse_id("8026465", bare_digits="pmid")
-    assert (as_pmid.kind, as_pmid.value, as_pmid.bare) == ("pmid", "8026465", True)
-    assert "pmcid:PMC8026465" in not_found_hint(as_pmid)
-    # explicit prefixes override the setting and need no hint
-    assert parse_id("pmid:8026465").kind == "pmid"
-    assert parse_id("pmcid:8026465", bare_digits="pmid").kind == "pmcid"
-    assert not_found_hint(parse_id("PMC8026465")) == ""
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "   ",
-        "PMC",
-        "PMCabc",
-        "PMC0",
-        "PMC12x",
-        "pmid:abc",
-        "pmid:",
-        "doi:11.1000/x",
-        "10.12/x",
-        "hello",
-        "PMC1.2.3",
-        "12345678901234",
-        "pmcid:",
-        "isbn:123",
-    ],
-)
-def test_malformed_ids_raise_a_clear_error(text: str) -> None:
-    with pytest.raises(InvalidPaperId, match="not a paper id") as info:
-        parse_id(text)
-    assert "expected PMC1234567" in str(info.value)
+from pmcqa.ingest.resolve import IdResolver
 
 
 # --- resolution --------------------------------------------------------------------------------------------

@@ -1,34 +1,24 @@
-"""Paper id grammar (PMCID, PMID, DOI) and resolution of PMIDs/DOIs to PMCIDs.
+"""Resolution of PMIDs and DOIs to PMCIDs (the id grammar itself is `pmcqa.core.ids`).
 
-Accepted forms (case-insensitive, surrounding whitespace ignored):
-
-* PMCID: ``PMC8026465``, ``pmc8026465``, versioned ``PMC8026465.1`` → canonical ``PMC8026465``;
-  ``pmcid:8026465`` / ``pmcid:PMC8026465``; a PMC article URL (``…/articles/PMC8026465/``).
-* PMID: ``pmid:12345678``; a PubMed URL (``https://pubmed.ncbi.nlm.nih.gov/12345678/``).
-* DOI: ``10.1183/23120541.50193-2021``, ``doi:10.…``, ``https://doi.org/10.…`` (also dx.doi.org).
-* A bare number follows the ``bare_digits`` setting: ``"pmcid"`` (default; efetch's reading) or ``"pmid"``.
-  A bare number that turns out not to exist says how to ask for the other reading (`not_found_hint`).
-
-Resolution: PMCIDs need no lookup. PMIDs and DOIs go to the PMC ID Converter (≤200 ids of one type per call);
-PMIDs it cannot map fall back to elink ``pubmed_pmc``. Found mappings are cached in
-``<data_dir>/idmap.sqlite3``; misses are not cached (an article may enter PMC later). Each id gets its own
-`Resolution`: one bad id never fails the batch.
+PMCIDs need no lookup. PMIDs and DOIs go to the PMC ID Converter (≤200 ids of one type per call); PMIDs it
+cannot map fall back to elink ``pubmed_pmc``. Found mappings are cached in ``<data_dir>/idmap.sqlite3``;
+misses are not cached (an article may enter PMC later). Each id gets its own `Resolution`: one bad id never
+fails the batch.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote
 
 from pydantic import BaseModel
 
+from pmcqa.core.ids import IdKind, InvalidPaperId, PaperId, canonical_pmcid, not_found_hint, parse_id
 from pmcqa.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,103 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IdKind = Literal["pmcid", "pmid", "doi"]
 ResolutionStatus = Literal["ok", "invalid", "not-found", "failed"]
-
-_PMC_RE = re.compile(r"^PMC(\d{1,10})(?:\.(\d{1,4}))?$", re.IGNORECASE)
-_DIGITS_RE = re.compile(r"^\d{1,10}$")
-_DOI_RE = re.compile(r"^10\.\d{4,9}/\S+$")
-_PREFIX_RE = re.compile(r"^(pmcid|pmc|pmid|doi)\s*:\s*(.*)$", re.IGNORECASE)
-_DOI_URL_RE = re.compile(r"^https?://(?:dx\.)?doi\.org/(.+)$", re.IGNORECASE)
-_PMC_URL_RE = re.compile(r"^https?://[^/]*ncbi\.nlm\.nih\.gov/(?:pmc/)?articles/(PMC\d+(?:\.\d+)?)/?", re.I)
-_PUBMED_URL_RE = re.compile(r"^https?://pubmed\.ncbi\.nlm\.nih\.gov/(\d+)/?$", re.IGNORECASE)
-
-USAGE = "expected PMC1234567, pmid:12345678 or a DOI such as 10.1000/xyz"
-
-
-class InvalidPaperId(ValueError):
-    """The text is not a paper id in any accepted form."""
-
-
-class PaperId(BaseModel, frozen=True):
-    kind: IdKind
-    value: str  # canonical: "PMC8026465", "12345678", or the DOI as given (compared case-insensitively)
-    raw: str
-    version: int | None = None  # "PMC8026465.1" -> 1
-    bare: bool = False  # a bare number read per the bare_digits setting
-
-    def __str__(self) -> str:
-        return self.value if self.kind != "pmid" else f"pmid:{self.value}"
-
-
-def _invalid(text: str, why: str = "") -> InvalidPaperId:
-    detail = f": {why}" if why else ""
-    return InvalidPaperId(f"not a paper id: {text!r}{detail} ({USAGE})")
-
-
-def _pmcid(raw: str, digits: str, version: str | None = None) -> PaperId:
-    number = int(digits)
-    if number == 0:
-        raise _invalid(raw, "PMC ids start at 1")
-    return PaperId(kind="pmcid", value=f"PMC{number}", raw=raw, version=int(version) if version else None)
-
-
-def _pmid(raw: str, digits: str) -> PaperId:
-    if not _DIGITS_RE.match(digits) or int(digits) == 0:
-        raise _invalid(raw, "a PMID is a positive number")
-    return PaperId(kind="pmid", value=str(int(digits)), raw=raw)
-
-
-def _doi(raw: str, doi: str) -> PaperId:
-    doi = unquote(doi.strip())
-    if not _DOI_RE.match(doi):
-        raise _invalid(raw, "a DOI looks like 10.1234/suffix")
-    return PaperId(kind="doi", value=doi, raw=raw)
-
-
-def parse_id(text: str, bare_digits: Literal["pmcid", "pmid"] = "pmcid") -> PaperId:
-    """Parse one paper id; raise `InvalidPaperId` with a clear message when it is malformed."""
-    raw = text
-    text = (text or "").strip()
-    if not text:
-        raise _invalid(raw, "empty")
-    if match := _PREFIX_RE.match(text):
-        prefix, rest = match.group(1).lower(), match.group(2).strip()
-        if prefix in ("pmcid", "pmc"):
-            if m := _PMC_RE.match(rest):
-                return _pmcid(raw, m.group(1), m.group(2))
-            if _DIGITS_RE.match(rest):
-                return _pmcid(raw, rest)
-            raise _invalid(raw, "a PMCID is PMC followed by digits")
-        if prefix == "pmid":
-            return _pmid(raw, rest)
-        return _doi(raw, rest)
-    if m := _PMC_RE.match(text):
-        return _pmcid(raw, m.group(1), m.group(2))
-    if _DIGITS_RE.match(text):
-        parsed = _pmcid(raw, text) if bare_digits == "pmcid" else _pmid(raw, text)
-        return parsed.model_copy(update={"bare": True})
-    if m := _DOI_URL_RE.match(text):
-        return _doi(raw, m.group(1))
-    if m := _PMC_URL_RE.match(text):
-        pm = _PMC_RE.match(m.group(1))
-        assert pm is not None
-        return _pmcid(raw, pm.group(1), pm.group(2))
-    if m := _PUBMED_URL_RE.match(text):
-        return _pmid(raw, m.group(1))
-    if text.startswith("10."):
-        return _doi(raw, text)
-    raise _invalid(raw)
-
-
-def not_found_hint(paper_id: PaperId) -> str:
-    """For a bare number that was not found: how to ask for the other reading."""
-    if not paper_id.bare:
-        return ""
-    digits = paper_id.value.removeprefix("PMC")
-    if paper_id.kind == "pmcid":
-        return f"if you meant PMID {digits}, pass pmid:{digits}"
-    return f"if you meant PMC{digits}, pass pmcid:PMC{digits}"
 
 
 class Resolution(BaseModel):
@@ -148,6 +42,11 @@ class Resolution(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+def _key(kind: IdKind, value: str) -> str:
+    """How a requested id is keyed in a batch and in the cache: DOIs compare case-insensitively."""
+    return value.lower() if kind == "doi" else value
 
 
 # --- persistent mapping cache ------------------------------------------------------------------------------
@@ -167,15 +66,11 @@ class IdMapCache:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
-    @staticmethod
-    def _key(kind: IdKind, value: str) -> str:
-        return value.lower() if kind == "doi" else value
-
     def get(self, kind: IdKind, value: str) -> tuple[str, str | None, str | None] | None:
         with closing(self._connect()) as db:
             row = db.execute(
                 "SELECT pmcid, pmid, doi FROM idmap WHERE kind = ? AND key = ?",
-                (kind, self._key(kind, value)),
+                (kind, _key(kind, value)),
             ).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
@@ -184,7 +79,7 @@ class IdMapCache:
         if pmid:
             rows.append(("pmid", pmid, pmcid, pmid, doi, time.time()))
         if doi:
-            rows.append(("doi", doi.lower(), pmcid, pmid, doi, time.time()))
+            rows.append(("doi", _key("doi", doi), pmcid, pmid, doi, time.time()))
         if not rows:
             return
         with closing(self._connect()) as db, db:
@@ -192,13 +87,6 @@ class IdMapCache:
 
 
 # --- resolver ----------------------------------------------------------------------------------------------
-def _canonical_pmcid(value: Any) -> str | None:
-    if value is None:
-        return None
-    m = _PMC_RE.match(str(value).strip())
-    return f"PMC{int(m.group(1))}" if m else None
-
-
 Hit = tuple[str, str | None, str | None, Literal["idconv", "elink"]]  # pmcid, pmid, doi, source
 
 
@@ -209,9 +97,6 @@ class IdResolver:
         self.settings = settings
         self.client = client
         self.cache = IdMapCache(settings.data_dir / "idmap.sqlite3")
-
-    def resolve(self, text: str) -> Resolution:
-        return self.resolve_many([text])[text]
 
     def resolve_many(self, ids: Iterable[str]) -> dict[str, Resolution]:
         out: dict[str, Resolution] = {}
@@ -243,7 +128,7 @@ class IdResolver:
                     source="cache",
                 )
                 continue
-            key = pid.value.lower() if pid.kind == "doi" else pid.value
+            key = _key(pid.kind, pid.value)
             pending[pid.kind].setdefault(key, []).append((text, pid))
         for kind, group in pending.items():
             if group:
@@ -284,10 +169,10 @@ class IdResolver:
         misses: dict[str, str],
     ) -> None:
         requested = str(record.get("requested-id") or record.get(kind) or "").strip()
-        key = requested.lower() if kind == "doi" else requested
+        key = _key(kind, requested)
         if key not in group:
             return
-        pmcid = _canonical_pmcid(record.get("pmcid"))
+        pmcid = canonical_pmcid(record.get("pmcid"))
         pmid = str(record["pmid"]) if record.get("pmid") else None
         doi = str(record["doi"]) if record.get("doi") else None
         if pmcid and record.get("status") != "error":
