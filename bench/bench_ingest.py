@@ -102,14 +102,14 @@ def bench_ingest(args: argparse.Namespace, work: Path) -> dict[str, float]:
         store_settings = Settings(data_dir=work / f"ingest-{repeat}")
         shutil.rmtree(store_settings.data_dir, ignore_errors=True)  # a reused store would skip embedding
         started = time.perf_counter()
-        store = Store(store_settings, embedder)
+        store = Store(store_settings)
         batch: list[tuple[Any, list[Any], None]] = []
         for record, chunks in parse_and_chunk(files, store_settings):
             batch.append((record, chunks, None))
             if len(batch) == args.ingest_batch:
-                store.put_papers(batch)
+                store.put_papers(batch, embedder)
                 batch = []
-        store.put_papers(batch)
+        store.put_papers(batch, embedder)
         store.close()  # includes bringing the FAISS file up to date
         best_pipeline = min(best_pipeline, time.perf_counter() - started)
     result.update(encode_s=best_encode, pipeline_s=best_pipeline, ratio=best_pipeline / best_encode)
@@ -122,9 +122,10 @@ def time_store_writes(papers: list[tuple[Any, list[Any]]], dimension: int, direc
     rng = np.random.default_rng(0)
     items = [(r, c, rng.standard_normal((len(c), dimension)).astype(np.float32)) for r, c in papers]
     started = time.perf_counter()
-    store = Store(Settings(data_dir=directory), _BulkModel(dimension))  # type: ignore[arg-type]
+    store = Store(Settings(data_dir=directory))
+    model = _BulkModel(dimension)
     for first in range(0, len(items), 8):
-        store.put_papers(items[first : first + 8])
+        store.put_papers(items[first : first + 8], model)  # type: ignore[arg-type]
     store.close()
     return time.perf_counter() - started
 
@@ -152,9 +153,12 @@ class _BulkModel:
 def build_synthetic(directory: Path, n_chunks: int, dimension: int, seed: int = 0) -> Settings:
     """A library of `n_chunks` random unit vectors, 50 chunks per paper, loaded with bulk SQL inserts."""
     settings = Settings(data_dir=directory)
-    store = Store(settings, _BulkModel(dimension))  # type: ignore[arg-type]
+    store = Store(settings)
     rng = np.random.default_rng(seed)
     conn = store._conn()  # bulk path: same schema as put_paper, without per-chunk pydantic objects
+    conn.execute("BEGIN IMMEDIATE")
+    store._record_model(conn, _BulkModel(dimension))  # type: ignore[arg-type]  # what put_papers records
+    conn.execute("COMMIT")
     n_papers = n_chunks // CHUNKS_PER_PAPER
     body = " ".join(
         ["the cells were treated with the compound and viability was measured after two days"] * 3

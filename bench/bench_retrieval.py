@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pmcqa.app.evaluation import build_store, context_hit_rate, evaluate, load_squad  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
 from pmcqa.index.embedding import Embedder  # noqa: E402
+from pmcqa.index.library import open_library  # noqa: E402
 from pmcqa.index.retrieval import Retriever  # noqa: E402
 from pmcqa.index.store import Store  # noqa: E402
 
@@ -27,7 +28,7 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/covi
 
 
 def open_store(eval_set, settings: Settings, embedder: Embedder) -> Store:  # type: ignore[no-untyped-def]
-    store = Store(settings, embedder)
+    store = open_library(settings, writable=True, embedder=embedder).store
     if store.count_papers() == len(eval_set.papers):
         return store
     store.close()

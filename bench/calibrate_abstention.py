@@ -63,17 +63,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="Write per-question scores here.")
     args = parser.parse_args()
 
-    from pmcqa.index.embedding import Embedder
-    from pmcqa.index.retrieval import Retriever
-    from pmcqa.index.store import Store
+    from pmcqa.index.library import open_library
     from pmcqa.ingest.chunking import Chunker
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="pmcqa-calib-"))
     settings = Settings(data_dir=data_dir)
     started = time.perf_counter()
-    embedder = Embedder(settings)
-    store = Store(settings, embedder)
-    retriever = Retriever(store, embedder, settings)
+    library = open_library(settings, writable=True)
+    store, embedder, retriever = library.store, library.embedder, library.retriever
     backend = ExtractiveBackend(settings, embedder)
     chunker = Chunker(settings)
 
@@ -85,7 +82,7 @@ def main() -> None:
         record = store.get_paper(paper_id)
         if record is None or record.text != paper.canonical_text:
             record, chunks = chunker.chunk(paper, paper_id, source="covid-qa dev")
-            store.put_paper(record, chunks)
+            store.put_paper(record, chunks, embedder)
         papers.append((record, paragraph["qas"]))
     print(f"indexed {len(papers)} papers in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     # Embed every sentence of every paper once, in large batches (the backend caches them by offsets);

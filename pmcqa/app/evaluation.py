@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from pmcqa.index.embedding import Embedder
+from pmcqa.index.library import open_library
 from pmcqa.index.models import Chunk
 from pmcqa.index.retrieval import MODES, Mode, Retriever, approx_tokens
 from pmcqa.ingest.models import BLOCK_SEPARATOR, Block, Paper
@@ -309,10 +311,9 @@ def evaluate(
 
 def build_store(eval_set: EvalSet, settings: Any, embedder: Any, source: str) -> Any:
     """Chunk the eval set's papers with the production chunker and store them (one transaction)."""
-    from pmcqa.index.store import Store
     from pmcqa.ingest.chunking import Chunker
 
-    store = Store(settings, embedder)
+    store = open_library(settings, writable=True, embedder=embedder).store
     chunker = Chunker(settings)  # the tokenizer loads only if a paper needs chunking
     items = []
     for paper_id, paper in eval_set.papers:
@@ -320,7 +321,7 @@ def build_store(eval_set: EvalSet, settings: Any, embedder: Any, source: str) ->
         if stored is not None and stored.chunking == chunker.params and stored.text == paper.canonical_text:
             continue  # a kept store (`store_dir`) already holds this paper as this chunker cuts it
         items.append((*chunker.chunk(paper, paper_id, source), None))
-    store.put_papers(items)
+    store.put_papers(items, embedder)
     return store
 
 
@@ -336,9 +337,6 @@ def run_evaluation(
     embedder: Any = None,
 ) -> EvalReport:
     """Load a file, build (or reuse) the store it needs, evaluate. SQuAD files never touch the library."""
-    from pmcqa.index.embedding import Embedder
-    from pmcqa.index.store import Store
-
     eval_set = load_eval_set(path, name, limit)
     started = time.perf_counter()
     embedder = embedder or Embedder(settings)
@@ -350,7 +348,7 @@ def run_evaluation(
             eval_settings = settings.model_copy(update={"data_dir": data_dir})
             store = build_store(eval_set, eval_settings, embedder, f"squad:{path.name}")
         else:
-            store = Store(settings, embedder)
+            store = open_library(settings, writable=True, embedder=embedder).store
         stack.callback(store.close)
         setup = time.perf_counter() - started
         retriever = Retriever(store, embedder, settings, **(retriever_options or {}))

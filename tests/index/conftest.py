@@ -98,8 +98,8 @@ def open_store(settings: Settings) -> Iterator[Callable[..., Store]]:
     """Open Stores on the test's data dir; all of them are closed at teardown."""
     opened: list[Store] = []
 
-    def factory(embedder: object | None = None, **kwargs: object) -> Store:
-        store = Store(settings, embedder, **kwargs)  # type: ignore[arg-type]
+    def factory(**kwargs: object) -> Store:
+        store = Store(settings, **kwargs)  # type: ignore[arg-type]
         opened.append(store)
         return store
 

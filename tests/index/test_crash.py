@@ -45,7 +45,8 @@ def paper(pid, n, salt):
     return PaperRecord(paper_id=pid, pmid=pid[3:], text="\n\n".join(texts)), chunks
 
 rng = random.Random(int(sys.argv[2]))
-store = Store(Settings(data_dir=sys.argv[1]), Embedder(), library_refresh_s=0.05, library_tail_max=200)
+store = Store(Settings(data_dir=sys.argv[1]), library_refresh_s=0.05, library_tail_max=200)
+embedder = Embedder()
 print("ready", flush=True)
 while True:
     pid = f"PMC{rng.randrange(60)}"
@@ -54,9 +55,9 @@ while True:
         store.delete_paper(pid)
     elif roll < 0.2:
         batch = [paper(f"PMC{rng.randrange(60)}", rng.randrange(1, 30), rng.random()) for _ in range(3)]
-        store.put_papers([(r, c, None) for r, c in batch])
+        store.put_papers([(r, c, None) for r, c in batch], embedder)
     else:
-        store.put_paper(*paper(pid, rng.randrange(0, 40), rng.random()))
+        store.put_paper(*paper(pid, rng.randrange(0, 40), rng.random()), embedder)
 """
 
 
@@ -112,6 +113,7 @@ def test_sigkill_never_leaves_partial_papers(tmp_path: Path) -> None:
         papers = _assert_sound(data_dir)
     assert papers > 0  # the writer really wrote
     # A writer with the recorded model reopens the killed store, rebuilds FAISS, and keeps going.
-    with Store(Settings(data_dir=data_dir), _Check()) as store:  # type: ignore[arg-type]
-        assert store.rebuild_library_index() == store.count_chunks()
-        assert store.library_index_lag() == 0
+    with Store(Settings(data_dir=data_dir)) as store:
+        store.check_model(_Check())  # type: ignore[arg-type]
+        assert store.library_index.rebuild() == store.count_chunks()
+        assert store.library_index.lag() == 0

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import pmcqa.index.embedding as embedding
 from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import Embedder, default_device, load_model
+from pmcqa.index.library import open_library
 from pmcqa.index.store import EmbeddingModelMismatch, Store
 
 
@@ -109,11 +110,11 @@ def test_reindex_command_switches_the_store_to_the_configured_model(
     texts: Callable[[str, int], list[str]],
 ) -> None:
     old = make_fake("old-model", dimension=16)
-    with Store(settings, old) as store:
+    with Store(settings) as store:
         for n in range(2):
-            store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 3)))
+            store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 3)), old)
     with pytest.raises(EmbeddingModelMismatch, match="pmcqa reindex"):
-        Store(settings, embedder)
+        open_library(settings, writable=True)
 
     from pmcqa.app.cli import cli
 
@@ -122,7 +123,8 @@ def test_reindex_command_switches_the_store_to_the_configured_model(
     assert result.exit_code == 0, result.output
     assert "re-embedded 2 papers" in result.output and "old-model (16-d)" in result.output
 
-    with Store(settings, embedder) as store:  # the configured model now matches
+    with Store(settings) as store:
+        store.check_model(embedder)  # the configured model now matches
         assert store.integrity_check() == []
         _, matrix = store.get_vectors("PMC1")
         expected = embedder.embed_documents(texts("PMC1", 3))

@@ -7,7 +7,9 @@ methods as `index.store.Store`) for the ranking logic, and the real Store once e
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,50 @@ def test_lexical_index_is_cached_per_paper_and_chunk_set(embedder: object) -> No
     assert len(retriever._lexical) == 1
 
 
+class _ZeroEmbedder:
+    """Lexical ranking needs no embedding model; the store stand-in still asks for document vectors."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+
+def test_lexical_cache_is_safe_under_concurrent_requests() -> None:
+    embedder = _ZeroEmbedder()
+    store = MemoryStore(embedder)
+    papers = [f"PMC{n}" for n in range(6)]
+    for n, paper_id in enumerate(papers):  # one paper text per id, so each ranking is distinct
+        items = VIRUS_PAPER[n:] + VIRUS_PAPER[:n]
+        store.put_paper(*build_paper(paper_id, items))
+    question = "How much did compound K reduce viral titres in ferrets?"
+    # Far more papers than cache slots: every thread keeps evicting what another one is reading.
+    retriever = Retriever(store, embedder, Settings(), lexical_cache_size=2)
+    alone = Retriever(store, embedder, Settings())
+    expected = {p: list(alone.rank(p, question, "lexical").order) for p in papers}  # type: ignore[union-attr]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible to provoke interleavings
+    try:
+
+        def hammer(seed: int) -> list[tuple[str, list[int]]]:
+            seen = []
+            for step in range(150):
+                paper_id = papers[(seed * 7 + step * (seed + 1)) % len(papers)]
+                ranking = retriever.rank(paper_id, question, "lexical")
+                assert ranking is not None
+                seen.append((paper_id, list(ranking.order)))
+            return seen
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(hammer, range(8)))
+    finally:
+        sys.setswitchinterval(switch)
+    assert all(order == expected[paper_id] for seen in results for paper_id, order in seen)
+    assert sum(len(seen) for seen in results) == 8 * 150
+    assert len(retriever._lexical) <= 2
+
+
 def test_lexical_tokens() -> None:
     assert lexical_tokens("What do the Infections and viruses show in Table 2?") == [
         "infection",
@@ -421,9 +467,9 @@ def test_default_budget_is_context_tokens(embedder: object) -> None:
 
 
 def test_retriever_over_the_real_store(embedder: object, open_store: Callable[..., Any]) -> None:
-    store = open_store(embedder)
-    store.put_paper(*build_paper("PMC1", VIRUS_PAPER))
-    store.put_paper(*build_paper("PMC3", FLOAT_PAPER))
+    store = open_store()
+    store.put_paper(*build_paper("PMC1", VIRUS_PAPER), embedder)
+    store.put_paper(*build_paper("PMC3", FLOAT_PAPER), embedder)
     retriever = Retriever(store, embedder, Settings(top_k=3))
     assert retriever.retrieve("PMC1", "How much did compound K reduce viral titres?")[0].chunk.ordinal == 5
     assert retriever.retrieve("PMC3", "What is shown in Fig. 3?")[0].chunk.label == "Figure 3"

@@ -23,9 +23,9 @@ def test_round_trip(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
     record, chunks = paper("PMC100", texts("PMC100", 5), pmid="12345", doi="10.1000/ABC.1")
-    store.put_paper(record, chunks)
+    store.put_paper(record, chunks, fake)
 
     assert store.get_paper("PMC100") == record
     assert store.get_chunks("PMC100") == chunks
@@ -43,9 +43,9 @@ def test_listing_aliases_and_status(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
     for n in range(3):
-        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 2), pmid=f"90{n}", doi=f"10.1/X{n}"))
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 2), pmid=f"90{n}", doi=f"10.1/X{n}"), fake)
     assert store.count_papers() == 3
     page = store.list_papers(offset=1, limit=10)
     assert len(page) == 2 and all(p.text == "" and p.title.startswith("Synthetic") for p in page)
@@ -71,18 +71,18 @@ def test_reingest_replaces_chunks_and_embeds_only_changed_text(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
     texts = texts("PMC1", 6)
-    store.put_paper(*paper("PMC1", texts))
+    store.put_paper(*paper("PMC1", texts), fake)
     assert len(fake.encoded) == 6
 
     fake.encoded.clear()
-    store.put_paper(*paper("PMC1", texts))  # identical: nothing to embed
+    store.put_paper(*paper("PMC1", texts), fake)  # identical: nothing to embed
     assert fake.encoded == []
 
     changed = texts[:2] + ["a rewritten paragraph"] + texts[3:] + ["a new closing paragraph"]
     record, chunks = paper("PMC1", changed)
-    store.put_paper(record, chunks)
+    store.put_paper(record, chunks, fake)
     assert sorted(fake.encoded) == ["a new closing paragraph", "a rewritten paragraph"]
     assert store.get_chunks("PMC1") == chunks
     chunk_ids, matrix = store.get_vectors("PMC1")
@@ -94,10 +94,11 @@ def test_reingest_replaces_chunks_and_embeds_only_changed_text(
 def test_a_batch_is_embedded_in_one_call_without_duplicates(
     open_store: OpenStore, fake: FakeEmbedder, paper: Callable[..., Any]
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
     shared = "A methods paragraph reused verbatim by two papers."
     store.put_papers(
-        [(*paper("PMC1", ["first", shared]), None), (*paper("PMC2", [shared, "second", "third"]), None)]
+        [(*paper("PMC1", ["first", shared]), None), (*paper("PMC2", [shared, "second", "third"]), None)],
+        fake,
     )
     assert fake.calls == 1 and sorted(fake.encoded) == sorted([shared, "first", "second", "third"])
     np.testing.assert_array_equal(store.get_vectors("PMC1")[1][1], store.get_vectors("PMC2")[1][0])
@@ -110,9 +111,9 @@ def test_delete_paper(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake, library_refresh_s=0)
-    store.put_paper(*paper("PMC1", texts("PMC1", 3), pmid="11"))
-    store.put_paper(*paper("PMC2", texts("PMC2", 3)))
+    store = open_store(library_refresh_s=0)
+    store.put_paper(*paper("PMC1", texts("PMC1", 3), pmid="11"), fake)
+    store.put_paper(*paper("PMC2", texts("PMC2", 3)), fake)
     assert store.delete_paper("PMC1") is True
     assert store.delete_paper("PMC1") is False
     assert store.get_paper("PMC1") is None and store.get_chunks("PMC1") == []
@@ -127,16 +128,14 @@ def test_invalid_input_is_refused_and_nothing_is_written(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
     record, chunks = paper("PMC1", texts("PMC1", 3))
     bad = [chunks[0], chunks[1].model_copy(update={"text": "not in the record"}), chunks[2]]
     with pytest.raises(ValueError, match="not record.text"):
-        store.put_paper(record, bad)
+        store.put_paper(record, bad, fake)
     with pytest.raises(ValueError, match="belongs to"):
-        store.put_paper(record, [c.model_copy(update={"paper_id": "PMC2"}) for c in chunks])
+        store.put_paper(record, [c.model_copy(update={"paper_id": "PMC2"}) for c in chunks], fake)
     assert store.count_papers() == 0
-    with pytest.raises(StoreError, match="without an embedder"):
-        open_store().put_paper(record, chunks)
 
 
 def test_failure_inside_the_transaction_keeps_the_old_version(
@@ -146,16 +145,16 @@ def test_failure_inside_the_transaction_keeps_the_old_version(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
     old_record, old_chunks = paper("PMC1", texts("PMC1", 4))
-    store.put_paper(old_record, old_chunks)
+    store.put_paper(old_record, old_chunks, fake)
 
     def explode(*_: object) -> None:
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(Store, "_write_aliases", staticmethod(explode))  # runs after chunks are inserted
     with pytest.raises(RuntimeError, match="disk full"):
-        store.put_paper(*paper("PMC1", texts("PMC1", 9)))
+        store.put_paper(*paper("PMC1", texts("PMC1", 9)), fake)
     assert store.get_chunks("PMC1") == old_chunks and store.get_paper("PMC1") == old_record
     assert store.integrity_check() == []
 
@@ -167,17 +166,37 @@ def test_model_mismatch_names_both_models(
     texts: Callable[[str, int], list[str]],
     make_fake: Callable[..., Any],
 ) -> None:
-    open_store(fake).put_paper(*paper("PMC1", texts("PMC1", 2)))
+    open_store().put_paper(*paper("PMC1", texts("PMC1", 2)), fake)
     with pytest.raises(EmbeddingModelMismatch) as raised:
-        open_store(make_fake("other-model", dimension=32))
+        open_store().check_model(make_fake("other-model", dimension=32))
     message = str(raised.value)
     assert "'fake-model' (16-d)" in message and "'other-model' (32-d)" in message
     assert "pmcqa reindex" in message
     with pytest.raises(EmbeddingModelMismatch, match="document prefix"):
-        open_store(make_fake(document_prefix="passage: "))
+        open_store().check_model(make_fake(document_prefix="passage: "))
     reader = open_store()  # readers need no model
     assert reader.embedding_info() is not None and reader.embedding_info().model_name == "fake-model"  # type: ignore[union-attr]
     assert len(reader.get_chunks("PMC1")) == 2
+
+
+def test_a_write_with_another_model_is_refused_before_embedding(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+    make_fake: Callable[..., Any],
+) -> None:
+    store = open_store()
+    assert store.embedding_info() is None
+    store.check_model(make_fake("any-model"))  # an empty store accepts any model...
+    store.put_paper(*paper("PMC1", texts("PMC1", 2)), fake)  # ...and the first write records its own
+    info = store.embedding_info()
+    assert info is not None and (info.model_name, info.dimension) == ("fake-model", 16)
+    other = make_fake("other-model", dimension=16)
+    with pytest.raises(StoreError) as raised:
+        store.put_paper(*paper("PMC2", texts("PMC2", 3)), other)
+    assert isinstance(raised.value, EmbeddingModelMismatch)
+    assert other.encoded == [] and store.paper_ids() == ["PMC1"]
 
 
 def test_reindex_reembeds_every_paper(
@@ -187,22 +206,23 @@ def test_reindex_reembeds_every_paper(
     texts: Callable[[str, int], list[str]],
     make_fake: Callable[..., Any],
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
     for n in range(3):
-        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 4)))
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 4)), fake)
     other = make_fake("other-model", dimension=8)
     seen: list[tuple[int, int]] = []
     assert open_store().reindex(other, progress=lambda done, total: seen.append((done, total))) == 3
     assert seen[-1] == (3, 3) and len(other.encoded) == 12
 
-    reopened = open_store(other)  # no mismatch any more
+    reopened = open_store()
+    reopened.check_model(other)  # no mismatch any more
     _, matrix = reopened.get_vectors("PMC1")
     np.testing.assert_allclose(matrix[0], other.vector(texts("PMC1", 4)[0]), rtol=1e-6)
     hits = reopened.search_library(other.vector(texts("PMC2", 4)[3]), k=1)
     assert hits[0][0].chunk_id == reopened.get_chunks("PMC2")[3].chunk_id
     assert reopened.integrity_check() == []
     with pytest.raises(EmbeddingModelMismatch):
-        open_store(fake)
+        open_store().check_model(fake)
 
 
 def test_reader_sees_writer_without_restart(
@@ -212,21 +232,39 @@ def test_reader_sees_writer_without_restart(
     texts: Callable[[str, int], list[str]],
 ) -> None:
     reader = open_store()
-    writer = open_store(fake, library_refresh_s=3600)
+    writer = open_store(library_refresh_s=3600)
     assert reader.count_papers() == 0 and reader.search_library(np.ones(16, np.float32), k=3) == []
 
-    writer.put_paper(*paper("PMC1", texts("PMC1", 4)))  # first write builds the FAISS file
-    writer.put_paper(*paper("PMC2", texts("PMC2", 4)))  # this one only lives in SQLite so far
+    writer.put_paper(*paper("PMC1", texts("PMC1", 4)), fake)  # first write builds the FAISS file
+    writer.put_paper(*paper("PMC2", texts("PMC2", 4)), fake)  # this one only lives in SQLite so far
     assert reader.count_papers() == 2 and len(reader.get_chunks("PMC2")) == 4
     target = texts("PMC2", 4)[1]
-    assert writer.library_index_lag() == 1
+    assert writer.library_index.lag() == 1
     top, _ = reader.search_library(fake.vector(target), k=1)[0]
     assert top.text == target  # found through the exact "tail" search of chunks newer than the file
 
-    before = reader._faiss_stamp
-    assert writer.rebuild_library_index() == 8 and writer.library_index_lag() == 0
+    before = reader.library_index._stamp
+    assert writer.library_index.rebuild() == 8 and writer.library_index.lag() == 0
     assert reader.search_library(fake.vector(target), k=1)[0][0].text == target
-    assert reader._faiss_stamp != before and reader._faiss_max_id > 0  # the reader reloaded the new file
+    # The reader reloaded the new file.
+    assert reader.library_index._stamp != before and reader.library_index._max_id > 0
+
+
+def test_only_a_store_that_wrote_brings_the_faiss_file_up_to_date_on_close(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    writer = open_store(library_refresh_s=3600)
+    writer.put_paper(*paper("PMC1", texts("PMC1", 3)), fake)  # first write builds the FAISS file
+    writer.put_paper(*paper("PMC2", texts("PMC2", 3)), fake)
+    reader = open_store()
+    assert reader.search_library(fake.vector(texts("PMC2", 3)[0]), k=1)[0][0].paper_id == "PMC2"
+    reader.close()
+    assert reader.library_index.lag() == 1  # a reader leaves the file as it found it
+    writer.close()
+    assert reader.library_index.lag() == 0 and reader.library_index.indexed_through() > 0
 
 
 def test_library_search_filters_and_rebuilds(
@@ -235,10 +273,10 @@ def test_library_search_filters_and_rebuilds(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake, library_refresh_s=3600, library_tail_max=10)
+    store = open_store(library_refresh_s=3600, library_tail_max=10)
     for n in range(4):
-        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 5)))
-    assert store.library_index_lag() <= 1  # the tail limit triggered a rebuild along the way
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 5)), fake)
+    assert store.library_index.lag() <= 1  # the tail limit triggered a rebuild along the way
 
     query = fake.vector(texts("PMC3", 5)[2])
     hits = store.search_library(query, k=5)
@@ -247,13 +285,13 @@ def test_library_search_filters_and_rebuilds(
     only = store.search_library(query, k=20, paper_ids=["PMC0", "PMC1"])
     assert len(only) == 10 and {c.paper_id for c, _ in only} == {"PMC0", "PMC1"}
 
-    store.rebuild_library_index()
+    store.library_index.rebuild()
     store.delete_paper("PMC3")  # the FAISS file still holds its vectors; SQLite says they are gone
     assert all(c.paper_id != "PMC3" for c, _ in store.search_library(query, k=15))
     assert len(store.search_library(query, k=15)) == 15
 
-    store.faiss_path.unlink()  # the file is disposable: rebuilt from SQLite
-    assert store.rebuild_library_index() == 15
+    store.library_index.path.unlink()  # the file is disposable: rebuilt from SQLite
+    assert store.library_index.rebuild() == 15
     assert len(store.search_library(query, k=3)) == 3
 
 
@@ -281,8 +319,8 @@ def test_per_paper_reads_do_not_scan_the_library(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake, library_refresh_s=3600, library_tail_max=10**9)
-    store.put_paper(*paper("PMC1", texts("PMC1", 20)))
+    store = open_store(library_refresh_s=3600, library_tail_max=10**9)
+    store.put_paper(*paper("PMC1", texts("PMC1", 20)), fake)
     small = _vm_steps(store, "PMC1")
 
     # Grow the library 500-fold with bulk inserts of precomputed vectors.
@@ -291,7 +329,7 @@ def test_per_paper_reads_do_not_scan_the_library(
     for n in range(500):
         record, chunks = paper(f"PMCX{n}", texts(f"PMCX{n}", 20))
         batch.append((record, chunks, rng.standard_normal((20, 16)).astype(np.float32)))
-    store.put_papers(batch)
+    store.put_papers(batch, fake)
     assert store.count_chunks() == 10_020
     large = _vm_steps(store, "PMC1")
     assert large <= small * 1.2, (small, large)
@@ -311,10 +349,10 @@ def test_threads_share_a_store(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake)
+    store = open_store()
 
     def work(n: int) -> int:
-        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 3)))
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 3)), fake)
         return len(store.get_vectors(f"PMC{n}")[0]) + store.count_papers() * 0
 
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -328,15 +366,15 @@ def test_library_search_looks_past_many_deleted_hits(
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(fake, library_refresh_s=3600)
+    store = open_store(library_refresh_s=3600)
     rng = np.random.default_rng(7)
     query = fake.vector("query")
     near = query + 0.05 * rng.standard_normal((40, 16)).astype(np.float32)
     store.put_papers(
-        [(*paper("PMC1", texts("PMC1", 40)), near / np.linalg.norm(near, axis=1, keepdims=True))]
+        [(*paper("PMC1", texts("PMC1", 40)), near / np.linalg.norm(near, axis=1, keepdims=True))], fake
     )
-    store.put_paper(*paper("PMC2", texts("PMC2", 10)))
-    store.rebuild_library_index()
+    store.put_paper(*paper("PMC2", texts("PMC2", 10)), fake)
+    store.library_index.rebuild()
     store.delete_paper("PMC1")  # its 40 vectors, the best matches, stay in the FAISS file
     hits = store.search_library(query, k=3)
     assert len(hits) == 3 and {chunk.paper_id for chunk, _ in hits} == {"PMC2"}

@@ -31,7 +31,7 @@ class HashEncoder:
 
 @pytest.fixture
 def ingestor(eutils_settings: Settings) -> Ingestor:
-    return Ingestor(eutils_settings, store=Store(eutils_settings, HashEncoder()))
+    return Ingestor(eutils_settings, store=Store(eutils_settings), encoder=HashEncoder())
 
 
 def test_mixed_batch_gives_one_outcome_per_id(ingestor: Ingestor, fake_eutils: FakeEutils) -> None:
@@ -169,5 +169,5 @@ def test_cli_xml_takes_every_following_path(
 def _run_with_hash_store(settings: Settings, ids, xml_paths, id_override, refresh, show_progress=False):  # type: ignore[no-untyped-def]
     from pmcqa.app.commands.ingest import _run
 
-    ingestor = Ingestor(settings, store=Store(settings, HashEncoder()))
+    ingestor = Ingestor(settings, store=Store(settings), encoder=HashEncoder())
     return _run(ingestor, ids, xml_paths, id_override, refresh, None)

@@ -21,13 +21,14 @@ def reindex() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pmcqa.core.settings import Settings
-    from pmcqa.index.embedding import Embedder
-    from pmcqa.index.store import Store
+    from pmcqa.index.library import open_library
 
     console = Console(stderr=True)
     settings = Settings()
-    embedder = Embedder(settings)
-    store = Store(settings)  # no embedder: opening must not fail on the very mismatch we are fixing
+    # Not writable: opening must not fail on the very mismatch this command fixes; reindex is the one write
+    # that changes the stored model.
+    library = open_library(settings, writable=False)
+    store, embedder = library.store, library.embedder
     try:
         before = store.embedding_info()
         columns = (TextColumn("re-embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -35,7 +36,7 @@ def reindex() -> None:
             task = progress.add_task("reindex", total=store.count_papers())
             done = store.reindex(embedder, lambda n, total: progress.update(task, completed=n, total=total))
     finally:
-        store.close()
+        library.close()
     previous = f"{before.model_name} ({before.dimension}-d)" if before else "(empty store)"
     console.print(
         f"re-embedded {done} papers: {previous} -> {embedder.model_name} ({embedder.dimension}-d); "

@@ -37,14 +37,11 @@ def register(cli: typer.Typer) -> None:
 def open_retriever() -> tuple[Store, Retriever]:
     """The user's store and a retriever over it (heavy imports happen here, not at `pmcqa --help`)."""
     from pmcqa.core.settings import get_settings
-    from pmcqa.index.embedding import Embedder
-    from pmcqa.index.retrieval import Retriever
-    from pmcqa.index.store import Store
+    from pmcqa.index.library import open_library
 
-    settings = get_settings()
-    embedder = Embedder(settings)
-    store = Store(settings, embedder)
-    return store, Retriever(store, embedder, settings)
+    # Writable: checks that the stored vectors come from the model that embeds the queries.
+    library = open_library(get_settings(), writable=True)
+    return library.store, library.retriever
 
 
 class SearchError(ValueError):

@@ -162,7 +162,8 @@ def _ingest_upload(request: Request, library: Library, data: bytes, id_override:
     with _INGESTOR_LOCK:
         ingestor = getattr(request.app.state, "ingestor", None)
         if ingestor is None:
-            ingestor = request.app.state.ingestor = Ingestor(settings, store=library.store)
+            ingestor = Ingestor(settings, store=library.store, encoder=library.embedder)
+            request.app.state.ingestor = ingestor
         with tempfile.NamedTemporaryFile(dir=uploads, suffix=".xml", delete=False) as handle:
             handle.write(data)
             path = Path(handle.name)
