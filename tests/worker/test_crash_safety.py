@@ -25,7 +25,7 @@ def _finished_ids(jobs: JobStore, job_id: str) -> int:
 def _kill_mid_job_and_recover(settings, workers_factory) -> None:  # type: ignore[no-untyped-def]
     jobs = JobStore.for_settings(settings)
     job = enqueue_job(settings, IDS)
-    procs = workers_factory(settings, PMCQA_INGESTOR_FACTORY="worker_fakes:factory", **{DELAY_ENV: "0.08"})
+    procs = workers_factory(settings, ingestor="slow", **{DELAY_ENV: "0.08"})
 
     first = procs.start(workers=2)
     wait_for(lambda: _finished_ids(jobs, job.job_id) >= 8, 60, "the first ids to finish")
