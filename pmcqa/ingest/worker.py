@@ -31,6 +31,7 @@ from huey import Huey, RedisHuey, SqliteHuey
 
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, IngestState, Status
+from pmcqa.index.store import Store
 from pmcqa.ingest.ids import IdResolver
 from pmcqa.ingest.jobs import Claim, Job, JobStore
 from pmcqa.ingest.shared_ratelimit import LocalRateLimiter, RedisRateLimiter
@@ -82,28 +83,22 @@ def _enqueue_batch(settings: Settings, job_id: str, batch: int) -> None:
 
 
 def enqueue_job(
-    settings: Settings,
-    ids: list[str],
-    refresh: bool = False,
-    jobs: JobStore | None = None,
-    store: Any = None,
+    settings: Settings, ids: list[str], refresh: bool = False, jobs: JobStore | None = None
 ) -> Job:
     """Record a job and enqueue its batches; returns at once (request handlers call only this).
 
-    The papers it asks for are marked `queued` in `store` (the library's, else one opened here), so the
-    service refuses questions on them (409) until a worker has stored them.
+    The papers it asks for are marked `queued` in the store, so the service refuses questions on them (409)
+    until a worker has stored them.
     """
     jobs = jobs or JobStore.for_settings(settings)
     job = jobs.create(ids, refresh=refresh, batch_size=settings.job_batch_size)
-    record_status(settings, ids, Status.QUEUED, None, store)
+    record_status(settings, ids, Status.QUEUED)
     for batch in jobs.batches(job.job_id):
         _enqueue_batch(settings, job.job_id, batch)
     return job
 
 
-def record_status(
-    settings: Settings, ids: list[str], status: IngestState, reason: str | None, store: Any = None
-) -> None:
+def record_status(settings: Settings, ids: list[str], status: IngestState, reason: str | None = None) -> None:
     """Best effort: set the store's ingest status of the papers `ids` name, where known without NCBI.
 
     PMCIDs name their paper; PMIDs and DOIs only when the id map already holds them (a resolution needs the
@@ -114,15 +109,9 @@ def record_status(
     if not pmcids:
         return
     try:
-        if store is not None:
+        with Store(settings) as store:  # no embedder: statuses only
             for pmcid in pmcids:
                 store.set_status(pmcid, status, reason)
-            return
-        from pmcqa.index.store import Store
-
-        with Store(settings) as own:
-            for pmcid in pmcids:
-                own.set_status(pmcid, status, reason)
     except Exception as exc:  # the job matters more than the status table; the worker updates it anyway
         log.warning("could not mark %d papers %s: %s", len(pmcids), status, exc)
 
