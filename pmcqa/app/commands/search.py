@@ -38,9 +38,9 @@ def register(cli: typer.Typer) -> None:
 def open_library() -> Library:
     """The user's library, without an answer backend (heavy imports happen here, not at `pmcqa --help`)."""
     from pmcqa.app.service import Library
-    from pmcqa.core.settings import get_settings
+    from pmcqa.core.settings import Settings
 
-    return Library.create(get_settings(), with_backend=False)
+    return Library.create(Settings(), with_backend=False)
 
 
 def run_query(library: Library, query: str, paper_id: str | None, k: int | None, mode: str) -> dict[str, Any]:
