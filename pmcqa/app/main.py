@@ -2,7 +2,8 @@
 
 The lifespan loads the library (embedder, store, retriever, default answer backend) once per process and the
 routes get it through dependencies; the routers are listed in `ROUTERS`. Errors leave as
-``{"error": code, "detail": message}``; nothing a client sends can produce a stack trace.
+``{"error": code, "detail": message}`` with the status a `ServiceError` names (`pmcqa.app.errors`); nothing a
+client sends can produce a stack trace.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -19,27 +20,12 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pmcqa.app.deps import AnswerMetrics, require_api_key
+from pmcqa.app.errors import InternalError, InvalidInput, ServiceError
 from pmcqa.app.routes import ask, health, jobs, papers, search
-from pmcqa.app.service import (
-    BackendNotReady,
-    GenerationTimeout,
-    InvalidInput,
-    Library,
-    PaperBusy,
-    PaperNotFound,
-    ServiceError,
-)
+from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-STATUS_OF: dict[type[ServiceError], int] = {
-    InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
-    PaperNotFound: status.HTTP_404_NOT_FOUND,
-    PaperBusy: status.HTTP_409_CONFLICT,
-    BackendNotReady: status.HTTP_503_SERVICE_UNAVAILABLE,
-    GenerationTimeout: status.HTTP_504_GATEWAY_TIMEOUT,
-}
 
 _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
 
@@ -60,11 +46,11 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error(STATUS_OF.get(type(exc), 400), exc.code, exc.detail)
+        return JSONResponse(exc.body(), status_code=exc.http_status)
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request", _describe_validation(exc))
+        return error(InvalidInput.http_status, InvalidInput.code, _describe_validation(exc))
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -75,9 +61,7 @@ def install_error_handlers(api: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with the traceback for operators; the client gets a clean message, never the trace.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(
-            status.HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log"
-        )
+        return error(InternalError.http_status, InternalError.code, "internal error; see the server log")
 
 
 # Every router of the service; a new endpoint module is added here.

@@ -8,9 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pmcqa.app.answering.base import Answer
 from pmcqa.core.settings import AnswerBackendName
+from pmcqa.core.status import IngestState, Status
 from pmcqa.index.models import OutlineEntry, PaperRecord, Passage
-
-RetrievalMode = Literal["hybrid", "dense", "lexical"]
+from pmcqa.index.retrieval import Mode as RetrievalMode
 
 PAPER_ID_DESCRIPTION = "PMCID (PMC8026465), versioned PMCID (PMC8026465.1), PMID or DOI."
 
@@ -161,10 +161,14 @@ class PaperSummary(BaseModel):
     title: str = ""
     journal: str | None = None
     year: str | None = None
-    status: str = Field("ingested", description="ingested | no-full-text | queued | ingesting | ...")
+    status: IngestState = Field(
+        Status.INGESTED,
+        description="ingested or no-full-text when stored; queued or ingesting while an ingest is under way "
+        "(questions then answer 409); failed or not-found when the last ingest did not store it.",
+    )
 
     @classmethod
-    def from_record(cls, record: PaperRecord, status: str | None = None) -> PaperSummary:
+    def from_record(cls, record: PaperRecord, status: Status | None = None) -> PaperSummary:
         return cls(
             paper_id=record.paper_id,
             pmid=record.pmid,

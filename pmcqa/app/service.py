@@ -1,8 +1,9 @@
-"""Question answering over the library, independent of HTTP: the one code path of `POST /ask` and `pmcqa ask`.
+"""The service facade: the one code path of the HTTP routes and the CLI for ask, search and the papers.
 
 `Library` holds the components created once per process (store, embedder, retriever, answer backends) and
-turns requests into typed results or typed errors (`PaperNotFound`, `PaperBusy`, `InvalidInput`,
-`BackendNotReady`, `GenerationTimeout`); the HTTP layer maps those to status codes, the CLI to messages.
+turns requests into typed results (`Answer`, streamed `AnswerEvent`s, `SearchResult`, `PaperPage`,
+`PaperView`) or typed refusals (`pmcqa.app.errors`: each carries its HTTP status and CLI exit code). Nothing
+outside this module reads the store to answer a request.
 """
 
 from __future__ import annotations
@@ -16,53 +17,38 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pmcqa.app.answering.base import Answer, AnswerBackend, Draft, StreamEvent
+from pmcqa.app.answering.base import (
+    Answer,
+    AnswerBackend,
+    AnswerDone,
+    AnswerEvent,
+    BackendEvent,
+    Draft,
+    DraftDone,
+    ErrorEvent,
+    StepEvent,
+)
 from pmcqa.app.answering.citations import finalize
 from pmcqa.app.answering.registry import create_backend
+from pmcqa.app.errors import (
+    BackendNotReady,
+    GenerationTimeout,
+    InternalError,
+    InvalidInput,
+    PaperBusy,
+    PaperNotFound,
+    ServiceError,
+)
+from pmcqa.core.ids import InvalidPaperId, parse_id
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import BUSY, Status
 from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
+from pmcqa.index.retrieval import MODES, Mode
+from pmcqa.ingest.entrez import EntrezClient
+from pmcqa.ingest.resolve import IdResolver
 
 log = logging.getLogger(__name__)
-
-BUSY_STATUSES = frozenset({"queued", "ingesting"})
-
-
-class ServiceError(Exception):
-    """A request the service refuses; `code` names it in the JSON error body."""
-
-    code = "error"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class InvalidInput(ServiceError):
-    code = "invalid_request"
-
-
-class PaperNotFound(ServiceError):
-    code = "paper_not_found"
-
-
-class PaperBusy(ServiceError):
-    code = "paper_being_ingested"
-
-
-class BackendNotReady(ServiceError):
-    code = "backend_not_ready"
-
-
-class GenerationTimeout(ServiceError):
-    code = "generation_timeout"
-
-
-def not_found_message(paper_id: str) -> str:
-    return (
-        f"{paper_id} is not in the library. Ingest it first: `pmcqa ingest {paper_id}` "
-        f'or `POST /ingest` with {{"ids": ["{paper_id}"]}}.'
-    )
 
 
 @dataclass
@@ -75,6 +61,29 @@ class Prepared:
     backend: AnswerBackend
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    paper_id: str | None  # the paper searched (canonical id), or None for the whole library
+    mode: Mode  # the mode used: library-wide search is always dense
+    passages: list[Passage]
+
+
+@dataclass(frozen=True)
+class PaperPage:
+    total: int
+    papers: list[PaperRecord]
+
+
+@dataclass(frozen=True)
+class PaperView:
+    """A paper as the library knows it; `record` is None while its first ingest is queued, runs or failed."""
+
+    paper_id: str
+    status: Status
+    record: PaperRecord | None = None
+    chunks: int = 0
 
 
 @dataclass
@@ -93,13 +102,15 @@ class Library:
     )
 
     @classmethod
-    def create(cls, settings: Settings) -> Library:
-        """Load the real components once: embedder, store, retriever, id resolver and the default backend."""
+    def create(cls, settings: Settings, *, with_backend: bool = True) -> Library:
+        """Load the real components once: embedder, store, retriever, id resolver and (unless
+        `with_backend` is False, e.g. to search only) the default answer backend."""
         # Writable: the service stores uploaded papers and deletes papers, and its query vectors must come
         # from the stored vectors' model (checked).
         parts = open_library(settings, writable=True)
         library = cls(settings, parts.store, parts.embedder, parts.retriever, _make_resolver(settings))
-        library.load_backend(settings.answer_backend)
+        if with_backend:
+            library.load_backend(settings.answer_backend)
         return library
 
     def close(self) -> None:
@@ -175,9 +186,7 @@ class Library:
 
     # --- papers --------------------------------------------------------------------------------------------
     def resolve_id(self, text: str) -> str:
-        """Canonical PMCID of any accepted id form (PMCID, versioned PMCID, PMID, DOI)."""
-        from pmcqa.core.ids import InvalidPaperId, parse_id
-
+        """Canonical paper id of any accepted form (PMCID, versioned PMCID, URL, PMID, DOI, bare number)."""
         try:
             parsed = parse_id(text, self.settings.bare_digits)
         except InvalidPaperId as exc:
@@ -187,7 +196,7 @@ class Library:
         # PMID / DOI: the store's aliases first (no network), then NCBI's ID converter.
         paper_id = self.store.resolve_alias(str(parsed))
         if paper_id:
-            return paper_id
+            return str(paper_id)
         resolver = self.id_resolver
         if resolver is not None:
             try:
@@ -197,27 +206,53 @@ class Library:
                 resolution = None
             if resolution is not None and resolution.pmcid:
                 return str(resolution.pmcid)
-        label = str(parsed)
-        raise PaperNotFound(
-            f"{label} is not in the library. Ingest it first: `pmcqa ingest {label}` "
-            f'or `POST /ingest` with {{"ids": ["{label}"]}}.'
-        )
+        raise PaperNotFound.for_paper(str(parsed))
 
-    def status_of(self, paper_id: str) -> str | None:
-        """Ingest status (queued, ingesting, ingested, no-full-text, failed, ...) or None when unknown."""
+    def status_of(self, paper_id: str) -> Status | None:
+        """The store's ingest status of a canonical id (queued, ingesting, ingested, failed, ...), or None."""
         status = self.store.get_status(paper_id)
-        return None if status is None else str(getattr(status, "status", status))
+        return None if status is None else Status(getattr(status, "status", status))
+
+    def _not_busy(self, paper_id: str) -> Status | None:
+        status = self.status_of(paper_id)
+        if status in BUSY:
+            raise PaperBusy.for_paper(paper_id, status)
+        return status
 
     def require_paper(self, text: str) -> PaperRecord:
         """The stored paper for an id, or the error saying why not (404 absent, 409 still ingesting)."""
         paper_id = self.resolve_id(text)
-        status = self.status_of(paper_id)
-        if status in BUSY_STATUSES:
-            raise PaperBusy(f"{paper_id} is being ingested (status: {status}); retry when it is done.")
+        self._not_busy(paper_id)
         paper = self.store.get_paper(paper_id)
         if paper is None:
-            raise PaperNotFound(not_found_message(paper_id))
+            raise PaperNotFound.for_paper(paper_id)
         return paper
+
+    def papers(self, offset: int = 0, limit: int = 50) -> PaperPage:
+        """A page of the stored papers, in id order, with the library's size."""
+        return PaperPage(total=int(self.store.count_papers()), papers=self.store.list_papers(offset, limit))
+
+    def paper(self, text: str) -> PaperView:
+        """One paper's record and status; a paper not stored yet is shown while it has a status to poll."""
+        paper_id = self.resolve_id(text)
+        status = self.status_of(paper_id)
+        record = self.store.get_paper(paper_id)
+        if record is None:
+            if status is None:
+                raise PaperNotFound.for_paper(paper_id)
+            return PaperView(paper_id, status)
+        # A stored paper reads as its record says, unless an ingest status says more (queued, failed, ...).
+        shown = status if status is not None and status != Status.INGESTED else Status(record.status)
+        return PaperView(paper_id, shown, record, len(self.store.get_chunks(paper_id)))
+
+    def delete(self, text: str) -> str:
+        """Remove a stored paper; returns its canonical id. Refused while it is being ingested."""
+        paper_id = self.resolve_id(text)
+        self._not_busy(paper_id)
+        if self.store.get_paper(paper_id) is None:
+            raise PaperNotFound.for_paper(paper_id)
+        self.store.delete_paper(paper_id)
+        return paper_id
 
     def check_question(self, question: str) -> str:
         question = question.strip()
@@ -279,13 +314,14 @@ class Library:
         prepared.timings["generate"] = round(time.perf_counter() - started, 4)
         return self.answer(prepared, draft)
 
-    def stream(self, prepared: Prepared) -> Iterator[StreamEvent]:
-        """`step` and `answer` events as the backend produces them, then `done` with the final Answer.
+    def stream(self, prepared: Prepared) -> Iterator[AnswerEvent]:
+        """Steps and answer deltas as the backend produces them, then `AnswerDone` with the final Answer, or
+        an `ErrorEvent` saying why there is none.
 
         The backend runs in a worker thread feeding a queue, so a stalled backend still ends the stream with
-        an `error` event at generation_timeout_s.
+        an error event at generation_timeout_s.
         """
-        events: queue.Queue[StreamEvent | BaseException | None] = queue.Queue()
+        events: queue.Queue[BackendEvent | BaseException | None] = queue.Queue()
         deadline = time.monotonic() + self.settings.generation_timeout_s
 
         def produce() -> None:
@@ -304,61 +340,57 @@ class Library:
             try:
                 item = events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                yield StreamEvent(
-                    event="error",
-                    data={
-                        "error": GenerationTimeout.code,
-                        "detail": f"generation ran past {self.settings.generation_timeout_s:g}s",
-                    },
-                )
+                timeout_s = self.settings.generation_timeout_s
+                yield ErrorEvent.of(GenerationTimeout(f"generation ran past {timeout_s:g}s"))
                 return
             if item is None:
-                yield StreamEvent(
-                    event="error", data={"error": "internal_error", "detail": "no answer produced"}
-                )
-                return
-            if isinstance(item, TimeoutError):  # the backend's own wall-clock limit
-                yield StreamEvent(event="error", data={"error": GenerationTimeout.code, "detail": str(item)})
+                yield ErrorEvent.of(InternalError("no answer produced"))
                 return
             if isinstance(item, BaseException):
-                log.error("streaming backend failed", exc_info=item)
-                yield StreamEvent(
-                    event="error", data={"error": "internal_error", "detail": "generation failed"}
-                )
+                yield ErrorEvent.of(_as_service_error(item))
                 return
-            if item.event == "step":
-                steps.append(str(item.data))
-            if item.event == "done":
-                draft = Draft.model_validate(item.data)
-                draft.steps = draft.steps or steps
+            if isinstance(item, DraftDone):
+                draft = item.data.model_copy(update={"steps": item.data.steps or steps})
                 prepared.timings["generate"] = round(time.perf_counter() - started, 4)
-                yield StreamEvent(event="done", data=self.answer(prepared, draft).model_dump())
+                yield AnswerDone(data=self.answer(prepared, draft))
                 return
+            if isinstance(item, StepEvent):
+                steps.append(item.data)
             yield item
 
     # --- search --------------------------------------------------------------------------------------------
     def search(
-        self, query: str, paper_id: str | None, k: int | None, mode: str
-    ) -> tuple[str | None, list[Passage]]:
+        self, query: str, paper_id: str | None = None, k: int | None = None, mode: str = "hybrid"
+    ) -> SearchResult:
+        """Passages for a query inside one paper (`mode`: hybrid, dense or lexical) or across the library."""
         query = query.strip()
         if not query:
             raise InvalidInput("query must not be empty")
         if len(query) > self.settings.max_question_chars:
             raise InvalidInput(f"query is longer than {self.settings.max_question_chars} characters")
+        if mode not in MODES:
+            raise InvalidInput(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+        top_k = k or self.settings.top_k
         if paper_id:
             paper = self.require_paper(paper_id)
-            return paper.paper_id, self.retriever.retrieve(
-                paper.paper_id, query, k or self.settings.top_k, mode
-            )
-        return None, self.retriever.search_library(query, k or self.settings.top_k)
+            passages = self.retriever.retrieve(paper.paper_id, query, top_k, mode)
+            return SearchResult(paper.paper_id, mode, passages)  # type: ignore[arg-type]  # checked above
+        return SearchResult(None, "dense", self.retriever.search_library(query, top_k))
+
+
+def _as_service_error(error: BaseException) -> ServiceError:
+    """What a stream reports for an exception its backend raised."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, TimeoutError):  # a wall-clock limit of the backend's own
+        return GenerationTimeout(str(error) or "generation timed out")
+    log.error("streaming backend failed", exc_info=error)
+    return InternalError("generation failed")
 
 
 def _make_resolver(settings: Settings) -> Any:
     """NCBI id resolver (cached id map + ID Converter) for PMIDs/DOIs the store does not know."""
     try:
-        from pmcqa.ingest.entrez import EntrezClient
-        from pmcqa.ingest.resolve import IdResolver
-
         return IdResolver(settings, EntrezClient(settings))
     except Exception as exc:  # the service still answers for PMCIDs and stored aliases
         log.warning("no id resolver: %s", exc)

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pmcqa.core.status import PaperStatus, Status
+
 ChunkKind = Literal[
     "title",
     "abstract",
@@ -24,8 +26,6 @@ ChunkKind = Literal[
     "back",  # acknowledgements, notes (data availability, ...), appendices
     "sub-article",  # peer reviews, decision letters, translations: never the paper's own claims
 ]
-
-PaperStatus = Literal["ingested", "no-full-text"]
 
 
 class ReferenceInfo(BaseModel):
@@ -91,7 +91,7 @@ class PaperRecord(BaseModel):
     year: str | None = None
     license: str | None = None
     article_type: str | None = None
-    status: PaperStatus = "ingested"
+    status: PaperStatus = Status.INGESTED
     text: str = Field("", description="Canonical text; chunk spans point into it.")
     outline: list[OutlineEntry] = Field(default_factory=list)
     references: list[ReferenceInfo] = Field(default_factory=list)

@@ -28,16 +28,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from pmcqa.core.ids import alias_key
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import IngestState, Status
 from pmcqa.index.library_index import LibraryIndex, VectorSnapshot
 from pmcqa.index.models import Chunk, PaperRecord
-
-IngestState = Literal["queued", "ingesting", "ingested", "no-full-text", "not-found", "failed"]
 
 DB_NAME = "pmcqa.sqlite3"
 SCHEMA_VERSION = 1
@@ -123,7 +122,7 @@ class EmbeddingModelMismatch(StoreError):
 @dataclass(frozen=True)
 class IngestStatus:
     paper_id: str
-    status: str
+    status: Status
     reason: str | None
     created_at: datetime
     updated_at: datetime
@@ -461,7 +460,7 @@ class Store:
 
     # --- ingest status ---------------------------------------------------------------------------------
 
-    def set_status(self, paper_id: str, status: IngestState | str, reason: str | None = None) -> None:
+    def set_status(self, paper_id: str, status: IngestState, reason: str | None = None) -> None:
         with self._transaction() as conn:
             self._write_status(conn, paper_id, status, reason, _now())
 
@@ -488,7 +487,7 @@ class Store:
         )
         if row is None:
             return None
-        return IngestStatus(row[0], row[1], row[2], _ts(row[3]), _ts(row[4]))
+        return IngestStatus(row[0], Status(row[1]), row[2], _ts(row[3]), _ts(row[4]))
 
     # --- reads ------------------------------------------------------------------------------------------
 

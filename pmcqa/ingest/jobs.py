@@ -16,16 +16,16 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pmcqa.core.status import FINAL, ItemStatus, Status
+
 JobState = Literal["queued", "running", "done", "failed"]
-ItemStatus = Literal["pending", "ingested", "no-full-text", "not-found", "failed", "invalid"]
-FINAL_STATUSES: tuple[str, ...] = ("ingested", "no-full-text", "not-found", "failed", "invalid")
 
 # A batch that crashes its worker this many times is given up (its pending ids fail) instead of looping.
 MAX_ATTEMPTS = 5
@@ -77,7 +77,7 @@ create index if not exists jobs_created on jobs(created);
 
 class JobItem(BaseModel):
     id: str = Field(description="The id as requested.")
-    status: ItemStatus = "pending"
+    status: ItemStatus = Status.PENDING
     paper_id: str | None = None
     reason: str | None = None
     title: str | None = None
@@ -223,9 +223,23 @@ class JobStore:
         return [job for job in (self.get(job_id, items=False) for job_id in ids) if job is not None]
 
     # --- the worker's side -------------------------------------------------------------------------------
-    def claim(self, job_id: str, batch: int, owner: str, lease_s: float) -> Claim | None:
-        """Lease a batch; None when it is finished, unknown, or leased by a live worker."""
+    def claim(
+        self,
+        job_id: str,
+        batch: int,
+        owner: str,
+        lease_s: float,
+        on_give_up: Callable[[list[str], str], None] | None = None,
+    ) -> Claim | None:
+        """Lease a batch; None when it is finished, unknown, or leased by a live worker.
+
+        A batch past `MAX_ATTEMPTS` is given up: its pending ids fail, and `on_give_up(ids, reason)` is told
+        which (after the commit), so the caller can supersede what it recorded elsewhere about them.
+        """
         now = time.time()
+        claim: Claim | None = None
+        failed: list[str] | None = None
+        reason = ""
         with self._tx() as conn:
             row = conn.execute(
                 "select done, owner, lease_until, attempts, last_error from job_batches "
@@ -239,26 +253,37 @@ class JobStore:
                 return None  # another worker holds it (a duplicate delivery): leave it alone
             attempts += 1
             if attempts > MAX_ATTEMPTS:
-                self._give_up(conn, job_id, batch, f"gave up after {MAX_ATTEMPTS} attempts: {last_error}")
-                return None
-            conn.execute(
-                "update job_batches set owner = ?, lease_until = ?, attempts = ? "
-                "where job_id = ? and batch = ?",
-                (owner, now + lease_s, attempts, job_id, batch),
+                reason = f"gave up after {MAX_ATTEMPTS} attempts: {last_error}"
+                failed = self._give_up(conn, job_id, batch, reason)
+            else:
+                claim = self._lease(conn, job_id, batch, owner, now + lease_s, attempts)
+        if failed is not None:
+            if on_give_up is not None and failed:
+                on_give_up(failed, reason)
+            return None
+        return claim
+
+    @staticmethod
+    def _lease(
+        conn: sqlite3.Connection, job_id: str, batch: int, owner: str, until: float, attempts: int
+    ) -> Claim:
+        conn.execute(
+            "update job_batches set owner = ?, lease_until = ?, attempts = ? where job_id = ? and batch = ?",
+            (owner, until, attempts, job_id, batch),
+        )
+        conn.execute(
+            "update jobs set state = 'running', updated = ? where id = ? and state = 'queued'",
+            (time.time(), job_id),
+        )
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "select requested from job_items where job_id = ? and batch = ? and status = ? "
+                "order by position",
+                (job_id, batch, Status.PENDING),
             )
-            conn.execute(
-                "update jobs set state = 'running', updated = ? where id = ? and state = 'queued'",
-                (now, job_id),
-            )
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "select requested from job_items where job_id = ? and batch = ? and status = 'pending' "
-                    "order by position",
-                    (job_id, batch),
-                )
-            ]
-            refresh = bool(conn.execute("select refresh from jobs where id = ?", (job_id,)).fetchone()[0])
+        ]
+        refresh = bool(conn.execute("select refresh from jobs where id = ?", (job_id,)).fetchone()[0])
         return Claim(job_id=job_id, batch=batch, ids=ids, refresh=refresh, attempt=attempts)
 
     def heartbeat(self, job_id: str, batch: int, owner: str, lease_s: float) -> bool:
@@ -282,15 +307,15 @@ class JobStore:
         chunks: int | None = None,
     ) -> bool:
         """Store one id's outcome; only a pending id changes, so a re-delivered batch cannot overwrite it."""
-        if status not in FINAL_STATUSES:
+        if status not in FINAL:
             raise ValueError(f"not a final status: {status}")
         now = time.time()
         with self._tx() as conn:
             cursor = conn.execute(
                 "update job_items set status = ?, paper_id = ?, reason = ?, title = ?, chunks = ?, "
                 "finished = ? "
-                "where job_id = ? and requested = ? and status = 'pending'",
-                (status, paper_id, reason, title, chunks, now, job_id, requested),
+                "where job_id = ? and requested = ? and status = ?",
+                (status, paper_id, reason, title, chunks, now, job_id, requested, Status.PENDING),
             )
             conn.execute("update jobs set updated = ? where id = ?", (now, job_id))
             return cursor.rowcount == 1
@@ -300,8 +325,8 @@ class JobStore:
         now = time.time()
         with self._tx() as conn:
             pending = conn.execute(
-                "select count(*) from job_items where job_id = ? and batch = ? and status = 'pending'",
-                (job_id, batch),
+                "select count(*) from job_items where job_id = ? and batch = ? and status = ?",
+                (job_id, batch, Status.PENDING),
             ).fetchone()[0]
             if pending:
                 # Something was left undone (should not happen): expire the lease so it is re-run.
@@ -365,13 +390,14 @@ class JobStore:
             return [row[0] for row in rows]
 
     # --- internals ---------------------------------------------------------------------------------------
-    def _give_up(self, conn: sqlite3.Connection, job_id: str, batch: int, reason: str) -> None:
+    def _give_up(self, conn: sqlite3.Connection, job_id: str, batch: int, reason: str) -> list[str]:
+        """Fail the batch's pending ids and close it; returns those ids."""
         now = time.time()
-        conn.execute(
-            "update job_items set status = 'failed', reason = ?, finished = ? "
-            "where job_id = ? and batch = ? and status = 'pending'",
-            (reason, now, job_id, batch),
-        )
+        failed = conn.execute(
+            "update job_items set status = ?, reason = ?, finished = ? "
+            "where job_id = ? and batch = ? and status = ? returning requested",
+            (Status.FAILED, reason, now, job_id, batch, Status.PENDING),
+        ).fetchall()
         conn.execute(
             "update job_batches set done = 1, lease_until = null, last_error = ? "
             "where job_id = ? and batch = ?",
@@ -379,6 +405,7 @@ class JobStore:
         )
         conn.execute("update jobs set error = ? where id = ?", (reason, job_id))
         self._close_job_if_finished(conn, job_id, now)
+        return [row[0] for row in failed]
 
     @staticmethod
     def _close_job_if_finished(conn: sqlite3.Connection, job_id: str, now: float) -> None:

@@ -26,13 +26,13 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
 
 from lxml import etree
 from pydantic import BaseModel
 
 from pmcqa.core.ids import NO_OWN_ID, given_paper_id, not_found_hint, own_paper_id
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import BUSY, OK, IngestState, OutcomeStatus, Status
 from pmcqa.index.library import open_library
 from pmcqa.index.store import DocumentEncoder, Store
 from pmcqa.ingest.chunking import Chunker
@@ -51,8 +51,6 @@ from pmcqa.ingest.xml import parse_xml
 
 log = logging.getLogger(__name__)
 
-OutcomeStatus = Literal["ingested", "no-full-text", "not-found", "failed", "invalid"]
-OK_STATUSES: frozenset[str] = frozenset({"ingested", "no-full-text"})
 XML_SUFFIXES = (".xml", ".nxml")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MAX_MEMBER_BYTES = 512 * 1024 * 1024  # a package member larger than this is not an article (zip bomb guard)
@@ -72,7 +70,7 @@ class IngestOutcome(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.status in OK_STATUSES or self.skipped
+        return self.status in OK or self.skipped
 
 
 @dataclass
@@ -109,6 +107,7 @@ class Ingestor:
         self._status_store: Store | None = None
         self.chunker = Chunker(settings)  # the tokenizer loads on the first article
         self._stored: dict[str, IngestOutcome] = {}  # pmcid -> outcome of this call: asked twice, stored once
+        self._in_flight: set[str] = set()  # paper ids marked `ingesting` and not yet given a final status
 
     # --- collaborators, built on first use ---------------------------------------------------------------
     @property
@@ -122,8 +121,16 @@ class Ingestor:
             self._store, self._encoder = library.store, library.embedder
         return self._store, self._encoder
 
-    def _record_status(self, paper_id: str, status: str, reason: str | None) -> None:
-        """Best effort: note a failed/not-found id in the store's ingest status (no model load needed)."""
+    def _record_status(self, paper_id: str, status: IngestState, reason: str | None) -> None:
+        """Best effort: note an id's state in the store's ingest status, which the service reads.
+
+        `ingesting` before the work, `failed` / `not-found` after it (a stored paper's status is written by
+        `put_paper` in the same transaction). No model load is needed for this.
+        """
+        if status in BUSY:
+            self._in_flight.add(paper_id)
+        else:
+            self._in_flight.discard(paper_id)
         try:
             if self._store is not None:
                 self._store.set_status(paper_id, status, reason)
@@ -165,17 +172,33 @@ class Ingestor:
                     progress(done[resolution.requested])
 
         self._stored = {}
-        self.fetcher.fetch_many(list(by_pmcid), refresh=refresh, on_result=on_result)
+        # What the service reads: while a paper is `ingesting`, /ask and DELETE on it answer 409.
+        for pmcid in by_pmcid:
+            self._record_status(pmcid, Status.INGESTING, None)
+        try:
+            self.fetcher.fetch_many(list(by_pmcid), refresh=refresh, on_result=on_result)
+        except BaseException as exc:
+            self._fail_in_flight(exc)
+            raise
+        for pmcid in list(self._in_flight):  # defensive: the fetcher answers every id
+            self._record_status(pmcid, Status.FAILED, "no fetch result")
         outcomes = []
         for text in requested:
             outcome = done.get(text)
-            if outcome is None:  # defensive: the fetcher answers every id, but nothing may vanish
-                outcome = IngestOutcome(requested=text, status="failed", reason="no fetch result")
+            if outcome is None:  # defensive: nothing requested may vanish
+                outcome = IngestOutcome(requested=text, status=Status.FAILED, reason="no fetch result")
             outcomes.append(outcome.model_copy(update={"requested": text}))
         return outcomes
 
+    def _fail_in_flight(self, exc: BaseException) -> None:
+        """An exception (or Ctrl-C) stops the run: a paper left `ingesting` would refuse questions until a
+        re-run, so record that it failed."""
+        for paper_id in list(self._in_flight):
+            self._record_status(paper_id, Status.FAILED, f"interrupted: {type(exc).__name__}: {exc}")
+
     def _unresolved(self, resolution: Resolution) -> IngestOutcome:
-        status = "failed" if resolution.status == "ok" else resolution.status  # ok without a pmcid: defensive
+        # `ok` without a pmcid cannot happen; failed, defensively.
+        status = Status.FAILED if resolution.ok else Status(resolution.status)
         return IngestOutcome(requested=resolution.requested, status=status, reason=resolution.error)
 
     def _fetched(self, resolution: Resolution, result: FetchResult) -> IngestOutcome:
@@ -187,11 +210,11 @@ class Ingestor:
             reason = result.reason or f"{pmcid} is not in PMC"
             if resolution.paper_id is not None and (hint := not_found_hint(resolution.paper_id)):
                 reason = f"{reason} ({hint})"
-            outcome = IngestOutcome(**base, status="not-found", reason=reason)
-            self._record_status(pmcid, "not-found", reason)
+            outcome = IngestOutcome(**base, status=Status.NOT_FOUND, reason=reason)
+            self._record_status(pmcid, Status.NOT_FOUND, reason)
         elif result.status == "failed" or result.article is None:
-            outcome = IngestOutcome(**base, status="failed", reason=result.reason or "fetch failed")
-            self._record_status(pmcid, "failed", outcome.reason)
+            outcome = IngestOutcome(**base, status=Status.FAILED, reason=result.reason or "fetch failed")
+            self._record_status(pmcid, Status.FAILED, outcome.reason)
         else:
             source = "cache" if result.from_cache else "efetch"
             outcome = self._store_article(resolution.requested, pmcid, result.article, source, result.reason)
@@ -203,29 +226,31 @@ class Ingestor:
         self, requested: str, paper_id: str, article: etree._Element, source: str, reason: str | None
     ) -> IngestOutcome:
         base = {"requested": requested, "paper_id": paper_id, "source": source}
+        self._record_status(paper_id, Status.INGESTING, None)  # put_paper (or a failure) supersedes it
         try:
             paper = parse_article(article)
         except Exception as exc:
             log.exception("parsing %s failed", paper_id)
-            self._record_status(paper_id, "failed", f"parse failed: {exc}")
-            return IngestOutcome(**base, status="failed", reason=f"parse failed: {exc}")
+            self._record_status(paper_id, Status.FAILED, f"parse failed: {exc}")
+            return IngestOutcome(**base, status=Status.FAILED, reason=f"parse failed: {exc}")
         try:
             record, chunks = self.chunker.chunk(paper, paper_id, "efetch" if source == "cache" else source)
             store, encoder = self._writer()
             store.put_paper(record, chunks, encoder)
+            self._in_flight.discard(paper_id)  # put_paper wrote the final status with the paper
         except Exception as exc:
             log.exception("storing %s failed", paper_id)
-            self._record_status(paper_id, "failed", f"chunk/store failed: {exc}")
+            self._record_status(paper_id, Status.FAILED, f"chunk/store failed: {exc}")
             return IngestOutcome(
-                **base, status="failed", reason=f"chunk/store failed: {exc}", title=paper.title
+                **base, status=Status.FAILED, reason=f"chunk/store failed: {exc}", title=paper.title
             )
-        status: OutcomeStatus = "ingested" if record.status == "ingested" else "no-full-text"
-        if status == "no-full-text" and not reason:
+        status: OutcomeStatus = record.status
+        if status == Status.NO_FULL_TEXT and not reason:
             reason = "the article has no body text (front matter only)"
         return IngestOutcome(
             **base,
             status=status,
-            reason=reason if status != "ingested" else None,
+            reason=reason if status != Status.INGESTED else None,
             title=paper.title,
             chunks=len(chunks),
         )
@@ -244,13 +269,17 @@ class Ingestor:
         """
         overrides = _overrides(paths, id_override)
         outcomes: list[IngestOutcome] = []
-        for path, override in zip(paths, overrides, strict=True):
-            for document in _documents(Path(path)):
-                document.override = override
-                for outcome in self._ingest_document(document):
-                    outcomes.append(outcome)
-                    if progress:
-                        progress(outcome)
+        try:
+            for path, override in zip(paths, overrides, strict=True):
+                for document in _documents(Path(path)):
+                    document.override = override
+                    for outcome in self._ingest_document(document):
+                        outcomes.append(outcome)
+                        if progress:
+                            progress(outcome)
+        except BaseException as exc:
+            self._fail_in_flight(exc)
+            raise
         return outcomes
 
     def _ingest_document(self, document: _Document) -> list[IngestOutcome]:
@@ -261,21 +290,25 @@ class Ingestor:
             root = parse_xml(document.data or b"")
             articles = find_articles(root)
         except (JatsError, ValueError) as exc:
-            return [IngestOutcome(requested=label, status="invalid", reason=f"not a JATS article: {exc}")]
+            return [
+                IngestOutcome(requested=label, status=Status.INVALID, reason=f"not a JATS article: {exc}")
+            ]
         if not articles:
             errors = "; ".join(f"{i}: {m}" if i else m for i, m in articleset_errors(root)) or "no <article>"
             return [
-                IngestOutcome(requested=label, status="invalid", reason=f"no JATS article in file ({errors})")
+                IngestOutcome(
+                    requested=label, status=Status.INVALID, reason=f"no JATS article in file ({errors})"
+                )
             ]
         if document.override and len(articles) > 1:
             reason = f"one --id given for a file holding {len(articles)} articles"
-            return [IngestOutcome(requested=label, status="invalid", reason=reason)]
+            return [IngestOutcome(requested=label, status=Status.INVALID, reason=reason)]
         outcomes = []
         for n, article in enumerate(articles):
             requested = label if len(articles) == 1 else f"{label}#{n + 1}"
             paper_id = document.override or own_paper_id(article_pmcid(article), article_doi(article))
             if paper_id is None:
-                outcomes.append(IngestOutcome(requested=requested, status="invalid", reason=NO_OWN_ID))
+                outcomes.append(IngestOutcome(requested=requested, status=Status.INVALID, reason=NO_OWN_ID))
                 continue
             outcomes.append(self._store_article(requested, paper_id, article, label, None))
         return outcomes
@@ -308,14 +341,18 @@ def _documents(path: Path) -> Iterator[_Document]:
             yield _Document(
                 label,
                 error=IngestOutcome(
-                    requested=label, status="invalid", reason="no .xml, .nxml or .tar.gz files in directory"
+                    requested=label,
+                    status=Status.INVALID,
+                    reason="no .xml, .nxml or .tar.gz files in directory",
                 ),
             )
         for child in found:
             yield from _documents(child)
         return
     if not path.is_file():
-        yield _Document(label, error=IngestOutcome(requested=label, status="failed", reason="no such file"))
+        yield _Document(
+            label, error=IngestOutcome(requested=label, status=Status.FAILED, reason="no such file")
+        )
         return
     if _is_tar(path):
         yield from _tar_documents(path)
@@ -324,7 +361,7 @@ def _documents(path: Path) -> Iterator[_Document]:
         yield _Document(label, data=path.read_bytes())
     except OSError as exc:
         yield _Document(
-            label, error=IngestOutcome(requested=label, status="failed", reason=f"unreadable: {exc}")
+            label, error=IngestOutcome(requested=label, status=Status.FAILED, reason=f"unreadable: {exc}")
         )
 
 
@@ -349,7 +386,7 @@ def _tar_documents(path: Path) -> Iterator[_Document]:
                     yield document
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield _Document(
-            label, error=IngestOutcome(requested=label, status="failed", reason=f"bad package: {exc}")
+            label, error=IngestOutcome(requested=label, status=Status.FAILED, reason=f"bad package: {exc}")
         )
 
 
@@ -358,11 +395,11 @@ def _tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, label: str) -
         return None  # structure, not content
     if _unsafe_member(member.name):  # never read, and reported as a problem (not merely skipped)
         reason = "unsafe member path (absolute or '..')"
-        return _Document(label, error=IngestOutcome(requested=label, status="invalid", reason=reason))
+        return _Document(label, error=IngestOutcome(requested=label, status=Status.INVALID, reason=reason))
     why = _skip_reason(member)
     if why is not None:
         return _Document(
-            label, error=IngestOutcome(requested=label, status="invalid", reason=why, skipped=True)
+            label, error=IngestOutcome(requested=label, status=Status.INVALID, reason=why, skipped=True)
         )
     handle = archive.extractfile(member)
     return _Document(label, data=handle.read() if handle is not None else b"")

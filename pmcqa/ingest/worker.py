@@ -14,7 +14,6 @@ lapsed. `store.put_paper` is atomic and replaces a paper's chunks, so re-running
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -31,20 +30,24 @@ from typing import Any, Protocol
 from huey import Huey, RedisHuey, SqliteHuey
 
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
-from pmcqa.ingest.jobs import FINAL_STATUSES, Claim, Job, JobStore
+from pmcqa.index.store import Store
+from pmcqa.ingest.jobs import Claim, Job, JobStore
+from pmcqa.ingest.resolve import IdResolver
 from pmcqa.ingest.shared_ratelimit import LocalRateLimiter, RedisRateLimiter
 
 log = logging.getLogger("pmcqa.worker")
 
 TASK_NAME = "pmcqa.ingest_batch"
-# Environment variable naming a `module:callable` that builds the ingestor (settings, limiter) -> ingestor.
-# The default builds `ingest.pipeline.Ingestor`; tests and custom pipelines plug in here.
-INGESTOR_FACTORY_ENV = "PMCQA_INGESTOR_FACTORY"
 
 
 class BatchIngestor(Protocol):
     def ingest_ids(self, ids: list[str], refresh: bool = False, progress: Any = None) -> list[Any]: ...
+
+
+# Builds a worker thread's ingestor from (settings, the worker's rate limiter); `default_ingestor` by default.
+IngestorFactory = Callable[[Settings, Any], BatchIngestor]
 
 
 # --- the queue ---------------------------------------------------------------------------------------------
@@ -83,12 +86,35 @@ def _enqueue_batch(settings: Settings, job_id: str, batch: int) -> None:
 def enqueue_job(
     settings: Settings, ids: list[str], refresh: bool = False, jobs: JobStore | None = None
 ) -> Job:
-    """Record a job and enqueue its batches; returns at once (request handlers call only this)."""
+    """Record a job and enqueue its batches; returns at once (request handlers call only this).
+
+    The papers it asks for are marked `queued` in the store, so the service refuses questions on them (409)
+    until a worker has stored them.
+    """
     jobs = jobs or JobStore.for_settings(settings)
     job = jobs.create(ids, refresh=refresh, batch_size=settings.job_batch_size)
+    record_status(settings, ids, Status.QUEUED)
     for batch in jobs.batches(job.job_id):
         _enqueue_batch(settings, job.job_id, batch)
     return job
+
+
+def record_status(settings: Settings, ids: list[str], status: IngestState, reason: str | None = None) -> None:
+    """Best effort: set the store's ingest status of the papers `ids` name, where known without NCBI.
+
+    PMCIDs name their paper; PMIDs and DOIs only when the id map already holds them (a resolution needs the
+    network, which is the worker's job: it marks them `ingesting` once resolved).
+    """
+    resolutions = IdResolver(settings, None).resolve_many(ids)
+    pmcids = list(dict.fromkeys(r.pmcid for r in resolutions.values() if r.ok and r.pmcid))
+    if not pmcids:
+        return
+    try:
+        with Store(settings) as store:  # no embedder: statuses only
+            for pmcid in pmcids:
+                store.set_status(pmcid, status, reason)
+    except Exception as exc:  # the job matters more than the status table; the worker updates it anyway
+        log.warning("could not mark %d papers %s: %s", len(pmcids), status, exc)
 
 
 def requeue_stale(settings: Settings, jobs: JobStore) -> int:
@@ -109,7 +135,7 @@ class WorkerRuntime:
     settings: Settings
     jobs: JobStore
     limiter: Any
-    factory: Callable[[Settings, Any], BatchIngestor]
+    factory: IngestorFactory
     _local: threading.local = field(default_factory=threading.local)
 
     def ingestor(self) -> BatchIngestor:
@@ -135,7 +161,12 @@ def _ingest_batch_task(job_id: str, batch: int) -> None:
 
 def run_batch(runtime: WorkerRuntime, job_id: str, batch: int) -> None:
     owner = runtime.owner
-    claim = runtime.jobs.claim(job_id, batch, owner, runtime.settings.job_lease_s)
+
+    def given_up(ids: list[str], reason: str) -> None:
+        # Those papers may still read `queued` / `ingesting` (a worker died on them): they failed.
+        record_status(runtime.settings, ids, Status.FAILED, reason)
+
+    claim = runtime.jobs.claim(job_id, batch, owner, runtime.settings.job_lease_s, on_give_up=given_up)
     if claim is None:
         return  # finished already, or running elsewhere: a duplicate delivery
     log.info("job %s batch %s: %d ids (attempt %d)", job_id, batch, len(claim.ids), claim.attempt)
@@ -167,7 +198,7 @@ def outcome_fields(outcome: Any) -> dict[str, Any] | None:
     data = outcome.model_dump() if hasattr(outcome, "model_dump") else outcome
     if not isinstance(data, dict) or data.get("requested") is None:
         return None
-    if data.get("status") not in FINAL_STATUSES:
+    if data.get("status") not in FINAL:
         return None
     return {
         "requested": str(data["requested"]),
@@ -230,20 +261,12 @@ def _shared_library(settings: Settings) -> LibraryParts:
         return _LIBRARY
 
 
-def load_factory() -> Callable[[Settings, Any], BatchIngestor]:
-    spec = os.environ.get(INGESTOR_FACTORY_ENV)
-    if not spec:
-        return default_ingestor
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def build_runtime(settings: Settings) -> WorkerRuntime:
+def build_runtime(settings: Settings, factory: IngestorFactory = default_ingestor) -> WorkerRuntime:
     return WorkerRuntime(
         settings=settings,
         jobs=JobStore.for_settings(settings),
         limiter=make_limiter(settings),
-        factory=load_factory(),
+        factory=factory,
     )
 
 
@@ -276,10 +299,13 @@ def live_workers(settings: Settings, jobs: JobStore | None = None) -> list[str]:
     return jobs.live_workers(queue_id(settings), within_s=recovery_interval(settings) * 3 + 5)
 
 
-def run_worker(settings: Settings, workers: int = 1) -> None:
-    """Consume the queue in this process until SIGINT/SIGTERM (the `pmcqa worker` command)."""
+def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = default_ingestor) -> None:
+    """Consume the queue in this process until SIGINT/SIGTERM (the `pmcqa worker` command).
+
+    `factory` builds each worker thread's ingestor; the default is the real pipeline.
+    """
     global _RUNTIME
-    _RUNTIME = build_runtime(settings)
+    _RUNTIME = build_runtime(settings, factory)
     huey = get_huey(settings)
     name = f"{socket.gethostname()}:{os.getpid()}"
     requeue_stale(settings, _RUNTIME.jobs)  # batches a killed worker was running before this start
@@ -337,12 +363,20 @@ class EmbeddedWorker:
             self.process.wait()
 
 
+def worker_command(workers: int = 1) -> list[str]:
+    """The `pmcqa worker` command line, run with this interpreter."""
+    return [sys.executable, "-m", "pmcqa.app.cli", "worker", "--workers", str(workers)]
+
+
 def start_embedded_worker(
-    settings: Settings, workers: int = 1, log_path: Path | None = None
+    settings: Settings, workers: int = 1, log_path: Path | None = None, command: list[str] | None = None
 ) -> EmbeddedWorker:
-    """Start a worker beside the API (what `pmcqa serve` does on embedded defaults)."""
+    """Start a worker beside the API (what `pmcqa serve` does on embedded defaults).
+
+    `command` replaces `worker_command(workers)`, e.g. with a worker built around another ingestor.
+    """
     env = {**os.environ, **settings_env(settings)}
-    command = [sys.executable, "-m", "pmcqa.app.cli", "worker", "--workers", str(workers)]
+    command = command or worker_command(workers)
     stream = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         command, env=env, stdout=stream, stderr=subprocess.STDOUT if stream else None
@@ -356,12 +390,13 @@ def wants_embedded_worker(settings: Settings) -> bool:
 
 
 def serve_with_worker(
-    settings: Settings, enabled: bool | None, echo: Callable[[str], None]
+    settings: Settings, enabled: bool | None, echo: Callable[[str], None], command: list[str] | None = None
 ) -> EmbeddedWorker | None:
-    """What `pmcqa serve` calls before starting uvicorn: maybe start a worker, and say so."""
+    """What `pmcqa serve` calls before starting uvicorn: maybe start a worker (`command`, default
+    `pmcqa worker`), and say so."""
     if not (wants_embedded_worker(settings) if enabled is None else enabled):
         echo(f"No embedded worker: run `pmcqa worker` to consume the {describe_queue(settings)}.")
         return None
-    worker = start_embedded_worker(settings)
+    worker = start_embedded_worker(settings, command=command)
     echo(f"Embedded ingest worker (pid {worker.process.pid}) on the {describe_queue(settings)}.")
     return worker

@@ -8,7 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft
+from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft, StepEvent
 from pmcqa.app.answering.extractive import ExtractiveBackend
 from pmcqa.app.main import create_app
 
@@ -363,6 +363,35 @@ def test_stream_abstention(client):
     events = parse_sse(response.text)
     final = json.loads(events[-1][1])
     assert events[-1][0] == "done" and final["abstained"] and final["citations"] == []
+
+
+class _StallsWhileStreaming(ExtractiveBackend):
+    def stream(self, question, passages, paper):
+        yield StepEvent(data="1) Searched.")
+        time.sleep(1.5)  # then nothing, past the generation timeout
+
+
+class _BreaksWhileStreaming(ExtractiveBackend):
+    def stream(self, question, passages, paper):
+        yield StepEvent(data="1) Searched.")
+        raise RuntimeError("secret internal detail")
+
+
+@pytest.mark.parametrize(
+    ("backend_cls", "code"),
+    [(_StallsWhileStreaming, "generation_timeout"), (_BreaksWhileStreaming, "internal_error")],
+)
+def test_stream_that_cannot_finish_ends_with_an_error_event(make_library, backend_cls, code):
+    library = _library_with_backend(make_library, backend_cls, generation_timeout_s=0.5)
+    with _app_with(library, generation_timeout_s=0.5) as client:
+        response = client.post(
+            "/ask", json={"paper_id": "PMC1182327", "question": OWN_QUESTION, "stream": True}
+        )
+        assert response.status_code == 200
+    events = parse_sse(response.text)
+    assert [name for name, _ in events] == ["step", "error"]
+    error = json.loads(events[-1][1])
+    assert error["error"] == code and error["detail"] and "secret" not in error["detail"]
 
 
 # --- health, metrics, OpenAPI -----------------------------------------------------------------------------

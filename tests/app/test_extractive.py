@@ -88,5 +88,5 @@ def test_stream_yields_steps_then_answer_then_done(library, ingested):
     assert kinds[-1] == "done" and "answer" in kinds
     assert kinds.index("answer") > 2
     answer = "".join(str(e.data) for e in events if e.event == "answer")
-    assert events[-1].data["answer"] == answer
-    assert len(events[-1].data["steps"]) == 3
+    assert events[-1].data.answer == answer
+    assert len(events[-1].data.steps) == 3

@@ -12,7 +12,7 @@ from fakes.tiny_gpt_oss import sample_paper
 from pmcqa.app.answering import prompts
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, Draft
 from pmcqa.app.answering.openai_backend import OpenAIBackend, split_reply
-from pmcqa.app.answering.postprocess import GenerationTimeout
+from pmcqa.app.errors import GenerationTimeout
 from pmcqa.core.settings import Settings
 
 QUESTION = "How do the kidney organoid protocols compare?"

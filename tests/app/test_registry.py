@@ -11,7 +11,8 @@ import pytest
 
 from pmcqa.app.answering.extractive import ExtractiveBackend
 from pmcqa.app.answering.registry import BACKENDS, UnknownBackend, create_backend
-from pmcqa.app.service import BackendNotReady, Library
+from pmcqa.app.errors import BackendNotReady
+from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
 
 

@@ -25,13 +25,13 @@ from transformers import AutoModelForCausalLM
 
 from pmcqa.app.answering import transformers_backend as tb
 from pmcqa.app.answering.base import Draft
-from pmcqa.app.answering.postprocess import GenerationTimeout
 from pmcqa.app.answering.transformers_backend import (
     FinalEndStop,
     ModelLoadError,
     TransformersBackend,
     bnb_cpu_4bit_supported,
 )
+from pmcqa.app.errors import GenerationTimeout
 from pmcqa.core.settings import Settings
 
 QUESTION = "How do the kidney organoid protocols compare?"

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pmcqa.app.errors import PaperNotFound
 from pmcqa.app.schemas import SearchHit
+from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import Chunk, PaperRecord, ReferenceInfo
 from pmcqa.index.retrieval import (
@@ -492,15 +494,26 @@ def test_search_library_spans_papers(embedder: object) -> None:
 # --- `pmcqa search` --------------------------------------------------------------------------------------
 
 
+class LibraryMemoryStore(MemoryStore):
+    """The stand-in with what the service facade also reads: ingest statuses and id aliases (none here)."""
+
+    def get_status(self, paper_id: str) -> None:
+        return None
+
+    def resolve_alias(self, alias: str) -> None:
+        return None
+
+
 @pytest.fixture
 def cli_store(embedder: object, monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
     import pmcqa.app.commands.search as search_command
 
-    store = MemoryStore(embedder)
+    store = LibraryMemoryStore(embedder)
     store.put_paper(*build_paper("PMC1", VIRUS_PAPER))
     store.put_paper(*build_paper("PMC3", FLOAT_PAPER))
-    retriever = Retriever(store, embedder, Settings(top_k=3))
-    monkeypatch.setattr(search_command, "open_retriever", lambda: (store, retriever))
+    settings = Settings(top_k=3)
+    retriever = Retriever(store, embedder, settings)
+    monkeypatch.setattr(search_command, "open_library", lambda: Library(settings, store, embedder, retriever))
     return store
 
 
@@ -536,7 +549,8 @@ def test_cli_search_library_and_table(cli_store: MemoryStore) -> None:
     assert {p["paper_id"] for p in result["passages"]} <= {"PMC1", "PMC3"}
     code, out = run_cli("body weight of ferrets", "--paper", "PMC3", "--mode", "lexical")
     assert code == 0 and "PMC3" in out
-    assert run_cli("x", "--paper", "PMC404")[0] == 2
+    # the service's refusal, with the same exit code as `pmcqa ask` (it was 2, a usage error, before)
+    assert run_cli("x", "--paper", "PMC404")[0] == PaperNotFound.exit_code == 3
     assert run_cli("x", "--mode", "sparse")[0] == 2
 
 

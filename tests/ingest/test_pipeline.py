@@ -93,6 +93,44 @@ def test_each_article_is_parsed_once(
     assert parsed == ["fetch", "fetch"]  # one parse per cached file, none in the pipeline
 
 
+def test_a_paper_reads_ingesting_while_stored_and_never_stays_so(
+    ingestor: Ingestor, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the service reads (409 while `ingesting`): set before the write, superseded by every ending."""
+    store = ingestor.store
+    put_paper = store.put_paper
+    seen: list[str] = []
+
+    def watched(record, chunks, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(store.get_status(record.paper_id).status)
+        return put_paper(record, chunks, *args, **kwargs)
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "put_paper", watched)
+    assert ingestor.ingest_ids(["PMC8435807"])[0].status == "ingested"
+    assert seen == ["ingesting"] and store.get_status("PMC8435807").status == "ingested"
+
+    monkeypatch.setattr(store, "put_paper", broken)
+    assert ingestor.ingest_ids(["PMC8435807"])[0].status == "failed"
+    status = store.get_status("PMC8435807")
+    assert status.status == "failed" and "disk full" in status.reason
+
+    monkeypatch.setattr(store, "put_paper", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingestor.ingest_ids(["PMC8435807"])
+    status = store.get_status("PMC8435807")
+    assert status.status == "failed" and "interrupted: KeyboardInterrupt" in status.reason
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    with pytest.raises(KeyboardInterrupt):
+        ingestor.ingest_files([plos], id_override="PMC9999998")
+    assert store.get_status("PMC9999998").status == "failed"
+
+
 def test_local_files_dirs_and_packages(ingestor: Ingestor, shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / "eutils/efetch-pmc/efetch_pmc_PMC8435807_correction__from_biopython.xml"
     plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"

@@ -28,10 +28,10 @@ def redis_url() -> Iterator[str]:
 def workers_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcesses]]:
     made: list[WorkerProcesses] = []
 
-    def make(settings: Settings, **extra_env: str) -> WorkerProcesses:
+    def make(settings: Settings, ingestor: str | None = None, **extra_env: str) -> WorkerProcesses:
         log_dir = tmp_path / "logs"
         log_dir.mkdir(exist_ok=True)
-        procs = WorkerProcesses(settings, log_dir, extra_env)
+        procs = WorkerProcesses(settings, log_dir, extra_env, ingestor)
         made.append(procs)
         return procs
 

@@ -25,7 +25,7 @@ def _finished_ids(jobs: JobStore, job_id: str) -> int:
 def _kill_mid_job_and_recover(settings, workers_factory) -> None:  # type: ignore[no-untyped-def]
     jobs = JobStore.for_settings(settings)
     job = enqueue_job(settings, IDS)
-    procs = workers_factory(settings, PMCQA_INGESTOR_FACTORY="worker_fakes:factory", **{DELAY_ENV: "0.08"})
+    procs = workers_factory(settings, ingestor="slow", **{DELAY_ENV: "0.08"})
 
     first = procs.start(workers=2)
     wait_for(lambda: _finished_ids(jobs, job.job_id) >= 8, 60, "the first ids to finish")
@@ -115,3 +115,34 @@ def test_poison_batch_gives_up(tmp_path: Path) -> None:
     final = jobs.get(job.job_id)
     assert final.state == "failed" and final.items[0].status == "failed"
     assert "boom" in final.items[0].reason
+
+
+class _CrashingIngestor:
+    """Breaks the whole batch every time, like a worker dying on it (the batch is released and retried)."""
+
+    def __init__(self, settings: object, limiter: object) -> None:
+        pass
+
+    def ingest_ids(self, ids: list[str], refresh: bool = False, progress: object = None) -> list[object]:
+        raise RuntimeError("worker died")
+
+
+def test_a_given_up_batch_marks_its_queued_papers_failed(tmp_path: Path) -> None:
+    """The service reads `queued` as busy (409): a job that is given up must not leave it so forever."""
+    from pmcqa.index.store import Store
+    from pmcqa.ingest.jobs import MAX_ATTEMPTS
+    from pmcqa.ingest.worker import build_runtime, run_batch
+
+    settings = fake_worker_settings(tmp_path)
+    job = enqueue_job(settings, ["PMC5", "PMC6.2", "pmid:77"])
+    with Store(settings) as store:
+        assert [store.get_status(p).status for p in ("PMC5", "PMC6")] == ["queued", "queued"]
+    runtime = build_runtime(settings, _CrashingIngestor)
+    for _ in range(MAX_ATTEMPTS + 1):
+        run_batch(runtime, job.job_id, 0)
+    final = JobStore.for_settings(settings).get(job.job_id)
+    assert final.state == "failed" and {item.status for item in final.items} == {"failed"}
+    with Store(settings) as store:
+        for paper_id in ("PMC5", "PMC6"):
+            status = store.get_status(paper_id)
+            assert status.status == "failed" and "gave up after" in status.reason

@@ -8,19 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from worker_helpers import HERE, fake_worker_settings, wait_for
+from worker_helpers import fake_worker_command, fake_worker_settings, wait_for
 
 from pmcqa.ingest.jobs import JobStore
 from pmcqa.ingest.worker import enqueue_job, live_workers, serve_with_worker, settings_env
 
 
-def test_embedded_worker_drains_the_sqlite_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_worker_drains_the_sqlite_queue(tmp_path: Path) -> None:
     settings = fake_worker_settings(tmp_path)
-    monkeypatch.setenv("PMCQA_INGESTOR_FACTORY", "worker_fakes:factory")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
     said: list[str] = []
-    worker = serve_with_worker(settings, None, said.append)  # embedded defaults → a worker starts
+    # embedded defaults → a worker starts (around the stand-in ingestor)
+    worker = serve_with_worker(settings, None, said.append, command=fake_worker_command("slow"))
     assert worker is not None and "SQLite queue" in said[0]
     try:
         jobs = JobStore.for_settings(settings)

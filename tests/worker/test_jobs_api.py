@@ -36,7 +36,7 @@ def test_job_runs_to_the_end(api, workers_factory) -> None:  # type: ignore[no-u
     queued = client.get(f"/jobs/{job_id}").json()
     assert queued["state"] == "queued" and queued["counts"] == {"pending": 12}  # handlers only enqueue
 
-    workers_factory(settings, PMCQA_INGESTOR_FACTORY="worker_fakes:factory").start(workers=2)
+    workers_factory(settings, ingestor="slow").start(workers=2)
     done = wait_for(lambda: (j := client.get(f"/jobs/{job_id}").json())["state"] == "done" and j, 60, "done")
     assert done["counts"] == {"ingested": 11, "not-found": 1}
     items = {item["id"]: item for item in done["items"]}

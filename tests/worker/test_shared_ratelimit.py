@@ -71,7 +71,7 @@ def test_two_workers_share_the_ncbi_limit(tmp_path: Path, workers_factory, redis
             ncbi_backoff_s=0.01, ncbi_backoff_max_s=0.05, **fake.settings_overrides(),
         )
         try:
-            procs = workers_factory(settings, PMCQA_INGESTOR_FACTORY="worker_fakes:efetch_factory")
+            procs = workers_factory(settings, ingestor="efetch")
             procs.start(workers=2)
             procs.start(workers=2)
             jobs = JobStore.for_settings(settings)

@@ -1,4 +1,4 @@
-"""Stand-in ingestors for worker tests, loaded in worker subprocesses through PMCQA_INGESTOR_FACTORY.
+"""Stand-in ingestors for worker tests, run in worker subprocesses by run_fake_worker.py.
 
 `SlowIngestor` behaves like the pipeline's contract (outcome per id, progress callback, an atomic
 replace-on-write store) but spends a set time per id, so a test can SIGKILL a worker mid-batch. It also

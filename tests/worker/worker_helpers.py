@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pmcqa.core.settings import Settings
-from pmcqa.ingest.worker import settings_env
+from pmcqa.ingest.worker import settings_env, worker_command
 
 HERE = Path(__file__).resolve().parent
 REDIS_URL = os.environ.get("PMCQA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -28,13 +28,26 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class WorkerProcesses:
-    """Starts `python -m app.cli worker` children with the test's settings; kills leftovers at teardown."""
+def fake_worker_command(ingestor: str, workers: int = 1) -> list[str]:
+    """A worker process around one of `worker_fakes`' ingestors (see run_fake_worker.py)."""
+    script = HERE / "run_fake_worker.py"
+    return [sys.executable, str(script), "--ingestor", ingestor, "--workers", str(workers), "--verbose"]
 
-    def __init__(self, settings: Settings, log_dir: Path, extra_env: dict[str, str]) -> None:
+
+class WorkerProcesses:
+    """Starts worker children with the test's settings; kills leftovers at teardown.
+
+    With `ingestor` (a name in run_fake_worker.INGESTORS) a child runs that stand-in; without, it is the real
+    `python -m pmcqa.app.cli worker`.
+    """
+
+    def __init__(
+        self, settings: Settings, log_dir: Path, extra_env: dict[str, str], ingestor: str | None = None
+    ) -> None:
         self.settings = settings
         self.log_dir = log_dir
         self.extra_env = extra_env
+        self.ingestor = ingestor
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def env(self) -> dict[str, str]:
@@ -44,10 +57,11 @@ class WorkerProcesses:
 
     def start(self, workers: int = 1) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pmcqa.app.cli", "worker", "--workers", str(workers), "--verbose"],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
+        if self.ingestor is None:
+            command = [*worker_command(workers), "--verbose"]
+        else:
+            command = fake_worker_command(self.ingestor, workers)
+        proc = subprocess.Popen(command, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 

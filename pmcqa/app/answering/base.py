@@ -1,4 +1,4 @@
-"""The contract every answer backend meets, and the typed answer the API returns.
+"""The contract every answer backend meets, the typed answer the API returns, and the streamed events.
 
 A backend turns (question, retrieved passages, paper) into a `Draft`: answer text, steps, and the spans it
 claims to cite. `app.answering.citations` then checks each claimed span verbatim against the paper's canonical
@@ -8,10 +8,11 @@ text and drops anything invented or not retrieved, so every backend obeys the sa
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from pmcqa.app.errors import ServiceError
 from pmcqa.index.models import PaperRecord, Passage
 
 ABSTAIN_ANSWER = "The paper does not appear to answer this."
@@ -56,11 +57,69 @@ class Answer(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
 
 
-class StreamEvent(BaseModel):
-    """One server-sent event of a streamed answer."""
+# --- streamed answers ---------------------------------------------------------------------------------------
+# A backend streams `StepEvent`s and `AnswerDelta`s, then one `DraftDone`; the service turns the draft into
+# the final Answer (`AnswerDone`) or reports a refusal (`ErrorEvent`). `sse()` is the one serialisation to
+# Server-Sent Events: the event name, and the data as text (a step or delta) or JSON (an Answer, an error).
 
-    event: Literal["step", "answer", "done", "error"]
-    data: str | dict = ""
+
+class _Event(BaseModel):
+    event: str
+    data: str | BaseModel
+
+    def sse(self) -> dict[str, str]:
+        """This event as a Server-Sent Event's fields."""
+        data = self.data if isinstance(self.data, str) else self.data.model_dump_json()
+        return {"event": self.event, "data": data}
+
+
+class StepEvent(_Event):
+    """One reasoning step, once it is complete."""
+
+    event: Literal["step"] = "step"
+    data: str
+
+
+class AnswerDelta(_Event):
+    """The next piece of the answer text."""
+
+    event: Literal["answer"] = "answer"
+    data: str
+
+
+class DraftDone(_Event):
+    """A backend's last event: its Draft, citations not yet verified."""
+
+    event: Literal["done"] = "done"
+    data: Draft
+
+
+class AnswerDone(_Event):
+    """The stream's last event: the final Answer, as `POST /ask` without streaming returns it."""
+
+    event: Literal["done"] = "done"
+    data: Answer
+
+
+class StreamError(BaseModel):
+    error: str = Field(description="The refusal's code, as in an error response.")
+    detail: str
+
+
+class ErrorEvent(_Event):
+    """The stream's last event when no answer could be produced (e.g. a generation timeout)."""
+
+    event: Literal["error"] = "error"
+    data: StreamError
+
+    @classmethod
+    def of(cls, error: ServiceError) -> ErrorEvent:
+        return cls(data=StreamError(error=error.code, detail=error.detail))
+
+
+# What a backend's `stream` yields, and what the service's stream yields.
+BackendEvent = Annotated[StepEvent | AnswerDelta | DraftDone, Field(discriminator="event")]
+AnswerEvent = Annotated[StepEvent | AnswerDelta | AnswerDone | ErrorEvent, Field(discriminator="event")]
 
 
 class AnswerBackend(Protocol):
@@ -71,6 +130,6 @@ class AnswerBackend(Protocol):
 
     def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft: ...
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[StreamEvent]:
-        """Yield `step` and `answer` deltas as produced, then a `done` event whose data is the Draft."""
+    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
+        """Yield steps and answer deltas as produced, then `DraftDone` with the Draft."""
         ...

@@ -15,11 +15,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft, StreamEvent
+from pmcqa.app.answering.base import (
+    ABSTAIN_ANSWER,
+    AnswerDelta,
+    BackendEvent,
+    CitedSpan,
+    Draft,
+    DraftDone,
+    StepEvent,
+)
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import Chunk, PaperRecord, Passage
 
@@ -369,27 +377,23 @@ class ExtractiveBackend:
         return sorted(chosen, key=lambda i: sentences[i].start)
 
     # --- the backend protocol ------------------------------------------------------------------------------
-    def _run(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[StreamEvent]:
+    def _run(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
         sections = list(dict.fromkeys(place_of(p.chunk) for p in passages))
         title = f" ({paper.title})" if paper.title else ""
-        yield StreamEvent(
-            event="step",
+        yield StepEvent(
             data=f'1) Searched {len(passages)} passages of {paper.paper_id}{title} for "{question}".',
         )
         if passages:
-            yield StreamEvent(event="step", data=f"2) Most relevant sections: {'; '.join(sections[:4])}.")
+            yield StepEvent(data=f"2) Most relevant sections: {'; '.join(sections[:4])}.")
         sentences = self.candidates(passages)
         if not sentences:
-            yield StreamEvent(
-                event="step", data="3) No retrieved passage contains a usable sentence; abstaining."
-            )
+            yield StepEvent(data="3) No retrieved passage contains a usable sentence; abstaining.")
             yield from self._abstain()
             return
         scores = self.score(question, sentences, paper)
         best = float(scores.max())
         if best < self.threshold:
-            yield StreamEvent(
-                event="step",
+            yield StepEvent(
                 data=f"3) The best of {len(sentences)} sentences scored {best:.2f}, under the evidence "
                 f"threshold {self.threshold:.2f}; the paper does not appear to answer this.",
             )
@@ -397,8 +401,7 @@ class ExtractiveBackend:
             return
         chosen = self.select(sentences, scores)
         where = "; ".join(dict.fromkeys(place_of(sentences[i].chunk) for i in chosen))
-        yield StreamEvent(
-            event="step",
+        yield StepEvent(
             data=f"3) Selected {len(chosen)} of {len(sentences)} sentences from {where} "
             f"(score {best:.2f}; threshold {self.threshold:.2f}).",
         )
@@ -414,7 +417,7 @@ class ExtractiveBackend:
             )
             delta = sentence.text if previous is None else (" " if contiguous else " … ") + sentence.text
             parts.append(delta)
-            yield StreamEvent(event="answer", data=delta)
+            yield AnswerDelta(data=delta)
             if contiguous and cited:
                 # Merge contiguous sentences into one span; the text between them is the paper's own.
                 last = cited[-1]
@@ -434,34 +437,28 @@ class ExtractiveBackend:
                     )
                 )
             previous = sentence
-        yield StreamEvent(
-            event="done", data=Draft(answer="".join(parts), cited=cited, model=self.model).model_dump()
-        )
+        yield DraftDone(data=Draft(answer="".join(parts), cited=cited, model=self.model))
 
-    def _abstain(self) -> Iterator[StreamEvent]:
-        yield StreamEvent(event="answer", data=ABSTAIN_ANSWER)
-        yield StreamEvent(
-            event="done", data=Draft(answer=ABSTAIN_ANSWER, abstained=True, model=self.model).model_dump()
-        )
+    def _abstain(self) -> Iterator[BackendEvent]:
+        yield AnswerDelta(data=ABSTAIN_ANSWER)
+        yield DraftDone(data=Draft(answer=ABSTAIN_ANSWER, abstained=True, model=self.model))
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[StreamEvent]:
+    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
         steps: list[str] = []
         for event in self._run(question, passages, paper):
-            if event.event == "step":
-                steps.append(str(event.data))
-            if event.event == "done":
-                draft = Draft.model_validate(event.data)
-                draft.steps = steps
-                event = StreamEvent(event="done", data=draft.model_dump())
+            if isinstance(event, StepEvent):
+                steps.append(event.data)
+            if isinstance(event, DraftDone):
+                event = DraftDone(data=event.data.model_copy(update={"steps": steps}))
             yield event
 
     def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft:
-        draft: dict[str, Any] | None = None
+        draft: Draft | None = None
         for event in self.stream(question, passages, paper):
-            if event.event == "done":
-                draft = event.data  # type: ignore[assignment]
+            if isinstance(event, DraftDone):
+                draft = event.data
         assert draft is not None
-        return Draft.model_validate(draft)
+        return draft
 
     def best_score(self, question: str, passages: list[Passage], paper: PaperRecord) -> float:
         """The evidence score abstention is decided on (used by the calibration script)."""

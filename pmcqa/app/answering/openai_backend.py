@@ -18,8 +18,9 @@ import openai
 from openai import OpenAI
 
 from pmcqa.app.answering import harmony
-from pmcqa.app.answering.base import Draft, StreamEvent
-from pmcqa.app.answering.postprocess import GenerationTimeout, StreamAssembler, build_draft
+from pmcqa.app.answering.base import BackendEvent, Draft
+from pmcqa.app.answering.postprocess import StreamAssembler, build_draft
+from pmcqa.app.errors import GenerationTimeout
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import PaperRecord, Passage
 
@@ -102,7 +103,7 @@ class OpenAIBackend:
         )
         return build_draft(analysis, final, passages, self.model, truncated=truncated)
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[StreamEvent]:
+    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
         """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
         assembler, reasoning, content, finish = StreamAssembler(), "", "", None

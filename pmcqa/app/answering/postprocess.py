@@ -11,14 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft, StreamEvent
+from pmcqa.app.answering.base import ABSTAIN_ANSWER, AnswerDelta, CitedSpan, Draft, DraftDone, StepEvent
 from pmcqa.app.answering.harmony import numbered_steps, split_steps
 from pmcqa.index.models import Passage
-
-
-class GenerationTimeout(TimeoutError):
-    """An answer took longer than `generation_timeout_s` (the API maps it to 504)."""
-
 
 _CITATION_RE = re.compile(r"\s?\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
 _ABSTAIN_RE = re.compile(
@@ -99,7 +94,7 @@ def _whole_chunk(passage: Passage) -> CitedSpan:
 
 
 class StreamAssembler:
-    """Turns growing (analysis, final) texts into `step` and `answer` events.
+    """Turns growing (analysis, final) texts into `StepEvent`s and `AnswerDelta`s.
 
     A step is emitted once the next one has begun (or the analysis is over); answer events carry text deltas.
     """
@@ -108,18 +103,20 @@ class StreamAssembler:
         self._steps_sent = 0
         self._answer_sent = ""
 
-    def update(self, analysis: str, final: str | None, *, finished: bool = False) -> Iterator[StreamEvent]:
+    def update(
+        self, analysis: str, final: str | None, *, finished: bool = False
+    ) -> Iterator[StepEvent | AnswerDelta]:
         analysis_over = finished or final is not None
         # While reasoning runs, only a numbered split is stable enough to emit its completed steps.
         ready = split_steps(analysis) if analysis_over else numbered_steps(analysis)[:-1]
         for step in ready[self._steps_sent :]:
-            yield StreamEvent(event="step", data=step)
+            yield StepEvent(data=step)
         self._steps_sent = max(self._steps_sent, len(ready))
         # Only ever append: a partial parse that would rewrite already-sent text waits for more tokens.
         if final and len(final) > len(self._answer_sent) and final.startswith(self._answer_sent):
-            yield StreamEvent(event="answer", data=final[len(self._answer_sent) :])
+            yield AnswerDelta(data=final[len(self._answer_sent) :])
             self._answer_sent = final
 
     @staticmethod
-    def done(draft: Draft) -> StreamEvent:
-        return StreamEvent(event="done", data=draft.model_dump())
+    def done(draft: Draft) -> DraftDone:
+        return DraftDone(data=draft)

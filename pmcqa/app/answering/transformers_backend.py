@@ -36,8 +36,9 @@ from transformers import (
 )
 
 from pmcqa.app.answering import harmony
-from pmcqa.app.answering.base import Draft, StreamEvent
-from pmcqa.app.answering.postprocess import GenerationTimeout, StreamAssembler, build_draft
+from pmcqa.app.answering.base import BackendEvent, Draft
+from pmcqa.app.answering.postprocess import StreamAssembler, build_draft
+from pmcqa.app.errors import GenerationTimeout
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import PaperRecord, Passage
 
@@ -344,7 +345,7 @@ class TransformersBackend:
             completion.analysis, completion.final, passages, self.model, truncated=completion.truncated
         )
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[StreamEvent]:
+    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
         prompt_ids = self.prompt_ids(question, passages, paper)
         streamer = TextIteratorStreamer(
             self._tokenizer,
@@ -363,9 +364,7 @@ class TransformersBackend:
             partial = harmony.parse_partial(text)
             yield from assembler.update(partial.analysis, partial.final)
         worker.join()
-        if (
-            "error" in outcome
-        ):  # the caller reports it (GenerationTimeout is a TimeoutError → 504-style event)
+        if "error" in outcome:  # the caller reports it (a GenerationTimeout as a generation_timeout event)
             raise outcome["error"]
         completion = harmony.parse_completion(outcome["text"])
         yield from assembler.update(completion.analysis, completion.final, finished=True)

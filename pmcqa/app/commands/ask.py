@@ -1,17 +1,12 @@
-"""`pmcqa ask PAPER_ID "question"`: answer in-process (no server), from the local library."""
+"""`pmcqa ask PAPER_ID "question"`: answer in-process (no server), from the local library.
+
+A refusal exits with its `pmcqa.app.errors` code: 2 invalid input, 3 not in the library, 4 being ingested,
+5 backend not ready, 6 generation timeout.
+"""
 
 from __future__ import annotations
 
 import typer
-
-# Exit codes by refusal, so scripts can tell "not ingested yet" from a bad question.
-EXIT_CODES = {
-    "invalid_request": 2,
-    "paper_not_found": 3,
-    "paper_being_ingested": 4,
-    "backend_not_ready": 5,
-    "generation_timeout": 6,
-}
 
 
 def ask(
@@ -23,7 +18,8 @@ def ask(
 ) -> None:
     """Answer a question about one ingested paper, citing its own sentences."""
     from pmcqa.app.answering.registry import BACKENDS
-    from pmcqa.app.service import Library, ServiceError
+    from pmcqa.app.errors import ServiceError
+    from pmcqa.app.service import Library
     from pmcqa.core.settings import Settings
 
     if backend is not None and backend not in BACKENDS:
@@ -32,9 +28,9 @@ def ask(
     library = Library.create(settings)
     try:
         answer = library.ask(paper_id, question, top_k)
-    except ServiceError as exc:
+    except ServiceError as exc:  # its exit code tells scripts "not ingested yet" from a bad question
         typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(EXIT_CODES.get(exc.code, 1)) from None
+        raise typer.Exit(exc.exit_code) from None
     finally:
         library.close()
     if as_json:

@@ -76,11 +76,13 @@ def _run(ingestor, ids, xml_paths, id_override, refresh, progress):  # type: ign
 
 
 def print_table(outcomes: list[IngestOutcome]) -> None:
+    from pmcqa.core.status import Status
+
     table = Table("requested", "paper", "status", "chunks", "title / reason")
-    colours = {"ingested": "green", "no-full-text": "yellow"}
+    colours = {Status.INGESTED: "green", Status.NO_FULL_TEXT: "yellow"}
     for o in outcomes:
         colour = colours.get(o.status, "dim" if o.skipped else "red")
-        detail = o.title if o.status == "ingested" else (o.reason or "")
+        detail = o.title if o.status == Status.INGESTED else (o.reason or "")
         table.add_row(
             escape(o.requested),
             o.paper_id or "",

@@ -6,7 +6,9 @@
 
 Batch output is one JSON line per input line, in order: ``{"paper_id", "query", "passages": [...]}``, or
 ``{"line", "error", ...}`` for a line that cannot be answered (bad JSON, no query, unknown paper) — one bad
-line never stops the batch.
+line never stops the batch. Searching goes through the service facade (`Library.search`), as `POST /search`
+does: the same id forms, refusals and messages; a refusal of a single query exits with its code (3: the paper
+is not in the library, 4: it is being ingested, 2: invalid input).
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from pmcqa.app.service import Library
     from pmcqa.index.models import Passage
-    from pmcqa.index.retrieval import Retriever
-    from pmcqa.index.store import Store
 
 USAGE_ERROR = 2
 
@@ -34,43 +35,22 @@ def register(cli: typer.Typer) -> None:
     cli.command("search")(search)
 
 
-def open_retriever() -> tuple[Store, Retriever]:
-    """The user's store and a retriever over it (heavy imports happen here, not at `pmcqa --help`)."""
-    from pmcqa.core.settings import get_settings
-    from pmcqa.index.library import open_library
+def open_library() -> Library:
+    """The user's library, without an answer backend (heavy imports happen here, not at `pmcqa --help`)."""
+    from pmcqa.app.service import Library
+    from pmcqa.core.settings import Settings
 
-    # Writable: checks that the stored vectors come from the model that embeds the queries.
-    library = open_library(get_settings(), writable=True)
-    return library.store, library.retriever
+    return Library.create(Settings(), with_backend=False)
 
 
-class SearchError(ValueError):
-    """A query that cannot be answered; reported, never raised to the user as a traceback."""
-
-
-def resolve_paper(store: Any, paper_id: str) -> str:
-    """A stored paper id for a PMCID / PMID / DOI as typed; `SearchError` when not in the library."""
-    if store.get_paper(paper_id) is not None:
-        return paper_id
-    resolver = getattr(store, "resolve_alias", None)
-    resolved = resolver(paper_id) if resolver else None
-    if resolved is None:
-        raise SearchError(f"paper {paper_id} is not in the library (ingest it first)")
-    return resolved
-
-
-def run_query(
-    store: Any, retriever: Retriever, query: str, paper_id: str | None, k: int | None, mode: str
-) -> dict[str, Any]:
-    """One query → the JSON object printed for it."""
-    if not query.strip():
-        raise SearchError("empty query")
-    if paper_id:
-        paper_id = resolve_paper(store, paper_id)
-        passages = retriever.retrieve(paper_id, query, top_k=k, mode=mode)  # type: ignore[arg-type]
-    else:
-        passages = retriever.search_library(query, k)
-    return {"paper_id": paper_id, "query": query, "passages": [passage_json(p) for p in passages]}
+def run_query(library: Library, query: str, paper_id: str | None, k: int | None, mode: str) -> dict[str, Any]:
+    """One query → the JSON object printed for it; a refusal raises `ServiceError`."""
+    result = library.search(query, paper_id, k, mode)
+    return {
+        "paper_id": result.paper_id,
+        "query": query,
+        "passages": [passage_json(p) for p in result.passages],
+    }
 
 
 def passage_json(passage: Passage) -> dict[str, Any]:
@@ -98,18 +78,18 @@ def read_queries(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any] | s
         yield number, item
 
 
-def run_batch(
-    store: Any, retriever: Retriever, lines: Iterator[str], k: int | None, mode: str
-) -> Iterator[dict[str, Any]]:
+def run_batch(library: Library, lines: Iterator[str], k: int | None, mode: str) -> Iterator[dict[str, Any]]:
+    from pmcqa.app.errors import ServiceError
+
     for number, item in read_queries(lines):
         if isinstance(item, str):
             yield {"line": number, "error": item}
             continue
         paper_id = item.get("paper_id")
         try:
-            yield run_query(store, retriever, item["query"], str(paper_id) if paper_id else None, k, mode)
-        except SearchError as exc:
-            yield {"line": number, "paper_id": paper_id, "query": item["query"], "error": str(exc)}
+            yield run_query(library, item["query"], str(paper_id) if paper_id else None, k, mode)
+        except ServiceError as exc:
+            yield {"line": number, "paper_id": paper_id, "query": item["query"], "error": exc.detail}
 
 
 def print_table(console: Console, result: dict[str, Any]) -> None:
@@ -139,6 +119,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="JSON output (always JSON lines with --queries)."),
 ) -> None:
     """Retrieve passages for a query from one paper or the whole library."""
+    from pmcqa.app.errors import ServiceError
     from pmcqa.index.retrieval import MODES
 
     err = Console(stderr=True)
@@ -152,19 +133,21 @@ def search(
         err.print(f"[bold red]error:[/] no such file: {escape(str(queries))}")
         raise typer.Exit(USAGE_ERROR)
 
-    store, retriever = open_retriever()
-    if queries is not None:
-        with sys.stdin if str(queries) == "-" else queries.open(encoding="utf-8") as handle:
-            for result in run_batch(store, retriever, iter(handle), k, mode):
-                sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
-                sys.stdout.flush()
-        return
-    assert query is not None
+    library = open_library()
     try:
-        result = run_query(store, retriever, query, paper, k, mode)
-    except SearchError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(USAGE_ERROR) from None
+        if queries is not None:
+            with sys.stdin if str(queries) == "-" else queries.open(encoding="utf-8") as handle:
+                for result in run_batch(library, iter(handle), k, mode):
+                    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+                    sys.stdout.flush()
+            return
+        assert query is not None
+        result = run_query(library, query, paper, k, mode)
+    except ServiceError as exc:  # the same refusals, messages and exit codes as `pmcqa ask`
+        err.print(f"[bold red]error:[/] {escape(exc.detail)}")
+        raise typer.Exit(exc.exit_code) from None
+    finally:
+        library.close()
     if as_json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     else:

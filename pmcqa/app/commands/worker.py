@@ -89,6 +89,7 @@ def follow_job(settings: Settings, job_id: str, console: Console, poll_s: float 
     """Poll the jobs table until the job ends, with a progress bar; returns the finished job."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from pmcqa.core.status import Status
     from pmcqa.ingest.jobs import JobStore
 
     jobs = JobStore.for_settings(settings)
@@ -99,7 +100,7 @@ def follow_job(settings: Settings, job_id: str, console: Console, poll_s: float 
             job = jobs.get(job_id, items=False)
             if job is None:
                 raise typer.BadParameter(f"no job {job_id}")
-            finished = job.total - job.counts.get("pending", 0)
+            finished = job.total - job.counts.get(Status.PENDING, 0)
             if task is None:
                 task = progress.add_task(f"job {job_id[:8]}", total=job.total)
             progress.update(task, completed=finished, description=f"job {job_id[:8]} {job.state}")
@@ -114,11 +115,13 @@ def follow_job(settings: Settings, job_id: str, console: Console, poll_s: float 
 def print_job_table(job: Job, console: Console) -> None:
     from rich.table import Table
 
+    from pmcqa.core.status import Status
+
     table = Table(title=f"job {job.job_id}: {job.state}")
     for column in ("id", "status", "paper id", "chunks", "title / reason"):
         table.add_column(column)
     for item in job.items or []:
-        detail = item.title if item.status == "ingested" else (item.reason or "")
+        detail = item.title if item.status == Status.INGESTED else (item.reason or "")
         table.add_row(item.id, item.status, item.paper_id or "", str(item.chunks or ""), (detail or "")[:70])
     console.print(table)
     console.print(", ".join(f"{status}: {count}" for status, count in sorted(job.counts.items())))
@@ -151,13 +154,14 @@ def run_queued(
 
 def job_outcomes(job: Job) -> list[IngestOutcome]:
     """A finished job's items as pipeline outcomes, so queued and inline runs print the same way."""
+    from pmcqa.core.status import Status
     from pmcqa.ingest.pipeline import IngestOutcome
 
     return [
         IngestOutcome(
             requested=item.id,
             paper_id=item.paper_id,
-            status="failed" if item.status == "pending" else item.status,
+            status=Status.FAILED if item.status == Status.PENDING else item.status,
             reason=item.reason,
             title=item.title,
             chunks=item.chunks or 0,

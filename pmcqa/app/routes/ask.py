@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
-from pmcqa.app.answering.base import Answer, StreamEvent
+from pmcqa.app.answering.base import Answer, AnswerDone, AnswerEvent
 from pmcqa.app.deps import AnswerMetrics, get_library, get_metrics, require_api_key
 from pmcqa.app.schemas import ANSWER_EXAMPLE, AskRequest, error_responses
 from pmcqa.app.service import Library
@@ -57,15 +56,12 @@ async def ask(
     return answer
 
 
-async def _sse(events: Iterator[StreamEvent], metrics: AnswerMetrics) -> AsyncIterator[dict[str, str]]:
-    sentinel = object()
+async def _sse(events: Iterator[AnswerEvent], metrics: AnswerMetrics) -> AsyncIterator[dict[str, str]]:
     while True:
         # Each step of the sync generator runs in a worker thread; the loop never blocks on the backend.
-        event = await asyncio.to_thread(next, events, sentinel)
-        if event is sentinel:
+        event = await asyncio.to_thread(next, events, None)
+        if event is None:
             return
-        assert isinstance(event, StreamEvent)
-        if event.event == "done":
-            metrics.observe(Answer.model_validate(event.data))
-        data = event.data if isinstance(event.data, str) else json.dumps(event.data, ensure_ascii=False)
-        yield {"event": event.event, "data": data}
+        if isinstance(event, AnswerDone):
+            metrics.observe(event.data)
+        yield event.sse()

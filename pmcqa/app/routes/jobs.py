@@ -14,16 +14,19 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from pmcqa.app.deps import get_library, get_settings, require_api_key
+from pmcqa.app.errors import InvalidInput, JobNotFound, PayloadTooLarge
 from pmcqa.app.schemas import ErrorResponse
 from pmcqa.app.service import Library
 from pmcqa.core.ids import InvalidPaperId, parse_id
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import Status
 from pmcqa.index.models import OutlineEntry
 from pmcqa.ingest.jobs import Job, JobStore
+from pmcqa.ingest.pipeline import Ingestor
+from pmcqa.ingest.worker import enqueue_job
 
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require_api_key)])
 
@@ -62,36 +65,26 @@ class PaperIngested(BaseModel):
     outline: list[OutlineEntry] = Field(default_factory=list)
 
 
-class RequestRejected(Exception):
-    def __init__(self, status_code: int, code: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status_code, self.code, self.detail, self.extra = status_code, code, detail, extra
-
-    def response(self) -> JSONResponse:
-        body = {"error": self.code, "detail": self.detail, **self.extra}
-        return JSONResponse(body, status_code=self.status_code)
-
-
 async def read_limited(request: Request, limit: int) -> bytes:
     """The body, or a 413 as soon as it passes `limit` (a lying Content-Length cannot get past it)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise RequestRejected(413, "payload_too_large", f"the body is {declared} bytes; the limit is {limit}")
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise RequestRejected(413, "payload_too_large", f"the body is over the limit of {limit} bytes")
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
     return bytes(body)
 
 
 def validate_ids(ids: list[str], settings: Settings) -> list[str]:
     """Stripped ids, or a 422 naming every malformed one (so a client can fix a whole list at once)."""
     if not ids:
-        raise RequestRejected(422, "no_ids", "`ids` is empty: send at least one PMCID, PMID or DOI")
+        raise InvalidInput("`ids` is empty: send at least one PMCID, PMID or DOI", code="no_ids")
     if len(ids) > settings.job_max_ids:
-        raise RequestRejected(
-            422, "too_many_ids", f"{len(ids)} ids; one job takes at most {settings.job_max_ids} (split it)"
+        raise InvalidInput(
+            f"{len(ids)} ids; one job takes at most {settings.job_max_ids} (split it)", code="too_many_ids"
         )
     invalid: list[str] = []
     for text in ids:
@@ -101,9 +94,8 @@ def validate_ids(ids: list[str], settings: Settings) -> list[str]:
             invalid.append(text)
     if invalid:
         shown = ", ".join(repr(text) for text in invalid[:20])
-        raise RequestRejected(
-            422, "invalid_ids", f"{len(invalid)} malformed id(s): {shown}", invalid_ids=invalid
-        )
+        detail = f"{len(invalid)} malformed id(s): {shown}"
+        raise InvalidInput(detail, code="invalid_ids", invalid_ids=invalid)
     return [text.strip() for text in ids]
 
 
@@ -117,19 +109,17 @@ def _jobs(request: Request) -> JobStore:
 
 @router.post("/ingest", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, responses=_ERRORS)
 async def create_job(request: Request, settings: Settings = Depends(get_settings)) -> Any:
-    """Enqueue an ingest job; poll `GET /jobs/{job_id}` for per-id outcomes."""
-    try:
-        body = await read_limited(request, MAX_INGEST_BODY_BYTES)
-        try:
-            payload = IngestRequest.model_validate_json(body)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise RequestRejected(422, "invalid_request", problems or "invalid body") from exc
-        ids = validate_ids(payload.ids, settings)
-    except RequestRejected as rejected:
-        return rejected.response()
-    from pmcqa.ingest.worker import enqueue_job
+    """Enqueue an ingest job; poll `GET /jobs/{job_id}` for per-id outcomes.
 
+    Its papers read `queued` until a worker takes them (`ingesting`), so questions on them answer 409.
+    """
+    body = await read_limited(request, MAX_INGEST_BODY_BYTES)
+    try:
+        payload = IngestRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(problems or "invalid body") from exc
+    ids = validate_ids(payload.ids, settings)
     job = await run_in_threadpool(enqueue_job, settings, ids, payload.refresh, _jobs(request))
     return JobCreated(job_id=job.job_id, state=job.state, total=job.total, status_url=f"/jobs/{job.job_id}")
 
@@ -144,7 +134,7 @@ async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=200)) -> J
 async def get_job(job_id: str, request: Request) -> Any:
     job = await run_in_threadpool(_jobs(request).get, job_id)
     if job is None:
-        return RequestRejected(404, "job_not_found", f"no job {job_id!r}").response()
+        raise JobNotFound(f"no job {job_id!r}")
     return job
 
 
@@ -153,8 +143,6 @@ _INGESTOR_LOCK = threading.Lock()
 
 
 def _ingest_upload(request: Request, library: Library, data: bytes, id_override: str | None) -> Any:
-    from pmcqa.ingest.pipeline import Ingestor
-
     settings: Settings = request.app.state.settings
     uploads = settings.data_dir / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
@@ -187,18 +175,15 @@ async def upload_paper(
 ) -> Any:
     """Ingest one JATS/NXML article sent as the body; returns its id and outline."""
     settings: Settings = request.app.state.settings
-    try:
-        data = await read_limited(request, settings.max_upload_bytes)
-        if not data.strip():
-            raise RequestRejected(422, "empty_body", "send a JATS XML article as the request body")
-    except RequestRejected as rejected:
-        return rejected.response()
+    data = await read_limited(request, settings.max_upload_bytes)
+    if not data.strip():
+        raise InvalidInput("send a JATS XML article as the request body", code="empty_body")
     outcome = await run_in_threadpool(_ingest_upload, request, library, data, id)
-    if outcome is None or getattr(outcome, "status", None) != "ingested":
+    if outcome is None or outcome.status != Status.INGESTED:
         reason = getattr(outcome, "reason", None) or "the file could not be ingested"
-        code = getattr(outcome, "status", "failed")
-        return RequestRejected(422, "not_ingested", f"{code}: {reason}").response()
-    record = await run_in_threadpool(library.store.get_paper, outcome.paper_id)
+        status_text = getattr(outcome, "status", Status.FAILED)
+        raise InvalidInput(f"{status_text}: {reason}", code="not_ingested")
+    record = (await run_in_threadpool(library.paper, outcome.paper_id)).record
     return PaperIngested(
         paper_id=outcome.paper_id,
         status=outcome.status,

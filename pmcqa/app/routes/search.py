@@ -14,12 +14,10 @@ router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)])
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(401, 404, 409, 422))
 async def search(request: SearchRequest, library: Library = Depends(get_library)) -> SearchResponse:
-    paper_id, passages = await run_in_threadpool(
-        library.search, request.query, request.paper_id, request.k, request.mode
-    )
+    result = await run_in_threadpool(library.search, request.query, request.paper_id, request.k, request.mode)
     return SearchResponse(
         query=request.query,
-        paper_id=paper_id,
-        mode=request.mode if paper_id else "dense",
-        passages=[SearchHit.from_passage(p) for p in passages],
+        paper_id=result.paper_id,
+        mode=result.mode,
+        passages=[SearchHit.from_passage(p) for p in result.passages],
     )
