@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pmcqa.app.answering.extractive import ExtractiveBackend, split_sentences  # noqa: E402
+from pmcqa.app.answering.extractive import ExtractiveBackend, chunk_sentences  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
 from pmcqa.index.models import PaperRecord  # noqa: E402
 from pmcqa.ingest.models import Block, Paper  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
     # answering then only encodes the questions.
     for record, _ in papers:
         chunks = store.get_chunks(record.paper_id)
-        backend._sentence_vectors(record.paper_id, [s for c in chunks for s in split_sentences(c)])
+        backend._sentence_vectors(record.paper_id, [s for c in chunks for s in chunk_sentences(c)])
     print(f"sentences embedded at {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
     rows = []

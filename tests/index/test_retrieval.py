@@ -16,6 +16,7 @@ import pytest
 
 from pmcqa.app.schemas import SearchHit
 from pmcqa.core.settings import Settings
+from pmcqa.core.text import tokenize
 from pmcqa.index.models import Chunk, PaperRecord, ReferenceInfo
 from pmcqa.index.retrieval import (
     AuthorMention,
@@ -24,7 +25,6 @@ from pmcqa.index.retrieval import (
     approx_tokens,
     author_mentions,
     label_keys,
-    lexical_tokens,
     matching_references,
     reciprocal_rank_fusion,
 )
@@ -223,7 +223,7 @@ def test_lexical_index_is_cached_per_paper_and_chunk_set(embedder: object) -> No
 
 
 def test_lexical_tokens() -> None:
-    assert lexical_tokens("What do the Infections and viruses show in Table 2?") == [
+    assert tokenize("What do the Infections and viruses show in Table 2?") == [
         "infection",
         "virus",
         "show",
