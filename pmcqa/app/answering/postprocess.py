@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft, StreamEvent
 from pmcqa.app.answering.harmony import numbered_steps, split_steps
+from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Passage
 
 
@@ -29,7 +30,6 @@ _ABSTAIN_RE = re.compile(
     r"|no information (?:about|on|regarding)",
     re.IGNORECASE,
 )
-_FIRST_SENTENCE_RE = re.compile(r"^.*?(?:[.!?](?=\s|$)|$)", re.DOTALL)
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -68,8 +68,8 @@ def drop_unknown_citations(text: str, count: int) -> str:
 
 def is_abstention(answer: str) -> bool:
     """The answer's first sentence says the paper doesn't answer (later sentences may hedge a real answer)."""
-    first = _FIRST_SENTENCE_RE.match(answer.strip())
-    return bool(first and _ABSTAIN_RE.search(first.group(0)))
+    sentences = split_sentences(answer)
+    return bool(sentences and _ABSTAIN_RE.search(answer[slice(*sentences[0])]))
 
 
 def build_draft(
