@@ -25,9 +25,10 @@ from pmcqa.index.models import Chunk, PaperRecord, Passage
 
 # Evidence score (DENSE_WEIGHT * cosine + LEXICAL_WEIGHT * idf-weighted term coverage of the best sentence)
 # under which the backend abstains. Calibrated with bench/calibrate_abstention.py on COVID-QA dev (203
-# questions, 21 papers; each asked of its own paper and of a different paper): 0.40 maximises balanced
-# accuracy (0.936) — it answers 91.6% of own-paper questions and abstains on 95.6% of other-paper ones
-# (medians 0.63 vs 0.23; at 0.45 it would answer 84.2% / abstain 97.5%). settings.abstain_threshold overrides.
+# questions, 21 papers; each asked of its own paper and of a different paper; pmcqa.core.text tokens and
+# sentences, chunker v2): 0.40 maximises balanced accuracy (0.931) — it answers 92.6% of own-paper questions
+# and abstains on 93.6% of other-paper ones (medians 0.65 vs 0.23; at 0.45 it would answer 87.2% / abstain
+# 96.6%). settings.abstain_threshold overrides.
 DEFAULT_ABSTAIN_THRESHOLD = 0.40
 DENSE_WEIGHT = 0.5
 LEXICAL_WEIGHT = 0.5
