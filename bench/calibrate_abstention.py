@@ -14,10 +14,10 @@ COVID-QA contexts are flat text (no sections): each blank-line block becomes one
     .venv/bin/python bench/calibrate_abstention.py [--dev PATH] [--data-dir DIR] [--json OUT]
 
 Result (2026-11-30, all-MiniLM-L6-v2, top_k 8, chunker v2, tokens and sentences from pmcqa.core.text; full
-output in calibrate_abstention.out.txt): 203 questions; own-paper best-sentence score median 0.648, other-paper
-median 0.227; chosen threshold 0.40: answers 92.6% of own-paper questions, abstains on 93.6% of other-paper
-questions (balanced accuracy 0.931). The gold answer overlaps the selected sentences for 69.0% of own-paper
-questions (71.8% of those answered).
+output in calibrate_abstention.out.txt): 203 questions; own-paper best-sentence score median 0.648,
+other-paper median 0.227; chosen threshold 0.40: answers 92.6% of own-paper questions, abstains on 93.6% of
+other-paper questions (balanced accuracy 0.931). The gold answer overlaps the selected sentences for 69.0% of
+own-paper questions (71.8% of those answered).
 """
 
 from __future__ import annotations
