@@ -78,7 +78,8 @@ ABBREVIATIONS: frozenset[str] = frozenset(_ABBREVIATION_WORDS.split())
 _ABBREVIATION_REACH = max(map(len, ABBREVIATIONS)) + 2
 _OPENERS = "\"'([\u201c\u2018"
 # A candidate end: terminal punctuation with closing quotes/brackets and the whitespace after it, or a bare
-# line break. Whether a candidate really ends a sentence is decided on what follows (see `_ends_sentence`).
+# line break. Whether a candidate really ends a sentence depends on what follows (`_opens_sentence`) and
+# on the word before the period (`_is_abbreviation`).
 _CANDIDATE_END = re.compile(r"(?P<mark>[.!?][\"')\]\u201d\u2019]*)(?P<space>\s+)|\n")
 
 
