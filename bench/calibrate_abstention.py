@@ -13,10 +13,11 @@ COVID-QA contexts are flat text (no sections): each blank-line block becomes one
 
     .venv/bin/python bench/calibrate_abstention.py [--dev PATH] [--data-dir DIR] [--json OUT]
 
-Result (2026-11-28, all-MiniLM-L6-v2, top_k 8, chunker v1; full output in calibrate_abstention.out.txt):
-203 questions; own-paper best-sentence score median 0.631, other-paper median 0.230; chosen threshold 0.40:
-answers 91.6% of own-paper questions, abstains on 95.6% of other-paper questions (balanced accuracy 0.936).
-The gold answer overlaps the selected sentences for 70.0% of own-paper questions (73.1% of those answered).
+Result (2026-11-30, all-MiniLM-L6-v2, top_k 8, chunker v2, tokens and sentences from pmcqa.core.text; full
+output in calibrate_abstention.out.txt): 203 questions; own-paper best-sentence score median 0.648,
+other-paper median 0.227; chosen threshold 0.40: answers 92.6% of own-paper questions, abstains on 93.6% of
+other-paper questions (balanced accuracy 0.931). The gold answer overlaps the selected sentences for 69.0% of
+own-paper questions (71.8% of those answered).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pmcqa.app.answering.extractive import ExtractiveBackend, split_sentences  # noqa: E402
+from pmcqa.app.answering.extractive import ExtractiveBackend, chunk_sentences  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
 from pmcqa.index.models import PaperRecord  # noqa: E402
 from pmcqa.ingest.models import Block, Paper  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
     # answering then only encodes the questions.
     for record, _ in papers:
         chunks = store.get_chunks(record.paper_id)
-        backend._sentence_vectors(record.paper_id, [s for c in chunks for s in split_sentences(c)])
+        backend._sentence_vectors(record.paper_id, [s for c in chunks for s in chunk_sentences(c)])
     print(f"sentences embedded at {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
     rows = []

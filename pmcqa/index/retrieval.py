@@ -4,8 +4,9 @@ Design, in short:
 
 * **dense** — the question's embedding · the paper's own chunk vectors (`store.get_vectors`): exact cosine
   over a few hundred rows, no whole-index scan, so a paper's ranking never depends on the rest of the library.
-* **lexical** — BM25 (`bm25s`) over the paper's chunks. An index is built per paper on first use and kept in
-  a small LRU keyed by ``(paper_id, hash of the chunk set)``, so a re-ingested paper never reuses a stale one.
+* **lexical** — BM25 (`bm25s`) over the paper's chunks, tokenized by `pmcqa.core.text.tokenize`. An index
+  is built per paper on first use and kept in a small LRU keyed by ``(paper_id, hash of the chunk set)``, so
+  a re-ingested paper never reuses a stale one.
 * **structure** — questions that name a cited work ("according to Wu et al.", "Wu and Chen (2019)", "in
   Smith's study") or a float ("Table 2", "Fig. 3", "Supplementary Table S1") add one more ranked list: the
   chunks citing a reference whose first author matches, or the caption/table chunk with that label.
@@ -41,6 +42,7 @@ from typing import Any, Literal, Protocol
 import cachetools
 import numpy as np
 
+from pmcqa.core.text import tokenize
 from pmcqa.index.models import Chunk, PaperRecord, Passage, ReferenceInfo
 
 Mode = Literal["hybrid", "dense", "lexical"]
@@ -78,119 +80,6 @@ def approx_tokens(text: str) -> int:
 
 # --- lexical ---------------------------------------------------------------------------------------------
 
-_STOPWORDS = frozenset(
-    {
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "but",
-        "by",
-        "for",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "no",
-        "not",
-        "of",
-        "on",
-        "or",
-        "such",
-        "that",
-        "the",
-        "their",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "to",
-        "was",
-        "will",
-        "with",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "when",
-        "where",
-        "why",
-        "how",
-        "does",
-        "did",
-        "do",
-        "done",
-        "were",
-        "been",
-        "being",
-        "has",
-        "have",
-        "had",
-        "can",
-        "could",
-        "would",
-        "should",
-        "may",
-        "might",
-        "shall",
-        "its",
-        "than",
-        "from",
-        "about",
-        "also",
-        "any",
-        "all",
-        "our",
-        "we",
-        "you",
-        "your",
-        "i",
-        "me",
-        "my",
-        "he",
-        "she",
-        "his",
-        "her",
-        "them",
-        "those",
-        "other",
-        "some",
-        "more",
-        "most",
-    }
-)
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def _stem(token: str) -> str:
-    # A deliberately light plural stripper (no PyStemmer dependency): "infections"/"infection" and
-    # "viruses"/"virus" must meet, while short biomedical tokens ("sars", "cd4") stay as they are.
-    if len(token) <= 4 or token.isdigit():
-        return token
-    if token.endswith("ies"):
-        return token[:-3] + "y"
-    if token.endswith(("sses", "uses")):
-        return token[:-2]
-    if token.endswith("s") and not token.endswith(("ss", "us", "is")):
-        return token[:-1]
-    return token
-
-
-def lexical_tokens(text: str) -> list[str]:
-    """Lowercased word tokens without stopwords, lightly stemmed. Single digits stay ("Table 2" matters)."""
-    tokens = []
-    for raw in _WORD.findall(unicodedata.normalize("NFKC", text).casefold()):
-        if raw in _STOPWORDS or (len(raw) == 1 and not raw.isdigit()):
-            continue
-        tokens.append(_stem(raw))
-    return tokens
-
 
 class LexicalIndex:
     """BM25 over one paper's chunks (in the order given)."""
@@ -201,11 +90,11 @@ class LexicalIndex:
         self.size = len(texts)
         self._bm25 = bm25s.BM25()
         # bm25s needs at least one token per document; an empty chunk gets a placeholder that never matches.
-        corpus = [lexical_tokens(text) or ["\u2400"] for text in texts]
+        corpus = [tokenize(text) or ["\u2400"] for text in texts]
         self._bm25.index(corpus, show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
-        tokens = lexical_tokens(query)
+        tokens = tokenize(query)
         if not tokens or not self.size:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)

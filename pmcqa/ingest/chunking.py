@@ -4,8 +4,9 @@ Rules (see the README section "Chunking"):
 - A chunk never spans two sections, two parts (front/body/back/floats/sub-article) or two sub-articles.
 - Titles, captions, tables and supplementary items (and any labelled block but a numbered formula) are
   chunks of their own and keep their label.
-- A block over the token budget splits: tables by rows, text at sentence boundaries, an over-long sentence at
-  word boundaries. Split pieces never merge with neighbouring blocks.
+- A block over the token budget splits: tables by rows, text at sentence boundaries (the shared splitter,
+  `pmcqa.core.text.split_sentences`), an over-long sentence at word boundaries. Split pieces never merge
+  with neighbouring blocks.
 - Short neighbouring text blocks of one section merge while the chunk is under `min_tokens` and the merged
   chunk stays within `max_tokens`. Paragraphs, lists and display formulas merge with each other (a formula
   reads as part of the paragraph around it); abstracts, back matter, boxed text and sub-article blocks merge
@@ -29,6 +30,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pmcqa.core.text import Span, split_sentences, strip_span
 from pmcqa.index.models import Chunk, ChunkingParams, ChunkKind, OutlineEntry, PaperRecord
 from pmcqa.ingest.models import Block, Paper, Section
 
@@ -36,14 +38,13 @@ if TYPE_CHECKING:
     from pmcqa.core.settings import Settings
 
 # Bump whenever the rules below change what chunks come out: stored papers record it and get re-chunked.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2
 
 # Never merged with anything: each is a retrieval target of its own ("what does Table 2 show?").
 STANDALONE_KINDS: frozenset[str] = frozenset({"title", "caption", "table", "supplementary"})
 # Kinds that read as one running text inside a section; every other kind merges only with itself.
 _TEXT_GROUP: frozenset[str] = frozenset({"paragraph", "list", "formula"})
 
-Span = tuple[int, int]
 Splitter = Callable[[str, int, int], list[Span]]
 
 
@@ -132,58 +133,8 @@ def chunking_params(settings: Settings) -> ChunkingParams:
 
 # --- splitting ---------------------------------------------------------------------------------------------
 
-# Words whose trailing period is not a sentence end (compared lower-cased, leading brackets removed).
-_ABBREVIATION_WORDS = """
-al. e.g. i.e. fig. figs. eq. eqs. ref. refs. tab. suppl. vs. cf. viz. approx. ca. resp. no. nos. vol. pp. ch.
-chap. sect. ed. eds. dr. mr. mrs. ms. prof. st. jr. inc. ltd. co. corp. dept. univ. sp. spp. subsp. ssp. var.
-cv. str. gen. nov. mol. wt. conc. natl. acad. sci. proc. u.s. u.k. jan. feb. mar. apr. jun. jul. aug. sep.
-sept. oct. dec.
-"""
-_ABBREVIATIONS: frozenset[str] = frozenset(_ABBREVIATION_WORDS.split())
-# Sentence end: terminal punctuation (plus closing quotes/brackets), whitespace, then something that can
-# start a sentence. Decimals ("3.5") never match because no whitespace follows the point.
-_SENTENCE_END = re.compile(
-    r"(?P<end>[.!?][\"')\]\u201d\u2019]*)\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9\u0391-\u03a9])|(?P<nl>)\n\s*"
-)
 _WORD = re.compile(r"\S+")
 _LINE = re.compile(r"[^\n]+")
-
-
-def _strip(text: str, start: int, end: int) -> Span:
-    """Trim whitespace by moving the offsets, never by editing the text."""
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
-def _is_abbreviation(text: str, seg_start: int, dot_end: int) -> bool:
-    word_start = dot_end
-    while word_start > seg_start and not text[word_start - 1].isspace():
-        word_start -= 1
-    word = text[word_start:dot_end].lstrip("([\"'\u201c\u2018").lower()
-    if word in _ABBREVIATIONS:
-        return True
-    # Initials and abbreviated genera: "J. Smith", "E. coli", "C. elegans".
-    return len(word) == 2 and word[0].isalpha()
-
-
-def split_sentences(text: str, start: int, end: int) -> list[Span]:
-    """Sentence spans of text[start:end] (stripped); line breaks always end a sentence."""
-    spans: list[Span] = []
-    seg_start = start
-    for match in _SENTENCE_END.finditer(text, start, end):
-        if match.group("nl") is None:
-            cut = match.end("end")
-            if text[match.start("end")] == "." and _is_abbreviation(text, seg_start, match.start("end") + 1):
-                continue
-        else:
-            cut = match.start()
-        spans.append((seg_start, cut))
-        seg_start = match.end()
-    spans.append((seg_start, end))
-    return [span for span in (_strip(text, s, e) for s, e in spans) if span[0] < span[1]]
 
 
 def split_words(text: str, start: int, end: int) -> list[Span]:
@@ -191,7 +142,7 @@ def split_words(text: str, start: int, end: int) -> list[Span]:
 
 
 def split_lines(text: str, start: int, end: int) -> list[Span]:
-    spans = (_strip(text, *m.span()) for m in _LINE.finditer(text, start, end))
+    spans = (strip_span(text, *m.span()) for m in _LINE.finditer(text, start, end))
     return [span for span in spans if span[0] < span[1]]
 
 
@@ -324,7 +275,7 @@ class _Piece:
 def _block_pieces(
     block: Block, text: str, span: Span, counter: TokenCounter, params: ChunkingParams
 ) -> list[_Piece]:
-    start, end = _strip(text, *span)
+    start, end = strip_span(text, *span)
     if start >= end:
         return []
     measure = Measure(text, start, end, counter)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER
-from pmcqa.app.answering.extractive import DEFAULT_ABSTAIN_THRESHOLD, ExtractiveBackend, split_sentences
+from pmcqa.app.answering.extractive import DEFAULT_ABSTAIN_THRESHOLD, ExtractiveBackend, chunk_sentences
+from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Chunk
 
 OWN_QUESTION = "What is the probability that a research claim is true?"
@@ -28,7 +29,7 @@ def test_sentence_split_keeps_exact_offsets_and_skips_abbreviations():
         "Results differ, e.g. in mice.\nA table row: 3 | 4"
     )
     paper_text = "x" * 100 + text
-    sentences = split_sentences(_chunk(text))
+    sentences = chunk_sentences(_chunk(text))
     assert [s.text for s in sentences] == [
         "As shown by Wu et al. in Fig. 2, the dose was 2.5 mg per kg.",
         "This was tested (n = 12).",
@@ -37,6 +38,15 @@ def test_sentence_split_keeps_exact_offsets_and_skips_abbreviations():
     ]
     for sentence in sentences:
         assert paper_text[sentence.start : sentence.end] == sentence.text
+
+
+def test_extractive_sentences_are_the_shared_splitter_at_paper_offsets() -> None:
+    text = "As shown by Wu et al. in Fig. 2, it held. It was tested (n = 12).\nA row: 3 | 4"
+    paper_text = "x" * 40 + text
+    sentences = chunk_sentences(_chunk(text, start=40))
+    assert [(s.start - 40, s.end - 40) for s in sentences] == split_sentences(text)
+    assert [s.index for s in sentences] == [0, 1, 2]
+    assert all(paper_text[s.start : s.end] == s.text for s in sentences)
 
 
 def test_answers_with_verbatim_cited_sentences(library, ingested):

@@ -241,6 +241,13 @@ def test_hedge_after_an_answer_is_not_abstention() -> None:
     assert not is_abstention("Both were immature [1]. The paper does not state why.")
 
 
+def test_first_sentence_is_read_past_abbreviations() -> None:
+    # The shared sentence splitter: "Fig." and "et al." do not end the first sentence.
+    assert is_abstention("Apart from Fig. 2, the paper does not state the dose.")
+    assert is_abstention("Wu et al. are cited, but the excerpts do not mention dosage. Sorry.")
+    assert not is_abstention("The dose was 5 mg (Fig. 2). The paper does not state why.")
+
+
 def test_truncated_without_final_answers_from_analysis() -> None:
     _, passages = sample_paper()
     draft = build_draft("1) Locate.\n2) Both were immature [1].", None, passages, "m")

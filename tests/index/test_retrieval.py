@@ -20,6 +20,7 @@ from pmcqa.app.errors import PaperNotFound
 from pmcqa.app.schemas import SearchHit
 from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
+from pmcqa.core.text import tokenize
 from pmcqa.index.models import Chunk, PaperRecord, ReferenceInfo
 from pmcqa.index.retrieval import (
     AuthorMention,
@@ -28,7 +29,6 @@ from pmcqa.index.retrieval import (
     approx_tokens,
     author_mentions,
     label_keys,
-    lexical_tokens,
     matching_references,
     reciprocal_rank_fusion,
 )
@@ -271,7 +271,7 @@ def test_lexical_cache_is_safe_under_concurrent_requests() -> None:
 
 
 def test_lexical_tokens() -> None:
-    assert lexical_tokens("What do the Infections and viruses show in Table 2?") == [
+    assert tokenize("What do the Infections and viruses show in Table 2?") == [
         "infection",
         "virus",
         "show",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pmcqa.core.settings import Settings
+from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Chunk, ChunkingParams, ReferenceInfo
 from pmcqa.ingest.chunking import (
     CHUNKER_VERSION,
@@ -19,7 +20,6 @@ from pmcqa.ingest.chunking import (
     chunk_paper,
     chunking_params,
     load_token_counter,
-    split_sentences,
     to_record,
 )
 from pmcqa.ingest.models import Block, Paper, Section

@@ -10,14 +10,13 @@ appear to answer the question, rather than quoting something loosely related.
 from __future__ import annotations
 
 import math
-import re
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from cachetools import LRUCache
 
 from pmcqa.app.answering.base import (
     ABSTAIN_ANSWER,
@@ -29,13 +28,15 @@ from pmcqa.app.answering.base import (
     StepEvent,
 )
 from pmcqa.core.settings import Settings
+from pmcqa.core.text import split_sentences, tokenize
 from pmcqa.index.models import Chunk, PaperRecord, Passage
 
 # Evidence score (DENSE_WEIGHT * cosine + LEXICAL_WEIGHT * idf-weighted term coverage of the best sentence)
 # under which the backend abstains. Calibrated with bench/calibrate_abstention.py on COVID-QA dev (203
-# questions, 21 papers; each asked of its own paper and of a different paper): 0.40 maximises balanced
-# accuracy (0.936) — it answers 91.6% of own-paper questions and abstains on 95.6% of other-paper ones
-# (medians 0.63 vs 0.23; at 0.45 it would answer 84.2% / abstain 97.5%). settings.abstain_threshold overrides.
+# questions, 21 papers; each asked of its own paper and of a different paper; pmcqa.core.text tokens and
+# sentences, chunker v2): 0.40 maximises balanced accuracy (0.931) — it answers 92.6% of own-paper questions
+# and abstains on 93.6% of other-paper ones (medians 0.65 vs 0.23; at 0.45 it would answer 87.2% / abstain
+# 96.6%). settings.abstain_threshold overrides.
 DEFAULT_ABSTAIN_THRESHOLD = 0.40
 DENSE_WEIGHT = 0.5
 LEXICAL_WEIGHT = 0.5
@@ -44,132 +45,9 @@ MAX_SENTENCES = 3
 ADJACENT_RATIO = 0.8
 # A non-adjacent sentence joins only when it is nearly as strong as the best one.
 SEPARATE_RATIO = 0.92
-
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "been",
-        "being",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "may",
-        "might",
-        "of",
-        "on",
-        "or",
-        "over",
-        "should",
-        "so",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "to",
-        "under",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "whom",
-        "whose",
-        "why",
-        "will",
-        "with",
-        "would",
-        "about",
-        "after",
-        "also",
-        "all",
-        "any",
-        "between",
-        "both",
-        "during",
-        "each",
-        "more",
-        "most",
-        "other",
-        "some",
-        "such",
-        "through",
-        "via",
-        "vs",
-        "not",
-        "no",
-        "nor",
-        "our",
-        "we",
-        "you",
-        "your",
-    ]
-)
-_TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
-_ABBREVIATIONS = frozenset(
-    [
-        "e.g",
-        "i.e",
-        "et",
-        "al",
-        "fig",
-        "figs",
-        "eq",
-        "eqs",
-        "ref",
-        "refs",
-        "vs",
-        "approx",
-        "ca",
-        "cf",
-        "dr",
-        "mr",
-        "mrs",
-        "ms",
-        "no",
-        "nos",
-        "st",
-        "vol",
-        "resp",
-        "sp",
-        "spp",
-        "etc",
-    ]
-)
-# A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace, or at a line break.
-_BOUNDARY = re.compile(r"[.!?][\"'”’)\]]*\s+|\n+")
+# Cache sizes: sentence vectors of a few dozen papers, and the idf tables of the papers asked about recently.
+SENTENCE_VECTOR_CACHE = 50_000
+IDF_CACHE = 64
 
 
 class _Embedder(Protocol):
@@ -194,61 +72,12 @@ def place_of(chunk: Chunk) -> str:
     return chunk.section or ("body text" if chunk.kind == "paragraph" else chunk.kind)
 
 
-def tokenize(text: str) -> list[str]:
-    tokens = []
-    for token in _TOKEN.findall(text.lower()):
-        if token in _STOPWORDS or len(token) < 2 and not token.isdigit():
-            continue
-        # Light stemming so "infections"/"infection" match; exact enough for term coverage.
-        if len(token) > 4 and token.endswith("s") and not token.endswith("ss"):
-            token = token[:-1]
-        tokens.append(token)
-    return tokens
-
-
-def _is_abbreviation(text: str, dot: int) -> bool:
-    """Whether the '.' at `dot` ends an abbreviation ("e.g.", "et al.", "Fig.") or an initial ("J.")."""
-    match = re.search(r"([A-Za-z.]+)$", text[:dot])
-    if not match:
-        return False
-    word = match.group(1).strip(".").lower()
-    return word in _ABBREVIATIONS or (len(word) == 1 and text[dot - 1].isupper())
-
-
-def split_sentences(chunk: Chunk) -> list[Sentence]:
-    """Sentences of `chunk` with exact offsets into the paper's canonical text."""
-    text = chunk.text
-    pieces: list[tuple[int, int]] = []
-    begin = 0
-    for match in _BOUNDARY.finditer(text):
-        end = match.end()
-        if text[match.start()] == "." and _is_abbreviation(text, match.start()):
-            continue
-        following = text[end : end + 1]
-        # "... 2.5 mg" or "p < 0.05. the" – only break before something that can open a sentence.
-        if (
-            following
-            and not (following.isupper() or following.isdigit() or following in "([\"'“‘")
-            and ("\n" not in match.group())
-        ):
-            continue
-        pieces.append((begin, end))
-        begin = end
-    pieces.append((begin, len(text)))
-    sentences: list[Sentence] = []
-    for begin, end in pieces:
-        raw = text[begin:end]
-        stripped = raw.strip()
-        if not stripped:
-            continue
-        lead = len(raw) - len(raw.lstrip())
-        start = begin + lead
-        sentences.append(
-            Sentence(
-                chunk, chunk.start + start, chunk.start + start + len(stripped), stripped, len(sentences)
-            )
-        )
-    return sentences
+def chunk_sentences(chunk: Chunk) -> list[Sentence]:
+    """Sentences of `chunk` (the shared splitter) with exact offsets into the paper's canonical text."""
+    return [
+        Sentence(chunk, chunk.start + start, chunk.start + end, chunk.text[start:end], index)
+        for index, (start, end) in enumerate(split_sentences(chunk.text))
+    ]
 
 
 class ExtractiveBackend:
@@ -265,8 +94,9 @@ class ExtractiveBackend:
             else DEFAULT_ABSTAIN_THRESHOLD
         )
         # Sentence vectors are reused across questions about the same paper (keyed by paper and offsets).
-        self._vectors: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
-        self._idf: OrderedDict[str, tuple[dict[str, float], float]] = OrderedDict()
+        # Request threads share the backend: every cache access holds the lock.
+        self._vectors: LRUCache[tuple[str, int, int], np.ndarray] = LRUCache(maxsize=SENTENCE_VECTOR_CACHE)
+        self._idf: LRUCache[str, tuple[dict[str, float], float]] = LRUCache(maxsize=IDF_CACHE)
         self._lock = threading.Lock()
 
     @property
@@ -301,23 +131,20 @@ class ExtractiveBackend:
         result = (idf, math.log(1 + (n + 0.5) / 0.5))
         with self._lock:
             self._idf[paper.paper_id] = result
-            while len(self._idf) > 64:
-                self._idf.popitem(last=False)
         return result
 
     def _sentence_vectors(self, paper_id: str, sentences: list[Sentence]) -> np.ndarray:
         keys = [(paper_id, s.start, s.end) for s in sentences]
         with self._lock:
-            missing = [i for i, key in enumerate(keys) if key not in self._vectors]
+            vectors = [self._vectors.get(key) for key in keys]
+        missing = [i for i, vector in enumerate(vectors) if vector is None]
         if missing:
+            # Encoded outside the lock; kept from here rather than re-read, which eviction could have undone.
             fresh = self.embedder.embed_documents([sentences[i].text for i in missing])
             with self._lock:
                 for i, vector in zip(missing, fresh, strict=True):
-                    self._vectors[keys[i]] = np.asarray(vector, dtype=np.float32)
-                while len(self._vectors) > 50_000:
-                    self._vectors.popitem(last=False)
-        with self._lock:
-            return np.stack([self._vectors[key] for key in keys])
+                    vectors[i] = self._vectors[keys[i]] = np.asarray(vector, dtype=np.float32)
+        return np.stack(vectors)
 
     def score(self, question: str, sentences: list[Sentence], paper: PaperRecord) -> np.ndarray:
         """Evidence score of each sentence: weighted cosine similarity plus idf-weighted term coverage."""
@@ -344,7 +171,7 @@ class ExtractiveBackend:
                 chunks.setdefault(chunk.chunk_id, chunk)
         sentences: list[Sentence] = []
         for chunk in sorted(chunks.values(), key=lambda c: c.start):
-            sentences.extend(s for s in split_sentences(chunk) if len(tokenize(s.text)) >= 3)
+            sentences.extend(s for s in chunk_sentences(chunk) if len(tokenize(s.text)) >= 3)
         return sentences
 
     def select(self, sentences: list[Sentence], scores: np.ndarray) -> list[int]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, AnswerDelta, CitedSpan, Draft, DraftDone, StepEvent
 from pmcqa.app.answering.harmony import numbered_steps, split_steps
+from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Passage
 
 _CITATION_RE = re.compile(r"\s?\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
@@ -24,7 +25,6 @@ _ABSTAIN_RE = re.compile(
     r"|no information (?:about|on|regarding)",
     re.IGNORECASE,
 )
-_FIRST_SENTENCE_RE = re.compile(r"^.*?(?:[.!?](?=\s|$)|$)", re.DOTALL)
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -63,8 +63,8 @@ def drop_unknown_citations(text: str, count: int) -> str:
 
 def is_abstention(answer: str) -> bool:
     """The answer's first sentence says the paper doesn't answer (later sentences may hedge a real answer)."""
-    first = _FIRST_SENTENCE_RE.match(answer.strip())
-    return bool(first and _ABSTAIN_RE.search(first.group(0)))
+    sentences = split_sentences(answer)
+    return bool(sentences and _ABSTAIN_RE.search(answer[slice(*sentences[0])]))
 
 
 def build_draft(
