@@ -57,7 +57,9 @@ def test_ask_while_the_worker_ingests_the_paper_is_409_then_200(
             return store_paper(*args, **kwargs)
 
         monkeypatch.setattr(store, "put_paper", held_put_paper)
-        runtime = build_runtime(settings, lambda s, limiter: Ingestor(s, store=store, encoder=embedder, limiter=limiter))
+        runtime = build_runtime(
+            settings, lambda s, limiter: Ingestor(s, store=store, encoder=embedder, limiter=limiter)
+        )
         ask = {"paper_id": PMCID, "question": QUESTION}
         try:
             with TestClient(create_app(settings, library_factory=lambda _settings: library)) as client:
