@@ -351,22 +351,42 @@ class JobStore:
                 (error[:2000], job_id, batch, owner),
             )
 
-    def reclaim_stale(self, requeue_after_s: float) -> list[tuple[str, int]]:
-        """Batches to enqueue again: lease lapsed, or queued longer than `requeue_after_s` and never started.
+    def reclaim_stale(
+        self,
+        requeue_after_s: float,
+        in_queue: set[tuple[str, int]] | None = None,
+        lost_after_s: float = 0.0,
+    ) -> list[tuple[str, int]]:
+        """Batches to enqueue again: lease lapsed; or never started and either queued longer than
+        `requeue_after_s` or, when the caller knows the queue's contents (`in_queue`), missing from the queue
+        for longer than `lost_after_s` (a worker killed between taking the task and leasing its batch, or a
+        queue that lost its data).
 
         The update marks them re-enqueued in the same transaction, so two workers scanning at once do not
         both enqueue the same batch (and a duplicate would be harmless anyway: `claim` filters it).
         """
         now = time.time()
         with self._tx() as conn:
-            rows = conn.execute(
-                "update job_batches set owner = null, lease_until = null, enqueued = ? "
-                "where done = 0 and ((lease_until is not null and lease_until < ?) "
-                "or (lease_until is null and (enqueued is null or enqueued < ?))) "
-                "returning job_id, batch",
-                (now, now, now - requeue_after_s),
+            stale = conn.execute(
+                "select job_id, batch from job_batches where done = 0 and ("
+                "(lease_until is not null and lease_until < ?) "
+                "or (lease_until is null and (enqueued is null or enqueued < ?)))",
+                (now, now - requeue_after_s),
             ).fetchall()
-        return [(row[0], row[1]) for row in rows]
+            found = {(row[0], row[1]) for row in stale}
+            if in_queue is not None:
+                unleased = conn.execute(
+                    "select job_id, batch from job_batches where done = 0 and lease_until is null "
+                    "and enqueued < ?",
+                    (now - lost_after_s,),
+                ).fetchall()
+                found.update((row[0], row[1]) for row in unleased if (row[0], row[1]) not in in_queue)
+            conn.executemany(
+                "update job_batches set owner = null, lease_until = null, enqueued = ? "
+                "where job_id = ? and batch = ?",
+                [(now, job_id, batch) for job_id, batch in sorted(found)],
+            )
+        return sorted(found)
 
     # --- worker liveness (so the CLI can say "no worker is running") --------------------------------------
     def worker_seen(self, name: str, queue: str) -> None:

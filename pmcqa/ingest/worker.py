@@ -118,13 +118,29 @@ def record_status(settings: Settings, ids: list[str], status: IngestState, reaso
 
 
 def requeue_stale(settings: Settings, jobs: JobStore) -> int:
-    """Enqueue again the batches whose worker vanished; returns how many."""
-    # A never-started batch is only suspicious after a long wait: a busy queue legitimately holds tasks.
-    stale = jobs.reclaim_stale(requeue_after_s=max(settings.job_lease_s * 10, 600.0))
+    """Enqueue again the batches whose worker vanished, or whose task the queue no longer holds."""
+    # A never-started batch that is still in the queue is only suspicious after a long wait (a busy queue
+    # legitimately holds tasks); one that is neither leased nor queued was lost (its worker died between
+    # taking the task and leasing the batch), and is re-queued after a lease's length.
+    stale = jobs.reclaim_stale(
+        requeue_after_s=max(settings.job_lease_s * 10, 600.0),
+        in_queue=queued_batches(settings),
+        lost_after_s=settings.job_lease_s,
+    )
     for job_id, batch in stale:
-        log.warning("re-enqueueing job %s batch %s (its lease lapsed)", job_id, batch)
+        log.warning("re-enqueueing job %s batch %s (its lease lapsed or its task was lost)", job_id, batch)
         _enqueue_batch(settings, job_id, batch)
     return len(stale)
+
+
+def queued_batches(settings: Settings) -> set[tuple[str, int]] | None:
+    """(job, batch) of every task waiting in the queue; None when the queue cannot be read."""
+    try:
+        tasks = get_huey(settings).pending()
+    except Exception as exc:  # an unreadable queue must not make every batch look lost
+        log.warning("cannot list the queue: %s", exc)
+        return None
+    return {(str(task.args[0]), int(task.args[1])) for task in tasks if len(task.args) == 2}
 
 
 # --- running a batch ---------------------------------------------------------------------------------------

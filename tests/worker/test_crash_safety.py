@@ -103,6 +103,20 @@ def test_lapsed_lease_is_reclaimed_once(tmp_path: Path) -> None:
     assert jobs.claim(job.job_id, 0, "new", lease_s=60).attempt == 2
 
 
+def test_a_batch_missing_from_the_queue_is_reclaimed_after_a_lease(tmp_path: Path) -> None:
+    """A worker killed between taking a task and leasing its batch leaves the batch neither queued nor leased:
+    it is re-queued once it has been missing for `lost_after_s`, not after the 600 s never-started rule."""
+    jobs = JobStore(tmp_path / "jobs.sqlite3")
+    job = jobs.create(["PMC1", "PMC2"], batch_size=1)
+    queued = {(job.job_id, 1)}  # batch 0's task was taken off the queue; its worker died before claiming
+    assert jobs.reclaim_stale(requeue_after_s=600, in_queue=queued, lost_after_s=60) == []  # not yet
+    assert jobs.reclaim_stale(requeue_after_s=600, in_queue=queued, lost_after_s=0) == [(job.job_id, 0)]
+    jobs.claim(job.job_id, 1, "alive", lease_s=60)
+    # A leased batch is never "lost", whatever the queue holds; nor is one the queue still holds.
+    assert jobs.reclaim_stale(requeue_after_s=600, in_queue=set(), lost_after_s=10) == []
+    assert jobs.reclaim_stale(requeue_after_s=600, in_queue=None, lost_after_s=0) == []
+
+
 def test_poison_batch_gives_up(tmp_path: Path) -> None:
     from pmcqa.ingest.jobs import MAX_ATTEMPTS
 
