@@ -36,7 +36,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import cache
 
 from lxml import etree
 
@@ -109,8 +108,9 @@ def _is_element(node: object) -> bool:
     return type(getattr(node, "tag", None)) is str
 
 
-@cache
 def _localname(tag: str) -> str:
+    # Deliberately not cached: a cache keyed by tag grows with every distinct element name ever parsed
+    # (crafted uploads held hundreds of MB), and rpartition costs about as much as a cache lookup.
     return tag.rpartition("}")[2]
 
 
