@@ -1051,5 +1051,9 @@ def articleset_errors(root: etree._Element) -> list[tuple[str, str]]:
 
 
 def parse_jats(data: bytes) -> list[Paper]:
-    """Bytes of a bare article, a pmc-articleset (errors are not papers) or an OAI-PMH record → Papers."""
+    """Bytes of a bare article, a pmc-articleset (errors are not papers) or an OAI-PMH record → Papers.
+
+    Raises `JatsError` (a ValueError), and nothing else, for unusable input: empty, malformed or truncated
+    XML, another XML vocabulary, or an article nesting past `MAX_NESTING_DEPTH`.
+    """
     return [parse_article(article) for article in find_articles(parse_xml(data))]
