@@ -75,8 +75,8 @@ def test_pmcqa_parse_memory_per_megabyte_of_one_paragraph_is_bounded(tmp_path: P
     small, big = tmp_path / "small.xml", tmp_path / "big.xml"
     small.write_bytes(one_paragraph_article(0.25))
     big.write_bytes(one_paragraph_article(2.0))
-    code_small, err_small, peak_small = run_cli(["parse", str(small)], tmp_path)
-    code_big, err_big, peak_big = run_cli(["parse", str(big)], tmp_path)
+    code_small, err_small, peak_small = run_cli(["parse", str(small), "--id", "PMC1"], tmp_path)
+    code_big, err_big, peak_big = run_cli(["parse", str(big), "--id", "PMC1"], tmp_path)
     assert code_small == 0 and code_big == 0, err_small + err_big
     per_megabyte = (peak_big - peak_small) / 1.75
     # Measured after the fix: ~15-20 MB per MB (text copies, token offsets, chunks).
@@ -88,7 +88,7 @@ def test_pmcqa_parse_memory_per_megabyte_of_one_paragraph_is_bounded(tmp_path: P
 def test_pmcqa_parse_refuses_a_file_over_the_article_limit_before_reading_it(tmp_path: Path) -> None:
     file = tmp_path / "big.xml"
     file.write_bytes(one_paragraph_article(0.01))
-    code, err, _ = run_cli(["parse", str(file)], tmp_path, PMCQA_MAX_ARTICLE_BYTES="5000")
+    code, err, _ = run_cli(["parse", str(file), "--id", "PMC1"], tmp_path, PMCQA_MAX_ARTICLE_BYTES="5000")
     assert code == 2
     assert "over the 5000-byte limit" in err and "PMCQA_MAX_ARTICLE_BYTES" in err
 
