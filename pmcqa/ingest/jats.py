@@ -25,6 +25,14 @@ Parsing rules (also in the README):
 This module also owns the article facts the fetcher classifies efetch replies by (`article_pmcids`,
 `article_pmcid`, `article_doi`, `is_restricted`, `has_body`, `local`); the id rules themselves are
 `pmcqa.core.ids`.
+
+Hostile input stays bounded (time and memory linear in the input):
+- An article nesting elements more than `MAX_NESTING_DEPTH` (128) levels deep is a `JatsError`; text is
+  gathered with a loop, not recursion, so no nesting exhausts Python's stack anywhere.
+- Table spans are clamped: rowspan to the rows left in its head or body, colspan to the table's declared
+  columns or its widest row. A table whose spans would still expand it far past its cells, or whose headers
+  repeated on every row would multiply its text more than eightfold, is linearized plainly: one line per
+  row (head rows too), cell texts joined by "; ", no span expansion and no header pairing.
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import cache
 
 from lxml import etree
 
@@ -43,6 +50,7 @@ from pmcqa.ingest.xml import JatsError, parse_xml
 
 __all__ = [
     "PMCID_ID_TYPES",
+    "MAX_NESTING_DEPTH",
     "RESTRICTED_MARKER",
     "JatsError",
     "article_doi",
@@ -91,8 +99,15 @@ _BLOCK_IN_P = frozenset(
 )  # fmt: skip
 # A child with one of these names makes an unknown element a container to walk rather than a paragraph.
 _CONTAINER_HINT = _BLOCK_IN_P | {"p", "sec", "title", "caption"}
+# Elements rendered by `formula_text` (one alternative), not gathered as plain text.
+_FORMULA_NAMES = frozenset({"inline-formula", "alternatives", "math", "tex-math"})
 _SKIP_IN_WALK = _NO_TEXT | {"title", "label", "subtitle", "alternatives"}
 _ARTICLE_SET = "pmc-articleset"
+# Deepest element nesting inside <article> that `parse_article` accepts. The walker recurses (sections in
+# sections, boxes, lists, sub-articles) up to four Python frames per level; real articles nest about 30 deep
+# (MathML included), and 128 levels stay well inside Python's recursion limit of 1000 frames.
+MAX_NESTING_DEPTH = 128
+_TOO_DEEP = "boolean(" + "/".join(["*"] * (MAX_NESTING_DEPTH + 1)) + ")"
 _PUB_DATE_PREFERENCE = ("ppub", "epub", "collection", "epub-ppub", "pub", "pmc-release")
 
 
@@ -104,8 +119,9 @@ def _is_element(node: object) -> bool:
     return type(getattr(node, "tag", None)) is str
 
 
-@cache
 def _localname(tag: str) -> str:
+    # Deliberately not cached: a cache keyed by tag grows with every distinct element name ever parsed
+    # (crafted uploads held hundreds of MB), and rpartition costs about as much as a cache lookup.
     return tag.rpartition("}")[2]
 
 
@@ -160,37 +176,61 @@ def _bibr_ids(xref: etree._Element, refs: list[str]) -> None:
 # --------------------------------------------------------------------------------------------- text
 
 
+def _push_children(stack: list[etree._Element | str], el: etree._Element, skip: frozenset[str]) -> None:
+    # Reversed, so the stack pops them in document order, each child before its tail.
+    for child in reversed(el):
+        if child.tail:
+            stack.append(child.tail)
+        if not (skip and _is_element(child) and local(child) in skip):
+            stack.append(child)
+
+
+def _drain(stack: list[etree._Element | str], out: list[str], refs: list[str], in_formula: bool) -> None:
+    """Work off `stack`, whose top is next in document order: strings (tails, closing spaces) go to `out`
+    as they are; an element's text goes out and its children go on the stack. A loop, not recursion, so
+    no nesting depth can exhaust Python's stack. Inside a formula (`in_formula`), nested formula elements
+    are read as plain markup rather than re-rendered, so formula nesting cannot recurse either."""
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        if not _is_element(item):
+            continue  # comments, PIs and unexpanded entities carry no prose
+        name = local(item)
+        if name in _NO_TEXT:
+            continue
+        if name in _FORMULA_NAMES and not in_formula:
+            out.append(formula_text(item, prefer_tex=False))
+            continue
+        if name in _SEPARATED:
+            out.append(" ")
+            stack.append(" ")  # popped after the element's content
+        if name == "xref":
+            _bibr_ids(item, refs)
+        if item.text:
+            out.append(item.text)
+        _push_children(stack, item, frozenset())
+
+
 def _gather_node(node: etree._Element, out: list[str], refs: list[str]) -> None:
     """Append the text of one child node (without its tail) to `out`."""
-    if not _is_element(node):
-        return  # comments, PIs and unexpanded entities carry no prose
-    name = local(node)
-    if name in _NO_TEXT:
-        return
-    if name in ("inline-formula", "alternatives", "math", "tex-math"):
-        out.append(formula_text(node, prefer_tex=False))
-        return
-    separated = name in _SEPARATED
-    if separated:
-        out.append(" ")
-    if name == "xref":
-        _bibr_ids(node, refs)
-    _gather_into(node, out, refs)
-    if separated:
-        out.append(" ")
+    _drain([node], out, refs, in_formula=False)
 
 
 def _gather_into(
-    el: etree._Element, out: list[str], refs: list[str], skip: frozenset[str] = frozenset()
+    el: etree._Element,
+    out: list[str],
+    refs: list[str],
+    skip: frozenset[str] = frozenset(),
+    in_formula: bool = False,
 ) -> None:
     """Text and tails of every descendant of `el`, in order; `skip` names direct children to leave out."""
     if el.text and _is_element(el):
         out.append(el.text)
-    for child in el:
-        if not (_is_element(child) and local(child) in skip):
-            _gather_node(child, out, refs)
-        if child.tail:
-            out.append(child.tail)
+    stack: list[etree._Element | str] = []
+    _push_children(stack, el, skip)
+    _drain(stack, out, refs, in_formula)
 
 
 def element_text(el: etree._Element | None, skip: frozenset[str] = frozenset()) -> str:
@@ -223,9 +263,16 @@ def _clean_tex(tex: str) -> str:
     return normalize(tex)
 
 
+def _formula_markup_text(el: etree._Element, skip: frozenset[str]) -> str:
+    """element_text of a formula's chosen rendering: formula elements nested in it are plain markup."""
+    out: list[str] = []
+    _gather_into(el, out, [], skip, in_formula=True)
+    return normalize("".join(out))
+
+
 def _mathml_text(math: etree._Element) -> str:
     # <annotation> holds yet another alternative (often TeX): leave it out.
-    return element_text(math, skip=frozenset({"annotation", "annotation-xml"}))
+    return _formula_markup_text(math, frozenset({"annotation", "annotation-xml"}))
 
 
 def formula_text(el: etree._Element, prefer_tex: bool = True) -> str:
@@ -241,10 +288,26 @@ def formula_text(el: etree._Element, prefer_tex: bool = True) -> str:
         return math_text
     if tex_text:
         return tex_text
-    return element_text(el, skip=frozenset({"label"}))
+    return _formula_markup_text(el, frozenset({"label"}))
 
 
 # --------------------------------------------------------------------------------------------- tables
+
+_CELL_NAMES = ("td", "th", "entry")
+# Work allowed per source cell and row of a table (grid slots, header matrix, header pairing). The real
+# tables of the shared corpus need at most 4; crafted spans (rowspan="200" colspan="200" on every cell) would
+# need thousands, so past this the table is linearized plainly.
+_WORK_PER_CELL = 16
+_MIN_WORK = 256
+# Linearized text allowed per unit of table size (cell text characters plus 9 per cell and row, the least
+# markup a <td>/<tr> takes). Headers repeated on every row multiply the text, a long header over thousands of
+# one-character rows quadratically so; real tables need at most 4 (corpus), past 8 the table goes plain.
+_TEXT_PER_SIZE = 8
+_MARKUP_PER_ELEMENT = 9
+
+
+class _TableTooLarge(Exception):
+    """Internal: expanding or pairing this table would cost more than its size allows."""
 
 
 @dataclass(frozen=True)
@@ -253,29 +316,59 @@ class _Cell:
     text: str
 
 
-def _span(cell: etree._Element, name: str) -> int:
-    raw = cell.get(name)
-    morerows = cell.get("morerows", "")
-    if raw is None and name == "rowspan" and morerows.isdigit():  # OASIS: morerows="1" spans two rows
-        raw = str(int(morerows) + 1)
-    try:
-        value = int(raw or 1)
-    except ValueError:
+def _span(cell: etree._Element, name: str, limit: int) -> int:
+    """rowspan/colspan (OASIS morerows too) clamped to [1, limit]: a span never reaches past the table."""
+    value = _integer(cell.get(name))
+    morerows = _integer(cell.get("morerows"))
+    if value is None and name == "rowspan" and morerows is not None and morerows >= 0:
+        value = morerows + 1  # OASIS: morerows="1" spans two rows
+    if value is None:
         return 1
-    # rowspan="0" means "to the end" in HTML; a bogus huge span must not explode the grid.
-    return min(max(value, 1), 200)
+    if value == 0 and name == "rowspan":  # HTML: rowspan="0" spans to the end of its head or body
+        return limit
+    return min(max(value, 1), limit)
 
 
-def _expand_grid(rows: list[etree._Element]) -> list[list[_Cell | None]]:
-    """Expand rowspan/colspan so every row has one slot per column (None where nothing is)."""
-    grid: list[list[_Cell | None]] = []
+def _declared_columns(table: etree._Element) -> int:
+    """Columns the table declares: OASIS tgroup/@cols, else its XHTML <col>/<colgroup> spans (0 if none)."""
+    declared = max((_integer(tgroup.get("cols")) or 0 for tgroup in _children(table, "tgroup")), default=0)
+    columns = 0
+    for child in _children(table, "col", "colgroup"):
+        members = list(_children(child, "col")) if local(child) == "colgroup" else []
+        spans = [member.get("span") for member in members] or [child.get("span")]
+        columns += sum(max(_integer(span) or 1, 1) for span in spans)
+    return max(declared, columns)
+
+
+def _integer(value: str | None) -> int | None:
+    """An attribute's integer value, None when absent or not an integer (" 2 " reads as 2)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _grid_rows(
+    rows: list[list[etree._Element]], texts: list[list[str]], max_cols: int, max_slots: int
+) -> Iterator[list[_Cell | None]]:
+    """Expand rowspan/colspan so every row has one slot per column (None where nothing is), row by row.
+
+    Rowspans are clamped to the rows left, colspans to `max_cols`; a row longer than `max_slots` raises
+    `_TableTooLarge` before it is built.
+    """
     pending: dict[int, tuple[int, _Cell]] = {}  # column -> (rows still to fill, cell)
     serial = 0
-    for tr in rows:
-        cells = list(_children(tr, "td", "th", "entry"))
+    for index, (cells, cell_texts) in enumerate(zip(rows, texts, strict=True)):
+        rows_left = len(rows) - index
+        # Spans from rows above reach at most this column; cells placed in this row only add columns
+        # to the left of `col`, so the bound holds for the whole row.
+        last_pending = max(pending, default=-1)
         row: list[_Cell | None] = []
         col = 0
-        while cells or any(c >= col for c in pending):
+        next_cell = 0
+        while next_cell < len(cells) or col <= last_pending:
             if col in pending:
                 left, cell = pending.pop(col)
                 if left > 1:
@@ -283,21 +376,23 @@ def _expand_grid(rows: list[etree._Element]) -> list[list[_Cell | None]]:
                 row.append(cell)
                 col += 1
                 continue
-            if not cells:
+            if next_cell == len(cells):
                 row.append(None)
                 col += 1
                 continue
-            source = cells.pop(0)
+            source, text = cells[next_cell], cell_texts[next_cell]
+            next_cell += 1
             serial += 1
-            cell = _Cell(serial, element_text(source))
-            rowspan, colspan = _span(source, "rowspan"), _span(source, "colspan")
+            cell = _Cell(serial, text)
+            rowspan, colspan = _span(source, "rowspan", rows_left), _span(source, "colspan", max_cols)
+            if len(row) + colspan > max_slots:
+                raise _TableTooLarge
             for k in range(colspan):
                 row.append(cell)
                 if rowspan > 1:
                     pending[col + k] = (rowspan - 1, cell)
             col += colspan
-        grid.append(row)
-    return grid
+        yield row
 
 
 def _all_th(tr: etree._Element) -> bool:
@@ -305,13 +400,28 @@ def _all_th(tr: etree._Element) -> bool:
     return bool(cells) and all(local(c) == "th" for c in cells)
 
 
+def _row_group(tr: etree._Element, table: etree._Element) -> str | None:
+    """Which part of `table` a row is in, "head" or "body"; None for a row of a table nested in one of its
+    cells (whose text is part of that cell's text already)."""
+    in_head = False
+    for ancestor in tr.iterancestors():
+        if ancestor is table:
+            return "head" if in_head else "body"
+        name = local(ancestor)
+        if name in ("table", "entrytbl"):
+            return None
+        in_head = in_head or name == "thead"
+    return None
+
+
 def _table_rows(table: etree._Element) -> tuple[list[etree._Element], list[etree._Element]]:
     """(header rows, body rows) of an XHTML or OASIS table."""
     head: list[etree._Element] = []
     body: list[etree._Element] = []
     for tr in _descendants(table, "tr", "row"):
-        in_head = any(local(a) == "thead" for a in tr.iterancestors() if a is not table)
-        (head if in_head else body).append(tr)
+        group = _row_group(tr, table)
+        if group is not None:
+            (head if group == "head" else body).append(tr)
     if not head:  # no <thead>: leading rows made only of <th> are the header
         while body and _all_th(body[0]):
             head.append(body.pop(0))
@@ -353,14 +463,52 @@ def _row_line(row: list[_Cell | None], headers: list[list[str]]) -> str:
     return "; ".join(parts)
 
 
+def _plain_lines(texts: list[list[str]]) -> list[str]:
+    """The fallback: one line per row, its cells' text joined by "; ", no span expansion, no headers."""
+    return [line for line in ("; ".join(t for t in row if t) for row in texts) if line]
+
+
 def linearize_table(table: etree._Element) -> list[str]:
-    """Lines for one <table>: one per body row, `header: value; ...`, headers joined per column."""
+    """Lines for one <table>: one per body row, `header: value; ...`, headers joined per column.
+
+    Spans are clamped to the table (rowspan to the rows left in its head or body, colspan to the declared
+    or widest row's cell count), and the work is bounded by the table's size: a table whose spans would
+    expand it far past its cells, or whose repeated headers would multiply its text more than eightfold, is
+    linearized plainly (one line per row, head rows included, cell texts joined by "; "), so time and text
+    stay linear in the input.
+    """
     head_rows, body_rows = _table_rows(table)
-    head_grid, body_grid = _expand_grid(head_rows), _expand_grid(body_rows)
-    width = max((len(r) for r in head_grid + body_grid), default=0)
-    headers = _column_headers(head_grid, width)
-    lines = [_row_line(row, headers) for row in body_grid]
-    if not body_grid and head_grid:  # a header-only table: keep its text
+    head_cells = [list(_children(tr, *_CELL_NAMES)) for tr in head_rows]
+    body_cells = [list(_children(tr, *_CELL_NAMES)) for tr in body_rows]
+    head_texts = [[element_text(cell) for cell in row] for row in head_cells]
+    body_texts = [[element_text(cell) for cell in row] for row in body_cells]
+    n_cells = sum(map(len, head_cells)) + sum(map(len, body_cells))
+    budget = _WORK_PER_CELL * (n_cells + len(head_rows) + len(body_rows)) + _MIN_WORK
+    text_chars = sum(len(text) for row in head_texts + body_texts for text in row)
+    size = text_chars + _MARKUP_PER_ELEMENT * (n_cells + len(head_rows) + len(body_rows))
+    text_budget = _TEXT_PER_SIZE * size
+    widest = max(map(len, head_cells + body_cells), default=0)
+    max_cols = max(_declared_columns(table), widest, 1)
+    try:
+        head_grid = list(_grid_rows(head_cells, head_texts, max_cols, budget))
+        work = sum(map(len, head_grid))
+        width = max(map(len, head_grid), default=0)
+        if work > budget or width * len(head_grid) > budget:
+            raise _TableTooLarge
+        headers = _column_headers(head_grid, width)
+        header_parts = sum(map(len, headers))
+        lines: list[str] = []
+        text_size = 0
+        for row in _grid_rows(body_cells, body_texts, max_cols, budget):
+            work += len(row) + header_parts  # slots, and the header parts a row's cells may compare
+            line = _row_line(row, headers)
+            text_size += len(line)
+            if work > budget or text_size > text_budget:
+                raise _TableTooLarge
+            lines.append(line)
+    except _TableTooLarge:
+        return _plain_lines(head_texts + body_texts)
+    if not body_rows and head_grid:  # a header-only table: keep its text
         lines = ["; ".join(" / ".join(h) for h in headers if h)]
     return [line for line in lines if line]
 
@@ -629,13 +777,18 @@ def _tables(wrap: etree._Element) -> list[etree._Element]:
     """The tables of a table-wrap: one per <alternatives> (XHTML and OASIS versions are the same table),
     never a table nested inside another chosen one."""
     chosen: list[etree._Element] = []
+    # Sets, not scans of `chosen`: a table-wrap of thousands of tables must not take quadratic time.
+    chosen_set: set[etree._Element] = set()
+    parents_of_chosen: set[etree._Element] = set()
     for table in _descendants(wrap, "table"):
         parent = table.getparent()
-        if local(parent) == "alternatives" and any(t.getparent() is parent for t in chosen):
+        if local(parent) == "alternatives" and parent in parents_of_chosen:
             continue
-        if any(ancestor in chosen for ancestor in table.iterancestors()):
+        if any(ancestor in chosen_set for ancestor in table.iterancestors()):
             continue
         chosen.append(table)
+        chosen_set.add(table)
+        parents_of_chosen.add(parent)
     return chosen
 
 
@@ -852,8 +1005,18 @@ def _sub_article_blocks(article: etree._Element, out: _Out, prefix: tuple[str, .
         _sub_article_blocks(sub, out, ctx.path)
 
 
+def _check_depth(article: etree._Element) -> None:
+    # One XPath, evaluated in C in time linear in the tree: is any element nested one level too deep?
+    if article.xpath(_TOO_DEEP):
+        raise JatsError(
+            f"elements nested more than {MAX_NESTING_DEPTH} levels deep inside <article>: "
+            "over the parser's nesting limit"
+        )
+
+
 def parse_article(article: etree._Element) -> Paper:
-    """One <article> element (any namespace) → Paper."""
+    """One <article> element (any namespace) → Paper; `JatsError` when it nests past `MAX_NESTING_DEPTH`."""
+    _check_depth(article)
     front = _child(article, "front")
     meta = _child(front, "article-meta")
     ids = article_ids(article)
@@ -925,5 +1088,9 @@ def articleset_errors(root: etree._Element) -> list[tuple[str, str]]:
 
 
 def parse_jats(data: bytes) -> list[Paper]:
-    """Bytes of a bare article, a pmc-articleset (errors are not papers) or an OAI-PMH record → Papers."""
+    """Bytes of a bare article, a pmc-articleset (errors are not papers) or an OAI-PMH record → Papers.
+
+    Raises `JatsError` (a ValueError), and nothing else, for unusable input: empty, malformed or truncated
+    XML, another XML vocabulary, or an article nesting past `MAX_NESTING_DEPTH`.
+    """
     return [parse_article(article) for article in find_articles(parse_xml(data))]

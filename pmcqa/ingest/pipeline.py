@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 
 XML_SUFFIXES = (".xml", ".nxml")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-MAX_MEMBER_BYTES = 512 * 1024 * 1024  # a package member larger than this is not an article (zip bomb guard)
+# Members a package may hold: PMC packages hold tens; a crafted one of millions of empty members would cost
+# an outcome (and a TarInfo) each.
+MAX_PACKAGE_MEMBERS = 10_000
 
 Progress = Callable[["IngestOutcome"], None]
 
@@ -271,7 +273,7 @@ class Ingestor:
         outcomes: list[IngestOutcome] = []
         try:
             for path, override in zip(paths, overrides, strict=True):
-                for document in _documents(Path(path)):
+                for document in _documents(Path(path), self.settings.max_article_bytes):
                     document.override = override
                     for outcome in self._ingest_document(document):
                         outcomes.append(outcome)
@@ -333,7 +335,12 @@ def _is_tar(path: Path) -> bool:
     return path.name.lower().endswith(TAR_SUFFIXES)
 
 
-def _documents(path: Path) -> Iterator[_Document]:
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"{size} bytes is over the {max_bytes}-byte limit of one article (PMCQA_MAX_ARTICLE_BYTES)"
+
+
+def _documents(path: Path, max_bytes: int) -> Iterator[_Document]:
+    """The documents of a path; a file or package member over `max_bytes` is refused without reading it."""
     label = str(path)
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and (_is_xml(p.name) or _is_tar(p)))
@@ -347,7 +354,7 @@ def _documents(path: Path) -> Iterator[_Document]:
                 ),
             )
         for child in found:
-            yield from _documents(child)
+            yield from _documents(child, max_bytes)
         return
     if not path.is_file():
         yield _Document(
@@ -355,9 +362,14 @@ def _documents(path: Path) -> Iterator[_Document]:
         )
         return
     if _is_tar(path):
-        yield from _tar_documents(path)
+        yield from _tar_documents(path, max_bytes)
         return
     try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            reason = _too_large(size, max_bytes)
+            yield _Document(label, error=IngestOutcome(requested=label, status="invalid", reason=reason))
+            return
         yield _Document(label, data=path.read_bytes())
     except OSError as exc:
         yield _Document(
@@ -374,14 +386,19 @@ def _unsafe_member(name: str) -> bool:
     return pure.is_absolute() or ".." in pure.parts or (len(name) > 1 and name[1] == ":")
 
 
-def _tar_documents(path: Path) -> Iterator[_Document]:
-    """Articles of a package, read in memory (nothing is extracted to disk, so no path can escape)."""
+def _tar_documents(path: Path, max_bytes: int) -> Iterator[_Document]:
+    """Articles of a package, read in memory (nothing is extracted to disk, so no path can escape), one
+    member at a time: each member's declared size is checked before it is read."""
     label = str(path)
     try:
         with tarfile.open(path, "r:*") as archive:
-            members = archive.getmembers()
-            for member in members:
-                document = _tar_member(archive, member, f"{path}::{member.name}")
+            for count, member in enumerate(archive, start=1):
+                if count > MAX_PACKAGE_MEMBERS:
+                    reason = f"bad package: more than {MAX_PACKAGE_MEMBERS} members; the rest is not read"
+                    outcome = IngestOutcome(requested=label, status="failed", reason=reason)
+                    yield _Document(label, error=outcome)
+                    return
+                document = _tar_member(archive, member, f"{path}::{member.name}", max_bytes)
                 if document is not None:
                     yield document
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -390,7 +407,9 @@ def _tar_documents(path: Path) -> Iterator[_Document]:
         )
 
 
-def _tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, label: str) -> _Document | None:
+def _tar_member(
+    archive: tarfile.TarFile, member: tarfile.TarInfo, label: str, max_bytes: int
+) -> _Document | None:
     if member.isdir():
         return None  # structure, not content
     if _unsafe_member(member.name):  # never read, and reported as a problem (not merely skipped)
@@ -401,7 +420,11 @@ def _tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, label: str) -
         return _Document(
             label, error=IngestOutcome(requested=label, status=Status.INVALID, reason=why, skipped=True)
         )
+    if member.size > max_bytes:  # the declared size, from the member's header: nothing is read
+        reason = _too_large(member.size, max_bytes)
+        return _Document(label, error=IngestOutcome(requested=label, status="invalid", reason=reason))
     handle = archive.extractfile(member)
+    # tarfile reads at most the declared size, so the check above bounds what is held.
     return _Document(label, data=handle.read() if handle is not None else b"")
 
 
@@ -410,6 +433,4 @@ def _skip_reason(member: tarfile.TarInfo) -> str | None:
         return "skipped: not a regular file"
     if not _is_xml(member.name):
         return "skipped: not a JATS file (.xml/.nxml)"
-    if member.size > MAX_MEMBER_BYTES:
-        return f"skipped: {member.size} bytes is too large for an article"
     return None

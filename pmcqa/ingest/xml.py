@@ -3,9 +3,16 @@
 One parser configuration for the whole service: no network, no DTD loading, no entity expansion (so XXE and
 "billion laughs" documents parse harmlessly), `huge_tree` for very large articles, and comments kept because
 the only signal of a publisher-restricted PMC article is an XML comment.
+
+Each document is parsed in a short-lived thread of its own: libxml2 interns every element and attribute name
+in a dictionary per thread that is never shrunk, so documents crafted with millions of distinct names would
+grow a long-lived server or worker thread for good. A parse thread's dictionary is freed with the thread
+and the tree (which holds a reference to it); the tree is then used from the calling thread as usual.
 """
 
 from __future__ import annotations
+
+import threading
 
 from lxml import etree
 
@@ -37,6 +44,24 @@ def parse_xml(data: bytes) -> etree._Element:
     if not bytes(data).strip():
         raise JatsError("empty XML document")
     try:
-        return etree.fromstring(bytes(data), _make_parser())
+        return _parse_in_own_thread(bytes(data))
     except etree.XMLSyntaxError as exc:
         raise JatsError(f"malformed or truncated XML: {exc}") from exc
+
+
+def _parse_in_own_thread(data: bytes) -> etree._Element:
+    roots: list[etree._Element] = []
+    errors: list[BaseException] = []
+
+    def parse() -> None:
+        try:
+            roots.append(etree.fromstring(data, _make_parser()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=parse, name="pmcqa-parse-xml", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return roots[0]

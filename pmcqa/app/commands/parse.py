@@ -40,7 +40,14 @@ def read_papers(file: Path) -> list[Paper]:
     """Parse a file into papers, turning every way it can go wrong into a clear `fail`."""
     if not file.is_file():
         raise fail(f"no such file: {file}")
+    from pmcqa.core.settings import get_settings
     from pmcqa.ingest.jats import parse_jats  # lazy: keeps `pmcqa --help` free of lxml
+
+    limit = get_settings().max_article_bytes
+    if (size := file.stat().st_size) > limit:
+        raise fail(
+            f"{file} is {size} bytes, over the {limit}-byte limit of one article (PMCQA_MAX_ARTICLE_BYTES)"
+        )
 
     try:
         papers = parse_jats(file.read_bytes())
