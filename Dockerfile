@@ -1,4 +1,8 @@
-# pmcqa: API + worker image (CPU). `docker compose up` runs it as both; see docker-compose.yml.
+# pmcqa: API + worker image. `docker compose up` runs it as both; see docker-compose.yml.
+#
+#   docker build -t pmcqa .                          # extractive default: no LLM stack (plus openai, redis)
+#   docker build --build-arg PMCQA_EXTRAS=llm,openai,redis -t pmcqa:llm .     # adds the transformers backend
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 ...   # a CUDA torch
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,26 +11,34 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PMCQA_DATA_DIR=/data \
     PMCQA_HOST=0.0.0.0 \
-    PMCQA_PORT=8080
+    PMCQA_PORT=8080 \
+    HF_HOME=/models/huggingface
 
 WORKDIR /app
 
-# torch first, from the CPU wheel index and at the project's pin: an unpinned resolve from PyPI would pull the
-# multi-GB CUDA build. This layer only changes when the pin does.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+# torch first, at constraints.txt's version, from the PyTorch index of the build you want (CPU by default):
+# resolved from PyPI it would be the multi-GB CUDA build. This layer changes only with the pin or the index.
+COPY constraints.txt ./
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "$TORCH_INDEX_URL" -c constraints.txt torch
 
-# Dependencies before sources, so editing code does not reinstall them.
+# Dependencies before sources, so editing code does not reinstall them (pmcqa/__init__.py holds the version).
+# PMCQA_EXTRAS are pyproject's optional parts: openai (the compose file's vLLM profile) and redis (its queue)
+# by default; add llm for the transformers backend (transformers, bitsandbytes, peft, accelerate), or set it
+# empty for the core alone.
 COPY pyproject.toml README.md ./
-RUN mkdir -p pmcqa && touch pmcqa/__init__.py \
-    && pip install . && pip uninstall -y pmcqa
+COPY pmcqa/__init__.py ./pmcqa/__init__.py
+ARG PMCQA_EXTRAS=openai,redis
+RUN pip install -c constraints.txt ".${PMCQA_EXTRAS:+[$PMCQA_EXTRAS]}" && pip uninstall -y pmcqa
 
 COPY pmcqa ./pmcqa
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 pmcqa \
-    && mkdir -p /data && chown pmcqa:pmcqa /data
+    && mkdir -p /data "$HF_HOME" && chown -R pmcqa:pmcqa /data /models
 
 USER pmcqa
-VOLUME ["/data"]
+# the index and jobs; downloaded models (HF_HOME), so a restart does not fetch them again
+VOLUME ["/data", "/models"]
 EXPOSE 8080
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \

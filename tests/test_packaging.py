@@ -1,15 +1,23 @@
-"""Packaging: pmcqa installs as one namespace, and the layer contract holds (import-linter)."""
+"""Packaging: pmcqa installs as one namespace, the layer contract holds (import-linter), what is imported is
+declared (and the reverse), torch is pinned by constraints.txt only, and there is one version string."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+from typer.testing import CliRunner
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,3 +77,92 @@ def test_layer_contract_holds() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 kept, 0 broken" in result.stdout
+
+# --- declared dependencies ---------------------------------------------------------------------------------
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+# Declared but not imported by pmcqa, each for a reason; keep this short.
+DECLARED_NOT_IMPORTED = {
+    "accelerate": "transformers needs it to load with device_map= and 4-bit (the llm extra)",
+    "cachetools": "pending: issue 8 moves the hand-written LRU caches to cachetools",
+}
+# Imported but deliberately undeclared: probed with find_spec and used only when present (CUDA only).
+OPTIONAL_UNDECLARED = {"unsloth"}
+
+
+def requirement_names(texts: list[str]) -> set[str]:
+    return {canonicalize_name(Requirement(text).name) for text in texts}
+
+
+def third_party_imports() -> dict[str, set[str]]:
+    """Top-level third-party modules imported anywhere in pmcqa (also inside functions) -> importing files."""
+    found: dict[str, set[str]] = {}
+    for path in (REPO_ROOT / "pmcqa").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top != "pmcqa" and top not in sys.stdlib_module_names and top != "__future__":
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO_ROOT)))
+    return found
+
+
+def distributions_of(module: str) -> set[str]:
+    return {canonicalize_name(dist) for dist in importlib.metadata.packages_distributions().get(module, [])}
+
+
+def test_every_import_is_declared_and_every_declaration_imported() -> None:
+    project = PYPROJECT["project"]
+    extras = {name: reqs for name, reqs in project["optional-dependencies"].items() if name != "dev"}
+    declared = requirement_names(project["dependencies"]).union(*map(requirement_names, extras.values()))
+    imported_dists: set[str] = set()
+    for module, files in third_party_imports().items():
+        if module in OPTIONAL_UNDECLARED:
+            continue
+        dists = distributions_of(module)
+        assert dists, f"{module} (imported by {sorted(files)}) is not installed in the test environment"
+        assert dists & declared, f"{module} is imported by {sorted(files)} but {dists} is not declared"
+        imported_dists |= dists
+    unused = declared - imported_dists - set(DECLARED_NOT_IMPORTED)
+    assert not unused, f"declared but never imported: {sorted(unused)}"
+    assert "python-multipart" not in declared  # POST /papers reads the raw body; no form parsing
+
+
+def test_extras_table_matches_pyproject() -> None:
+    """`core.extras.EXTRA_MODULES` (what a missing-extra message checks) names each extra's modules."""
+    from pmcqa.core.extras import EXTRA_MODULES
+
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    extras = {name: reqs for name, reqs in optional.items() if name != "dev"}
+    assert set(EXTRA_MODULES) == set(extras)
+    for extra, modules in EXTRA_MODULES.items():
+        provided = set().union(*(distributions_of(module) for module in modules))
+        assert provided == requirement_names(extras[extra]), extra
+
+
+def test_torch_is_pinned_by_the_constraints_file_only() -> None:
+    (torch,) = [r for r in map(Requirement, PYPROJECT["project"]["dependencies"]) if r.name == "torch"]
+    assert not any(spec.operator == "==" for spec in torch.specifier)  # a GPU host chooses its build
+    constraints = (REPO_ROOT / "constraints.txt").read_text().splitlines()
+    pins = [line for line in constraints if line.startswith("torch")]
+    assert pins == ["torch==2.13.0"]
+    setup = (REPO_ROOT / "scripts" / "setup.sh").read_text()
+    assert "-c constraints.txt" in setup and "constraints.txt | sha256sum" in setup  # the stamp covers it
+
+
+def test_one_version_string() -> None:
+    """pyproject reads pmcqa.__version__; the CLI and the API report it."""
+    import pmcqa
+    from pmcqa.app.cli import cli
+    from pmcqa.app.main import create_app
+
+    assert "version" not in PYPROJECT["project"] and PYPROJECT["project"]["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pmcqa.__version__"}
+    assert Version(pmcqa.__version__)  # a valid PEP 440 version
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output == f"pmcqa {pmcqa.__version__}\n"
+    assert create_app().version == pmcqa.__version__

@@ -19,10 +19,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pmcqa import __version__
 from pmcqa.app.deps import AnswerMetrics, require_api_key
 from pmcqa.app.errors import InternalError, InvalidInput, ServiceError
 from pmcqa.app.routes import ask, health, jobs, papers, search
 from pmcqa.app.service import Library
+from pmcqa.core.extras import MissingExtra
 from pmcqa.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,12 @@ def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.http_status)
+
+    @api.exception_handler(MissingExtra)
+    async def missing_extra(_: Request, exc: MissingExtra) -> JSONResponse:
+        # e.g. POST /ingest in Redis mode without the redis extra: the operator's fix is in the message.
+        log.error("%s", exc)
+        return error(503, "missing_extra", str(exc))
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -89,7 +97,7 @@ def create_app(
     api = FastAPI(
         title="pmcqa",
         summary="Paper-grounded question answering over PubMed Central full texts.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     api.state.settings = settings

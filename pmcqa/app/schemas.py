@@ -249,6 +249,9 @@ class DeleteResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+    version: str = Field(description="pmcqa's version (the same string as `pmcqa --version`).")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok", "version": "0.1.0"}]})
 
 
 class Readiness(BaseModel):

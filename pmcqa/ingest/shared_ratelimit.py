@@ -19,6 +19,8 @@ import time
 import uuid
 from typing import Any
 
+from pmcqa.core.extras import require_extra
+
 # KEYS[1] = the window's sorted set; ARGV = limit, window (µs), member.
 # Returns 0 when admitted, else the µs to wait until the oldest entry leaves the window.
 _ACQUIRE = """
@@ -71,6 +73,7 @@ class RedisRateLimiter:
 
     @classmethod
     def from_url(cls, url: str, key: str, rate: float, **kwargs: Any) -> RedisRateLimiter:
+        require_extra("redis", "the shared NCBI rate limit (PMCQA_REDIS_URL)")
         import redis
 
         return cls(redis.Redis.from_url(url), key, rate, **kwargs)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from huey import Huey, RedisHuey, SqliteHuey
 
+from pmcqa.core.extras import require_extra
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
@@ -74,6 +75,7 @@ def _queue(settings: Settings) -> tuple[Huey, Any]:
 def _make_huey(settings: Settings) -> Huey:
     # results=False: outcomes go to the jobs table, not huey's result store.
     if settings.redis_url:
+        require_extra("redis", "Redis mode (PMCQA_REDIS_URL)")
         return RedisHuey(name=settings.queue_name, url=settings.redis_url, results=False)
     settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(name=settings.queue_name, filename=str(settings.queue_path), results=False)

@@ -8,6 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+import pmcqa
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft, StepEvent
 from pmcqa.app.answering.extractive import ExtractiveBackend
 from pmcqa.app.main import create_app
@@ -398,7 +399,7 @@ def test_stream_that_cannot_finish_ends_with_an_error_event(make_library, backen
 
 
 def test_health_and_readiness(client):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "version": pmcqa.__version__}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["ready"] and ready.json()["backend"] == "extractive" and ready.json()["papers"] >= 2

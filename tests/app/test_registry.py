@@ -13,6 +13,7 @@ from pmcqa.app.answering.extractive import ExtractiveBackend
 from pmcqa.app.answering.registry import BACKENDS, UnknownBackend, create_backend
 from pmcqa.app.errors import BackendNotReady
 from pmcqa.app.service import Library
+from pmcqa.core.extras import MissingExtra
 from pmcqa.core.settings import Settings
 
 
@@ -68,3 +69,21 @@ def test_a_slow_backend_loads_in_the_background(monkeypatch, tmp_path):
     while not backend.is_ready() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert library.backend("later") is backend
+
+
+@pytest.mark.parametrize(
+    ("backend", "extra", "blocked"),
+    [("transformers", "llm", ("peft", "bitsandbytes")), ("openai", "openai", ("openai",))],
+)
+def test_a_backend_without_its_extra_names_the_extra(monkeypatch, tmp_path, backend, extra, blocked):
+    for module in blocked:  # how Python itself marks a module as not importable
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtra) as raised:
+        create_backend(backend, Settings(data_dir=tmp_path))
+    message = str(raised.value)
+    assert f"pip install 'pmcqa[{extra}]'" in message and all(module in message for module in blocked)
+    assert raised.value.extra == extra
+
+    library = Library(Settings(data_dir=tmp_path), store=None, embedder=None, retriever=None)
+    with pytest.raises(BackendNotReady, match=rf"pmcqa\[{extra}\]"):  # what /ask answers (503)
+        library.backend(backend)

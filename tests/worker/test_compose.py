@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
+
+from pmcqa.core.settings import Settings
 
 yaml = pytest.importorskip("yaml")
 
@@ -70,9 +74,60 @@ def test_depends_on(compose: dict) -> None:
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert text.startswith("#") and "FROM python:3.11-slim" in text
-    assert 'torch==2.13.0' in text and "download.pytorch.org/whl/cpu" in text
-    pin = next(line for line in (ROOT / "pyproject.toml").read_text().splitlines() if '"torch==' in line)
-    assert pin.strip().strip(",").strip('"') in text  # the image follows the project's pin
+    # torch at constraints.txt's pin, from the CPU index unless the TORCH_INDEX_URL build arg says otherwise
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
+    assert "COPY constraints.txt" in text
+    assert 'pip install --index-url "$TORCH_INDEX_URL" -c constraints.txt torch' in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert "\nUSER pmcqa" in text and 'CMD ["pmcqa", "serve"]' in text
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".git", ".venv", "data"} <= set(ignored)
+    assert {".git", ".venv", "data"} <= set(ignored) and "constraints.txt" not in ignored
+
+
+def dockerfile_arg(name: str) -> str:
+    text = (ROOT / "Dockerfile").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith(f"ARG {name}=")]
+    return line.split("=", 1)[1]
+
+
+def test_the_default_image_has_no_llm_stack() -> None:
+    """The extractive default image installs the extras PMCQA_EXTRAS names; llm is opt-in (a build arg)."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert 'pip install -c constraints.txt ".${PMCQA_EXTRAS:+[$PMCQA_EXTRAS]}"' in text  # `.` when empty
+    extras = set(dockerfile_arg("PMCQA_EXTRAS").split(","))
+    assert "llm" not in extras
+    assert extras == {"openai", "redis"}  # what the compose file uses: the Redis queue, the vLLM profile
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras | {"llm"} <= set(declared)
+
+
+def test_worker_stops_gracefully_and_checks_itself(compose: dict) -> None:
+    worker = compose["services"]["worker"]
+    grace = re.fullmatch(r"(\d+)(m|s)", worker["stop_grace_period"])
+    assert grace
+    seconds = int(grace[1]) * (60 if grace[2] == "m" else 1)
+    # longer than a batch: 25 papers embed in ~2 min on 2 CPU cores, plus up to 3 min of NCBI retries
+    settings = Settings()
+    assert seconds > settings.ncbi_max_tries * settings.ncbi_timeout_s + 120
+    assert worker["healthcheck"]["test"] == ["CMD", "pmcqa", "worker", "--check"]  # the worker, not Redis
+    assert "start_period" in worker["healthcheck"]
+
+
+def test_model_caches_live_on_a_volume(compose: dict) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (hf_home,) = re.findall(r"HF_HOME=(\S+)", dockerfile)
+    volume_root = "/" + hf_home.strip("/").split("/")[0]
+    assert f'VOLUME ["/data", "{volume_root}"]' in dockerfile
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        assert service["environment"]["HF_HOME"] == hf_home
+        mounts = dict(volume.split(":") for volume in service["volumes"])
+        assert mounts.get("pmcqa-models") == volume_root and "pmcqa-models" in compose["volumes"]
+    assert "hf-cache:/root/.cache/huggingface" in compose["services"]["vllm"]["volumes"]
+
+
+def test_vllm_image_is_pinned_to_a_release(compose: dict) -> None:
+    image = compose["services"]["vllm"]["image"]
+    tag = re.fullmatch(r"vllm/vllm-openai:\$\{VLLM_VERSION:-v(\d+)\.(\d+)\.(\d+)\}", image)
+    assert tag, image  # a release, overridable, never `latest`
+    assert tuple(map(int, tag.groups())) >= (0, 33, 0)  # the release current when this was written

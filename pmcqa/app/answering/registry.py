@@ -2,7 +2,8 @@
 
 Each entry is a small factory taking `(settings, embedder)`. The LLM backends import their modules inside the
 factory because those modules import torch/transformers or the OpenAI client at the top: choosing `extractive`
-must never pay for them, and a backend whose optional dependencies are missing only fails when asked for.
+must never pay for them, and a backend whose optional dependencies are missing only fails when asked for,
+with a `MissingExtra` error that names the extra to install (`pmcqa[llm]`, `pmcqa[openai]`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from pmcqa.app.answering.base import AnswerBackend
 from pmcqa.app.answering.extractive import ExtractiveBackend
+from pmcqa.core.extras import require_extra
 from pmcqa.core.settings import Settings
 
 BackendFactory = Callable[[Settings, Any], AnswerBackend]
@@ -22,6 +24,7 @@ def _extractive(settings: Settings, embedder: Any) -> AnswerBackend:
 
 
 def _transformers(settings: Settings, embedder: Any) -> AnswerBackend:
+    require_extra("llm", "the transformers answer backend")
     # Deferred: the module imports torch and transformers (seconds, hundreds of MB).
     from pmcqa.app.answering.transformers_backend import TransformersBackend
 
@@ -29,6 +32,7 @@ def _transformers(settings: Settings, embedder: Any) -> AnswerBackend:
 
 
 def _openai(settings: Settings, embedder: Any) -> AnswerBackend:
+    require_extra("openai", "the openai answer backend")
     # Deferred: the module imports the openai client, which the extractive default never needs.
     from pmcqa.app.answering.openai_backend import OpenAIBackend
 

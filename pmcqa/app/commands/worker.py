@@ -1,4 +1,5 @@
-"""`pmcqa worker`: consume queued ingest jobs (SQLite queue by default, Redis when PMCQA_REDIS_URL is set).
+"""`pmcqa worker`: consume queued ingest jobs (SQLite queue by default, Redis when PMCQA_REDIS_URL is set);
+`pmcqa worker --check` is the worker container's healthcheck.
 
 Also the CLI side of queued jobs: `pmcqa jobs`, and `run_queued`, which `pmcqa ingest` calls to enqueue a
 job and follow it with a progress bar (polling the jobs table).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -24,10 +26,16 @@ if TYPE_CHECKING:
 def worker(
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker threads in this process."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every batch."),
+    check: bool = typer.Option(
+        False, "--check", help="Exit 0 if a worker on this host reported in recently, else 1 (healthchecks)."
+    ),
 ) -> None:
     """Run queued ingest jobs until stopped (SIGTERM finishes the running batches first)."""
     from pmcqa.core.settings import Settings
     from pmcqa.ingest.worker import describe_queue, run_worker
+
+    if check:
+        raise typer.Exit(0 if check_local_worker(Settings()) else 1)
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -37,6 +45,23 @@ def worker(
     settings = Settings()
     typer.echo(f"pmcqa worker: {workers} thread(s) on {describe_queue(settings)}", err=True)
     run_worker(settings, workers=workers)
+
+
+def check_local_worker(settings: Settings) -> bool:
+    """Whether a worker process of this host serves the queue: its heartbeat is recent in the workers table.
+
+    Workers register as "<hostname>:<pid>" (`ingest.worker.run_worker`); in a container the hostname is the
+    container's, so this checks the worker of that container, not merely that Redis answers.
+    """
+    from pmcqa.ingest.worker import describe_queue, live_workers
+
+    prefix = f"{socket.gethostname()}:"
+    alive = [name for name in live_workers(settings) if name.startswith(prefix)]
+    if alive:
+        typer.echo(f"worker alive: {', '.join(alive)} on {describe_queue(settings)}")
+    else:
+        typer.echo(f"no live worker of {prefix[:-1]} on {describe_queue(settings)}", err=True)
+    return bool(alive)
 
 
 def jobs(

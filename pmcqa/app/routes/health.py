@@ -1,10 +1,11 @@
-"""Liveness (no auth, no dependencies) and readiness (index and backend loaded)."""
+"""Liveness (no auth, no dependencies; says the version) and readiness (index and backend loaded)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from pmcqa import __version__
 from pmcqa.app.deps import require_api_key
 from pmcqa.app.schemas import Health, Readiness, error_responses
 
@@ -13,7 +14,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Health, summary="The process is alive (never requires a key)")
 def healthz() -> Health:
-    return Health()
+    return Health(version=__version__)
 
 
 @router.get(
