@@ -219,7 +219,7 @@ def source_copy(into: Path) -> Path:
     return source
 
 
-def prepare_venv(mode_name: str, mode: Mode, venv_dir: Path, work: Path) -> Path:
+def prepare_venv(mode: Mode, venv_dir: Path, work: Path) -> Path:
     """The venv for `mode` with pmcqa from this checkout installed; built afresh when its key changed."""
     python = venv_dir / "bin" / "python"
     stamp = venv_dir / ".install-smoke-complete"
@@ -384,7 +384,7 @@ def main() -> int:
             if args.rebuild:
                 shutil.rmtree(venv_dir, ignore_errors=True)
             with tempfile.TemporaryDirectory(prefix=f"pmcqa-smoke-{args.mode}-") as tmp:
-                python = prepare_venv(args.mode, mode, venv_dir, Path(tmp))
+                python = prepare_venv(mode, venv_dir, Path(tmp))
                 check_cli(python.parent, mode, Path(tmp))
                 check_service(python.parent, mode, Path(tmp))
                 run_tests(python, mode)
