@@ -177,8 +177,9 @@ def pip_install(python: Path, args: list[str], timeout: float = 1500) -> None:
     result = run(command, timeout, cwd=REPO)
     if result.returncode != 0:
         output = result.stdout + result.stderr
-        if any(marker in output for marker in _NETWORK_ERRORS):
-            raise IndexUnreachable(output[-3000:])
+        said = [line.strip() for line in output.splitlines() if any(m in line for m in _NETWORK_ERRORS)]
+        if said:
+            raise IndexUnreachable("\n".join(said[:3]))
         raise CheckFailed(f"pip install failed:\n{output[-6000:]}")
 
 
@@ -218,7 +219,7 @@ def source_copy(into: Path) -> Path:
     return source
 
 
-def prepare_venv(mode_name: str, mode: Mode, venv_dir: Path, work: Path) -> Path:
+def prepare_venv(mode: Mode, venv_dir: Path, work: Path) -> Path:
     """The venv for `mode` with pmcqa from this checkout installed; built afresh when its key changed."""
     python = venv_dir / "bin" / "python"
     stamp = venv_dir / ".install-smoke-complete"
@@ -226,12 +227,12 @@ def prepare_venv(mode_name: str, mode: Mode, venv_dir: Path, work: Path) -> Path
     target = f"{source}[{','.join(mode.extras)}]" if mode.extras else str(source)
     if stamp.exists():
         print(f"reusing {venv_dir} (dependencies unchanged); reinstalling pmcqa from {REPO}", flush=True)
-        pip_install(python, ["--quiet", "--no-deps", "--force-reinstall", str(source)])
+        pip_install(python, ["--no-deps", "--force-reinstall", str(source)])
         return python
     shutil.rmtree(venv_dir, ignore_errors=True)
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(venv_dir)], check=True)
-    args = ["--quiet", "-c", str(CONSTRAINTS)]
+    args = ["-c", str(CONSTRAINTS)]  # not --quiet: pip's connection warnings tell an unreachable index
     if mode.lowest:
         bounds = lower_bounds(declared_requirements(mode.extras), constraint_pins())
         pins = venv_dir / "lowest-constraints.txt"
@@ -383,7 +384,7 @@ def main() -> int:
             if args.rebuild:
                 shutil.rmtree(venv_dir, ignore_errors=True)
             with tempfile.TemporaryDirectory(prefix=f"pmcqa-smoke-{args.mode}-") as tmp:
-                python = prepare_venv(args.mode, mode, venv_dir, Path(tmp))
+                python = prepare_venv(mode, venv_dir, Path(tmp))
                 check_cli(python.parent, mode, Path(tmp))
                 check_service(python.parent, mode, Path(tmp))
                 run_tests(python, mode)

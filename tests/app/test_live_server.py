@@ -6,6 +6,8 @@ import json
 
 import httpx
 
+import pmcqa
+
 OWN_QUESTION = (
     "What did the authors find when testing blood samples of chronic fatigue syndrome patients for XMRV?"
 )
@@ -14,7 +16,7 @@ FOREIGN_QUESTION = "What is the probability that a research claim is true given 
 
 def test_answers_and_abstains_over_real_http(live_server, library):
     with httpx.Client(base_url=live_server, timeout=60) as http:
-        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/healthz").json() == {"status": "ok", "version": pmcqa.__version__}
         answered = http.post("/ask", json={"paper_id": "PMC2795199", "question": OWN_QUESTION})
         assert answered.status_code == 200, answered.text
         answer = answered.json()
