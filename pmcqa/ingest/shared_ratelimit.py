@@ -19,6 +19,8 @@ import time
 import uuid
 from typing import Any
 
+import redis
+
 # KEYS[1] = the window's sorted set; ARGV = limit, window (µs), member.
 # Returns 0 when admitted, else the µs to wait until the oldest entry leaves the window.
 _ACQUIRE = """
@@ -71,8 +73,6 @@ class RedisRateLimiter:
 
     @classmethod
     def from_url(cls, url: str, key: str, rate: float, **kwargs: Any) -> RedisRateLimiter:
-        import redis
-
         return cls(redis.Redis.from_url(url), key, rate, **kwargs)
 
     def try_acquire(self) -> float:

@@ -165,7 +165,7 @@ def test_cli_ingest_json_and_exit_codes(
     import pmcqa.app.commands.ingest as command
     from pmcqa.app.cli import cli
 
-    monkeypatch.setattr("pmcqa.core.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr(command, "get_settings", lambda: eutils_settings)
     monkeypatch.setattr(
         command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
     )
@@ -189,7 +189,7 @@ def test_cli_xml_takes_every_following_path(
     import pmcqa.app.commands.ingest as command
     from pmcqa.app.cli import cli
 
-    monkeypatch.setattr("pmcqa.core.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr(command, "get_settings", lambda: eutils_settings)
     monkeypatch.setattr(
         command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
     )
