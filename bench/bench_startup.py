@@ -10,7 +10,8 @@ the median CPU time (user + system) of the process (for serve: of the server pro
 
     .venv/bin/python bench/bench_startup.py [--runs 5] [--serve-runs 3] [--no-serve]
 
-Point PYTHONPATH at another checkout to time that one (the script itself imports nothing from pmcqa).
+The commands run in the temporary data dir with PYTHONPATH set to this checkout; point PYTHONPATH at another
+checkout to time that one instead (the script itself imports nothing from pmcqa).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def child_cpu() -> float:
 def time_command(args: list[str], env: dict[str, str], expect: int) -> tuple[float, float]:
     """(wall s, CPU s) of one run of `pmcqa args`; fails loudly if it exits with another code."""
     cpu_before, started = child_cpu(), time.perf_counter()
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([*CLI, *args], env=env, cwd=env["PMCQA_DATA_DIR"], capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != expect:
         raise SystemExit(f"pmcqa {' '.join(args)} exited {done.returncode}, not {expect}:\n{done.stderr}")
@@ -83,6 +84,7 @@ def time_serve(env: dict[str, str], args: list[str], timeout_s: float = 600) -> 
     process = subprocess.Popen(
         [*CLI, "serve", "--port", str(port), "--log-level", "warning", *args],
         env=env,
+        cwd=env["PMCQA_DATA_DIR"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its embedded worker too is stopped with the group below
@@ -130,6 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pmcqa-bench-startup-") as data_dir:
         env = {key: value for key, value in os.environ.items() if key != "PMCQA_REDIS_URL"}
         env["PMCQA_DATA_DIR"] = data_dir  # an empty library, SQLite job queue, embedded worker
+        env.setdefault("PYTHONPATH", str(ROOT))  # this checkout, unless PYTHONPATH names another
         commands = [
             ("pmcqa --help", ["--help"], 0),
             ("pmcqa ask banana x", ["ask", "banana", "x"], 2),

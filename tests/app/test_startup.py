@@ -86,6 +86,21 @@ def test_parse_counts_tokens_without_the_model_weights(tmp_path: Path, shared_da
     assert report["code"] == 0 and report["loaded"] == []  # tokenizer.json via `tokenizers`, no transformers
 
 
+def test_no_command_module_imports_a_heavy_library() -> None:
+    probe = (
+        "import json, sys\n"
+        "from pmcqa.app.cli import COMMANDS, load_command\n"
+        "for name in COMMANDS: load_command(name)\n"
+        "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules} & set(json.loads(sys.argv[1])))))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(HEAVY)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []  # serve, worker, search, eval ...: each loads them only when run
+
+
 def test_help_lists_each_command_by_its_own_docstring() -> None:
     for name, (_, summary) in COMMANDS.items():
         command = load_command(name)

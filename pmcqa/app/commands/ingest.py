@@ -7,6 +7,9 @@
 Exit codes: 0 when every id/document ended `ingested` or `no-full-text` (or was a skipped package member),
 1 when any ended `not-found`, `failed` or `invalid`, 2 on usage errors. The summary table (or the JSON list
 with --json) goes to stdout; the progress bar goes to stderr so --json output stays clean.
+
+Ids go to the job queue when a worker serves it (`run_queued`, followed like `pmcqa jobs ID --wait`), else
+they are ingested in this process (`run_ingest`); local files are always ingested in this process.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Liveness (no auth, no dependencies) and readiness (index and backend loaded)."""
+"""Liveness (no auth, no dependencies, answered from the moment the port opens) and readiness (the library's
+index and answer backend loaded; while they load, 503 with what is still loading)."""
 
 from __future__ import annotations
 
