@@ -35,8 +35,12 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pmcqa.core.ids import own_paper_id  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
+from pmcqa.index.embedding import Embedder  # noqa: E402
 from pmcqa.index.store import Store, content_hash  # noqa: E402
+from pmcqa.ingest.chunking import Chunker  # noqa: E402
+from pmcqa.ingest.jats import parse_jats  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "jats"
 CHUNKS_PER_PAPER = 50
@@ -53,10 +57,6 @@ def corpus_files(limit: int | None) -> list[Path]:
 
 def parse_and_chunk(files: list[Path], settings: Settings) -> list[tuple[Any, list[Any]]]:
     """(record, chunks) per paper; files that are not JATS (the corpus holds one PubMed XML) are skipped."""
-    from pmcqa.core.ids import own_paper_id
-    from pmcqa.ingest.chunking import Chunker
-    from pmcqa.ingest.jats import parse_jats
-
     chunker = Chunker(settings)
     out = []
     for path in files:
@@ -75,8 +75,6 @@ def parse_and_chunk(files: list[Path], settings: Settings) -> list[tuple[Any, li
 
 
 def bench_ingest(args: argparse.Namespace, work: Path) -> dict[str, float]:
-    from pmcqa.index.embedding import Embedder
-
     settings = Settings(data_dir=work / "ingest-warm")
     embedder = Embedder(settings)
     files = corpus_files(args.papers)

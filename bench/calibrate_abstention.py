@@ -36,7 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from pmcqa.app.answering.extractive import ExtractiveBackend, chunk_sentences  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
+from pmcqa.index.library import open_library  # noqa: E402
 from pmcqa.index.models import PaperRecord  # noqa: E402
+from pmcqa.ingest.chunking import Chunker  # noqa: E402
 from pmcqa.ingest.models import Block, Paper  # noqa: E402
 
 DEFAULT_DEV = REPO.parent / "shared" / "data" / "covid-qa" / "dev.json"
@@ -63,9 +65,6 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None, help="Write per-question scores here.")
     args = parser.parse_args()
-
-    from pmcqa.index.library import open_library
-    from pmcqa.ingest.chunking import Chunker
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="pmcqa-calib-"))
     settings = Settings(data_dir=data_dir)

@@ -1,26 +1,96 @@
-"""The `pmcqa` command line: every subcommand is listed here, each defined in `pmcqa/app/commands/<name>.py`.
+"""The `pmcqa` command line: every subcommand is listed in `COMMANDS`, each defined in
+`pmcqa/app/commands/<module>.py` by a `register(cli)` function.
 
-Command modules import only typer and rich at the top; heavy imports (torch, sentence-transformers, faiss)
-happen inside the commands that need them, so `pmcqa --help`, `pmcqa --version` and argument errors stay
-instant. A feature whose optional extra is not installed ends with one line naming it, not a traceback.
+Command modules import what they use at the top (the service and its index, FastAPI, the job queue, ...), and
+all of them together take seconds to import. So `pmcqa` imports only the module of the command being run (or
+asked for its own `--help`); `pmcqa --help` lists the commands from the summaries in `COMMANDS`, which a test
+keeps equal to the commands' docstrings. Nothing loads torch, transformers, sentence-transformers or faiss
+before a command has checked its arguments and needs the model or the index.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from pmcqa import __version__
-from pmcqa.app.commands import ask, ingest, parse, reindex, report, search, serve, worker
-from pmcqa.app.commands import eval as eval_command
 from pmcqa.core.extras import MissingExtra
+
+# Command name -> (module that registers it, the first line of its docstring), in `pmcqa --help` order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ask": (
+        "pmcqa.app.commands.ask",
+        "Answer a question about one ingested paper, citing its own sentences.",
+    ),
+    "eval": (
+        "pmcqa.app.commands.eval",
+        "Evaluate retrieval (answer inside the retrieved passages at 512/1024/2048 tokens, MRR) per mode.",
+    ),
+    "ingest": (
+        "pmcqa.app.commands.ingest",
+        "Ingest PMC papers by id, or local JATS files, into the index. Exit 1 if any id failed.",
+    ),
+    "parse": ("pmcqa.app.commands.parse", "Parse a local JATS file and show the paper and its chunks."),
+    "reindex": (
+        "pmcqa.app.commands.reindex",
+        "Re-embed every paper's chunks with the configured model and rebuild the library index.",
+    ),
+    "report": (
+        "pmcqa.app.commands.report",
+        "Parse and chunk every JATS file of a folder; print counts, failures and time beside pubmed_parser.",
+    ),
+    "search": (
+        "pmcqa.app.commands.search",
+        "Retrieve passages for a query from one paper or the whole library.",
+    ),
+    "serve": (
+        "pmcqa.app.commands.serve",
+        "Serve the question-answering API (POST /ask, /search, /papers, /healthz, /readyz, /metrics).",
+    ),
+    "worker": (
+        "pmcqa.app.commands.worker",
+        "Run queued ingest jobs until stopped (SIGTERM finishes the running batches first).",
+    ),
+    "jobs": ("pmcqa.app.commands.jobs", "Show ingest jobs: recent ones, or one job's per-id outcomes."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The click command `name`, built from its module (imported now: see the module docstring)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    app = typer.Typer()
+    module.register(app)
+    return typer.main.get_group(app).commands[name]
+
+
+class LazyCommandGroup(TyperGroup):
+    """Knows every command by its summary; the command chosen on the command line is loaded for real."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for name, (_, summary) in COMMANDS.items():
+            self.commands[name] = click.Command(name, help=summary)  # enough for `pmcqa --help`
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if name is not None:
+            command = self.commands[name] = load_command(name)
+        return name, command, rest
+
 
 cli = typer.Typer(
     name="pmcqa",
+    cls=LazyCommandGroup,
     help="Paper-grounded question answering over PubMed Central full texts.",
     no_args_is_help=True,
     add_completion=False,
 )
-
 
 
 def _print_version(value: bool) -> None:
@@ -30,22 +100,18 @@ def _print_version(value: bool) -> None:
 
 
 @cli.callback()
-def _options(
+def _group(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Paper-grounded question answering over PubMed Central full texts."""
-
-
-for command in (ask, eval_command, ingest, parse, reindex, report, search, serve, worker):
-    command.register(cli)
+    """The group itself only answers --version; its commands come from `COMMANDS`."""
 
 
 def main() -> None:
     try:
         cli()
-    except MissingExtra as missing:
+    except MissingExtra as missing:  # one line naming the extra to install, not a traceback
         typer.echo(f"pmcqa: {missing}", err=True)
         raise SystemExit(1) from None
 

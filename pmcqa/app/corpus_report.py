@@ -110,7 +110,7 @@ def pmcqa_row(files: Sequence[Path], settings: Settings) -> ReportRow:
 
 
 def pubmed_parser_row(files: Sequence[Path]) -> ReportRow:
-    from pubmed_parser import parse_pubmed_paragraph
+    from pubmed_parser import parse_pubmed_paragraph  # an optional extra (`pmcqa[report]`): see installed()
 
     row = ReportRow("pubmed_parser", files=len(files))
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -9,7 +9,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from pmcqa.app.answering.base import Answer
-from pmcqa.app.service import Library
+from pmcqa.app.loader import LibraryLoader
+from pmcqa.app.service import RETRY_AFTER_S, Library
 from pmcqa.core.settings import Settings
 
 
@@ -49,10 +50,20 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_library(request: Request) -> Library:
-    library: Library | None = getattr(request.app.state, "library", None)
-    if library is None:  # only between process start and the end of the lifespan's startup
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the index is still loading; retry shortly")
-    return library
+    """The library, or 503 while it loads (with `Retry-After`) or after it failed to load."""
+    loader: LibraryLoader = request.app.state.loader
+    library = loader.library
+    if library is not None:
+        return library
+    if loader.failed:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"the library could not be loaded ({loader.stage})"
+        )
+    raise HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        f"the library is still loading ({loader.stage}); retry shortly",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def get_metrics(request: Request) -> AnswerMetrics:

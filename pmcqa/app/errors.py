@@ -18,12 +18,19 @@ class ServiceError(Exception):
     http_status: ClassVar[int] = 400
     exit_code: ClassVar[int] = 1
 
-    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, detail: str, *, code: str | None = None, retry_after_s: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         if code is not None:
             self.code = code
+        self.retry_after_s = retry_after_s  # sent as `Retry-After` when the refusal is temporary
         self.extra = extra
+
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers of the refusal: `Retry-After` when it says when to come back."""
+        return None if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
     def body(self) -> dict[str, Any]:
         """The JSON error body."""

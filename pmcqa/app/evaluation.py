@@ -36,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.library import open_library
 from pmcqa.index.models import Chunk
 from pmcqa.index.retrieval import MODES, Mode, Retriever, approx_tokens
+from pmcqa.ingest.chunking import Chunker
 from pmcqa.ingest.models import BLOCK_SEPARATOR, Block, Paper
 
 BUDGETS: tuple[int, ...] = (512, 1024, 2048)
@@ -311,8 +313,6 @@ def evaluate(
 
 def build_store(eval_set: EvalSet, settings: Any, embedder: Any, source: str) -> Any:
     """Chunk the eval set's papers with the production chunker and store them (one transaction)."""
-    from pmcqa.ingest.chunking import Chunker
-
     store = open_library(settings, writable=True, embedder=embedder).store
     chunker = Chunker(settings)  # the tokenizer loads only if a paper needs chunking
     items = []
@@ -370,9 +370,7 @@ def run_evaluation(
 # --- output ----------------------------------------------------------------------------------------------
 
 
-def report_table(report: EvalReport) -> Any:
-    from rich.table import Table
-
+def report_table(report: EvalReport) -> Table:
     data = report.as_dict()
     caption = (
         f"{data['questions']} questions, {data['papers']} papers, {data['chunks']} chunks; "

@@ -1,15 +1,17 @@
 """The FastAPI application: `create_app(settings)`.
 
-The lifespan loads the library (embedder, store, retriever, default answer backend) once per process and the
-routes get it through dependencies; the routers are listed in `ROUTERS`. Errors leave as
-``{"error": code, "detail": message}`` with the status a `ServiceError` names (`pmcqa.app.errors`); nothing a
-client sends can produce a stack trace.
+The library (embedder, store, retriever, default answer backend) is loaded once per process by a
+`LibraryLoader` that the lifespan starts in a background thread, so the port opens at once: `/healthz` answers
+from the start, `/readyz` says what is still loading, and routes that need the library get it through
+`deps.get_library` (503 with `Retry-After` until it is ready). The routers are listed in `ROUTERS`. Errors
+leave as ``{"error": code, "detail": message}`` with the status a `ServiceError` names (`pmcqa.app.errors`,
+with `Retry-After` when it is temporary); nothing a client sends can produce a stack trace.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -22,8 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pmcqa import __version__
 from pmcqa.app.deps import AnswerMetrics, require_api_key
 from pmcqa.app.errors import InternalError, InvalidInput, ServiceError
+from pmcqa.app.loader import LibraryFactory, LibraryLoader
 from pmcqa.app.routes import ask, health, jobs, papers, search
-from pmcqa.app.service import Library
 from pmcqa.core.extras import MissingExtra
 from pmcqa.core.settings import Settings, get_settings
 
@@ -48,7 +50,7 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.http_status)
+        return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers())
 
     @api.exception_handler(MissingExtra)
     async def missing_extra(_: Request, exc: MissingExtra) -> JSONResponse:
@@ -77,22 +79,31 @@ ROUTERS = (ask.router, health.router, jobs.router, papers.router, search.router)
 
 
 def create_app(
-    settings: Settings | None = None, library_factory: Callable[[Settings], Library] | None = None
+    settings: Settings | None = None,
+    library_factory: LibraryFactory | None = None,
+    *,
+    load_in_background: bool | None = None,
 ) -> FastAPI:
-    """The service; `library_factory` (tests, embedding) replaces `Library.create`, run once at startup."""
+    """The service. `library_factory` (tests, embedding) replaces `Library.create`, run once at startup.
+
+    `load_in_background` (default: only for `Library.create`) loads the library in a thread while the app
+    already serves; a supplied factory otherwise runs before the app takes requests, so the library is
+    there as soon as the app has started.
+    """
     settings = settings or get_settings()
-    factory = library_factory or Library.create
+    background = library_factory is None if load_in_background is None else load_in_background
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        library = factory(settings)
-        api.state.library = library
+        loader = api.state.loader = LibraryLoader(settings, library_factory)
+        if background:
+            loader.start()
+        else:
+            loader.load()
         try:
             yield
         finally:
-            api.state.library = None
-            if library_factory is None:  # a library handed in by the caller stays the caller's to close
-                library.close()
+            loader.close()
 
     api = FastAPI(
         title="pmcqa",
@@ -101,7 +112,7 @@ def create_app(
         lifespan=lifespan,
     )
     api.state.settings = settings
-    api.state.library = None
+    api.state.loader = LibraryLoader(settings, library_factory)  # not started: the lifespan starts its own
     registry = CollectorRegistry()  # per app, so several apps in one process (tests) never collide
     api.state.answer_metrics = AnswerMetrics(registry)
     install_error_handlers(api)

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from pmcqa.app.errors import (
     PaperNotFound,
     ServiceError,
 )
-from pmcqa.core.ids import InvalidPaperId, parse_id
+from pmcqa.core.ids import InvalidPaperId, PaperId, parse_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, Status
 from pmcqa.index.library import open_library
@@ -49,6 +49,9 @@ from pmcqa.ingest.entrez import EntrezClient
 from pmcqa.ingest.resolve import IdResolver
 
 log = logging.getLogger(__name__)
+
+# What a refusal tells a client to wait (HTTP `Retry-After`) while something is still loading.
+RETRY_AFTER_S = 5
 
 
 @dataclass
@@ -102,14 +105,23 @@ class Library:
     )
 
     @classmethod
-    def create(cls, settings: Settings, *, with_backend: bool = True) -> Library:
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        with_backend: bool = True,
+        progress: Callable[[str], None] | None = None,
+    ) -> Library:
         """Load the real components once: embedder, store, retriever, id resolver and (unless
-        `with_backend` is False, e.g. to search only) the default answer backend."""
+        `with_backend` is False, e.g. to search only) the default answer backend. `progress` hears each
+        step as it starts ("loading embedding model", "loading index", "loading backend")."""
         # Writable: the service stores uploaded papers and deletes papers, and its query vectors must come
         # from the stored vectors' model (checked).
-        parts = open_library(settings, writable=True)
+        parts = open_library(settings, writable=True, progress=progress)
         library = cls(settings, parts.store, parts.embedder, parts.retriever, _make_resolver(settings))
         if with_backend:
+            if progress is not None:
+                progress("loading backend")
             library.load_backend(settings.answer_backend)
         return library
 
@@ -161,7 +173,9 @@ class Library:
         if backend is None or name in self.backend_errors:
             raise BackendNotReady(f"answer backend {name!r} failed to load: {self.backend_errors[name]}")
         if not backend.is_ready():
-            raise BackendNotReady(f"answer backend {name!r} is still loading; retry shortly.")
+            raise BackendNotReady(
+                f"answer backend {name!r} is still loading; retry shortly.", retry_after_s=RETRY_AFTER_S
+            )
         return backend
 
     def readiness(self) -> dict[str, Any]:
@@ -187,10 +201,7 @@ class Library:
     # --- papers --------------------------------------------------------------------------------------------
     def resolve_id(self, text: str) -> str:
         """Canonical paper id of any accepted form (PMCID, versioned PMCID, URL, PMID, DOI, bare number)."""
-        try:
-            parsed = parse_id(text, self.settings.bare_digits)
-        except InvalidPaperId as exc:
-            raise InvalidInput(str(exc)) from None
+        parsed = check_paper_id(text, self.settings)
         if parsed.kind == "pmcid":
             return parsed.value
         # PMID / DOI: the store's aliases first (no network), then NCBI's ID converter.
@@ -255,15 +266,7 @@ class Library:
         return paper_id
 
     def check_question(self, question: str) -> str:
-        question = question.strip()
-        if not question:
-            raise InvalidInput("question must not be empty")
-        limit = self.settings.max_question_chars
-        if len(question) > limit:
-            raise InvalidInput(
-                f"question is {len(question)} characters; the limit is {limit} (PMCQA_MAX_QUESTION_CHARS)"
-            )
-        return question
+        return check_question(question, self.settings)
 
     # --- answering -----------------------------------------------------------------------------------------
     def prepare(
@@ -376,6 +379,28 @@ class Library:
             passages = self.retriever.retrieve(paper.paper_id, query, top_k, mode)
             return SearchResult(paper.paper_id, mode, passages)  # type: ignore[arg-type]  # checked above
         return SearchResult(None, "dense", self.retriever.search_library(query, top_k))
+
+
+def check_paper_id(text: str, settings: Settings) -> PaperId:
+    """The parsed id (`pmcqa.core.ids.parse_id`), or `InvalidInput` saying why it is not a paper id."""
+    try:
+        return parse_id(text, settings.bare_digits)
+    except InvalidPaperId as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def check_question(question: str, settings: Settings) -> str:
+    """The question stripped, or `InvalidInput` (empty, over `max_question_chars`); needs no library, so
+    `pmcqa ask` checks it before loading one."""
+    question = question.strip()
+    if not question:
+        raise InvalidInput("question must not be empty")
+    limit = settings.max_question_chars
+    if len(question) > limit:
+        raise InvalidInput(
+            f"question is {len(question)} characters; the limit is {limit} (PMCQA_MAX_QUESTION_CHARS)"
+        )
+    return question
 
 
 def _as_service_error(error: BaseException) -> ServiceError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices
 
 from pmcqa.core.settings import Settings
@@ -43,7 +45,5 @@ def render_into(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[2] / "README.md"
     path.write_text(render_into(path.read_text()))

@@ -19,12 +19,17 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from bm25s.stopwords import STOPWORDS_EN
-
 Span = tuple[int, int]
 
 # --- tokens ------------------------------------------------------------------------------------------------
 
+# bm25s's `STOPWORDS_EN` (Lucene's English list), written out: importing `bm25s.stopwords` imports bm25s and
+# scipy (~1 s), which every command that only chunks or validates would pay. tests/core/test_text.py checks
+# that this stays a superset of bm25s's list.
+_STOPWORDS_EN = """
+a an and are as at be but by for if in into is it no not of on or such that the their then there these they
+this to was will with
+"""
 # Words that carry no topic in a question or a passage. Question words matter most: "What"/"Which"/"How"
 # would otherwise count as unmatched question terms in the answerer's term coverage. Prepositions such as
 # "after", "during", "between", "under" stay: "after infection" / "during pregnancy" carry meaning, and
@@ -35,7 +40,7 @@ do does did done were been being has have had can could would should may might s
 its than from about also any all both each other some more most nor so while vs via
 our we you your i me my he she his her them those
 """
-STOPWORDS: frozenset[str] = frozenset(STOPWORDS_EN) | frozenset(_STOPWORD_ADDITIONS.split())
+STOPWORDS: frozenset[str] = frozenset(_STOPWORDS_EN.split()) | frozenset(_STOPWORD_ADDITIONS.split())
 _WORD = re.compile(r"\w+")
 
 

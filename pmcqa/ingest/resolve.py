@@ -14,15 +14,13 @@ import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from pmcqa.core.ids import IdKind, InvalidPaperId, PaperId, canonical_pmcid, not_found_hint, parse_id
 from pmcqa.core.settings import Settings
-
-if TYPE_CHECKING:
-    from pmcqa.ingest.entrez import EntrezClient
+from pmcqa.ingest.entrez import EntrezClient
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
 from pmcqa.index.store import Store
 from pmcqa.ingest.jobs import Claim, Job, JobStore
+from pmcqa.ingest.pipeline import Ingestor
 from pmcqa.ingest.resolve import IdResolver
 from pmcqa.ingest.shared_ratelimit import LocalRateLimiter, RedisRateLimiter
 
@@ -260,8 +261,6 @@ def make_limiter(settings: Settings) -> Any:
 
 def default_ingestor(settings: Settings, limiter: Any) -> BatchIngestor:
     """The real pipeline; its Entrez client takes its turns from the worker's (shared) limiter."""
-    from pmcqa.ingest.pipeline import Ingestor
-
     library = _shared_library(settings)
     return Ingestor(settings, store=library.store, encoder=library.embedder, limiter=limiter)
 

@@ -7,6 +7,7 @@ Loading the embedding model dominates the cost, so it happens once.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -14,16 +15,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi.testclient import TestClient
 
+from pmcqa.app.main import create_app
+from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
+from pmcqa.index.embedding import Embedder
+from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord
+from pmcqa.index.store import Store
+from pmcqa.ingest.chunking import Chunker
+from pmcqa.ingest.jats import parse_jats
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def shared_path(relative: str) -> Path:
-    import os
-
     root = Path(os.environ["PMCQA_SHARED_DIR"]) / "data" if "PMCQA_SHARED_DIR" in os.environ else SHARED_DATA
     path = root / relative
     if not path.exists():
@@ -58,18 +66,12 @@ def library_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder(library_dir: Path):
-    from pmcqa.index.embedding import Embedder
-
     return Embedder(make_settings(library_dir))
 
 
 @pytest.fixture(scope="session")
 def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
     """Parse, chunk and store the test papers once; returns their records by short name."""
-    from pmcqa.index.store import Store
-    from pmcqa.ingest.chunking import Chunker
-    from pmcqa.ingest.jats import parse_jats
-
     settings = make_settings(library_dir)
     chunker = Chunker(settings)
     records: dict[str, PaperRecord] = {}
@@ -87,9 +89,6 @@ def ingested(library_dir: Path, embedder) -> dict[str, PaperRecord]:
 @pytest.fixture(scope="session")
 def make_library(library_dir: Path, embedder, ingested):
     """Build a `Library` over the shared index with settings overrides; components are the real ones."""
-    from pmcqa.app.service import Library
-    from pmcqa.index.library import open_library
-
     def build(**overrides: object) -> Library:
         settings = make_settings(library_dir, **overrides)
         parts = open_library(settings, writable=True, embedder=embedder)
@@ -107,10 +106,6 @@ def library(make_library):
 
 @pytest.fixture(scope="session")
 def client(library):
-    from fastapi.testclient import TestClient
-
-    from pmcqa.app.main import create_app
-
     app = create_app(library.settings, library_factory=lambda _settings: library)
     with TestClient(app) as test_client:
         yield test_client
@@ -125,10 +120,6 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def live_server(library) -> Iterator[str]:
     """The app served by uvicorn on a free 127.0.0.1 port, in a background thread: a real socket."""
-    import uvicorn
-
-    from pmcqa.app.main import create_app
-
     app = create_app(library.settings, library_factory=lambda _settings: library)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import uvicorn
 from typer.testing import CliRunner
 
 from pmcqa.app.cli import cli
@@ -31,8 +32,6 @@ def test_ask_command_answers_in_process(library_dir, ingested, monkeypatch):
 
 
 def test_serve_prints_where_the_api_is(monkeypatch, tmp_path):
-    import uvicorn
-
     calls = {}
     monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(kwargs, app=app))

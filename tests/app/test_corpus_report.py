@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from pmcqa.app import corpus_report
 from pmcqa.app.commands import report
+from pmcqa.ingest.jats import parse_jats
 
 pytest.importorskip("pmcqa.ingest.jats", reason="ingest.jats (the JATS parser) is not there yet")
 
@@ -46,8 +47,6 @@ def corpus(shared_data: Path, tmp_path: Path) -> Path:
 
 
 def test_rows_agree_with_the_parser_and_count_failures(bench: ModuleType, corpus: Path) -> None:
-    from pmcqa.ingest.jats import parse_jats
-
     files = bench.corpus_files(corpus)
     assert [f.name for f in files] == sorted(["broken.xml", *(Path(s).name for s in SAMPLES)])
     ours, theirs = bench.corpus_report(files)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pmcqa.app.evaluation import (
+    build_store,
     context_hit_rate,
     context_to_paper,
     evaluate,
@@ -151,8 +152,6 @@ def test_score_ranking_budgets_and_rank() -> None:
 
 @pytest.fixture
 def tiny_store(squad_file: Path, tmp_path: Path, embedder: Any) -> Any:
-    from pmcqa.app.evaluation import build_store
-
     settings = Settings(data_dir=tmp_path / "eval", chunk_min_tokens=0)
     store = build_store(load_squad(squad_file), settings, embedder, "test")
     yield store

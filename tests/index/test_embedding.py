@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import pmcqa.index.embedding as embedding
+from pmcqa.app.cli import cli
 from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import Embedder, default_device, load_model
 from pmcqa.index.library import open_library
@@ -115,8 +116,6 @@ def test_reindex_command_switches_the_store_to_the_configured_model(
             store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 3)), old)
     with pytest.raises(EmbeddingModelMismatch, match="pmcqa reindex"):
         open_library(settings, writable=True)
-
-    from pmcqa.app.cli import cli
 
     monkeypatch.setenv("PMCQA_DATA_DIR", str(Path(settings.data_dir)))
     result = CliRunner().invoke(cli, ["reindex"])

@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+import pmcqa.app.commands.search as search_command
+from pmcqa.app.cli import cli
 from pmcqa.app.errors import PaperNotFound
 from pmcqa.app.schemas import SearchHit
 from pmcqa.app.service import Library
@@ -506,8 +509,6 @@ class LibraryMemoryStore(MemoryStore):
 
 @pytest.fixture
 def cli_store(embedder: object, monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
-    import pmcqa.app.commands.search as search_command
-
     store = LibraryMemoryStore(embedder)
     store.put_paper(*build_paper("PMC1", VIRUS_PAPER))
     store.put_paper(*build_paper("PMC3", FLOAT_PAPER))
@@ -518,10 +519,6 @@ def cli_store(embedder: object, monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
 
 
 def run_cli(*args: str) -> tuple[int, str]:
-    from typer.testing import CliRunner
-
-    from pmcqa.app.cli import cli
-
     result = CliRunner().invoke(cli, ["search", *args])
     return result.exit_code, result.stdout
 

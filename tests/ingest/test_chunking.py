@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ from pmcqa.ingest.chunking import (
     load_token_counter,
     to_record,
 )
+from pmcqa.ingest.jats import parse_jats
 from pmcqa.ingest.models import Block, Paper, Section
 
 # Whitespace words stand in for tokens in constructed-paper tests: exact, instant, easy to reason about.
@@ -338,10 +338,6 @@ def corpus_papers() -> list[tuple[str, Paper]]:
     """(paper id, Paper) for every article of the shared JATS corpus, parsed once for this module."""
     # conftest's rule for ../shared (its `shared_data` fixture is function-scoped, this one is per module).
     shared_dir = Path(os.environ.get("PMCQA_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-    if importlib.util.find_spec("pmcqa.ingest.jats") is None:
-        pytest.skip("ingest.jats (the JATS parser) is not there yet")
-    from pmcqa.ingest.jats import parse_jats
-
     root = shared_dir / "data" / "jats"
     if not root.is_dir():
         pytest.skip(f"shared corpus not found: {root}")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fakes.eutils_server import FakeEutils
+from typer.testing import CliRunner
 
+import pmcqa.app.commands.ingest as command
+import pmcqa.ingest.fetch as fetch_module
+import pmcqa.ingest.pipeline as pipeline_module
+from pmcqa.app.cli import cli
+from pmcqa.app.commands.ingest import _run
 from pmcqa.core.settings import Settings
 from pmcqa.index.store import Store
 from pmcqa.ingest.pipeline import Ingestor
@@ -70,9 +77,6 @@ def test_reingest_reads_the_raw_cache_unless_refresh(ingestor: Ingestor, fake_eu
 def test_each_article_is_parsed_once(
     ingestor: Ingestor, fake_eutils: FakeEutils, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pmcqa.ingest.fetch as fetch_module
-    import pmcqa.ingest.pipeline as pipeline_module
-
     parsed: list[str] = []
 
     def counting(where: str, parse):  # type: ignore[no-untyped-def]
@@ -158,14 +162,7 @@ def test_local_files_dirs_and_packages(ingestor: Ingestor, shared_data: Path, tm
 def test_cli_ingest_json_and_exit_codes(
     eutils_settings: Settings, fake_eutils: FakeEutils, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import json
-
-    from typer.testing import CliRunner
-
-    import pmcqa.app.commands.ingest as command
-    from pmcqa.app.cli import cli
-
-    monkeypatch.setattr("pmcqa.core.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr(command, "get_settings", lambda: eutils_settings)
     monkeypatch.setattr(
         command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
     )
@@ -182,14 +179,7 @@ def test_cli_ingest_json_and_exit_codes(
 def test_cli_xml_takes_every_following_path(
     eutils_settings: Settings, monkeypatch: pytest.MonkeyPatch, shared_data: Path, tmp_path: Path
 ) -> None:
-    import json
-
-    from typer.testing import CliRunner
-
-    import pmcqa.app.commands.ingest as command
-    from pmcqa.app.cli import cli
-
-    monkeypatch.setattr("pmcqa.core.settings.get_settings", lambda: eutils_settings)
+    monkeypatch.setattr(command, "get_settings", lambda: eutils_settings)
     monkeypatch.setattr(
         command, "run_ingest", lambda settings, *a, **k: _run_with_hash_store(eutils_settings, *a, **k)
     )
@@ -205,7 +195,5 @@ def test_cli_xml_takes_every_following_path(
 
 
 def _run_with_hash_store(settings: Settings, ids, xml_paths, id_override, refresh, show_progress=False):  # type: ignore[no-untyped-def]
-    from pmcqa.app.commands.ingest import _run
-
     ingestor = Ingestor(settings, store=Store(settings), encoder=HashEncoder())
     return _run(ingestor, ids, xml_paths, id_override, refresh, None)

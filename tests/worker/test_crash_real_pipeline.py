@@ -14,6 +14,7 @@ import pytest
 from fakes.eutils_server import Fault, run_fake_eutils
 from worker_helpers import fake_worker_settings, wait_for
 
+from pmcqa.index.store import Store
 from pmcqa.ingest.jobs import JobStore
 from pmcqa.ingest.worker import enqueue_job
 
@@ -41,9 +42,6 @@ def assert_complete(store, paper_ids: list[str]) -> int:  # type: ignore[no-unty
 
 @pytest.mark.slow
 def test_sigkill_mid_job_real_pipeline(tmp_path: Path, shared_data: Path, workers_factory) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("pmcqa.ingest.pipeline", reason="ingest.pipeline (Ingestor) not available")
-    from pmcqa.index.store import Store
-
     files = small_articles(shared_data, 5)
     ids = [f"PMC{8000001 + n}" for n in range(len(files))] + ["PMC8999999"]  # the last one is not in PMC
     with run_fake_eutils() as fake:

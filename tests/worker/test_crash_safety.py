@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 from worker_fakes import DELAY_ENV, fake_db
 from worker_helpers import cleanup_redis, fake_worker_settings, wait_for
 
-from pmcqa.ingest.jobs import JobStore
-from pmcqa.ingest.worker import enqueue_job
+from pmcqa.index.store import Store
+from pmcqa.ingest.jobs import MAX_ATTEMPTS, JobStore
+from pmcqa.ingest.worker import build_runtime, enqueue_job, run_batch
 
 IDS = [f"PMC{1000 + n}" for n in range(30)]
 
@@ -95,8 +97,6 @@ def test_lapsed_lease_is_reclaimed_once(tmp_path: Path) -> None:
     job = jobs.create(["PMC1", "PMC2"], batch_size=1)
     jobs.claim(job.job_id, 0, "dead", lease_s=0.01)
     jobs.claim(job.job_id, 1, "alive", lease_s=60)
-    import time
-
     time.sleep(0.05)
     assert jobs.reclaim_stale(requeue_after_s=600) == [(job.job_id, 0)]
     assert jobs.reclaim_stale(requeue_after_s=600) == []  # a second scanner does not enqueue it again
@@ -118,8 +118,6 @@ def test_a_batch_missing_from_the_queue_is_reclaimed_after_a_lease(tmp_path: Pat
 
 
 def test_poison_batch_gives_up(tmp_path: Path) -> None:
-    from pmcqa.ingest.jobs import MAX_ATTEMPTS
-
     jobs = JobStore(tmp_path / "jobs.sqlite3")
     job = jobs.create(["PMC1"], batch_size=1)
     for _ in range(MAX_ATTEMPTS):
@@ -143,10 +141,6 @@ class _CrashingIngestor:
 
 def test_a_given_up_batch_marks_its_queued_papers_failed(tmp_path: Path) -> None:
     """The service reads `queued` as busy (409): a job that is given up must not leave it so forever."""
-    from pmcqa.index.store import Store
-    from pmcqa.ingest.jobs import MAX_ATTEMPTS
-    from pmcqa.ingest.worker import build_runtime, run_batch
-
     settings = fake_worker_settings(tmp_path)
     job = enqueue_job(settings, ["PMC5", "PMC6.2", "pmid:77"])
     with Store(settings) as store:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from worker_helpers import LiveServer, fake_worker_settings
+from worker_helpers import LiveServer, fake_worker_settings, wait_for
 
 from pmcqa.app.main import create_app
 
@@ -18,6 +18,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     pytest.importorskip("pmcqa.ingest.pipeline", reason="ingest.pipeline (Ingestor) not available")
     settings = fake_worker_settings(tmp_path_factory.mktemp("upload"), max_upload_bytes=2_000_000)
     with LiveServer(create_app(settings)) as live:
+        # The library (embedding model) loads in the background after the port opens.
+        wait_for(lambda: httpx.get(f"{live.url}/readyz", timeout=10).status_code == 200, 300, "/readyz 200")
         yield live.url
 
 

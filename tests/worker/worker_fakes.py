@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pmcqa.ingest.entrez import EntrezClient
+
 DELAY_ENV = "PMCQA_TEST_INGEST_DELAY_S"
 
 
@@ -66,8 +68,6 @@ class EfetchIngestor:
     """
 
     def __init__(self, settings: Any, limiter: Any) -> None:
-        from pmcqa.ingest.entrez import EntrezClient
-
         self.client = EntrezClient(settings, limiter=limiter)
         self.db = fake_db(settings.data_dir)
 

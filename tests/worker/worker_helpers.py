@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+import redis
+import uvicorn
 
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.worker import settings_env, worker_command
@@ -97,8 +102,6 @@ def fake_worker_settings(tmp_path: Path, redis_url: str | None = None, **overrid
 
 
 def cleanup_redis(url: str, queue_name: str) -> None:
-    import redis
-
     client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(f"*{queue_name}*"))
     if keys:
@@ -107,8 +110,6 @@ def cleanup_redis(url: str, queue_name: str) -> None:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -118,10 +119,6 @@ class LiveServer:
     """An ASGI app on uvicorn, in a background thread, on a free 127.0.0.1 port (a real socket)."""
 
     def __init__(self, app: object) -> None:
-        import threading
-
-        import uvicorn
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")

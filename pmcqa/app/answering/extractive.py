@@ -29,6 +29,7 @@ from pmcqa.app.answering.base import (
 )
 from pmcqa.core.settings import Settings
 from pmcqa.core.text import split_sentences, tokenize
+from pmcqa.index.embedding import Embedder
 from pmcqa.index.models import Chunk, PaperRecord, Passage
 
 # Evidence score (DENSE_WEIGHT * cosine + LEXICAL_WEIGHT * idf-weighted term coverage of the best sentence)
@@ -102,8 +103,6 @@ class ExtractiveBackend:
     @property
     def embedder(self) -> _Embedder:
         if self._embedder is None:
-            from pmcqa.index.embedding import Embedder
-
             self._embedder = Embedder(self.settings)
         return self._embedder
 

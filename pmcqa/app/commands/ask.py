@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import typer
 
+from pmcqa.app.answering.registry import BACKENDS
+from pmcqa.app.errors import ServiceError
+from pmcqa.app.service import Library, check_paper_id, check_question
+from pmcqa.core.settings import Settings
+
 
 def ask(
     paper_id: str = typer.Argument(..., help="PMCID, versioned PMCID, PMID (pmid:123) or DOI."),
@@ -17,22 +22,21 @@ def ask(
     top_k: int | None = typer.Option(None, "--top-k", min=1, max=100, help="Passages to retrieve."),
 ) -> None:
     """Answer a question about one ingested paper, citing its own sentences."""
-    from pmcqa.app.answering.registry import BACKENDS
-    from pmcqa.app.errors import ServiceError
-    from pmcqa.app.service import Library
-    from pmcqa.core.settings import Settings
-
     if backend is not None and backend not in BACKENDS:
         raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
     settings = Settings(**({"answer_backend": backend} if backend else {}))
-    library = Library.create(settings)
     try:
-        answer = library.ask(paper_id, question, top_k)
+        # The id and the question are checked before the library (the embedding model) loads.
+        check_paper_id(paper_id, settings)
+        check_question(question, settings)
+        library = Library.create(settings)
+        try:
+            answer = library.ask(paper_id, question, top_k)
+        finally:
+            library.close()
     except ServiceError as exc:  # its exit code tells scripts "not ingested yet" from a bad question
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    finally:
-        library.close()
     if as_json:
         typer.echo(answer.model_dump_json(indent=2))
         return

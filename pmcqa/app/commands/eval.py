@@ -18,6 +18,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pmcqa.app.evaluation import report_table, run_evaluation
+from pmcqa.core.settings import get_settings
+from pmcqa.index.retrieval import MODES
+
 USAGE_ERROR = 2
 
 
@@ -26,8 +30,6 @@ def register(cli: typer.Typer) -> None:
 
 
 def parse_modes(value: str) -> list[str]:
-    from pmcqa.index.retrieval import MODES
-
     modes = [m.strip() for m in value.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
@@ -52,10 +54,6 @@ def eval_command(
         err.print(f"[bold red]error:[/] no such file: {escape(str(file))}")
         raise typer.Exit(USAGE_ERROR)
     chosen = parse_modes(modes)
-
-    from pmcqa.app.evaluation import report_table, run_evaluation
-    from pmcqa.core.settings import get_settings
-
     options = {"rrf_k": rrf_k} if rrf_k else {}
     try:
         report = run_evaluation(

@@ -7,22 +7,28 @@
 Exit codes: 0 when every id/document ended `ingested` or `no-full-text` (or was a skipped package member),
 1 when any ended `not-found`, `failed` or `invalid`, 2 on usage errors. The summary table (or the JSON list
 with --json) goes to stdout; the progress bar goes to stderr so --json output stays clean.
+
+Ids go to the job queue when a worker serves it (`run_queued`, followed like `pmcqa jobs ID --wait`), else
+they are ingested in this process (`run_ingest`); local files are always ingested in this process.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from pmcqa.core.settings import Settings
-    from pmcqa.ingest.pipeline import IngestOutcome
+from pmcqa.app.commands.jobs import follow_job
+from pmcqa.core.settings import Settings, get_settings
+from pmcqa.core.status import Status
+from pmcqa.ingest.jobs import Job
+from pmcqa.ingest.pipeline import Ingestor, IngestOutcome
+from pmcqa.ingest.worker import enqueue_job, live_workers
 
 PROGRESS_MIN = 5  # show a progress bar from this many ids/paths on
 
@@ -49,15 +55,11 @@ def run_ingest(
     show_progress: bool = False,
 ) -> list[IngestOutcome]:
     """Run an ingest inline (no queue) and return its outcomes; importable by other commands."""
-    from pmcqa.ingest.pipeline import Ingestor
-
     ingestor = Ingestor(settings)
     total = len(ids or []) + len(xml_paths or [])
     try:
         if not show_progress or total < PROGRESS_MIN:
             return _run(ingestor, ids, xml_paths, id_override, refresh, None)
-        from rich.progress import Progress
-
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("ingesting", total=len(ids) if ids else None)
             return _run(ingestor, ids, xml_paths, id_override, refresh, lambda _o: bar.advance(task))
@@ -76,8 +78,6 @@ def _run(ingestor, ids, xml_paths, id_override, refresh, progress):  # type: ign
 
 
 def print_table(outcomes: list[IngestOutcome]) -> None:
-    from pmcqa.core.status import Status
-
     table = Table("requested", "paper", "status", "chunks", "title / reason")
     colours = {Status.INGESTED: "green", Status.NO_FULL_TEXT: "yellow"}
     for o in outcomes:
@@ -111,8 +111,6 @@ def ingest(
     ),
 ) -> None:
     """Ingest PMC papers by id, or local JATS files, into the index. Exit 1 if any id failed."""
-    from pmcqa.core.settings import get_settings
-
     all_ids = list(ids or [])
     if xml:  # `pmcqa ingest --xml a.nxml dir/ pkg.tar.gz`: the option names the first path, the rest follow
         xml = [*xml, *(Path(arg) for arg in all_ids)]
@@ -128,8 +126,6 @@ def ingest(
     try:
         outcomes = None
         if all_ids and not xml and not inline:  # ids go to the job queue (see `pmcqa worker`)
-            from pmcqa.app.commands.worker import run_queued
-
             outcomes = run_queued(get_settings(), all_ids, refresh, wait, as_json)
         if outcomes is None:
             outcomes = run_ingest(
@@ -143,3 +139,40 @@ def ingest(
     else:
         print_table(outcomes)
     raise typer.Exit(0 if all(o.ok for o in outcomes) else 1)
+
+
+# --- queued mode -------------------------------------------------------------------------------------------
+def run_queued(
+    settings: Settings, ids: list[str], refresh: bool, wait: bool | None, as_json: bool
+) -> list[IngestOutcome] | None:
+    """`pmcqa ingest` on the job queue. `wait`: True follow the job, False print its id and exit,
+    None (default) follow it if a worker serves the queue, else return None (the caller runs inline)."""
+    console = Console(stderr=True)  # stdout stays clean for --json
+    if wait is None and not live_workers(settings):
+        console.print("[dim]no worker is running on this queue: ingesting in this process[/dim]")
+        return None
+    job = enqueue_job(settings, ids, refresh=refresh)
+    if wait is False:
+        if as_json:
+            typer.echo(json.dumps({"job_id": job.job_id, "state": job.state, "total": job.total}))
+        else:
+            console.print(f"queued job {job.job_id} ({job.total} ids): `pmcqa jobs {job.job_id} --wait`")
+        raise typer.Exit(0)
+    if not live_workers(settings):
+        console.print("[yellow]waiting for a worker: start `pmcqa worker` or `pmcqa serve`[/yellow]")
+    return job_outcomes(follow_job(settings, job.job_id, console))
+
+
+def job_outcomes(job: Job) -> list[IngestOutcome]:
+    """A finished job's items as pipeline outcomes, so queued and inline runs print the same way."""
+    return [
+        IngestOutcome(
+            requested=item.id,
+            paper_id=item.paper_id,
+            status=Status.FAILED if item.status == Status.PENDING else item.status,
+            reason=item.reason,
+            title=item.title,
+            chunks=item.chunks or 0,
+        )
+        for item in job.items or []
+    ]

@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
-if TYPE_CHECKING:
-    from pmcqa.index.models import Chunk
-    from pmcqa.ingest.models import Paper, Section
+from pmcqa.core.ids import NO_OWN_ID, InvalidPaperId, given_paper_id, own_paper_id
+from pmcqa.core.settings import get_settings
+from pmcqa.index.models import Chunk
+from pmcqa.ingest.chunking import Chunker
+from pmcqa.ingest.jats import parse_jats
+from pmcqa.ingest.models import Paper, Section
 
 USAGE_ERROR = 2
 
@@ -40,9 +43,6 @@ def read_papers(file: Path) -> list[Paper]:
     """Parse a file into papers, turning every way it can go wrong into a clear `fail`."""
     if not file.is_file():
         raise fail(f"no such file: {file}")
-    from pmcqa.core.settings import get_settings
-    from pmcqa.ingest.jats import parse_jats  # lazy: keeps `pmcqa --help` free of lxml
-
     limit = get_settings().max_article_bytes
     if (size := file.stat().st_size) > limit:
         raise fail(
@@ -60,8 +60,6 @@ def read_papers(file: Path) -> list[Paper]:
 
 def given_id(text: str) -> str:
     """`--id` in any accepted spelling ("pmc123", "PMC123.1", "doi:10.…") → the canonical PMCID or DOI."""
-    from pmcqa.core.ids import InvalidPaperId, given_paper_id
-
     try:
         return given_paper_id(text)
     except InvalidPaperId as exc:
@@ -71,10 +69,6 @@ def given_id(text: str) -> str:
 def chunk_papers(
     papers: list[Paper], file: Path, override: str | None
 ) -> list[tuple[Paper, str, list[Chunk]]]:
-    from pmcqa.core.ids import NO_OWN_ID, own_paper_id
-    from pmcqa.core.settings import get_settings
-    from pmcqa.ingest.chunking import Chunker
-
     chunker = Chunker(get_settings())
     out = []
     for n, paper in enumerate(papers):

@@ -9,6 +9,11 @@ Stop the service and the worker while it runs: until it finishes, the library ho
 from __future__ import annotations
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pmcqa.core.settings import Settings
+from pmcqa.index.library import open_library
 
 
 def register(cli: typer.Typer) -> None:
@@ -17,12 +22,6 @@ def register(cli: typer.Typer) -> None:
 
 def reindex() -> None:
     """Re-embed every paper's chunks with the configured model and rebuild the library index."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from pmcqa.core.settings import Settings
-    from pmcqa.index.library import open_library
-
     console = Console(stderr=True)
     settings = Settings()
     # Not writable: opening must not fail on the very mismatch this command fixes; reindex is the one write

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from pmcqa.app import corpus_report
+
 
 def register(cli: typer.Typer) -> None:
     cli.command("report")(report)
@@ -15,8 +17,6 @@ def report(
     folder: Path = typer.Argument(..., help="Folder of JATS/NXML files (searched recursively)."),
 ) -> None:
     """Parse and chunk every JATS file of a folder; print counts, failures and time beside pubmed_parser."""
-    from pmcqa.app import corpus_report  # lazy: keeps `pmcqa --help` free of the parser and tokenizer
-
     code = corpus_report.report(folder)
     if code:
         raise typer.Exit(code)

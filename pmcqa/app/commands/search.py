@@ -17,16 +17,19 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from pmcqa.app.service import Library
-    from pmcqa.index.models import Passage
+from pmcqa.app.errors import ServiceError
+from pmcqa.app.schemas import SearchHit
+from pmcqa.app.service import Library
+from pmcqa.core.settings import Settings
+from pmcqa.index.models import Passage
+from pmcqa.index.retrieval import MODES
 
 USAGE_ERROR = 2
 
@@ -36,10 +39,7 @@ def register(cli: typer.Typer) -> None:
 
 
 def open_library() -> Library:
-    """The user's library, without an answer backend (heavy imports happen here, not at `pmcqa --help`)."""
-    from pmcqa.app.service import Library
-    from pmcqa.core.settings import Settings
-
+    """The user's library, without an answer backend (the embedding model loads here)."""
     return Library.create(Settings(), with_backend=False)
 
 
@@ -55,8 +55,6 @@ def run_query(library: Library, query: str, paper_id: str | None, k: int | None,
 
 def passage_json(passage: Passage) -> dict[str, Any]:
     # One definition of a search hit serves `POST /search` and `pmcqa search --json`.
-    from pmcqa.app.schemas import SearchHit
-
     hit = SearchHit.from_passage(passage)
     hit.score = round(hit.score, 6)
     return hit.model_dump()
@@ -79,8 +77,6 @@ def read_queries(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any] | s
 
 
 def run_batch(library: Library, lines: Iterator[str], k: int | None, mode: str) -> Iterator[dict[str, Any]]:
-    from pmcqa.app.errors import ServiceError
-
     for number, item in read_queries(lines):
         if isinstance(item, str):
             yield {"line": number, "error": item}
@@ -119,9 +115,6 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="JSON output (always JSON lines with --queries)."),
 ) -> None:
     """Retrieve passages for a query from one paper or the whole library."""
-    from pmcqa.app.errors import ServiceError
-    from pmcqa.index.retrieval import MODES
-
     err = Console(stderr=True)
     if mode not in MODES:
         err.print(f"[bold red]error:[/] unknown mode {escape(mode)!s}; expected {', '.join(MODES)}")

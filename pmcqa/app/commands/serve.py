@@ -1,8 +1,18 @@
-"""`pmcqa serve`: run the HTTP API with uvicorn."""
+"""`pmcqa serve`: run the HTTP API with uvicorn.
+
+The port opens at once: the app loads its library (embedding model, index, answer backend) in a background
+thread (`pmcqa.app.loader`), answering /healthz meanwhile and 503 with `Retry-After` where the library is
+needed. The embedded worker is a child process started without waiting for it.
+"""
 
 from __future__ import annotations
 
 import typer
+import uvicorn
+
+from pmcqa.app.main import create_app
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.worker import serve_with_worker
 
 
 def serve(
@@ -14,11 +24,6 @@ def serve(
     ),
 ) -> None:
     """Serve the question-answering API (POST /ask, /search, /papers, /healthz, /readyz, /metrics)."""
-    import uvicorn
-
-    from pmcqa.app.main import create_app
-    from pmcqa.core.settings import Settings
-
     overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
     settings = Settings(**overrides)
     base = f"http://{settings.host}:{settings.port}"
@@ -33,8 +38,6 @@ def serve(
         f"Then ask:  curl -X POST {base}/ask{auth} -H 'Content-Type: application/json' "
         '-d \'{"paper_id": "PMC8026465", "question": "What did the authors find?"}\''
     )
-    from pmcqa.ingest.worker import serve_with_worker
-
     embedded = serve_with_worker(settings, worker, typer.echo)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)

@@ -1,26 +1,22 @@
-"""`pmcqa worker`: consume queued ingest jobs (SQLite queue by default, Redis when PMCQA_REDIS_URL is set);
-`pmcqa worker --check` is the worker container's healthcheck.
+"""`pmcqa worker`: consume queued ingest jobs (SQLite queue by default, Redis when PMCQA_REDIS_URL is set).
 
-Also the CLI side of queued jobs: `pmcqa jobs`, and `run_queued`, which `pmcqa ingest` calls to enqueue a
-job and follow it with a progress bar (polling the jobs table).
+`pmcqa jobs` shows the jobs (`pmcqa.app.commands.jobs`); `pmcqa ingest` queues them. `pmcqa worker --check` is
+the worker container's healthcheck.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
-import time
-from typing import TYPE_CHECKING
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.worker import describe_queue, live_workers, run_worker
 
-    from pmcqa.core.settings import Settings
-    from pmcqa.ingest.jobs import Job
-    from pmcqa.ingest.pipeline import IngestOutcome
+
+def register(cli: typer.Typer) -> None:
+    cli.command("worker")(worker)
 
 
 def worker(
@@ -31,12 +27,8 @@ def worker(
     ),
 ) -> None:
     """Run queued ingest jobs until stopped (SIGTERM finishes the running batches first)."""
-    from pmcqa.core.settings import Settings
-    from pmcqa.ingest.worker import describe_queue, run_worker
-
     if check:
         raise typer.Exit(0 if check_local_worker(Settings()) else 1)
-
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -53,8 +45,6 @@ def check_local_worker(settings: Settings) -> bool:
     Workers register as "<hostname>:<pid>" (`ingest.worker.run_worker`); in a container the hostname is the
     container's, so this checks the worker of that container, not merely that Redis answers.
     """
-    from pmcqa.ingest.worker import describe_queue, live_workers
-
     prefix = f"{socket.gethostname()}:"
     alive = [name for name in live_workers(settings) if name.startswith(prefix)]
     if alive:
@@ -62,134 +52,3 @@ def check_local_worker(settings: Settings) -> bool:
     else:
         typer.echo(f"no live worker of {prefix[:-1]} on {describe_queue(settings)}", err=True)
     return bool(alive)
-
-
-def jobs(
-    job_id: str | None = typer.Argument(None, help="A job id; omit to list recent jobs."),
-    wait: bool = typer.Option(False, "--wait", help="Follow the job to its end with a progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    limit: int = typer.Option(20, "--limit", min=1, help="Jobs to list."),
-) -> None:
-    """Show ingest jobs: recent ones, or one job's per-id outcomes."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from pmcqa.core.settings import Settings
-    from pmcqa.ingest.jobs import JobStore
-
-    settings, console = Settings(), Console(stderr=as_json)
-    store = JobStore.for_settings(settings)
-    if job_id is None:
-        recent = store.list(limit)
-        if as_json:
-            typer.echo(json.dumps([job.model_dump(mode="json") for job in recent], indent=2))
-            return
-        table = Table(title="recent ingest jobs")
-        for column in ("job id", "created", "state", "ids", "outcomes"):
-            table.add_column(column)
-        for job in recent:
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created))
-            counts = ", ".join(f"{k}: {v}" for k, v in sorted(job.counts.items()))
-            table.add_row(job.job_id, created, job.state, str(job.total), counts)
-        console.print(table)
-        return
-    job = follow_job(settings, job_id, console) if wait else store.get(job_id)
-    if job is None:
-        raise typer.BadParameter(f"no job {job_id}")
-    if as_json:
-        typer.echo(json.dumps(job.model_dump(mode="json"), indent=2))
-    else:
-        print_job_table(job, console)
-    if job.state == "failed":
-        raise typer.Exit(1)
-
-
-def register(cli: typer.Typer) -> None:
-    cli.command("worker")(worker)
-    cli.command("jobs")(jobs)
-
-
-# --- helpers for `pmcqa ingest` (queued mode) --------------------------------------------------------------
-def follow_job(settings: Settings, job_id: str, console: Console, poll_s: float = 0.5) -> Job:
-    """Poll the jobs table until the job ends, with a progress bar; returns the finished job."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from pmcqa.core.status import Status
-    from pmcqa.ingest.jobs import JobStore
-
-    jobs = JobStore.for_settings(settings)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = None
-        while True:
-            job = jobs.get(job_id, items=False)
-            if job is None:
-                raise typer.BadParameter(f"no job {job_id}")
-            finished = job.total - job.counts.get(Status.PENDING, 0)
-            if task is None:
-                task = progress.add_task(f"job {job_id[:8]}", total=job.total)
-            progress.update(task, completed=finished, description=f"job {job_id[:8]} {job.state}")
-            if job.finished:
-                break
-            time.sleep(poll_s)
-    final = jobs.get(job_id)
-    assert final is not None
-    return final
-
-
-def print_job_table(job: Job, console: Console) -> None:
-    from rich.table import Table
-
-    from pmcqa.core.status import Status
-
-    table = Table(title=f"job {job.job_id}: {job.state}")
-    for column in ("id", "status", "paper id", "chunks", "title / reason"):
-        table.add_column(column)
-    for item in job.items or []:
-        detail = item.title if item.status == Status.INGESTED else (item.reason or "")
-        table.add_row(item.id, item.status, item.paper_id or "", str(item.chunks or ""), (detail or "")[:70])
-    console.print(table)
-    console.print(", ".join(f"{status}: {count}" for status, count in sorted(job.counts.items())))
-
-
-def run_queued(
-    settings: Settings, ids: list[str], refresh: bool, wait: bool | None, as_json: bool
-) -> list[IngestOutcome] | None:
-    """`pmcqa ingest` on the job queue. `wait`: True follow the job, False print its id and exit,
-    None (default) follow it if a worker serves the queue, else return None (the caller runs inline)."""
-    from rich.console import Console
-
-    from pmcqa.ingest.worker import enqueue_job, live_workers
-
-    console = Console(stderr=True)  # stdout stays clean for --json
-    if wait is None and not live_workers(settings):
-        console.print("[dim]no worker is running on this queue: ingesting in this process[/dim]")
-        return None
-    job = enqueue_job(settings, ids, refresh=refresh)
-    if wait is False:
-        if as_json:
-            typer.echo(json.dumps({"job_id": job.job_id, "state": job.state, "total": job.total}))
-        else:
-            console.print(f"queued job {job.job_id} ({job.total} ids): `pmcqa jobs {job.job_id} --wait`")
-        raise typer.Exit(0)
-    if not live_workers(settings):
-        console.print("[yellow]waiting for a worker: start `pmcqa worker` or `pmcqa serve`[/yellow]")
-    return job_outcomes(follow_job(settings, job.job_id, console))
-
-
-def job_outcomes(job: Job) -> list[IngestOutcome]:
-    """A finished job's items as pipeline outcomes, so queued and inline runs print the same way."""
-    from pmcqa.core.status import Status
-    from pmcqa.ingest.pipeline import IngestOutcome
-
-    return [
-        IngestOutcome(
-            requested=item.id,
-            paper_id=item.paper_id,
-            status=Status.FAILED if item.status == Status.PENDING else item.status,
-            reason=item.reason,
-            title=item.title,
-            chunks=item.chunks or 0,
-        )
-        for item in job.items or []
-    ]

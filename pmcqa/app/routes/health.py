@@ -1,4 +1,5 @@
-"""Liveness (no auth, no dependencies; says the version) and readiness (index and backend loaded)."""
+"""Liveness (no auth, no dependencies, answered from the moment the port opens) and readiness (the library's
+index and answer backend loaded; while they load, 503 with what is still loading)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from fastapi.responses import JSONResponse
 
 from pmcqa import __version__
 from pmcqa.app.deps import require_api_key
+from pmcqa.app.loader import LibraryLoader
 from pmcqa.app.schemas import Health, Readiness, error_responses
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive (never requires a key)")
-def healthz() -> Health:
+async def healthz() -> Health:
+    # async: answered on the event loop, never queued behind requests waiting for the threadpool.
     return Health(version=__version__)
 
 
@@ -27,10 +30,12 @@ def healthz() -> Health:
     },
 )
 def readyz(request: Request) -> JSONResponse:
-    library = getattr(request.app.state, "library", None)
-    if library is None:
+    loader: LibraryLoader = request.app.state.loader
+    library = loader.library
+    if library is None:  # `detail` says what is loading ("loading embedding model", ...) or why it failed
+        backend = request.app.state.settings.answer_backend
         state = Readiness(
-            ready=False, index=False, backend="", backend_ready=False, papers=0, detail="starting"
+            ready=False, index=False, backend=backend, backend_ready=False, papers=0, detail=loader.stage
         )
     else:
         state = Readiness(**library.readiness())

@@ -1,0 +1,96 @@
+"""The API's library, loaded beside a server that already answers: `LibraryLoader`.
+
+Loading the library (embedding model, index, default answer backend) takes seconds to minutes; the API binds
+its port first and loads it in a background thread. `stage` says where loading is: "starting", "loading
+embedding model", "loading index", "loading backend", "ready", or "failed: <reason>". Meanwhile `/healthz`
+answers, `/readyz` reports the stage with 503, and every route that needs the library answers 503 with
+`Retry-After` (`pmcqa.app.deps.get_library`). A failed load is not retried: the reason stays in `/readyz` and
+the log until the process is restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from pmcqa.app.service import Library
+from pmcqa.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LibraryFactory = Callable[[Settings], Library]
+
+READY = "ready"
+FAILED = "failed"
+
+
+class LibraryLoader:
+    """Builds the process's one `Library`, with `factory` (default `Library.create`), and says how far it got.
+
+    `start()` loads in a daemon thread; `load()` loads in the calling thread. The library a supplied factory
+    returns stays its caller's to close; the one `Library.create` built is closed by `close()`.
+    """
+
+    def __init__(self, settings: Settings, factory: LibraryFactory | None = None) -> None:
+        self.settings = settings
+        self._factory = factory
+        self._library: Library | None = None
+        self._stage = "starting"
+        self._closed = False
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+
+    @property
+    def library(self) -> Library | None:
+        """The library once it is ready, else None."""
+        return self._library
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @property
+    def failed(self) -> bool:
+        return self._stage.startswith(FAILED)
+
+    def _report(self, stage: str) -> None:
+        log.info("library: %s", stage)
+        self._stage = stage
+
+    def start(self) -> None:
+        threading.Thread(target=self.load, name="pmcqa-library-loader", daemon=True).start()
+
+    def load(self) -> None:
+        """Build the library here; a failure is logged and kept in `stage`, never raised."""
+        try:
+            if self._factory is not None:
+                self._report("loading library")
+                library = self._factory(self.settings)
+            else:
+                library = Library.create(self.settings, progress=self._report)
+        except Exception as exc:  # missing model files, a store of another embedding model, ...
+            log.exception("the library failed to load")
+            self._report(f"{FAILED}: {type(exc).__name__}: {exc}")
+            self._finished.set()
+            return
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._library = library
+                self._report(READY)
+        if closed and self._factory is None:  # the app stopped while this was loading
+            library.close()
+        self._finished.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until loading has finished (ready or failed); False if `timeout` ran out first."""
+        return self._finished.wait(timeout)
+
+    def close(self) -> None:
+        """At shutdown: close the library if this loader built it; a load still running closes its own."""
+        with self._lock:
+            self._closed = True
+            library, self._library = self._library, None
+        if library is not None and self._factory is None:
+            library.close()

@@ -1,0 +1,223 @@
+"""Start-up: the CLI checks its input before importing anything heavy, and the API serves /healthz while its
+library loads (a background thread: /readyz says what is loading, routes that need the library say 503 with
+Retry-After). No timing assertions: what is imported, and what is answered while loading, are asserted."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from pmcqa.app.cli import COMMANDS, load_command
+from pmcqa.app.main import create_app
+from pmcqa.app.service import Library
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "sentence_transformers", "faiss", "bm25s", "openai")
+QUESTION = "What is the probability that a research claim is true?"
+
+# Runs the CLI in a fresh interpreter, then reports its exit code and which heavy modules it imported.
+_PROBE = """
+import json, sys
+heavy = set(json.loads(sys.argv[2]))
+sys.argv = ["pmcqa", *json.loads(sys.argv[1])]
+from pmcqa.app.cli import main
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+loaded = sorted({name.split(".")[0] for name in sys.modules} & heavy)
+commands = sorted(name for name in sys.modules if name.startswith("pmcqa.app.commands."))
+print(json.dumps({"code": code, "loaded": loaded, "commands": commands}), file=sys.stderr)
+"""
+
+
+def run_cli(args: list[str], data_dir: Path) -> tuple[dict, str]:
+    """(the probe's report, the command's own stderr) of `pmcqa args` in a subprocess."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PMCQA_DATA_DIR": str(data_dir)}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(args), json.dumps(HEAVY)],
+        env=env,
+        cwd=data_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *output, report = done.stderr.strip().splitlines()
+    return json.loads(report), "\n".join(output)
+
+
+def test_ask_with_a_malformed_id_exits_without_importing_torch(tmp_path: Path) -> None:
+    report, stderr = run_cli(["ask", "banana", "x"], tmp_path)
+    assert report["code"] == 2 and "not a paper id: 'banana'" in stderr
+    assert report["loaded"] == []  # not torch, not the embedding model's libraries, not faiss
+    assert report["commands"] == ["pmcqa.app.commands.ask"]  # only the chosen command's module
+
+
+def test_ask_with_a_bad_question_exits_without_importing_torch(tmp_path: Path) -> None:
+    empty, stderr = run_cli(["ask", "PMC1182327", "   "], tmp_path)
+    assert empty["code"] == 2 and "question must not be empty" in stderr and empty["loaded"] == []
+    long_question = "why " * 1000
+    too_long, stderr = run_cli(["ask", "PMC1182327", long_question], tmp_path)
+    assert too_long["code"] == 2 and "PMCQA_MAX_QUESTION_CHARS" in stderr and too_long["loaded"] == []
+
+
+def test_help_and_jobs_load_no_heavy_module(tmp_path: Path) -> None:
+    help_report, _ = run_cli(["--help"], tmp_path)
+    assert help_report["code"] == 0 and help_report["loaded"] == [] and help_report["commands"] == []
+    jobs_report, _ = run_cli(["jobs"], tmp_path)
+    assert jobs_report["code"] == 0 and jobs_report["loaded"] == []
+
+
+def test_parse_counts_tokens_without_the_model_weights(tmp_path: Path, shared_data: Path) -> None:
+    article = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"
+    report, _ = run_cli(["parse", str(article), "--json"], tmp_path)
+    assert report["code"] == 0 and report["loaded"] == []  # tokenizer.json via `tokenizers`, no transformers
+
+
+def test_no_command_module_imports_a_heavy_library() -> None:
+    probe = (
+        "import json, sys\n"
+        "from pmcqa.app.cli import COMMANDS, load_command\n"
+        "for name in COMMANDS: load_command(name)\n"
+        "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules} & set(json.loads(sys.argv[1])))))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(HEAVY)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []  # serve, worker, search, eval ...: each loads them only when run
+
+
+def test_help_lists_each_command_by_its_own_docstring() -> None:
+    for name, (_, summary) in COMMANDS.items():
+        command = load_command(name)
+        assert command.name == name
+        assert (command.help or "").strip().splitlines()[0] == summary, name
+
+
+# --- the API while the library loads ------------------------------------------------------------------------
+
+
+class SlowFactory:
+    """A library factory that blocks until released, standing in for a slow model load."""
+
+    def __init__(self, library: Library | None = None, error: Exception | None = None) -> None:
+        self.library, self.error = library, error
+        self.release = threading.Event()
+
+    def __call__(self, _settings: object) -> Library:
+        assert self.release.wait(60), "the test never released the factory"
+        if self.error is not None:
+            raise self.error
+        assert self.library is not None
+        return self.library
+
+
+def test_healthz_answers_while_the_library_loads_then_readyz(library) -> None:
+    factory = SlowFactory(library)
+    app = create_app(library.settings, library_factory=factory, load_in_background=True)
+    with TestClient(app) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        loading = client.get("/readyz")
+        assert loading.status_code == 503
+        assert loading.json()["ready"] is False and loading.json()["detail"] == "loading library"
+        asked = client.post("/ask", json={"paper_id": "PMC1182327", "question": QUESTION})
+        assert asked.status_code == 503 and asked.headers["Retry-After"].isdigit()
+        assert "still loading" in asked.json()["detail"]
+        searched = client.post("/search", json={"query": "research claims"})
+        assert searched.status_code == 503 and "Retry-After" in searched.headers
+
+        factory.release.set()
+        assert app.state.loader.wait(30)
+        assert client.get("/readyz").status_code == 200
+        answered = client.post("/ask", json={"paper_id": "PMC1182327", "question": QUESTION})
+        assert answered.status_code == 200, answered.text
+
+
+def test_a_library_that_fails_to_load_is_reported_not_retried(library) -> None:
+    factory = SlowFactory(error=RuntimeError("no model files"))
+    factory.release.set()
+    app = create_app(library.settings, library_factory=factory, load_in_background=True)
+    with TestClient(app) as client:
+        assert app.state.loader.wait(30)
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["detail"] == "failed: RuntimeError: no model files"
+        asked = client.post("/ask", json={"paper_id": "PMC1182327", "question": QUESTION})
+        assert asked.status_code == 503 and "Retry-After" not in asked.headers
+        assert "no model files" in asked.json()["detail"]
+
+
+@pytest.fixture
+def loading_server(library) -> Iterator[tuple[str, SlowFactory]]:
+    """The app on uvicorn (a real socket) with a library factory that has not finished."""
+    factory = SlowFactory(library)
+    app = create_app(library.settings, library_factory=factory, load_in_background=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{server.config.port}", factory
+    finally:
+        factory.release.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_port_opens_before_the_library_is_loaded(loading_server) -> None:
+    url, factory = loading_server
+    with httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/healthz").status_code == 200  # served while the factory still blocks
+        assert http.get("/readyz").status_code == 503
+        assert not factory.release.is_set()
+        factory.release.set()
+        deadline = time.monotonic() + 30
+        while http.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http.get("/readyz").json()["ready"] is True
+
+
+def test_library_create_reports_each_loading_step(library) -> None:
+    steps: list[str] = []
+    created = Library.create(library.settings, progress=steps.append)
+    try:
+        assert steps == ["loading embedding model", "loading index", "loading backend"]
+        assert created.readiness()["ready"] is True
+    finally:
+        created.close()
+
+
+def test_backend_still_loading_is_503_with_retry_after(make_library) -> None:
+    library = make_library()
+
+    class Loading:
+        name, model = "extractive", "loading"
+
+        def is_ready(self) -> bool:
+            return False
+
+    library.backends["extractive"] = Loading()  # type: ignore[assignment]
+    with TestClient(create_app(library.settings, library_factory=lambda _s: library)) as client:
+        asked = client.post("/ask", json={"paper_id": "PMC1182327", "question": QUESTION})
+        assert asked.status_code == 503 and asked.json()["error"] == "backend_not_ready"
+        assert asked.headers["Retry-After"].isdigit()
