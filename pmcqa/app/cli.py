@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pmcqa.app.commands import ask, ingest, parse, reindex, report, search, serve, worker
+from pmcqa.app.commands import ask, ingest, papers, parse, reindex, report, search, serve, worker
 from pmcqa.app.commands import eval as eval_command
 
 cli = typer.Typer(
@@ -18,7 +18,7 @@ cli = typer.Typer(
     add_completion=False,
 )
 
-for command in (ask, eval_command, ingest, parse, reindex, report, search, serve, worker):
+for command in (ask, eval_command, ingest, papers, parse, reindex, report, search, serve, worker):
     command.register(cli)
 
 

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pmcqa.app.commands.output import add_id_column
+
 if TYPE_CHECKING:
     from pmcqa.core.settings import Settings
     from pmcqa.ingest.pipeline import IngestOutcome
@@ -78,7 +80,11 @@ def _run(ingestor, ids, xml_paths, id_override, refresh, progress):  # type: ign
 def print_table(outcomes: list[IngestOutcome]) -> None:
     from pmcqa.core.status import Status
 
-    table = Table("requested", "paper", "status", "chunks", "title / reason")
+    table = Table()
+    add_id_column(table, "requested", [o.requested for o in outcomes])
+    add_id_column(table, "paper", [o.paper_id or "" for o in outcomes])
+    for column in ("status", "chunks", "title / reason"):
+        table.add_column(column)
     colours = {Status.INGESTED: "green", Status.NO_FULL_TEXT: "yellow"}
     for o in outcomes:
         colour = colours.get(o.status, "dim" if o.skipped else "red")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from pmcqa.app.commands.output import add_id_column
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -26,21 +28,23 @@ def worker(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every batch."),
 ) -> None:
     """Run queued ingest jobs until stopped (SIGTERM finishes the running batches first)."""
+    from pmcqa.core.logs import configure_logging
     from pmcqa.core.settings import Settings
     from pmcqa.ingest.worker import describe_queue, run_worker
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pmcqa.worker").setLevel(logging.INFO if verbose else logging.WARNING)
     settings = Settings()
+    configure_logging(settings.log_format, logging.WARNING)  # json: a line per ingest outcome regardless
+    logging.getLogger("pmcqa.worker").setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        logging.getLogger("pmcqa.ingest.outcome").setLevel(logging.INFO)
     typer.echo(f"pmcqa worker: {workers} thread(s) on {describe_queue(settings)}", err=True)
     run_worker(settings, workers=workers)
 
 
 def jobs(
-    job_id: str | None = typer.Argument(None, help="A job id; omit to list recent jobs."),
+    job_id: str | None = typer.Argument(
+        None, help="A job id, or a unique prefix of one; omit to list recent jobs."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end with a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     limit: int = typer.Option(20, "--limit", min=1, help="Jobs to list."),
@@ -50,7 +54,7 @@ def jobs(
     from rich.table import Table
 
     from pmcqa.core.settings import Settings
-    from pmcqa.ingest.jobs import JobStore
+    from pmcqa.ingest.jobs import AmbiguousJobId, JobStore
 
     settings, console = Settings(), Console(stderr=as_json)
     store = JobStore.for_settings(settings)
@@ -60,17 +64,22 @@ def jobs(
             typer.echo(json.dumps([job.model_dump(mode="json") for job in recent], indent=2))
             return
         table = Table(title="recent ingest jobs")
-        for column in ("job id", "created", "state", "ids", "outcomes"):
+        add_id_column(table, "job id", [job.job_id for job in recent])
+        for column in ("created", "state", "ids", "outcomes"):
             table.add_column(column)
         for job in recent:
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created))
+            created = job.created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(job.counts.items()))
             table.add_row(job.job_id, created, job.state, str(job.total), counts)
         console.print(table)
         return
-    job = follow_job(settings, job_id, console) if wait else store.get(job_id)
-    if job is None:
-        raise typer.BadParameter(f"no job {job_id}")
+    try:
+        found = store.find(job_id)
+    except AmbiguousJobId as exc:
+        raise typer.BadParameter(str(exc), param_hint="JOB_ID") from None
+    if found is None:
+        raise typer.BadParameter(f"no job {job_id}", param_hint="JOB_ID")
+    job = follow_job(settings, found.job_id, console) if wait else found
     if as_json:
         typer.echo(json.dumps(job.model_dump(mode="json"), indent=2))
     else:
@@ -102,8 +111,8 @@ def follow_job(settings: Settings, job_id: str, console: Console, poll_s: float 
                 raise typer.BadParameter(f"no job {job_id}")
             finished = job.total - job.counts.get(Status.PENDING, 0)
             if task is None:
-                task = progress.add_task(f"job {job_id[:8]}", total=job.total)
-            progress.update(task, completed=finished, description=f"job {job_id[:8]} {job.state}")
+                task = progress.add_task(f"job {job_id}", total=job.total)
+            progress.update(task, completed=finished, description=f"job {job_id} {job.state}")
             if job.finished:
                 break
             time.sleep(poll_s)
@@ -118,11 +127,14 @@ def print_job_table(job: Job, console: Console) -> None:
     from pmcqa.core.status import Status
 
     table = Table(title=f"job {job.job_id}: {job.state}")
-    for column in ("id", "status", "paper id", "chunks", "title / reason"):
+    items = job.items or []
+    add_id_column(table, "id", [item.id for item in items])
+    add_id_column(table, "paper id", [item.paper_id or "" for item in items])
+    for column in ("status", "chunks", "title / reason"):
         table.add_column(column)
     for item in job.items or []:
         detail = item.title if item.status == Status.INGESTED else (item.reason or "")
-        table.add_row(item.id, item.status, item.paper_id or "", str(item.chunks or ""), (detail or "")[:70])
+        table.add_row(item.id, item.paper_id or "", item.status, str(item.chunks or ""), (detail or "")[:70])
     console.print(table)
     console.print(", ".join(f"{status}: {count}" for status, count in sorted(job.counts.items())))
 

@@ -1,12 +1,11 @@
-"""Liveness (no auth, no dependencies) and readiness (index and backend loaded)."""
+"""Liveness (no dependencies) and readiness (index and backend loaded); both are open to probes, no key."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from pmcqa.app.deps import require_api_key
-from pmcqa.app.schemas import Health, Readiness, error_responses
+from pmcqa.app.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -19,11 +18,8 @@ def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    dependencies=[Depends(require_api_key)],
-    responses={
-        **error_responses(401),
-        503: {"model": Readiness, "description": "Index or backend not ready."},
-    },
+    summary="Index and answer backend are ready (never requires a key: it is a probe)",
+    responses={503: {"model": Readiness, "description": "Index or backend not ready."}},
 )
 def readyz(request: Request) -> JSONResponse:
     library = getattr(request.app.state, "library", None)
