@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -137,6 +137,7 @@ def create_app(
             tags=["health"],
             dependencies=[Depends(require_api_key)],
             summary="Prometheus metrics",
+            response_class=PlainTextResponse,
             responses={
                 200: {"content": {"text/plain": {"example": "pmcqa_library_papers 3.0\n"}}},
                 **error_responses(401),

@@ -303,6 +303,8 @@ class DeleteResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
 
 class Readiness(BaseModel):
     ready: bool

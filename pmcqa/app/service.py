@@ -395,16 +395,18 @@ class Library:
         an `ErrorEvent` saying why there is none.
 
         The backend runs in a worker thread feeding a queue, so a stalled backend still ends the stream with
-        an error event at generation_timeout_s. Setting `cancelled` (the client went away) closes the
-        backend's stream at its next event, which stops generation: the transformers backend stops at the next
-        token and frees its model, the OpenAI-compatible backend closes its HTTP stream.
+        an error event at generation_timeout_s. Setting `cancelled` (the client went away) stops generation:
+        the backend sees it (the transformers backend stops at the next token and frees its model, the
+        OpenAI-compatible backend closes its HTTP stream at the next chunk), and its stream is closed.
         """
         events: queue.Queue[BackendEvent | BaseException | None] = queue.Queue()
         deadline = time.monotonic() + self.settings.generation_timeout_s
         cancelled = cancelled or threading.Event()
 
         def produce() -> None:
-            backend_events = prepared.backend.stream(prepared.question, prepared.passages, prepared.paper)
+            backend_events = prepared.backend.stream(
+                prepared.question, prepared.passages, prepared.paper, cancelled=cancelled
+            )
             try:
                 for event in backend_events:
                     if cancelled.is_set():

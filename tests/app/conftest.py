@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -122,14 +123,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_server(library) -> Iterator[str]:
-    """The app served by uvicorn on a free 127.0.0.1 port, in a background thread: a real socket."""
+@contextmanager
+def serve_app(app) -> Iterator[str]:
+    """`app` served by uvicorn on a free 127.0.0.1 port, in a background thread: a real socket."""
     import uvicorn
 
-    from pmcqa.app.main import create_app
-
-    app = create_app(library.settings, library_factory=lambda _settings: library)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -139,6 +137,17 @@ def live_server(library) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(library) -> Iterator[str]:
+    """The app over the session library, served by uvicorn on a real socket."""
+    from pmcqa.app.main import create_app
+
+    with serve_app(create_app(library.settings, library_factory=lambda _settings: library)) as url:
+        yield url

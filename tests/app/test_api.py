@@ -384,13 +384,13 @@ def test_stream_abstention(client):
 
 
 class _StallsWhileStreaming(ExtractiveBackend):
-    def stream(self, question, passages, paper):
+    def stream(self, question, passages, paper, cancelled=None):
         yield StepEvent(data="1) Searched.")
         time.sleep(1.5)  # then nothing, past the generation timeout
 
 
 class _BreaksWhileStreaming(ExtractiveBackend):
-    def stream(self, question, passages, paper):
+    def stream(self, question, passages, paper, cancelled=None):
         yield StepEvent(data="1) Searched.")
         raise RuntimeError("secret internal detail")
 

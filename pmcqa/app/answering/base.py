@@ -7,6 +7,7 @@ text and drops anything invented or not retrieved, so every backend obeys the sa
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Annotated, Literal, Protocol
 
@@ -180,6 +181,16 @@ class AnswerBackend(Protocol):
 
     def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft: ...
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
-        """Yield steps and answer deltas as produced, then `DraftDone` with the Draft."""
+    def stream(
+        self,
+        question: str,
+        passages: list[Passage],
+        paper: PaperRecord,
+        cancelled: threading.Event | None = None,
+    ) -> Iterator[BackendEvent]:
+        """Yield steps and answer deltas as produced, then `DraftDone` with the Draft.
+
+        Once `cancelled` is set (the client went away) stop generating as soon as possible and return
+        without a `DraftDone`: a model frees itself for the next request, a connection is closed.
+        """
         ...

@@ -161,8 +161,17 @@ class OpenAIBackend:
         )
         return build_draft(analysis, final, passages, self.model, truncated=truncated)
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
-        """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come."""
+    def stream(
+        self,
+        question: str,
+        passages: list[Passage],
+        paper: PaperRecord,
+        cancelled: threading.Event | None = None,
+    ) -> Iterator[BackendEvent]:
+        """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come.
+
+        `cancelled` is checked on every chunk: set, the HTTP stream is closed, which stops the server's
+        generation (vLLM aborts a request whose connection closes)."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
         assembler, reasoning, content, finish = StreamAssembler(), "", "", None
         try:
@@ -171,6 +180,8 @@ class OpenAIBackend:
             )
             with chunks:
                 for chunk in chunks:
+                    if cancelled is not None and cancelled.is_set():
+                        return  # leaving the `with` closes the connection
                     if time.monotonic() > deadline:  # the client's timeout is per read, not per answer
                         raise GenerationTimeout(self._timeout_message())
                     if not chunk.choices:

@@ -365,7 +365,15 @@ class TransformersBackend:
             completion.analysis, completion.final, passages, self.model, truncated=completion.truncated
         )
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
+    def stream(
+        self,
+        question: str,
+        passages: list[Passage],
+        paper: PaperRecord,
+        cancelled: threading.Event | None = None,
+    ) -> Iterator[BackendEvent]:
+        """Generation runs in a thread feeding a streamer; `cancelled` (or closing this generator) stops it at
+        the next token, which releases the model's lock for the next request."""
         prompt_ids = self.prompt_ids(question, passages, paper)
         streamer = TextIteratorStreamer(
             self._tokenizer,
@@ -374,7 +382,7 @@ class TransformersBackend:
             timeout=self.settings.generation_timeout_s + 30,
         )
         outcome: dict[str, Any] = {}
-        cancelled = threading.Event()
+        cancelled = cancelled or threading.Event()
         worker = threading.Thread(
             target=self._stream_worker, args=(prompt_ids, streamer, outcome, cancelled), daemon=True
         )
@@ -385,11 +393,12 @@ class TransformersBackend:
                 text += piece
                 partial = harmony.parse_partial(text)
                 yield from assembler.update(partial.analysis, partial.final)
-        finally:
-            # Closed early (the client went away): generation stops at the next token and releases the lock.
-            if worker.is_alive():
-                cancelled.set()
+        except BaseException:  # closed early (GeneratorExit: the consumer went away) or failed
+            cancelled.set()  # generation stops at the next token and releases the lock
+            raise
         worker.join()
+        if cancelled.is_set():
+            return  # stopped on request: no answer to report
         if "error" in outcome:  # the caller reports it (a GenerationTimeout as a generation_timeout event)
             raise outcome["error"]
         completion = harmony.parse_completion(outcome["text"])

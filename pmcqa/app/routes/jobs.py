@@ -172,6 +172,7 @@ _INGEST_ERRORS = error_responses(
     "for another request."
 )
 _JOB_ERRORS = error_responses(401, 404, 422, e404="No such job.")
+_JOB_LIST_ERRORS = error_responses(401, 422)
 
 
 @router.post(
@@ -237,7 +238,7 @@ async def ingest(
     return JobCreated(job_id=job.job_id, state=job.state, total=job.total, status_url=location)
 
 
-@router.get("/jobs", response_model=JobList, summary="Recent ingest jobs", responses=_JOB_ERRORS)
+@router.get("/jobs", response_model=JobList, summary="Recent ingest jobs", responses=_JOB_LIST_ERRORS)
 async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=200)) -> JobList:
     """Recent jobs, newest first (counts only; GET /jobs/{id} has the per-id outcomes)."""
     return JobList(jobs=await run_in_threadpool(_jobs(request).list, limit))
