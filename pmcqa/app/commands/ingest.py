@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pmcqa.app.commands.output import add_id_column
+from pmcqa.app.commands.output import print_table as print_wide_table
 
 if TYPE_CHECKING:
     from pmcqa.core.settings import Settings
@@ -96,7 +97,7 @@ def print_table(outcomes: list[IngestOutcome]) -> None:
             str(o.chunks),
             escape((detail or "")[:120]),
         )
-    Console().print(table)
+    print_wide_table(table)
 
 
 def ingest(

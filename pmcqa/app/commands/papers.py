@@ -17,11 +17,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pmcqa.app.commands.output import add_id_column
+from pmcqa.app.commands.output import add_id_column, print_table
 
 if TYPE_CHECKING:
     from pmcqa.app.service import Library
@@ -79,7 +78,7 @@ def list_papers(
         table.add_row(
             paper.paper_id, paper.pmid or "", paper.doi or "", paper.year or "", escape(paper.title)
         )
-    Console().print(table)
+    print_table(table)
 
 
 @papers.command("show")

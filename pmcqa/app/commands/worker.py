@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from pmcqa.app.commands.output import add_id_column
+from pmcqa.app.commands.output import add_id_column, print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -71,7 +71,7 @@ def jobs(
             created = job.created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(job.counts.items()))
             table.add_row(job.job_id, created, job.state, str(job.total), counts)
-        console.print(table)
+        print_table(table, console)
         return
     try:
         found = store.find(job_id)
@@ -135,7 +135,7 @@ def print_job_table(job: Job, console: Console) -> None:
     for item in job.items or []:
         detail = item.title if item.status == Status.INGESTED else (item.reason or "")
         table.add_row(item.id, item.paper_id or "", item.status, str(item.chunks or ""), (detail or "")[:70])
-    console.print(table)
+    print_table(table, console)
     console.print(", ".join(f"{status}: {count}" for status, count in sorted(job.counts.items())))
 
 
