@@ -134,5 +134,20 @@ def _openapi(api: FastAPI) -> dict[str, Any]:
         for name, definition in stream.pop("$defs", {}).items():
             components.setdefault(name, definition)
         components["StreamMessage"] = stream
+        _errors_are_json(schema)
         api.openapi_schema = schema
     return api.openapi_schema
+
+
+def _errors_are_json(schema: dict[str, Any]) -> None:
+    """Error bodies are always JSON (the error handlers write them), even on a route whose success is not
+    (GET /metrics is text/plain, and FastAPI files its error models under the route's media type)."""
+    for methods in schema.get("paths", {}).values():
+        for operation in methods.values():
+            for code, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if code[0] not in "45" or "application/json" in content:
+                    continue
+                for media in list(content):
+                    if content[media].get("schema", {}).get("$ref", "").endswith("/ErrorResponse"):
+                        content["application/json"] = content.pop(media)

@@ -2,8 +2,8 @@
 
 `Library` holds the components created once per process (store, embedder, retriever, answer backends) and
 turns requests into typed results (`Answer`, streamed `AnswerEvent`s, `SearchResult`, `PaperPage`,
-`PaperView`) or typed refusals (`pmcqa.app.errors`: each carries its HTTP status and CLI exit code). Nothing
-outside this module reads the store to answer a request.
+`PaperView`, `PaperText`, `LibraryStats`) or typed refusals (`pmcqa.app.errors`: each carries its HTTP status
+and CLI exit code). Nothing outside this module reads the store to answer a request.
 """
 
 from __future__ import annotations
@@ -315,10 +315,8 @@ class Library:
         section = next(
             (c.section for c in self.store.get_chunks(paper.paper_id) if c.start <= start < c.end), None
         )
-        return PaperText(
-            paper.paper_id, chars, start, end, context_start, context_end,
-            paper.text[context_start:context_end], section,
-        )
+        window = paper.text[context_start:context_end]
+        return PaperText(paper.paper_id, chars, start, end, context_start, context_end, window, section)
 
     def stats(self) -> LibraryStats:
         """The library's size and when it last changed (for metrics)."""

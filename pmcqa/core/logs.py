@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TextIO
 
 REQUEST_ID_HEADER = "X-Request-ID"
 request_id: ContextVar[str | None] = ContextVar("pmcqa_request_id", default=None)
@@ -74,13 +75,25 @@ ACCESS_LOGGER = "pmcqa.access"
 OUTCOME_LOGGER = "pmcqa.ingest.outcome"
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted (so a replaced stderr is followed)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
 def configure_logging(log_format: Literal["text", "json"], level: int = logging.WARNING) -> None:
-    """Route every logger (uvicorn's included, when it is started with `log_config=None`) to one handler."""
-    handler = logging.StreamHandler()
+    """Route every logger (uvicorn's included, when it is started with `log_config=None`) to one stderr
+    handler; called again, it replaces the handler it installed before (and no one else's)."""
+    handler = StderrHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

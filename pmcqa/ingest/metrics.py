@@ -8,7 +8,8 @@ table at scrape time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
@@ -59,11 +60,20 @@ class JobsCollector(Collector):
         return [family]
 
 
-def serve_worker_metrics(settings: Settings, jobs: Any) -> Any:
-    """Start the metrics endpoint of a worker process (None when `worker_metrics_port` is unset)."""
+@contextmanager
+def serve_worker_metrics(settings: Settings, jobs: Any) -> Iterator[None]:
+    """Serve the process's metrics on `worker_metrics_port` while a worker runs (nothing when it is unset)."""
     if settings.worker_metrics_port is None:
-        return None
-    REGISTRY.register(JobsCollector(jobs))
-    server, _thread = start_http_server(settings.worker_metrics_port, addr=settings.host)
+        yield
+        return
+    collector = JobsCollector(jobs)
+    REGISTRY.register(collector)
+    server, thread = start_http_server(settings.worker_metrics_port, addr=settings.host)
     log.info("worker metrics on http://%s:%d/metrics", settings.host, settings.worker_metrics_port)
-    return server
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        REGISTRY.unregister(collector)  # a later worker in this process registers its own

