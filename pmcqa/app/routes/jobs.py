@@ -10,6 +10,7 @@ returns the job the first one created (`Idempotent-Replayed: true`); the key reu
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 from pathlib import Path
@@ -24,6 +25,7 @@ from pmcqa.app.errors import InvalidInput, JobNotFound, PayloadTooLarge
 from pmcqa.app.schemas import error_responses
 from pmcqa.app.service import Library
 from pmcqa.core.ids import InvalidPaperId, parse_id
+from pmcqa.core.logs import OUTCOME_LOGGER
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
 from pmcqa.index.models import OutlineEntry
@@ -32,6 +34,7 @@ from pmcqa.ingest.pipeline import Ingestor
 from pmcqa.ingest.worker import submit_job
 
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require_api_key)])
+outcome_log = logging.getLogger(OUTCOME_LOGGER)
 
 # A JSON list of ids is small: 1000 ids × ~40 bytes. Anything much bigger is a mistake or an attack.
 MAX_INGEST_BODY_BYTES = 256_000
@@ -307,6 +310,14 @@ async def upload_paper(
     if not data.strip():
         raise InvalidInput("send a JATS XML article as the request body", code="empty_body")
     outcome = await run_in_threadpool(_ingest_upload, request, library, data, id)
+    if outcome is not None:  # the same outcome line as a worker's (a JSON object with PMCQA_LOG_FORMAT=json)
+        outcome_log.info(
+            "upload: %s %s",
+            outcome.requested,
+            outcome.status,
+            extra={"requested": outcome.requested, "status": outcome.status, "paper_id": outcome.paper_id,
+                   "reason": outcome.reason, "chunks": outcome.chunks, "source": "upload"},
+        )
     if outcome is None or outcome.status != Status.INGESTED:
         reason = getattr(outcome, "reason", None) or "the file could not be ingested"
         status_text = getattr(outcome, "status", Status.FAILED)
