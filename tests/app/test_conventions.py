@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 
 import httpx
 import pytest
-from conftest import free_port, serve_app
+from fakes.serving import free_port, serve_app
 
 from pmcqa.app import deps
 from pmcqa.app.main import create_app

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import free_port, serve_app
 from fakes.openai_server import FakeOpenAIServer, ScriptedReply
+from fakes.serving import free_port, serve_app
 from fakes.tiny_gpt_oss import save_checkpoint
 
 from pmcqa.app.answering.openai_backend import OpenAIBackend
