@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pmcqa.app.commands.ingest",
         "Ingest PMC papers by id, or local JATS files, into the index. Exit 1 if any id failed.",
     ),
+    "papers": (
+        "pmcqa.app.commands.papers",
+        "List, show, read or delete the papers of the library (no model is loaded).",
+    ),
     "parse": ("pmcqa.app.commands.parse", "Parse a local JATS file and show the paper and its chunks."),
     "reindex": (
         "pmcqa.app.commands.reindex",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import Depends, HTTPException, Request, status
@@ -71,10 +72,12 @@ def get_metrics(request: Request) -> AnswerMetrics:
 
 
 def key_matches(presented: str, keys: list[str]) -> bool:
-    """Constant-time comparison against every configured key (no early exit reveals which one matched)."""
+    """Constant-time comparison against every configured key: no early exit reveals which one matched, and
+    comparing SHA-256 digests (all 32 bytes) keeps the time independent of the keys' lengths too."""
+    digest = hashlib.sha256(presented.encode()).digest()
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(presented.encode(), key.encode())
+        matched |= hmac.compare_digest(digest, hashlib.sha256(key.encode()).digest())
     return matched
 
 
@@ -82,7 +85,11 @@ def require_api_key(
     settings: Settings = Depends(get_settings),
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:
-    """With PMCQA_API_KEYS set, every request needs `Authorization: Bearer <key>`; 401 otherwise."""
+    """With PMCQA_API_KEYS set, a route guarded by this needs `Authorization: Bearer <key>`; 401 otherwise.
+
+    Every route is guarded but /healthz, /readyz and GET / (probes and the pointer to the docs); the docs
+    per `docs_access`, /metrics unless `metrics_port` serves it elsewhere.
+    """
     if not settings.api_keys:
         return
     if credentials is None or credentials.scheme.lower() != "bearer":

@@ -4,8 +4,14 @@ The library (embedder, store, retriever, default answer backend) is loaded once 
 `LibraryLoader` that the lifespan starts in a background thread, so the port opens at once: `/healthz` answers
 from the start, `/readyz` says what is still loading, and routes that need the library get it through
 `deps.get_library` (503 with `Retry-After` until it is ready). The routers are listed in `ROUTERS`. Errors
-leave as ``{"error": code, "detail": message}`` with the status a `ServiceError` names (`pmcqa.app.errors`,
-with `Retry-After` when it is temporary); nothing a client sends can produce a stack trace.
+leave as ``{"error": code, "detail": message, "request_id": ...}`` with the status a `ServiceError` names
+(`pmcqa.app.errors`, with `Retry-After` when it is temporary); nothing a client sends can produce a stack
+trace.
+
+Conventions: every response carries `X-Request-ID` (the client's, or a new one) and every request is one
+access-log line (`app.middleware`); `/papers/` is `/papers` (no redirects); operation ids are the handlers'
+names; /docs and /redoc work offline (`app.docs`). Who needs the API key: everything but /healthz, /readyz
+and GET /; the docs per `docs_access`; /metrics unless it is served on `metrics_port` instead.
 """
 
 from __future__ import annotations
@@ -16,17 +22,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pmcqa import __version__
 from pmcqa.app.deps import AnswerMetrics, require_api_key
+from pmcqa.app.docs import install_docs, operation_id
 from pmcqa.app.errors import InternalError, InvalidInput, ServiceError
 from pmcqa.app.loader import LibraryFactory, LibraryLoader
+from pmcqa.app.metrics import LibraryCollector, serve_metrics
+from pmcqa.app.middleware import RequestIdMiddleware, TrailingSlashMiddleware
 from pmcqa.app.routes import ask, health, jobs, papers, search
+from pmcqa.app.schemas import error_responses
 from pmcqa.core.extras import MissingExtra
+from pmcqa.core.logs import REQUEST_ID_HEADER, request_id
 from pmcqa.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +46,17 @@ _HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
 
 
 def error(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status_code, headers=headers)
+    return error_body({"error": code, "detail": detail}, status_code, headers)
+
+
+def error_body(
+    body: dict[str, object], status_code: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error response carrying the request id, in the body and (for errors raised outside the request-id
+    middleware, i.e. 500s) in the header."""
+    current = request_id.get()
+    headers = {**(headers or {}), **({REQUEST_ID_HEADER: current} if current else {})}
+    return JSONResponse({**body, "request_id": current}, status_code=status_code, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -50,7 +71,7 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers())
+        return error_body(exc.body(), exc.http_status, exc.headers())
 
     @api.exception_handler(MissingExtra)
     async def missing_extra(_: Request, exc: MissingExtra) -> JSONResponse:
@@ -92,6 +113,7 @@ def create_app(
     """
     settings = settings or get_settings()
     background = library_factory is None if load_in_background is None else load_in_background
+    registry = CollectorRegistry()  # per app, so several apps in one process (tests) never collide
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +123,8 @@ def create_app(
         else:
             loader.load()
         try:
-            yield
+            with serve_metrics(settings, registry):  # on its own port, when metrics_port is set
+                yield
         finally:
             loader.close()
 
@@ -110,17 +133,38 @@ def create_app(
         summary="Paper-grounded question answering over PubMed Central full texts.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served offline by app.docs, per settings.docs_access
+        redoc_url=None,
+        openapi_url=None,
+        generate_unique_id_function=operation_id,
+        redirect_slashes=False,  # TrailingSlashMiddleware serves /papers/ as /papers instead
     )
     api.state.settings = settings
     api.state.loader = LibraryLoader(settings, library_factory)  # not started: the lifespan starts its own
-    registry = CollectorRegistry()  # per app, so several apps in one process (tests) never collide
     api.state.answer_metrics = AnswerMetrics(registry)
+    registry.register(LibraryCollector(lambda: api.state.loader.library))
     install_error_handlers(api)
+    install_docs(api, settings)
     for router in ROUTERS:
         api.include_router(router)
-    Instrumentator(registry=registry, excluded_handlers=["/metrics", "/healthz"]).instrument(api).expose(
-        api, endpoint="/metrics", tags=["health"], dependencies=[Depends(require_api_key)]
-    )
+    instrumentator = Instrumentator(registry=registry, excluded_handlers=["/metrics", "/healthz"])
+    instrumentator.instrument(api)
+    if settings.metrics_port is None:  # else only on its own port, without a key
+        instrumentator.expose(
+            api,
+            endpoint="/metrics",
+            tags=["health"],
+            dependencies=[Depends(require_api_key)],
+            summary="Prometheus metrics",
+            response_class=PlainTextResponse,
+            responses={
+                200: {"content": {"text/plain": {"example": "pmcqa_library_papers 3.0\n"}}},
+                **error_responses(401),
+            },
+        )
+    # Outermost last: slashes are stripped before the request id middleware sees the route.
+    api.add_middleware(RequestIdMiddleware)
+    api.add_middleware(TrailingSlashMiddleware)
     return api
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,23 +12,29 @@ from pmcqa.core.status import IngestState, Status
 from pmcqa.index.models import OutlineEntry, PaperRecord, Passage
 from pmcqa.index.retrieval import Mode as RetrievalMode
 
+if TYPE_CHECKING:
+    from pmcqa.app.service import PaperView
+
 PAPER_ID_DESCRIPTION = "PMCID (PMC8026465), versioned PMCID (PMC8026465.1), PMID or DOI."
 
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="Machine-readable error code.")
     detail: str = Field(description="What went wrong and what to do about it.")
+    request_id: str | None = Field(None, description="The request's X-Request-ID (also in the server log).")
 
     model_config = ConfigDict(
+        extra="allow",  # some errors add fields, e.g. invalid_ids
         json_schema_extra={
             "examples": [
                 {
                     "error": "paper_not_found",
                     "detail": "PMC8026465 is not in the library. Ingest it first: `pmcqa ingest PMC8026465` "
                     'or `POST /ingest` with {"ids": ["PMC8026465"]}.',
+                    "request_id": "9b0c6f1e2d8a4f57a1c3e5b7d9f0a2c4",
                 }
             ]
-        }
+        },
     )
 
 
@@ -218,6 +224,22 @@ class PaperDetail(PaperSummary):
     chunks: int = Field(0, description="Number of indexed chunks.")
     outline: list[OutlineEntry] = Field(default_factory=list, description="Body sections in document order.")
 
+    @classmethod
+    def from_view(cls, view: PaperView) -> PaperDetail:
+        """GET /papers/{id} and `pmcqa papers show`: a paper not stored yet shows its status only."""
+        record = view.record
+        if record is None:  # queued / ingesting / failed: the status, so clients can poll it
+            return cls(paper_id=view.paper_id, status=view.status)
+        return cls(
+            **PaperSummary.from_record(record, view.status).model_dump(),
+            license=record.license,
+            article_type=record.article_type,
+            source=record.source,
+            chars=len(record.text),
+            chunks=view.chunks,
+            outline=record.outline,
+        )
+
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -241,6 +263,37 @@ class PaperDetail(PaperSummary):
     )
 
 
+class PaperTextResponse(BaseModel):
+    paper_id: str = Field(description="Canonical PMCID.")
+    chars: int = Field(description="Length of the paper's canonical text.")
+    start: int = Field(description="Start of the span asked for (e.g. a citation's `start`).")
+    end: int = Field(description="End of the span asked for (exclusive; clipped to the text).")
+    context_start: int = Field(description="Where `text` starts in the canonical text.")
+    context_end: int = Field(description="Where `text` ends (exclusive).")
+    text: str = Field(
+        description="Canonical text [context_start, context_end); the span is "
+        "text[start - context_start : end - context_start]."
+    )
+    section: str | None = Field(None, description="Section the span starts in.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "paper_id": "PMC3485338",
+                    "chars": 48211,
+                    "start": 2212,
+                    "end": 2254,
+                    "context_start": 2012,
+                    "context_end": 2454,
+                    "text": "... sporulation is initiated ... The key regulator of sporulation is Spo0A. ...",
+                    "section": "Introduction",
+                }
+            ]
+        }
+    )
+
+
 class DeleteResponse(BaseModel):
     deleted: str = Field(description="Canonical PMCID of the removed paper.")
 
@@ -252,6 +305,8 @@ class Health(BaseModel):
     version: str = Field(description="pmcqa's version (the same string as `pmcqa --version`).")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok", "version": "0.1.0"}]})
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
 
 class Readiness(BaseModel):
@@ -275,12 +330,19 @@ _ERROR_TEXT = {
     401: "Missing or invalid API key (when PMCQA_API_KEYS is set).",
     404: "The paper is not in the library; the message says how to ingest it.",
     409: "The paper is still being ingested.",
+    413: "The request body is larger than the limit.",
     422: "Malformed paper id, empty or over-long question, or an invalid field.",
-    503: "The answer backend (or the index) is not ready.",
+    500: "An internal error; the detail carries no trace, the server log has it (find it by request_id).",
+    503: "The answer backend (or the index) is not ready, e.g. the OpenAI-compatible server is unreachable.",
     504: "Generation ran past PMCQA_GENERATION_TIMEOUT_S.",
 }
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
-    """OpenAPI `responses` entries for the error codes a route can return (all share ErrorResponse)."""
-    return {code: {"model": ErrorResponse, "description": _ERROR_TEXT[code]} for code in codes}
+def error_responses(*codes: int, **described: str) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses` entries for the error codes a route can return (all share ErrorResponse); a
+    keyword `e404="No such job."` replaces a code's generic description. Every route may answer 500."""
+    texts = {int(key[1:]): text for key, text in described.items()}
+    return {
+        code: {"model": ErrorResponse, "description": texts.get(code, _ERROR_TEXT[code])}
+        for code in sorted({*codes, *texts, 500})
+    }

@@ -2,19 +2,21 @@
 
 `Library` holds the components created once per process (store, embedder, retriever, answer backends) and
 turns requests into typed results (`Answer`, streamed `AnswerEvent`s, `SearchResult`, `PaperPage`,
-`PaperView`) or typed refusals (`pmcqa.app.errors`: each carries its HTTP status and CLI exit code). Nothing
-outside this module reads the store to answer a request.
+`PaperView`, `PaperText`, `LibraryStats`) or typed refusals (`pmcqa.app.errors`: each carries its HTTP status
+and CLI exit code). Nothing outside this module reads the store to answer a request.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pmcqa.app.answering.base import (
@@ -89,6 +91,32 @@ class PaperView:
     chunks: int = 0
 
 
+@dataclass(frozen=True)
+class PaperText:
+    """A window of a paper's canonical text: `text` is chars [context_start, context_end) of it, and the
+    span asked for, [start, end), lies inside."""
+
+    paper_id: str
+    chars: int
+    start: int
+    end: int
+    context_start: int
+    context_end: int
+    text: str
+    section: str | None
+
+
+@dataclass(frozen=True)
+class LibraryStats:
+    papers: int
+    chunks: int
+    last_ingest: datetime | None
+
+
+# Most characters one text request returns (a long paper is read in windows).
+MAX_TEXT_WINDOW = 50_000
+
+
 @dataclass
 class Library:
     settings: Settings
@@ -124,6 +152,14 @@ class Library:
                 progress("loading backend")
             library.load_backend(settings.answer_backend)
         return library
+
+    @classmethod
+    def for_papers(cls, settings: Settings) -> Library:
+        """The library for listing, showing, reading and deleting papers only: no embedding model is loaded
+        (`pmcqa papers`); asking and searching need `create`."""
+        from pmcqa.index.store import Store
+
+        return cls(settings, Store(settings), None, None, _make_resolver(settings))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -172,23 +208,25 @@ class Library:
         backend = self.load_backend(name)
         if backend is None or name in self.backend_errors:
             raise BackendNotReady(f"answer backend {name!r} failed to load: {self.backend_errors[name]}")
-        if not backend.is_ready():
+        problem = _unavailable(backend)
+        if problem is not None:
             raise BackendNotReady(
-                f"answer backend {name!r} is still loading; retry shortly.", retry_after_s=RETRY_AFTER_S
+                f"answer backend {name!r} is not ready: {problem}", retry_after_s=RETRY_AFTER_S
             )
         return backend
 
     def readiness(self) -> dict[str, Any]:
         name = self.settings.answer_backend
         backend = self.backends.get(name)
-        backend_ready = backend is not None and backend.is_ready()
+        problem = _unavailable(backend) if backend is not None else None
+        backend_ready = backend is not None and problem is None
         try:
             papers = int(self.store.count_papers())
             index_ready = True
         except Exception as exc:
             log.warning("index not ready: %s", exc)
             papers, index_ready = 0, False
-        detail = self.backend_errors.get(name) or (None if backend_ready else "backend loading")
+        detail = self.backend_errors.get(name) or problem or (None if backend_ready else "backend loading")
         return {
             "ready": index_ready and backend_ready,
             "index": index_ready,
@@ -265,6 +303,38 @@ class Library:
         self.store.delete_paper(paper_id)
         return paper_id
 
+    def text(self, text_id: str, start: int = 0, end: int | None = None, context: int = 0) -> PaperText:
+        """Chars [start, end) of a paper's canonical text with `context` chars either side, e.g. to show a
+        citation where it stands; `end` defaults to as far as one window reaches."""
+        paper = self.require_paper(text_id)
+        chars = len(paper.text)
+        if start < 0 or context < 0:
+            raise InvalidInput("start and context must not be negative")
+        if start > chars:
+            raise InvalidInput(f"start={start} is past the end of the text ({chars} characters)")
+        if end is None:
+            end = min(chars, start + MAX_TEXT_WINDOW)
+        if end < start:
+            raise InvalidInput(f"end={end} is before start={start}")
+        end = min(end, chars)
+        context_start, context_end = max(0, start - context), min(chars, end + context)
+        if context_end - context_start > MAX_TEXT_WINDOW:
+            raise InvalidInput(
+                f"{context_end - context_start} characters asked for; one request returns at most "
+                f"{MAX_TEXT_WINDOW} (ask for a smaller window)"
+            )
+        section = next(
+            (c.section for c in self.store.get_chunks(paper.paper_id) if c.start <= start < c.end), None
+        )
+        window = paper.text[context_start:context_end]
+        return PaperText(paper.paper_id, chars, start, end, context_start, context_end, window, section)
+
+    def stats(self) -> LibraryStats:
+        """The library's size and when it last changed (for metrics)."""
+        return LibraryStats(
+            int(self.store.count_papers()), int(self.store.count_chunks()), self.store.last_update()
+        )
+
     def check_question(self, question: str) -> str:
         return check_question(question, self.settings)
 
@@ -304,7 +374,11 @@ class Library:
         prepared = self.prepare(paper_id, question, top_k, backend)
         started = time.perf_counter()
         future = self._pool.submit(
-            prepared.backend.generate, prepared.question, prepared.passages, prepared.paper
+            contextvars.copy_context().run,  # the request id travels with the generation
+            prepared.backend.generate,
+            prepared.question,
+            prepared.passages,
+            prepared.paper,
         )
         try:
             draft = future.result(timeout=self.settings.generation_timeout_s)
@@ -317,37 +391,56 @@ class Library:
         prepared.timings["generate"] = round(time.perf_counter() - started, 4)
         return self.answer(prepared, draft)
 
-    def stream(self, prepared: Prepared) -> Iterator[AnswerEvent]:
+    def stream(self, prepared: Prepared, cancelled: threading.Event | None = None) -> Iterator[AnswerEvent]:
         """Steps and answer deltas as the backend produces them, then `AnswerDone` with the final Answer, or
         an `ErrorEvent` saying why there is none.
 
         The backend runs in a worker thread feeding a queue, so a stalled backend still ends the stream with
-        an error event at generation_timeout_s.
+        an error event at generation_timeout_s. Setting `cancelled` (the client went away) stops generation:
+        the backend sees it (the transformers backend stops at the next token and frees its model, the
+        OpenAI-compatible backend closes its HTTP stream at the next chunk), and its stream is closed.
         """
         events: queue.Queue[BackendEvent | BaseException | None] = queue.Queue()
         deadline = time.monotonic() + self.settings.generation_timeout_s
+        cancelled = cancelled or threading.Event()
 
         def produce() -> None:
+            backend_events = prepared.backend.stream(
+                prepared.question, prepared.passages, prepared.paper, cancelled=cancelled
+            )
             try:
-                for event in prepared.backend.stream(prepared.question, prepared.passages, prepared.paper):
+                for event in backend_events:
+                    if cancelled.is_set():
+                        log.info("client gone: generation stopped")
+                        break
                     events.put(event)
             except BaseException as exc:  # handed to the consumer, which reports it as an error event
                 events.put(exc)
             finally:
+                close = getattr(backend_events, "close", None)
+                if callable(close):
+                    close()  # runs the backend's own cleanup (stop generating, close the connection)
                 events.put(None)
 
         started = time.perf_counter()
-        self._pool.submit(produce)
+        # The copied context carries the request id into the backend (logs, X-Request-ID to the server).
+        self._pool.submit(contextvars.copy_context().run, produce)
         steps: list[str] = []
         while True:
             try:
-                item = events.get(timeout=max(0.0, deadline - time.monotonic()))
+                # Short waits, so a consumer whose client left stops waiting too.
+                item = events.get(timeout=min(0.25, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
+                if cancelled.is_set():
+                    return
+                if time.monotonic() < deadline:
+                    continue
                 timeout_s = self.settings.generation_timeout_s
                 yield ErrorEvent.of(GenerationTimeout(f"generation ran past {timeout_s:g}s"))
                 return
             if item is None:
-                yield ErrorEvent.of(InternalError("no answer produced"))
+                if not cancelled.is_set():
+                    yield ErrorEvent.of(InternalError("no answer produced"))
                 return
             if isinstance(item, BaseException):
                 yield ErrorEvent.of(_as_service_error(item))
@@ -401,6 +494,14 @@ def check_question(question: str, settings: Settings) -> str:
             f"question is {len(question)} characters; the limit is {limit} (PMCQA_MAX_QUESTION_CHARS)"
         )
     return question
+
+
+def _unavailable(backend: AnswerBackend) -> str | None:
+    """Why a backend cannot answer now (its own words where it has them, e.g. an unreachable server)."""
+    unavailable = getattr(backend, "unavailable", None)
+    if callable(unavailable):
+        return unavailable()
+    return None if backend.is_ready() else "still loading; retry shortly"
 
 
 def _as_service_error(error: BaseException) -> ServiceError:

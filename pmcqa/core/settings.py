@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL.")
     openai_model: str = Field("bio-gpt-oss-20b", description="Model name on the OpenAI-compatible server.")
     openai_api_key: SecretStr = Field(SecretStr("EMPTY"), description="Key for the OpenAI-compatible server.")
+    openai_ready_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long the OpenAI-compatible server's readiness (GET /models) is cached; an "
+        "unreachable server is reported as such, and re-checked after this many seconds.",
+    )
     abstain_threshold: float | None = Field(
         None, description="Extractive evidence score under which it abstains (default: calibrated value)."
     )
@@ -119,7 +125,25 @@ class Settings(BaseSettings):
     port: int = Field(8080, description="Port `pmcqa serve` binds.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated bearer tokens; when set every endpoint but /healthz requires one.",
+        description="Comma-separated bearer tokens; when set every endpoint requires one but /healthz, "
+        "/readyz (probes), / and the docs (see `docs_access`).",
+    )
+    docs_access: Literal["public", "key", "off"] = Field(
+        "public",
+        description="/docs, /redoc and /openapi.json: public, behind the API key (like the API), or off.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        description="Serve the API's Prometheus metrics on this separate port, without a key (for a scraper "
+        "inside the cluster); unset: GET /metrics on the API port, behind the API key.",
+    )
+    worker_metrics_port: int | None = Field(
+        None, description="`pmcqa worker` serves its Prometheus metrics on this port (unset: none)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text, or json: one JSON object per log line (a line per request with request id, route, "
+        "status and latency; a line per ingest outcome).",
     )
     max_question_chars: int = Field(2000, description="Longest accepted question.")
     redis_url: str | None = Field(

@@ -523,6 +523,11 @@ class Store:
     def count_chunks(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
+    def last_update(self) -> datetime | None:
+        """When a paper was last stored (or re-stored), in UTC; None for an empty library."""
+        row = self._conn().execute("SELECT MAX(updated_at) FROM papers").fetchone()
+        return None if row[0] is None else datetime.fromtimestamp(row[0], UTC)
+
     def list_papers(self, offset: int = 0, limit: int = 50) -> list[PaperRecord]:
         """Text-less summaries (no text, outline or references), most recently stored first."""
         rows = self._conn().execute(

@@ -40,6 +40,7 @@ from Bio import Entrez
 
 from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
+from pmcqa.ingest.metrics import NCBI_REQUESTS, NCBI_RETRIES, NCBI_THROTTLED
 from pmcqa.ingest.xml import parse_xml
 
 log = logging.getLogger(__name__)
@@ -281,16 +282,28 @@ class EntrezClient:
 
     def _with_retries(self, what: str, once: Callable[[], T]) -> T:
         tries = max(1, self.settings.ncbi_max_tries)
+        endpoint = what.split(" ", 1)[0]  # efetch, elink, idconv
         for attempt in range(1, tries + 1):
             self.limiter.acquire()
             try:
-                return once()
+                result = once()
             except TransientError as exc:
+                throttled = exc.status == 429
+                NCBI_REQUESTS.labels(endpoint, "throttled" if throttled else "transient").inc()
+                if throttled:
+                    NCBI_THROTTLED.labels(endpoint).inc()
                 if attempt == tries:
                     raise RetriesExhausted(f"{exc} (gave up after {tries} tries)", tries, exc) from exc
+                NCBI_RETRIES.labels(endpoint).inc()
                 delay = self.backoff_delay(attempt, exc.retry_after)
                 log.warning("%s; retry %d/%d in %.2fs", exc, attempt, tries - 1, delay)
                 self._sleep(delay)
+                continue
+            except Exception:
+                NCBI_REQUESTS.labels(endpoint, "error").inc()
+                raise
+            NCBI_REQUESTS.labels(endpoint, "ok").inc()
+            return result
         raise AssertionError("unreachable")
 
     def _entrez_once(self, what: str, call: Callable[[], Any], force_post: bool) -> bytes:

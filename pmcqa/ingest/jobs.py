@@ -9,15 +9,22 @@ A job is a list of ids cut into batches; each batch is one queue task. The queue
 - ``reclaim_stale`` finds batches whose worker vanished (lease lapsed; or enqueued long ago and never
   started) so a worker can enqueue them again. That is what makes a SIGKILLed worker harmless: huey deletes a
   task from the queue before running it, so a killed worker loses the task, but not the batch.
+- ``create_once`` honours an idempotency key: the same key with the same request returns the job it created,
+  with another request it is refused (`IdempotencyConflict`).
+
+Times are stored as Unix seconds and shown as ISO 8601 (UTC) datetimes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -74,6 +81,40 @@ create table if not exists workers (
 create index if not exists jobs_created on jobs(created);
 """
 
+# Columns added after the first release: (table, column, declaration), added to older databases at open.
+_ADDED_COLUMNS = (
+    ("jobs", "idempotency_key", "text"),
+    ("jobs", "fingerprint", "text"),
+    ("jobs", "request_id", "text"),
+)
+_AFTER_MIGRATION = """
+create unique index if not exists jobs_idempotency_key on jobs(idempotency_key)
+    where idempotency_key is not null;
+"""
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key reused for a different request."""
+
+
+class AmbiguousJobId(ValueError):
+    """A job id prefix that more than one job starts with."""
+
+    def __init__(self, prefix: str, matches: list[str]) -> None:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        super().__init__(f"{prefix!r} starts {len(matches)} job ids ({shown}); give more of the id")
+        self.matches = matches
+
+
+def fingerprint(ids: list[str], refresh: bool) -> str:
+    """What makes two ingest requests the same request (for idempotency keys)."""
+    canonical = json.dumps({"ids": list(dict.fromkeys(ids)), "refresh": bool(refresh)})
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
 
 class JobItem(BaseModel):
     id: str = Field(description="The id as requested.")
@@ -86,13 +127,14 @@ class JobItem(BaseModel):
 
 class Job(BaseModel):
     job_id: str
-    created: float
-    updated: float
+    created: datetime = Field(description="When the job was created (ISO 8601, UTC).")
+    updated: datetime = Field(description="When anything about it last changed (ISO 8601, UTC).")
     state: JobState
     refresh: bool = False
     total: int
     counts: dict[str, int] = Field(default_factory=dict, description="Ids per status (pending included).")
     error: str | None = None
+    request_id: str | None = Field(None, description="X-Request-ID of the request that created it.")
     items: list[JobItem] | None = Field(None, description="Per-id outcomes, in request order.")
 
     @property
@@ -124,6 +166,15 @@ class JobStore:
         try:
             conn.execute("pragma journal_mode=wal")  # persistent: readers never block the writer
             conn.executescript(_SCHEMA)
+            for table, column, declaration in _ADDED_COLUMNS:
+                present = {row[1] for row in conn.execute(f"pragma table_info({table})")}
+                if column not in present:
+                    try:
+                        conn.execute(f"alter table {table} add column {column} {declaration}")
+                    except sqlite3.OperationalError as exc:  # another process added it just now
+                        if "duplicate column" not in str(exc):
+                            raise
+            conn.executescript(_AFTER_MIGRATION)
         finally:
             conn.close()
 
@@ -149,19 +200,47 @@ class JobStore:
             conn.close()
 
     # --- creating and reading ----------------------------------------------------------------------------
-    def create(self, ids: Iterable[str], refresh: bool = False, batch_size: int = 25) -> Job:
+    def create(
+        self, ids: Iterable[str], refresh: bool = False, batch_size: int = 25, request_id: str | None = None
+    ) -> Job:
+        return self.create_once(ids, refresh, batch_size, request_id=request_id)[0]
+
+    def create_once(
+        self,
+        ids: Iterable[str],
+        refresh: bool = False,
+        batch_size: int = 25,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> tuple[Job, bool]:
+        """(job, created): with `idempotency_key`, a key seen before returns its job and False (nothing is
+        created); the same key for other ids or `refresh` raises `IdempotencyConflict`."""
         unique = list(dict.fromkeys(ids))  # a repeated id is ingested once
         if not unique:
             raise ValueError("a job needs at least one id")
         job_id = uuid.uuid4().hex
         now = time.time()
         batches = split_batches(unique, batch_size)
-        with self._tx() as conn:
-            conn.execute(
-                "insert into jobs (id, created, updated, state, refresh, total) "
-                "values (?, ?, ?, 'queued', ?, ?)",
-                (job_id, now, now, int(refresh), len(unique)),
-            )
+        request = fingerprint(unique, refresh)
+        with self._tx() as conn:  # begin immediate: two requests with one key serialize here
+            if idempotency_key is not None:
+                seen = conn.execute(
+                    "select id, fingerprint from jobs where idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+                if seen is not None:
+                    if seen[1] != request:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {idempotency_key!r} was used for another request "
+                            f"(job {seen[0]})"
+                        )
+                    job_id = seen[0]
+                    batches = []
+            if batches:
+                conn.execute(
+                    "insert into jobs (id, created, updated, state, refresh, total, idempotency_key, "
+                    "fingerprint, request_id) values (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    (job_id, now, now, int(refresh), len(unique), idempotency_key, request, request_id),
+                )
             position = 0
             for number, batch in enumerate(batches):
                 conn.execute(
@@ -176,7 +255,28 @@ class JobStore:
                     position += 1
         job = self.get(job_id, items=False)
         assert job is not None
-        return job
+        return job, bool(batches)
+
+    def find(self, prefix: str) -> Job | None:
+        """The job whose id is `prefix` or the only one that starts with it; `AmbiguousJobId` when several."""
+        exact = self.get(prefix)
+        if exact is not None or not prefix:
+            return exact
+        with self._tx() as conn:
+            matches = [
+                row[0]
+                for row in conn.execute(
+                    "select id from jobs where substr(id, 1, ?) = ? order by created desc limit 20",
+                    (len(prefix), prefix),
+                )
+            ]
+        if len(matches) > 1:
+            raise AmbiguousJobId(prefix, matches)
+        return self.get(matches[0]) if matches else None
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._tx() as conn:
+            return dict(conn.execute("select state, count(*) from jobs group by state").fetchall())
 
     def batches(self, job_id: str) -> list[int]:
         with self._tx() as conn:
@@ -186,7 +286,9 @@ class JobStore:
     def get(self, job_id: str, items: bool = True) -> Job | None:
         with self._tx() as conn:
             row = conn.execute(
-                "select id, created, updated, state, refresh, total, error from jobs where id = ?", (job_id,)
+                "select id, created, updated, state, refresh, total, error, request_id "
+                "from jobs where id = ?",
+                (job_id,),
             ).fetchone()
             if row is None:
                 return None
@@ -207,12 +309,13 @@ class JobStore:
                 ]
         return Job(
             job_id=row[0],
-            created=row[1],
-            updated=row[2],
+            created=_utc(row[1]),
+            updated=_utc(row[2]),
             state=row[3],
             refresh=bool(row[4]),
             total=row[5],
             error=row[6],
+            request_id=row[7],
             counts=counts,
             items=job_items,
         )

@@ -10,6 +10,10 @@ re-deliverable: a worker leases the batch, renews the lease while it runs, recor
 and skips ids already finished. Huey removes a task from the queue before running it, so a SIGKILLed worker
 loses its task; every worker therefore re-enqueues, at start and periodically, the batches whose lease
 lapsed. `store.put_paper` is atomic and replaces a paper's chunks, so re-running an id cannot duplicate it.
+
+Each recorded outcome is one `pmcqa.ingest.outcome` log line (job id, id, status, the request id that created
+the job; JSON fields with `PMCQA_LOG_FORMAT=json`), and a worker serves Prometheus metrics on
+`settings.worker_metrics_port` (`ingest.metrics`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,16 +35,19 @@ from typing import Any, Protocol
 from huey import Huey, RedisHuey, SqliteHuey
 
 from pmcqa.core.extras import require_extra
+from pmcqa.core.logs import OUTCOME_LOGGER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
 from pmcqa.index.store import Store
 from pmcqa.ingest.jobs import Claim, Job, JobStore
+from pmcqa.ingest.metrics import BATCH_SECONDS, PAPERS_INGESTED, serve_worker_metrics
 from pmcqa.ingest.pipeline import Ingestor
 from pmcqa.ingest.resolve import IdResolver
 from pmcqa.ingest.shared_ratelimit import LocalRateLimiter, RedisRateLimiter
 
 log = logging.getLogger("pmcqa.worker")
+outcome_log = logging.getLogger(OUTCOME_LOGGER)
 
 TASK_NAME = "pmcqa.ingest_batch"
 
@@ -89,17 +97,32 @@ def _enqueue_batch(settings: Settings, job_id: str, batch: int) -> None:
 def enqueue_job(
     settings: Settings, ids: list[str], refresh: bool = False, jobs: JobStore | None = None
 ) -> Job:
-    """Record a job and enqueue its batches; returns at once (request handlers call only this).
+    """Record a job and enqueue its batches; returns at once.
 
     The papers it asks for are marked `queued` in the store, so the service refuses questions on them (409)
     until a worker has stored them.
     """
+    return submit_job(settings, ids, refresh, jobs)[0]
+
+
+def submit_job(
+    settings: Settings,
+    ids: list[str],
+    refresh: bool = False,
+    jobs: JobStore | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """`enqueue_job` with an idempotency key: (job, created). A key seen before returns its job, enqueues
+    nothing and gives False; the same key for another request raises `IdempotencyConflict`."""
     jobs = jobs or JobStore.for_settings(settings)
-    job = jobs.create(ids, refresh=refresh, batch_size=settings.job_batch_size)
-    record_status(settings, ids, Status.QUEUED)
-    for batch in jobs.batches(job.job_id):
-        _enqueue_batch(settings, job.job_id, batch)
-    return job
+    job, created = jobs.create_once(
+        ids, refresh, settings.job_batch_size, idempotency_key=idempotency_key, request_id=request_id.get()
+    )
+    if created:
+        record_status(settings, ids, Status.QUEUED)
+        for batch in jobs.batches(job.job_id):
+            _enqueue_batch(settings, job.job_id, batch)
+    return job, created
 
 
 def record_status(settings: Settings, ids: list[str], status: IngestState, reason: str | None = None) -> None:
@@ -175,7 +198,11 @@ _RUNTIME: WorkerRuntime | None = None
 def _ingest_batch_task(job_id: str, batch: int) -> None:
     if _RUNTIME is None:
         raise RuntimeError("ingest task run outside a pmcqa worker (no runtime configured)")
-    run_batch(_RUNTIME, job_id, batch)
+    started = time.perf_counter()
+    try:
+        run_batch(_RUNTIME, job_id, batch)
+    finally:
+        BATCH_SECONDS.observe(time.perf_counter() - started)
 
 
 def run_batch(runtime: WorkerRuntime, job_id: str, batch: int) -> None:
@@ -188,6 +215,9 @@ def run_batch(runtime: WorkerRuntime, job_id: str, batch: int) -> None:
     claim = runtime.jobs.claim(job_id, batch, owner, runtime.settings.job_lease_s, on_give_up=given_up)
     if claim is None:
         return  # finished already, or running elsewhere: a duplicate delivery
+    job = runtime.jobs.get(job_id, items=False)
+    # The log lines of this batch carry the request id of the POST /ingest that created the job.
+    request_id.set(job.request_id if job is not None else None)
     log.info("job %s batch %s: %d ids (attempt %d)", job_id, batch, len(claim.ids), claim.attempt)
     try:
         with _heartbeat(runtime, claim, owner):
@@ -203,8 +233,18 @@ def run_batch(runtime: WorkerRuntime, job_id: str, batch: int) -> None:
 def _ingest_claim(runtime: WorkerRuntime, claim: Claim) -> None:
     def record(outcome: Any) -> None:
         fields = outcome_fields(outcome)
-        if fields is not None and fields["requested"] in claim.ids:
-            runtime.jobs.record(claim.job_id, **fields)
+        if fields is None or fields["requested"] not in claim.ids:
+            return
+        if not runtime.jobs.record(claim.job_id, **fields):
+            return  # recorded before: counted and logged then
+        PAPERS_INGESTED.labels(fields["status"]).inc()
+        outcome_log.info(
+            "job %s: %s %s",
+            claim.job_id,
+            fields["requested"],
+            fields["status"],
+            extra={"job_id": claim.job_id, **fields},
+        )
 
     # `progress` records each outcome as it arrives, so a crash mid-batch does not redo finished ids.
     outcomes = runtime.ingestor().ingest_ids(claim.ids, refresh=claim.refresh, progress=record)
@@ -334,7 +374,8 @@ def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = 
     )
     log.info("pmcqa worker: %d thread(s) on %s", workers, describe_queue(settings))
     try:
-        consumer.run()
+        with serve_worker_metrics(settings, _RUNTIME.jobs):
+            consumer.run()
     finally:
         stop.set()
         _RUNTIME.jobs.worker_gone(name)

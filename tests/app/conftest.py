@@ -8,14 +8,11 @@ Loading the embedding model dominates the cost, so it happens once.
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
+from fakes.serving import serve_app
 from fastapi.testclient import TestClient
 
 from pmcqa.app.main import create_app
@@ -111,25 +108,8 @@ def client(library):
         yield test_client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def live_server(library) -> Iterator[str]:
-    """The app served by uvicorn on a free 127.0.0.1 port, in a background thread: a real socket."""
-    app = create_app(library.settings, library_factory=lambda _settings: library)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    """The app over the session library, served by uvicorn on a real socket."""
+    with serve_app(create_app(library.settings, library_factory=lambda _settings: library)) as url:
+        yield url

@@ -209,7 +209,10 @@ def test_unexpected_errors_are_a_clean_500(make_library):
     ) as client:
         response = client.post("/ask", json={"paper_id": "PMC1182327", "question": OWN_QUESTION})
         assert response.status_code == 500
-        assert response.json() == {"error": "internal_error", "detail": "internal error; see the server log"}
+        body = response.json()
+        # The request id (issue 12) is the one field added; it matches the header, so the log line is found.
+        assert body.pop("request_id") == response.headers["x-request-id"]
+        assert body == {"error": "internal_error", "detail": "internal error; see the server log"}
         assert "secret" not in response.text and "Traceback" not in response.text
 
 
@@ -221,16 +224,16 @@ def test_unknown_route_is_a_json_404(client):
 # --- auth -------------------------------------------------------------------------------------------------
 
 
-def test_api_keys_guard_every_endpoint_but_healthz(library):
+def test_api_keys_guard_every_endpoint_but_the_probes(library):
     with _app_with(library, api_keys=["k-one", "k-two"]) as client:
         assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200  # a probe, open since issue 12
         for method, path, body in [
             ("post", "/ask", {"paper_id": "PMC1182327", "question": OWN_QUESTION}),
             ("post", "/search", {"query": "bias"}),
             ("get", "/papers", None),
             ("get", "/papers/PMC1182327", None),
             ("delete", "/papers/PMC1182327", None),
-            ("get", "/readyz", None),
             ("get", "/metrics", None),
         ]:
             response = client.request(method, path, json=body)
@@ -335,20 +338,35 @@ def parse_sse(text: str) -> list[tuple[str, str]]:
     return events
 
 
+def parse_messages(text: str) -> list[dict]:
+    """The stream's JSON messages; each event's name is its message's `type` (issue 12's wire format)."""
+    messages = []
+    for name, data in parse_sse(text):
+        message = json.loads(data)
+        assert message["type"] == name
+        messages.append(message)
+    return messages
+
+
 def test_stream_sends_steps_answer_deltas_then_done(client, library):
     with client.stream(
-        "POST", "/ask", json={"paper_id": "PMC1182327", "question": OWN_QUESTION, "stream": True}
+        "POST",
+        "/ask",
+        json={"paper_id": "PMC1182327", "question": OWN_QUESTION, "stream": True},
+        headers={"X-Request-ID": "stream-test-1"},
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = parse_sse(response.read().decode())
-    names = [name for name, _ in events]
+        assert response.headers["x-request-id"] == "stream-test-1"
+        messages = parse_messages(response.read().decode())
+    names = [message["type"] for message in messages]
     assert names[:3] == ["step", "step", "step"] and names[-1] == "done"
-    assert "answer" in names and names.index("answer") > names.index("step")
-    assert set(names) <= {"step", "answer", "done"}
-    final = json.loads(events[-1][1])
-    assert final["answer"] == "".join(data for name, data in events if name == "answer")
-    assert final["citations"] and final["steps"] == [data for name, data in events if name == "step"]
+    assert "answer.delta" in names and names.index("answer.delta") > names.index("step")
+    assert set(names) <= {"step", "answer.delta", "done"}
+    assert {message["request_id"] for message in messages} == {"stream-test-1"}
+    final = messages[-1]["answer"]
+    assert final["answer"] == "".join(m["text"] for m in messages if m["type"] == "answer.delta")
+    assert final["citations"] and final["steps"] == [m["text"] for m in messages if m["type"] == "step"]
     _assert_verbatim(client, library, final)
 
 
@@ -361,19 +379,19 @@ def test_stream_abstention(client):
     response = client.post(
         "/ask", json={"paper_id": "PMC1182327", "question": FOREIGN_QUESTION, "stream": True}
     )
-    events = parse_sse(response.text)
-    final = json.loads(events[-1][1])
-    assert events[-1][0] == "done" and final["abstained"] and final["citations"] == []
+    last = parse_messages(response.text)[-1]
+    final = last["answer"]
+    assert last["type"] == "done" and final["abstained"] and final["citations"] == []
 
 
 class _StallsWhileStreaming(ExtractiveBackend):
-    def stream(self, question, passages, paper):
+    def stream(self, question, passages, paper, cancelled=None):
         yield StepEvent(data="1) Searched.")
         time.sleep(1.5)  # then nothing, past the generation timeout
 
 
 class _BreaksWhileStreaming(ExtractiveBackend):
-    def stream(self, question, passages, paper):
+    def stream(self, question, passages, paper, cancelled=None):
         yield StepEvent(data="1) Searched.")
         raise RuntimeError("secret internal detail")
 
@@ -389,10 +407,11 @@ def test_stream_that_cannot_finish_ends_with_an_error_event(make_library, backen
             "/ask", json={"paper_id": "PMC1182327", "question": OWN_QUESTION, "stream": True}
         )
         assert response.status_code == 200
-    events = parse_sse(response.text)
-    assert [name for name, _ in events] == ["step", "error"]
-    error = json.loads(events[-1][1])
+    messages = parse_messages(response.text)
+    assert [message["type"] for message in messages] == ["step", "error"]
+    error = messages[-1]
     assert error["error"] == code and error["detail"] and "secret" not in error["detail"]
+    assert error["request_id"] == response.headers["x-request-id"]
 
 
 # --- health, metrics, OpenAPI -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_answers_and_abstains_over_real_http(live_server, library):
 
 
 def test_sse_stream_over_real_http(live_server):
-    events: list[tuple[str, str]] = []
+    events: list[tuple[str, dict]] = []
     body = {"paper_id": "pmid:20066031", "question": OWN_QUESTION, "stream": True}
     with (
         httpx.Client(base_url=live_server, timeout=60) as http,
@@ -49,10 +49,12 @@ def test_sse_stream_over_real_http(live_server):
             if line.startswith("event:"):
                 name = line[6:].strip()
             elif line.startswith("data:") and name:
-                events.append((name, line[5:].removeprefix(" ")))
+                events.append((name, json.loads(line[5:].removeprefix(" "))))
                 name = None
     names = [name for name, _ in events]
+    assert all(message["type"] == name for name, message in events)  # every event is JSON, named by type
+    assert {message["request_id"] for _, message in events} == {response.headers["x-request-id"]}
     assert names[0] == "step" and names[-1] == "done"
-    assert names.index("answer") > max(i for i, n in enumerate(names) if n == "step")
-    done = json.loads(events[-1][1])
+    assert names.index("answer.delta") > max(i for i, n in enumerate(names) if n == "step")
+    done = events[-1][1]["answer"]
     assert done["paper_id"] == "PMC2795199" and done["citations"]

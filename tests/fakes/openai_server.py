@@ -1,8 +1,9 @@
 """A local OpenAI-compatible server (the shape vLLM / llama.cpp / Ollama serve) for end-to-end backend tests.
 
 Serves `GET /v1/models` and `POST /v1/chat/completions` (JSON, or SSE when `stream: true`) on 127.0.0.1 in a
-background thread. Replies are scripted (`ScriptedReply`), and every request body is recorded so tests can
-assert what the real `openai` client sent over HTTP.
+background thread. Replies are scripted (`ScriptedReply`), and every request (path, headers, body; GETs
+too) is recorded so tests can assert what the real `openai` client sent over HTTP. A stream whose client
+hangs up before the end is counted in `disconnects`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ScriptedReply:
     delay_s: float = 0.0
     status: int = 200
     chunk_size: int = 7  # characters per streamed delta
+    chunk_delay_s: float = 0.0  # pause before each streamed chunk (a slow model)
 
 
 @dataclass
@@ -32,7 +34,13 @@ class FakeOpenAIServer:
     models: list[str] = field(default_factory=lambda: ["bio-gpt-oss-20b"])
     replies: deque[ScriptedReply] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    disconnects: int = 0  # streams the client closed before they ended
+    completed_streams: int = 0
+    port: int = 0  # 0: any free port
     _server: ThreadingHTTPServer | None = None
+
+    def requests_to(self, path: str) -> list[dict[str, Any]]:
+        return [request for request in self.requests if request["path"].rstrip("/") == path]
 
     @property
     def base_url(self) -> str:
@@ -44,7 +52,7 @@ class FakeOpenAIServer:
         self.replies.extend(replies)
 
     def start(self) -> FakeOpenAIServer:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -69,6 +77,9 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
+            fake.requests.append(
+                {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": None}
+            )
             if self.path.rstrip("/") != "/v1/models":
                 self._json(404, {"error": {"message": "not found"}})
                 return
@@ -109,12 +120,18 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")
             self.end_headers()
-            for chunk in _chunks(body, reply):
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.flush()
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
             self.close_connection = True
+            try:
+                for chunk in _chunks(body, reply):
+                    time.sleep(reply.chunk_delay_s)
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client closed the stream
+                fake.disconnects += 1
+                return
+            fake.completed_streams += 1
 
     return Handler
 

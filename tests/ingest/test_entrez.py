@@ -236,3 +236,33 @@ def test_retry_after_parsing_and_rate_limit_body() -> None:
     assert 0 <= (parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") or 0.0) < 1  # a past date: no wait
     assert is_rate_limit_body(b'{"error":"API rate limit exceeded","count":"11"}')
     assert not is_rate_limit_body(b"<pmc-articleset/>")
+
+
+# --- metrics (issue 12) ------------------------------------------------------------------------------------
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_requests_429s_and_retries_are_counted(eutils_settings: Settings, fake_eutils: FakeEutils) -> None:
+    client = _client(eutils_settings, ncbi_max_tries=5)
+    before = {
+        "ok": _sample("pmcqa_ncbi_requests_total", endpoint="efetch", outcome="ok"),
+        "throttled": _sample("pmcqa_ncbi_requests_total", endpoint="efetch", outcome="throttled"),
+        "transient": _sample("pmcqa_ncbi_requests_total", endpoint="efetch", outcome="transient"),
+        "429": _sample("pmcqa_ncbi_throttled_total", endpoint="efetch"),
+        "retries": _sample("pmcqa_ncbi_retries_total", endpoint="efetch"),
+    }
+    fake_eutils.script("efetch", rate_limited(), rate_limited(), server_error(503))
+    client.efetch_pmc(["PMC8435807"])
+    assert len(fake_eutils.requests_to("efetch")) == 4
+    after = {
+        "ok": _sample("pmcqa_ncbi_requests_total", endpoint="efetch", outcome="ok"),
+        "throttled": _sample("pmcqa_ncbi_requests_total", endpoint="efetch", outcome="throttled"),
+        "transient": _sample("pmcqa_ncbi_requests_total", endpoint="efetch", outcome="transient"),
+        "429": _sample("pmcqa_ncbi_throttled_total", endpoint="efetch"),
+        "retries": _sample("pmcqa_ncbi_retries_total", endpoint="efetch"),
+    }
+    deltas = {key: after[key] - before[key] for key in before}
+    assert deltas == {"ok": 1, "throttled": 2, "transient": 1, "429": 2, "retries": 3}

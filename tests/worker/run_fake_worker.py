@@ -12,6 +12,7 @@ import logging
 
 import worker_fakes
 
+from pmcqa.core.logs import configure_logging
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.worker import IngestorFactory, run_worker
 
@@ -27,9 +28,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(Settings(), workers=args.workers, factory=INGESTORS[args.ingestor])
+    settings = Settings()
+    # As `pmcqa worker` does: PMCQA_LOG_FORMAT=json gives JSON lines.
+    configure_logging(settings.log_format, logging.INFO if args.verbose else logging.WARNING)
+    run_worker(settings, workers=args.workers, factory=INGESTORS[args.ingestor])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ text and drops anything invented or not retrieved, so every backend obeys the sa
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Annotated, Literal, Protocol
 
@@ -60,17 +61,55 @@ class Answer(BaseModel):
 # --- streamed answers ---------------------------------------------------------------------------------------
 # A backend streams `StepEvent`s and `AnswerDelta`s, then one `DraftDone`; the service turns the draft into
 # the final Answer (`AnswerDone`) or reports a refusal (`ErrorEvent`). `sse()` is the one serialisation to
-# Server-Sent Events: the event name, and the data as text (a step or delta) or JSON (an Answer, an error).
+# Server-Sent Events. On the wire every event is one JSON object (`StreamMessage`) whose `type` is also the
+# SSE event name:
+#   {"type": "step", "request_id": ..., "text": "1) Searched ..."}
+#   {"type": "answer.delta", "request_id": ..., "text": "The key regulator"}
+#   {"type": "done", "request_id": ..., "answer": {...the Answer, as POST /ask returns it...}}
+#   {"type": "error", "request_id": ..., "error": "generation_timeout", "detail": "..."}
+
+
+class StreamStep(BaseModel):
+    type: Literal["step"] = "step"
+    request_id: str | None = None
+    text: str = Field(description="One reasoning step, once it is complete.")
+
+
+class StreamDelta(BaseModel):
+    type: Literal["answer.delta"] = "answer.delta"
+    request_id: str | None = None
+    text: str = Field(description="The next piece of the answer text; the pieces concatenate to the answer.")
+
+
+class StreamDone(BaseModel):
+    type: Literal["done"] = "done"
+    request_id: str | None = None
+    answer: Answer = Field(description="The final Answer, as `POST /ask` without streaming returns it.")
+
+
+class StreamFailure(BaseModel):
+    type: Literal["error"] = "error"
+    request_id: str | None = None
+    error: str = Field(description="The refusal's code, as in an error response.")
+    detail: str
+
+
+StreamMessage = Annotated[StreamStep | StreamDelta | StreamDone | StreamFailure, Field(discriminator="type")]
 
 
 class _Event(BaseModel):
     event: str
     data: str | BaseModel
 
-    def sse(self) -> dict[str, str]:
-        """This event as a Server-Sent Event's fields."""
-        data = self.data if isinstance(self.data, str) else self.data.model_dump_json()
-        return {"event": self.event, "data": data}
+    def message(self, request_id: str | None) -> BaseModel:
+        """This event as it goes on the wire."""
+        raise NotImplementedError(f"{type(self).__name__} is not sent to clients")
+
+    def sse(self, request_id: str | None = None) -> dict[str, str]:
+        """This event as a Server-Sent Event's fields: the message's type names the event, the message is
+        its data."""
+        message = self.message(request_id)
+        return {"event": message.type, "data": message.model_dump_json()}  # type: ignore[attr-defined]
 
 
 class StepEvent(_Event):
@@ -79,6 +118,9 @@ class StepEvent(_Event):
     event: Literal["step"] = "step"
     data: str
 
+    def message(self, request_id: str | None) -> StreamStep:
+        return StreamStep(request_id=request_id, text=self.data)
+
 
 class AnswerDelta(_Event):
     """The next piece of the answer text."""
@@ -86,9 +128,12 @@ class AnswerDelta(_Event):
     event: Literal["answer"] = "answer"
     data: str
 
+    def message(self, request_id: str | None) -> StreamDelta:
+        return StreamDelta(request_id=request_id, text=self.data)
+
 
 class DraftDone(_Event):
-    """A backend's last event: its Draft, citations not yet verified."""
+    """A backend's last event: its Draft, citations not yet verified (never sent to clients)."""
 
     event: Literal["done"] = "done"
     data: Draft
@@ -99,6 +144,9 @@ class AnswerDone(_Event):
 
     event: Literal["done"] = "done"
     data: Answer
+
+    def message(self, request_id: str | None) -> StreamDone:
+        return StreamDone(request_id=request_id, answer=self.data)
 
 
 class StreamError(BaseModel):
@@ -116,6 +164,9 @@ class ErrorEvent(_Event):
     def of(cls, error: ServiceError) -> ErrorEvent:
         return cls(data=StreamError(error=error.code, detail=error.detail))
 
+    def message(self, request_id: str | None) -> StreamFailure:
+        return StreamFailure(request_id=request_id, error=self.data.error, detail=self.data.detail)
+
 
 # What a backend's `stream` yields, and what the service's stream yields.
 BackendEvent = Annotated[StepEvent | AnswerDelta | DraftDone, Field(discriminator="event")]
@@ -130,6 +181,16 @@ class AnswerBackend(Protocol):
 
     def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft: ...
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
-        """Yield steps and answer deltas as produced, then `DraftDone` with the Draft."""
+    def stream(
+        self,
+        question: str,
+        passages: list[Passage],
+        paper: PaperRecord,
+        cancelled: threading.Event | None = None,
+    ) -> Iterator[BackendEvent]:
+        """Yield steps and answer deltas as produced, then `DraftDone` with the Draft.
+
+        Once `cancelled` is set (the client went away) stop generating as soon as possible and return
+        without a `DraftDone`: a model frees itself for the next request, a connection is closed.
+        """
         ...

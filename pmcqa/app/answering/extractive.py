@@ -269,9 +269,17 @@ class ExtractiveBackend:
         yield AnswerDelta(data=ABSTAIN_ANSWER)
         yield DraftDone(data=Draft(answer=ABSTAIN_ANSWER, abstained=True, model=self.model))
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
+    def stream(
+        self,
+        question: str,
+        passages: list[Passage],
+        paper: PaperRecord,
+        cancelled: threading.Event | None = None,
+    ) -> Iterator[BackendEvent]:
         steps: list[str] = []
         for event in self._run(question, passages, paper):
+            if cancelled is not None and cancelled.is_set():
+                return
             if isinstance(event, StepEvent):
                 steps.append(event.data)
             if isinstance(event, DraftDone):

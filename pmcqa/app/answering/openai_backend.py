@@ -5,11 +5,18 @@ is sent (`harmony.build_messages`). The analysis channel comes back in a server-
 `message.reasoning` (vLLM now, Ollama's OpenAI endpoint), `reasoning_content` (older vLLM, llama.cpp), or
 inline harmony tags in `content` (llama.cpp `--reasoning-format none`); all are read, then post-processed
 exactly like the transformers backend's output.
+
+Readiness (`unavailable()`: GET /models lists our model) is cached for `openai_ready_ttl_s`, so /ask does not
+cost a round trip, and an unreachable server is reported as such ("cannot reach http://...: connection
+refused"); a connection lost during generation is a `BackendNotReady` with the same message. The request id
+of the request being served goes to the server as `X-Request-ID`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +27,8 @@ from openai import OpenAI
 from pmcqa.app.answering import harmony
 from pmcqa.app.answering.base import BackendEvent, Draft
 from pmcqa.app.answering.postprocess import StreamAssembler, build_draft
-from pmcqa.app.errors import GenerationTimeout
+from pmcqa.app.errors import BackendNotReady, GenerationTimeout
+from pmcqa.core.logs import REQUEST_ID_HEADER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import PaperRecord, Passage
 
@@ -56,31 +64,79 @@ def split_reply(
     return reasoning, content.strip() or None, cut
 
 
+def connection_problem(error: BaseException) -> str:
+    """The root cause of a failed connection in a few words ("connection refused", "timed out", ...)."""
+    if isinstance(error, openai.APITimeoutError):
+        return "timed out"
+    cause: BaseException = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(cause).strip()) or type(cause).__name__
+    return text[:1].lower() + text[1:]
+
+
+READY_CHECK_TIMEOUT_S = 5.0
+
+
 class OpenAIBackend:
     name = "openai"
 
     def __init__(self, settings: Settings, *, client: OpenAI | None = None) -> None:
         self.settings = settings
         self.model = settings.openai_model
+        self.base_url = settings.openai_base_url
         self._client = client or OpenAI(
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key.get_secret_value(),
             timeout=settings.generation_timeout_s,
             max_retries=1,
         )
+        self._checked: tuple[float, str | None] | None = None  # (monotonic time, problem or None)
+        self._check_lock = threading.Lock()
 
     def is_ready(self) -> bool:
-        """The server answers /models and lists our model."""
+        return self.unavailable() is None
+
+    def unavailable(self) -> str | None:
+        """Why the server cannot answer now, or None when it lists our model; cached `openai_ready_ttl_s`."""
+        with self._check_lock:  # one check at a time: concurrent requests share its answer
+            checked = self._checked
+            if checked is None or time.monotonic() - checked[0] >= self.settings.openai_ready_ttl_s:
+                checked = self._checked = (time.monotonic(), self._check())
+            return checked[1]
+
+    def _forget_readiness(self) -> None:
+        with self._check_lock:
+            self._checked = None
+
+    def _check(self) -> str | None:
         try:
-            models = self._client.with_options(timeout=5.0, max_retries=0).models.list()
+            models = self._client.with_options(timeout=READY_CHECK_TIMEOUT_S, max_retries=0).models.list()
+            served = [model.id for model in models]
+        except openai.APIConnectionError as error:
+            problem = f"cannot reach {self.base_url}: {connection_problem(error)}"
+        except openai.APIStatusError as error:
+            problem = f"{self.base_url} answered GET /models with HTTP {error.status_code}"
         except openai.OpenAIError as error:
-            log.info("OpenAI-compatible server not ready: %s", error)
-            return False
-        return any(model.id == self.model for model in models)
+            problem = f"{self.base_url}: {type(error).__name__}: {error}"
+        else:
+            if self.model in served:
+                return None
+            serving = ", ".join(served) or "nothing"
+            problem = f"{self.base_url} does not serve {self.model!r} (it serves: {serving})"
+        log.warning("OpenAI-compatible server not ready: %s", problem)
+        return problem
+
+    def _unreachable(self, error: openai.APIConnectionError) -> BackendNotReady:
+        self._forget_readiness()  # the next request checks again instead of trusting a stale "ready"
+        return BackendNotReady(f"cannot reach {self.base_url}: {connection_problem(error)}")
 
     def _params(self, question: str, passages: list[Passage], paper: PaperRecord) -> dict[str, Any]:
         effort = self.settings.reasoning_effort
+        current = request_id.get()
         return {
+            # The server's logs then carry the id of the request that caused the generation.
+            "extra_headers": {REQUEST_ID_HEADER: current} if current else None,
             "model": self.model,
             "messages": harmony.build_messages(question, passages, paper),
             "max_tokens": self.settings.max_new_tokens,
@@ -97,14 +153,25 @@ class OpenAIBackend:
             raise GenerationTimeout(
                 f"model server exceeded {self.settings.generation_timeout_s:.0f} s"
             ) from error
+        except openai.APIConnectionError as error:
+            raise self._unreachable(error) from error
         choice = response.choices[0]
         analysis, final, truncated = split_reply(
             reasoning_of(choice.message), choice.message.content, choice.finish_reason
         )
         return build_draft(analysis, final, passages, self.model, truncated=truncated)
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
-        """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come."""
+    def stream(
+        self,
+        question: str,
+        passages: list[Passage],
+        paper: PaperRecord,
+        cancelled: threading.Event | None = None,
+    ) -> Iterator[BackendEvent]:
+        """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come.
+
+        `cancelled` is checked on every chunk: set, the HTTP stream is closed, which stops the server's
+        generation (vLLM aborts a request whose connection closes)."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
         assembler, reasoning, content, finish = StreamAssembler(), "", "", None
         try:
@@ -113,6 +180,8 @@ class OpenAIBackend:
             )
             with chunks:
                 for chunk in chunks:
+                    if cancelled is not None and cancelled.is_set():
+                        return  # leaving the `with` closes the connection
                     if time.monotonic() > deadline:  # the client's timeout is per read, not per answer
                         raise GenerationTimeout(self._timeout_message())
                     if not chunk.choices:
@@ -125,6 +194,8 @@ class OpenAIBackend:
                     yield from assembler.update(analysis, final)
         except openai.APITimeoutError as error:
             raise GenerationTimeout(self._timeout_message()) from error
+        except openai.APIConnectionError as error:
+            raise self._unreachable(error) from error
         analysis, final, truncated = split_reply(reasoning, content, finish)
         yield from assembler.update(analysis, final, finished=True)
         yield StreamAssembler.done(build_draft(analysis, final, passages, self.model, truncated=truncated))

@@ -264,6 +264,19 @@ class WallClockStop(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
 
 
+class CancelStop(StoppingCriteria):
+    """Stop at the next token once `cancelled` is set (the stream's consumer went away)."""
+
+    def __init__(self, cancelled: threading.Event) -> None:
+        self.cancelled = cancelled
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        stop = self.cancelled.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
 def _token_id(tokenizer: Any, token: str) -> int | None:
     token_id = tokenizer.convert_tokens_to_ids(token)
     return token_id if isinstance(token_id, int) and token_id != tokenizer.unk_token_id else None
@@ -316,12 +329,19 @@ class TransformersBackend:
 
     # generation --------------------------------------------------------------------------------------------
 
-    def generate_text(self, prompt_ids: list[int], streamer: Any = None) -> str:
-        """Raw completion text (special tokens kept); raises GenerationTimeout past the wall-clock limit."""
+    def generate_text(
+        self, prompt_ids: list[int], streamer: Any = None, cancelled: threading.Event | None = None
+    ) -> str:
+        """Raw completion text (special tokens kept); raises GenerationTimeout past the wall-clock limit.
+
+        Setting `cancelled` stops generation at the next token (and so frees the model for the next request).
+        """
         if not self.is_ready():
             raise RuntimeError("transformers backend: model not loaded")
         clock = WallClockStop(self.settings.generation_timeout_s)
         criteria = StoppingCriteriaList([FinalEndStop(self._tokenizer, len(prompt_ids), self._end_id), clock])
+        if cancelled is not None:
+            criteria.append(CancelStop(cancelled))
         device = getattr(self._lm, "device", torch.device("cpu"))
         input_ids = torch.tensor([prompt_ids], device=device)
         with self._lock, torch.inference_mode():
@@ -345,7 +365,15 @@ class TransformersBackend:
             completion.analysis, completion.final, passages, self.model, truncated=completion.truncated
         )
 
-    def stream(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
+    def stream(
+        self,
+        question: str,
+        passages: list[Passage],
+        paper: PaperRecord,
+        cancelled: threading.Event | None = None,
+    ) -> Iterator[BackendEvent]:
+        """Generation runs in a thread feeding a streamer; `cancelled` (or closing this generator) stops it at
+        the next token, which releases the model's lock for the next request."""
         prompt_ids = self.prompt_ids(question, passages, paper)
         streamer = TextIteratorStreamer(
             self._tokenizer,
@@ -354,16 +382,23 @@ class TransformersBackend:
             timeout=self.settings.generation_timeout_s + 30,
         )
         outcome: dict[str, Any] = {}
+        cancelled = cancelled or threading.Event()
         worker = threading.Thread(
-            target=self._stream_worker, args=(prompt_ids, streamer, outcome), daemon=True
+            target=self._stream_worker, args=(prompt_ids, streamer, outcome, cancelled), daemon=True
         )
         worker.start()
         assembler, text = StreamAssembler(), ""
-        for piece in streamer:
-            text += piece
-            partial = harmony.parse_partial(text)
-            yield from assembler.update(partial.analysis, partial.final)
+        try:
+            for piece in streamer:
+                text += piece
+                partial = harmony.parse_partial(text)
+                yield from assembler.update(partial.analysis, partial.final)
+        except BaseException:  # closed early (GeneratorExit: the consumer went away) or failed
+            cancelled.set()  # generation stops at the next token and releases the lock
+            raise
         worker.join()
+        if cancelled.is_set():
+            return  # stopped on request: no answer to report
         if "error" in outcome:  # the caller reports it (a GenerationTimeout as a generation_timeout event)
             raise outcome["error"]
         completion = harmony.parse_completion(outcome["text"])
@@ -373,9 +408,11 @@ class TransformersBackend:
         )
         yield StreamAssembler.done(draft)
 
-    def _stream_worker(self, prompt_ids: list[int], streamer: Any, outcome: dict[str, Any]) -> None:
+    def _stream_worker(
+        self, prompt_ids: list[int], streamer: Any, outcome: dict[str, Any], cancelled: threading.Event
+    ) -> None:
         try:
-            outcome["text"] = self.generate_text(prompt_ids, streamer=streamer)
+            outcome["text"] = self.generate_text(prompt_ids, streamer=streamer, cancelled=cancelled)
         except Exception as error:  # re-raised in the consuming thread
             outcome["error"] = error
             streamer.end()  # unblock the consumer's iteration

@@ -24,6 +24,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from pmcqa.app.commands.jobs import follow_job
+from pmcqa.app.commands.output import add_id_column
+from pmcqa.app.commands.output import print_table as print_wide_table
 from pmcqa.core.settings import Settings, get_settings
 from pmcqa.core.status import Status
 from pmcqa.ingest.jobs import Job
@@ -78,7 +80,11 @@ def _run(ingestor, ids, xml_paths, id_override, refresh, progress):  # type: ign
 
 
 def print_table(outcomes: list[IngestOutcome]) -> None:
-    table = Table("requested", "paper", "status", "chunks", "title / reason")
+    table = Table()
+    add_id_column(table, "requested", [o.requested for o in outcomes])
+    add_id_column(table, "paper", [o.paper_id or "" for o in outcomes])
+    for column in ("status", "chunks", "title / reason"):
+        table.add_column(column)
     colours = {Status.INGESTED: "green", Status.NO_FULL_TEXT: "yellow"}
     for o in outcomes:
         colour = colours.get(o.status, "dim" if o.skipped else "red")
@@ -90,7 +96,7 @@ def print_table(outcomes: list[IngestOutcome]) -> None:
             str(o.chunks),
             escape((detail or "")[:120]),
         )
-    Console().print(table)
+    print_wide_table(table)
 
 
 def ingest(

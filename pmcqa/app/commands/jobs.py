@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pmcqa.app.commands.output import add_id_column, print_table
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
-from pmcqa.ingest.jobs import Job, JobStore
+from pmcqa.ingest.jobs import AmbiguousJobId, Job, JobStore
 
 
 def register(cli: typer.Typer) -> None:
@@ -23,7 +24,9 @@ def register(cli: typer.Typer) -> None:
 
 
 def jobs(
-    job_id: str | None = typer.Argument(None, help="A job id; omit to list recent jobs."),
+    job_id: str | None = typer.Argument(
+        None, help="A job id, or a unique prefix of one; omit to list recent jobs."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end with a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     limit: int = typer.Option(20, "--limit", min=1, help="Jobs to list."),
@@ -37,17 +40,22 @@ def jobs(
             typer.echo(json.dumps([job.model_dump(mode="json") for job in recent], indent=2))
             return
         table = Table(title="recent ingest jobs")
-        for column in ("job id", "created", "state", "ids", "outcomes"):
+        add_id_column(table, "job id", [job.job_id for job in recent])
+        for column in ("created", "state", "ids", "outcomes"):
             table.add_column(column)
         for job in recent:
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created))
+            created = job.created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(job.counts.items()))
             table.add_row(job.job_id, created, job.state, str(job.total), counts)
-        console.print(table)
+        print_table(table, console)
         return
-    job = follow_job(settings, job_id, console) if wait else store.get(job_id)
-    if job is None:
-        raise typer.BadParameter(f"no job {job_id}")
+    try:
+        found = store.find(job_id)
+    except AmbiguousJobId as exc:
+        raise typer.BadParameter(str(exc), param_hint="JOB_ID") from None
+    if found is None:
+        raise typer.BadParameter(f"no job {job_id}", param_hint="JOB_ID")
+    job = follow_job(settings, found.job_id, console) if wait else found
     if as_json:
         typer.echo(json.dumps(job.model_dump(mode="json"), indent=2))
     else:
@@ -68,8 +76,8 @@ def follow_job(settings: Settings, job_id: str, console: Console, poll_s: float 
                 raise typer.BadParameter(f"no job {job_id}")
             finished = job.total - job.counts.get(Status.PENDING, 0)
             if task is None:
-                task = progress.add_task(f"job {job_id[:8]}", total=job.total)
-            progress.update(task, completed=finished, description=f"job {job_id[:8]} {job.state}")
+                task = progress.add_task(f"job {job_id}", total=job.total)
+            progress.update(task, completed=finished, description=f"job {job_id} {job.state}")
             if job.finished:
                 break
             time.sleep(poll_s)
@@ -80,10 +88,13 @@ def follow_job(settings: Settings, job_id: str, console: Console, poll_s: float 
 
 def print_job_table(job: Job, console: Console) -> None:
     table = Table(title=f"job {job.job_id}: {job.state}")
-    for column in ("id", "status", "paper id", "chunks", "title / reason"):
+    items = job.items or []
+    add_id_column(table, "id", [item.id for item in items])
+    add_id_column(table, "paper id", [item.paper_id or "" for item in items])
+    for column in ("status", "chunks", "title / reason"):
         table.add_column(column)
-    for item in job.items or []:
+    for item in items:
         detail = item.title if item.status == Status.INGESTED else (item.reason or "")
-        table.add_row(item.id, item.status, item.paper_id or "", str(item.chunks or ""), (detail or "")[:70])
-    console.print(table)
+        table.add_row(item.id, item.paper_id or "", item.status, str(item.chunks or ""), (detail or "")[:70])
+    print_table(table, console)
     console.print(", ".join(f"{status}: {count}" for status, count in sorted(job.counts.items())))

@@ -7,10 +7,13 @@ needed. The embedded worker is a child process started without waiting for it.
 
 from __future__ import annotations
 
+import logging
+
 import typer
 import uvicorn
 
 from pmcqa.app.main import create_app
+from pmcqa.core.logs import configure_logging
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.worker import serve_with_worker
 
@@ -38,9 +41,19 @@ def serve(
         f"Then ask:  curl -X POST {base}/ask{auth} -H 'Content-Type: application/json' "
         '-d \'{"paper_id": "PMC8026465", "question": "What did the authors find?"}\''
     )
+    # One handler for every logger, uvicorn's included (log_config=None): each line carries the request id,
+    # PMCQA_LOG_FORMAT=json makes them JSON; the access line comes from our middleware, not uvicorn's.
+    configure_logging(settings.log_format, getattr(logging, log_level.upper(), logging.INFO))
     embedded = serve_with_worker(settings, worker, typer.echo)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level,
+            log_config=None,
+            access_log=False,
+        )
     finally:
         if embedded is not None:
             embedded.stop()

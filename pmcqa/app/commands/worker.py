@@ -11,6 +11,7 @@ import socket
 
 import typer
 
+from pmcqa.core.logs import configure_logging
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.worker import describe_queue, live_workers, run_worker
 
@@ -29,12 +30,11 @@ def worker(
     """Run queued ingest jobs until stopped (SIGTERM finishes the running batches first)."""
     if check:
         raise typer.Exit(0 if check_local_worker(Settings()) else 1)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pmcqa.worker").setLevel(logging.INFO if verbose else logging.WARNING)
     settings = Settings()
+    configure_logging(settings.log_format, logging.WARNING)  # json: a line per ingest outcome regardless
+    logging.getLogger("pmcqa.worker").setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        logging.getLogger("pmcqa.ingest.outcome").setLevel(logging.INFO)
     typer.echo(f"pmcqa worker: {workers} thread(s) on {describe_queue(settings)}", err=True)
     run_worker(settings, workers=workers)
 

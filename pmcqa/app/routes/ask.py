@@ -1,8 +1,14 @@
-"""POST /ask: a cited answer from one paper, as JSON or as Server-Sent Events."""
+"""POST /ask: a cited answer from one paper, as JSON or as Server-Sent Events.
+
+Streamed, every event's data is one JSON object whose `type` is also the event name (`step`, `answer.delta`,
+then `done` with the whole Answer, or `error`) and which carries the request id (see
+`app.answering.base.StreamMessage`). A client that disconnects stops the generation.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends
@@ -13,14 +19,22 @@ from pmcqa.app.answering.base import Answer, AnswerDone, AnswerEvent
 from pmcqa.app.deps import AnswerMetrics, get_library, get_metrics, require_api_key
 from pmcqa.app.schemas import ANSWER_EXAMPLE, AskRequest, error_responses
 from pmcqa.app.service import Library
+from pmcqa.core.logs import request_id
 
 router = APIRouter(tags=["answering"], dependencies=[Depends(require_api_key)])
 
 _STREAM_DOC = (
-    "event: step\ndata: 1) Searched 8 passages of PMC3485338 for ...\n\n"
-    "event: answer\ndata: The key regulator of sporulation is Spo0A.\n\n"
-    'event: done\ndata: {"paper_id": "PMC3485338", "answer": "...", "citations": [...], ...}\n\n'
+    'event: step\ndata: {"type": "step", "request_id": "4f2c...", "text": "1) Searched 8 passages ..."}\n\n'
+    'event: answer.delta\ndata: {"type": "answer.delta", "request_id": "4f2c...", "text": "The key"}\n\n'
+    'event: done\ndata: {"type": "done", "request_id": "4f2c...", "answer": {"paper_id": "PMC3485338", '
+    '"answer": "The key regulator of sporulation is Spo0A.", "citations": [...], ...}}\n\n'
 )
+# `app.docs` adds the StreamMessage schema to the components (FastAPI only collects response models).
+_STREAM_SCHEMA = {
+    "type": "string",
+    "description": "Server-Sent Events; each event's data is a JSON StreamMessage "
+    "(#/components/schemas/StreamMessage).",
+}
 
 
 @router.post(
@@ -31,9 +45,10 @@ _STREAM_DOC = (
         200: {
             "content": {
                 "application/json": {"example": ANSWER_EXAMPLE},
-                "text/event-stream": {"schema": {"type": "string"}, "example": _STREAM_DOC},
+                "text/event-stream": {"schema": _STREAM_SCHEMA, "example": _STREAM_DOC},
             },
-            "description": "The Answer; with `stream: true`, Server-Sent Events that end in `done`.",
+            "description": "The Answer; with `stream: true`, Server-Sent Events whose data are StreamMessage "
+            "objects: steps, answer deltas, then `done` (the Answer) or `error`.",
         },
         **error_responses(401, 404, 409, 422, 503, 504),
     },
@@ -48,7 +63,9 @@ async def ask(
         prepared = await run_in_threadpool(
             library.prepare, request.paper_id, request.question, request.top_k, request.backend
         )
-        return EventSourceResponse(_sse(library.stream(prepared), metrics))
+        cancelled = threading.Event()
+        events = library.stream(prepared, cancelled)
+        return EventSourceResponse(_sse(events, metrics, cancelled, request_id.get()))
     answer = await run_in_threadpool(
         library.ask, request.paper_id, request.question, request.top_k, request.backend
     )
@@ -56,12 +73,18 @@ async def ask(
     return answer
 
 
-async def _sse(events: Iterator[AnswerEvent], metrics: AnswerMetrics) -> AsyncIterator[dict[str, str]]:
-    while True:
-        # Each step of the sync generator runs in a worker thread; the loop never blocks on the backend.
-        event = await asyncio.to_thread(next, events, None)
-        if event is None:
-            return
-        if isinstance(event, AnswerDone):
-            metrics.observe(event.data)
-        yield event.sse()
+async def _sse(
+    events: Iterator[AnswerEvent], metrics: AnswerMetrics, cancelled: threading.Event, rid: str | None
+) -> AsyncIterator[dict[str, str]]:
+    try:
+        while True:
+            # Each step of the sync generator runs in a worker thread; the loop never blocks on the backend.
+            event = await asyncio.to_thread(next, events, None)
+            if event is None:
+                return
+            if isinstance(event, AnswerDone):
+                metrics.observe(event.data)
+            yield event.sse(rid)
+    finally:
+        # Normal end, or the client disconnected (the response cancels this generator): stop generating.
+        cancelled.set()

@@ -1,15 +1,14 @@
 """Liveness (no auth, no dependencies, answered from the moment the port opens) and readiness (the library's
-index and answer backend loaded; while they load, 503 with what is still loading)."""
+index and answer backend loaded; while they load, 503 with what is still loading); both are open to probes."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from pmcqa import __version__
-from pmcqa.app.deps import require_api_key
 from pmcqa.app.loader import LibraryLoader
-from pmcqa.app.schemas import Health, Readiness, error_responses
+from pmcqa.app.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -23,11 +22,8 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    dependencies=[Depends(require_api_key)],
-    responses={
-        **error_responses(401),
-        503: {"model": Readiness, "description": "Index or backend not ready."},
-    },
+    summary="Index and answer backend are ready (never requires a key: it is a probe)",
+    responses={503: {"model": Readiness, "description": "Index or backend not ready."}},
 )
 def readyz(request: Request) -> JSONResponse:
     loader: LibraryLoader = request.app.state.loader

@@ -3,41 +3,63 @@
 Handlers only enqueue: the ids of a job are fetched, parsed and embedded by `pmcqa worker` processes (see
 `ingest.worker`). Job records live in SQLite under data_dir, so they survive restarts of API and workers.
 Request sizes are bounded: a body over the limit is a 413, too many / no / malformed ids a 422.
+
+POST /ingest answers 202 with `Location: /jobs/{job_id}`; with an `Idempotency-Key` header a retried request
+returns the job the first one created (`Idempotent-Replayed: true`); the key reused for other ids is a 422.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pmcqa.app.deps import get_library, get_settings, require_api_key
 from pmcqa.app.errors import InvalidInput, JobNotFound, PayloadTooLarge
-from pmcqa.app.schemas import ErrorResponse
+from pmcqa.app.schemas import error_responses
 from pmcqa.app.service import Library
 from pmcqa.core.ids import InvalidPaperId, parse_id
+from pmcqa.core.logs import OUTCOME_LOGGER
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
 from pmcqa.index.models import OutlineEntry
-from pmcqa.ingest.jobs import Job, JobStore
+from pmcqa.ingest.jobs import IdempotencyConflict, Job, JobStore
 from pmcqa.ingest.pipeline import Ingestor
-from pmcqa.ingest.worker import enqueue_job
+from pmcqa.ingest.worker import submit_job
 
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require_api_key)])
+outcome_log = logging.getLogger(OUTCOME_LOGGER)
 
 # A JSON list of ids is small: 1000 ids × ~40 bytes. Anything much bigger is a mistake or an attack.
 MAX_INGEST_BODY_BYTES = 256_000
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
-    404: {"model": ErrorResponse, "description": "No such job."},
-    413: {"model": ErrorResponse, "description": "The request body is larger than the limit."},
-    422: {"model": ErrorResponse, "description": "No ids, too many ids, malformed ids, or an invalid body."},
+_JOB_EXAMPLE = {
+    "job_id": "5f0c1e9a7b3d4e2f8a6c4b2d0e9f7a1c",
+    "created": "2026-03-01T12:00:00.123456Z",
+    "updated": "2026-03-01T12:00:04.512000Z",
+    "state": "done",
+    "refresh": False,
+    "total": 2,
+    "counts": {"ingested": 1, "not-found": 1},
+    "error": None,
+    "request_id": "9b0c6f1e2d8a4f57a1c3e5b7d9f0a2c4",
+    "items": [
+        {
+            "id": "PMC8026465",
+            "status": "ingested",
+            "paper_id": "PMC8026465",
+            "title": "Kidney organoids ...",
+            "chunks": 61,
+            "reason": None,
+        },
+        {"id": "PMC99999999", "status": "not-found", "paper_id": None, "reason": "no such PMC article"},
+    ],
 }
 
 
@@ -45,16 +67,43 @@ class IngestRequest(BaseModel):
     ids: list[str] = Field(description="PMCIDs, PMIDs or DOIs; repeated ids are ingested once.")
     refresh: bool = Field(False, description="Re-fetch and re-index papers already in the library.")
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"ids": ["PMC8026465", "pmid:20066031", "10.1371/journal.pone.0008519"]}]
+        }
+    )
+
 
 class JobCreated(BaseModel):
     job_id: str
     state: str
-    total: int
-    status_url: str
+    total: int = Field(description="Distinct ids in the job.")
+    status_url: str = Field(description="Where to poll it (also the Location header).")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "5f0c1e9a7b3d4e2f8a6c4b2d0e9f7a1c",
+                    "state": "queued",
+                    "total": 3,
+                    "status_url": "/jobs/5f0c1e9a7b3d4e2f8a6c4b2d0e9f7a1c",
+                }
+            ]
+        }
+    )
 
 
 class JobList(BaseModel):
     jobs: list[Job]
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"jobs": [{**_JOB_EXAMPLE, "items": None}]}]}
+    )
+
+
+class JobDetail(Job):
+    model_config = ConfigDict(title="Job", json_schema_extra={"examples": [_JOB_EXAMPLE]})
 
 
 class PaperIngested(BaseModel):
@@ -63,6 +112,20 @@ class PaperIngested(BaseModel):
     title: str | None = None
     chunks: int | None = None
     outline: list[OutlineEntry] = Field(default_factory=list)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "paper_id": "PMC3485338",
+                    "status": "ingested",
+                    "title": "C. difficile 630Δerm Spo0A Regulates Sporulation ...",
+                    "chunks": 61,
+                    "outline": [{"path": ["Introduction"], "sec_type": "intro", "depth": 0}],
+                }
+            ]
+        }
+    )
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -107,9 +170,54 @@ def _jobs(request: Request) -> JobStore:
     return jobs
 
 
-@router.post("/ingest", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, responses=_ERRORS)
-async def create_job(request: Request, settings: Settings = Depends(get_settings)) -> Any:
-    """Enqueue an ingest job; poll `GET /jobs/{job_id}` for per-id outcomes.
+_INGEST_ERRORS = error_responses(
+    401, 413, 422, e422="No ids, too many ids, malformed ids, an invalid body, or an Idempotency-Key reused "
+    "for another request."
+)
+_JOB_ERRORS = error_responses(401, 404, 422, e404="No such job.")
+_JOB_LIST_ERRORS = error_responses(401, 422)
+
+
+@router.post(
+    "/ingest",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobCreated,
+    summary="Queue papers for ingest",
+    responses={
+        202: {
+            "description": "Queued; `Location` names the job. A replayed Idempotency-Key returns the "
+            "same job with `Idempotent-Replayed: true`.",
+            "headers": {
+                "Location": {"schema": {"type": "string"}, "description": "/jobs/{job_id}"},
+                "Idempotent-Replayed": {
+                    "schema": {"type": "string"},
+                    "description": "`true` when the job was created by an earlier request with this key.",
+                },
+            },
+        },
+        **_INGEST_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                # The body is read by hand (size-limited), so FastAPI does not see the model: described here.
+                "application/json": {"schema": IngestRequest.model_json_schema()}
+            },
+        }
+    },
+)
+async def ingest(
+    request: Request,
+    response: Response,
+    settings: Settings = Depends(get_settings),
+    idempotency_key: str | None = Header(
+        None,
+        max_length=255,
+        description="Any unique string (e.g. a UUID); a retried request with this key returns the same job.",
+    ),
+) -> Any:
+    """Enqueue an ingest job; poll `GET /jobs/{job_id}` (the Location header) for per-id outcomes.
 
     Its papers read `queued` until a worker takes them (`ingesting`), so questions on them answer 409.
     """
@@ -120,18 +228,28 @@ async def create_job(request: Request, settings: Settings = Depends(get_settings
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidInput(problems or "invalid body") from exc
     ids = validate_ids(payload.ids, settings)
-    job = await run_in_threadpool(enqueue_job, settings, ids, payload.refresh, _jobs(request))
-    return JobCreated(job_id=job.job_id, state=job.state, total=job.total, status_url=f"/jobs/{job.job_id}")
+    try:
+        job, created = await run_in_threadpool(
+            submit_job, settings, ids, payload.refresh, _jobs(request), idempotency_key
+        )
+    except IdempotencyConflict as exc:
+        raise InvalidInput(str(exc), code="idempotency_key_reused") from None
+    location = f"/jobs/{job.job_id}"
+    response.headers["Location"] = location
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobCreated(job_id=job.job_id, state=job.state, total=job.total, status_url=location)
 
 
-@router.get("/jobs", response_model=JobList, responses=_ERRORS)
+@router.get("/jobs", response_model=JobList, summary="Recent ingest jobs", responses=_JOB_LIST_ERRORS)
 async def list_jobs(request: Request, limit: int = Query(20, ge=1, le=200)) -> JobList:
     """Recent jobs, newest first (counts only; GET /jobs/{id} has the per-id outcomes)."""
     return JobList(jobs=await run_in_threadpool(_jobs(request).list, limit))
 
 
-@router.get("/jobs/{job_id}", response_model=Job, responses=_ERRORS)
+@router.get("/jobs/{job_id}", response_model=JobDetail, summary="One ingest job", responses=_JOB_ERRORS)
 async def get_job(job_id: str, request: Request) -> Any:
+    """A job's state and per-id outcomes, in request order; timestamps are ISO 8601 (UTC)."""
     job = await run_in_threadpool(_jobs(request).get, job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
@@ -165,8 +283,21 @@ def _ingest_upload(request: Request, library: Library, data: bytes, id_override:
 @router.post(
     "/papers",
     response_model=PaperIngested,
-    responses=_ERRORS,
-    openapi_extra={"requestBody": {"content": {"application/xml": {"schema": {"type": "string"}}}}},
+    summary="Ingest one JATS article sent as the body",
+    responses=error_responses(
+        401, 413, 422, e422="Empty body, or the file could not be ingested (the detail says why)."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/xml": {
+                    "schema": {"type": "string"},
+                    "example": '<article article-type="research-article">...</article>',
+                }
+            },
+        }
+    },
 )
 async def upload_paper(
     request: Request,
@@ -179,6 +310,14 @@ async def upload_paper(
     if not data.strip():
         raise InvalidInput("send a JATS XML article as the request body", code="empty_body")
     outcome = await run_in_threadpool(_ingest_upload, request, library, data, id)
+    if outcome is not None:  # the same outcome line as a worker's (a JSON object with PMCQA_LOG_FORMAT=json)
+        outcome_log.info(
+            "upload: %s %s",
+            outcome.requested,
+            outcome.status,
+            extra={"requested": outcome.requested, "status": outcome.status, "paper_id": outcome.paper_id,
+                   "reason": outcome.reason, "chunks": outcome.chunks, "source": "upload"},
+        )
     if outcome is None or outcome.status != Status.INGESTED:
         reason = getattr(outcome, "reason", None) or "the file could not be ingested"
         status_text = getattr(outcome, "status", Status.FAILED)

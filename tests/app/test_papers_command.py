@@ -1,0 +1,100 @@
+"""`pmcqa papers` (list, show, text, delete) over the real library, and `pmcqa jobs` with id prefixes: ids are
+printed whole, even on a narrow terminal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pmcqa.app.cli import cli
+from pmcqa.ingest.jobs import JobStore
+
+runner = CliRunner()
+XMRV_DOI = "10.1371/journal.pone.0008519"
+
+
+@pytest.fixture
+def in_library(library_dir, ingested, monkeypatch):
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(library_dir))
+    monkeypatch.setenv("COLUMNS", "50")  # a narrow terminal: tables must still print ids whole
+    return ingested
+
+
+def test_papers_list_and_show(in_library):
+    listed = runner.invoke(cli, ["papers", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "PMC2795199" in listed.stdout and XMRV_DOI in listed.stdout  # whole, not "10.1371/jou…"
+    as_json = json.loads(runner.invoke(cli, ["papers", "list", "--json", "--limit", "1"]).stdout)
+    assert as_json["total"] >= 2 and len(as_json["papers"]) == 1
+
+    shown = json.loads(runner.invoke(cli, ["papers", "show", XMRV_DOI, "--json"]).stdout)
+    assert shown["paper_id"] == "PMC2795199" and shown["chars"] == len(in_library["xmrv"].text)
+    plain = runner.invoke(cli, ["papers", "show", "pmid:20066031"])
+    assert plain.exit_code == 0 and "PMC2795199" in plain.stdout and "outline:" in plain.stdout
+
+    missing = runner.invoke(cli, ["papers", "show", "PMC424242"])
+    assert missing.exit_code == 3 and "pmcqa ingest PMC424242" in missing.output
+    assert runner.invoke(cli, ["papers", "show", "banana"]).exit_code == 2
+
+
+def test_papers_text_shows_a_span_in_context(in_library):
+    text = in_library["xmrv"].text
+    result = runner.invoke(cli, ["papers", "text", "PMC2795199", "--start", "100", "--end", "160", "--json"])
+    assert result.exit_code == 0, result.output
+    window = json.loads(result.stdout)
+    assert window["text"] == text[100:160] and window["chars"] == len(text)
+    with_context = runner.invoke(cli, ["papers", "text", "PMC2795199", "--start", "100", "--end", "160",
+                                       "--context", "20"])
+    assert with_context.stdout.rstrip("\n") == text[80:180]
+    backwards = runner.invoke(cli, ["papers", "text", "PMC2795199", "--start", "10", "--end", "5"])
+    assert backwards.exit_code == 2 and "before start" in backwards.output
+
+
+def test_papers_delete(in_library, library):
+    record = in_library["xmrv"].model_copy(update={"paper_id": "PMC7770002", "pmid": None, "doi": None})
+    copies = [
+        chunk.model_copy(update={"paper_id": "PMC7770002", "chunk_id": "y" + chunk.chunk_id[1:]})
+        for chunk in library.store.get_chunks("PMC2795199")
+    ]
+    library.store.put_paper(record, copies, library.embedder)
+    deleted = runner.invoke(cli, ["papers", "delete", "PMC7770002"])
+    assert deleted.exit_code == 0 and "deleted PMC7770002" in deleted.stdout
+    assert library.store.get_paper("PMC7770002") is None
+    assert runner.invoke(cli, ["papers", "delete", "PMC7770002"]).exit_code == 3
+
+
+def test_jobs_accepts_a_unique_prefix_and_prints_ids_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "40")
+    store = JobStore.for_settings(type("S", (), {"data_dir": tmp_path})())
+    doi = "10.1016/j.cell.2020.02.052"
+    jobs = [store.create([doi, "PMC1"]) for _ in range(3)]
+    ids = [job.job_id for job in jobs]
+    # The shortest prefix that only one of them starts with, and one that several start with (if any).
+    unique = next(
+        job_id[:n] for n in range(1, 33) for job_id in ids if sum(j.startswith(job_id[:n]) for j in ids) == 1
+    )
+    shown = runner.invoke(cli, ["jobs", unique, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["job_id"].startswith(unique)
+    table = runner.invoke(cli, ["jobs", unique])
+    assert doi in table.stdout  # whole, on a 40-column terminal
+
+    listed = runner.invoke(cli, ["jobs"])
+    assert all(job_id in listed.stdout for job_id in ids)
+    assert runner.invoke(cli, ["jobs", "0" * 32]).exit_code == 2
+    everything = runner.invoke(cli, ["jobs", ""])
+    assert everything.exit_code == 2  # the empty prefix is no job id
+
+
+def test_ambiguous_job_prefix_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "300")  # the error box on one line
+    store = JobStore.for_settings(type("S", (), {"data_dir": tmp_path})())
+    # Enough jobs that two share a first character (pigeonhole: 17 ids over 16 hex digits).
+    ids = [store.create([f"PMC{n}"]).job_id for n in range(1, 18)]
+    shared = next(job_id[0] for job_id in ids if sum(j.startswith(job_id[0]) for j in ids) > 1)
+    result = runner.invoke(cli, ["jobs", shared])
+    assert result.exit_code == 2 and "give more of the id" in result.output
