@@ -79,7 +79,7 @@ class Mode:
 MODES = {
     "plain": Mode(extras=(), lowest=False),
     "lowest": Mode(
-        extras=("llm", "openai", "redis"),
+        extras=("llm", "openai", "redis", "report"),
         lowest=True,
         tests=(
             "tests/test_settings.py",  # pydantic-settings (NoDecode, TOML source)

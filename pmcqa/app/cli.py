@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "papers": (
         "pmcqa.app.commands.papers",
-        "List, show, read or delete the papers of the library (no model is loaded).",
+        "List, show, read and delete the papers in the library.",
     ),
     "parse": ("pmcqa.app.commands.parse", "Parse a local JATS file and show the paper and its chunks."),
     "reindex": (
