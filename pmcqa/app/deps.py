@@ -46,7 +46,7 @@ class AnswerMetrics:
 _bearer = HTTPBearer(auto_error=False, description="One of PMCQA_API_KEYS, when keys are configured.")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -67,7 +67,7 @@ def get_library(request: Request) -> Library:
     )
 
 
-def get_metrics(request: Request) -> AnswerMetrics:
+async def get_metrics(request: Request) -> AnswerMetrics:
     return request.app.state.answer_metrics
 
 
@@ -81,7 +81,7 @@ def key_matches(presented: str, keys: list[str]) -> bool:
     return matched
 
 
-def require_api_key(
+async def require_api_key(  # async: a key check needs no worker thread
     settings: Settings = Depends(get_settings),
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:

@@ -77,6 +77,22 @@ class BackendNotReady(ServiceError):
     exit_code = 5
 
 
+class UpstreamUnavailable(ServiceError):
+    """NCBI (needed to resolve a PMID or DOI the library does not know) could not be reached."""
+
+    code = "ncbi_unreachable"
+    http_status = 503
+    exit_code = 5
+
+
+class UpstreamTimeout(ServiceError):
+    """NCBI did not answer an id lookup within the request's deadline."""
+
+    code = "ncbi_timeout"
+    http_status = 504
+    exit_code = 6
+
+
 class GenerationTimeout(ServiceError, TimeoutError):
     """An answer took longer than `generation_timeout_s` (raised by the service and by backends alike)."""
 

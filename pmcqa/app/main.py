@@ -6,7 +6,9 @@ from the start, `/readyz` says what is still loading, and routes that need the l
 `deps.get_library` (503 with `Retry-After` until it is ready). The routers are listed in `ROUTERS`. Errors
 leave as ``{"error": code, "detail": message, "request_id": ...}`` with the status a `ServiceError` names
 (`pmcqa.app.errors`, with `Retry-After` when it is temporary); nothing a client sends can produce a stack
-trace.
+trace. `app.guard.RequestGuard`, in front of the routes, checks the key and caps the body before anything
+reads it, and turns a bug into a clean 500 that keeps the connection usable; `app.openapi` makes the schema
+say what the handlers enforce.
 
 Conventions: every response carries `X-Request-ID` (the client's, or a new one) and every request is one
 access-log line (`app.middleware`); `/papers/` is `/papers` (no redirects); operation ids are the handlers'
@@ -30,10 +32,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pmcqa import __version__
 from pmcqa.app.deps import AnswerMetrics, require_api_key
 from pmcqa.app.docs import install_docs, operation_id
-from pmcqa.app.errors import InternalError, InvalidInput, ServiceError
+from pmcqa.app.errors import InvalidInput, PayloadTooLarge, ServiceError
+from pmcqa.app.guard import RequestGuard
 from pmcqa.app.loader import LibraryFactory, LibraryLoader
 from pmcqa.app.metrics import LibraryCollector, serve_metrics
 from pmcqa.app.middleware import RequestIdMiddleware, TrailingSlashMiddleware
+from pmcqa.app.openapi import install_openapi
 from pmcqa.app.routes import ask, health, jobs, papers, search
 from pmcqa.app.schemas import error_responses
 from pmcqa.core.extras import MissingExtra
@@ -42,7 +46,13 @@ from pmcqa.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
+_HTTP_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: PayloadTooLarge.code,
+    503: "unavailable",
+}
 
 
 def error(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -85,14 +95,14 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # FastAPI's 400 for a body it could not decode (e.g. not UTF-8): malformed input, a 422 as any.
+            return error(InvalidInput.http_status, InvalidInput.code, "the body is not UTF-8 encoded JSON")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
-    @api.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Logged with the traceback for operators; the client gets a clean message, never the trace.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(InternalError.http_status, InternalError.code, "internal error; see the server log")
+    # Any other exception is answered by `RequestGuard` (a handler for `Exception` here would run in
+    # Starlette's outermost middleware, which re-raises to uvicorn, which then drops the connection).
 
 
 # Every router of the service; a new endpoint module is added here.
@@ -162,7 +172,10 @@ def create_app(
                 **error_responses(401),
             },
         )
-    # Outermost last: slashes are stripped before the request id middleware sees the route.
+    install_openapi(api, settings)
+    # Outermost last: slashes are stripped before the request id middleware sees the route, and the request
+    # has its id before the guard (key check and body cap, before any body is read) may refuse it.
+    api.add_middleware(RequestGuard, settings=settings)
     api.add_middleware(RequestIdMiddleware)
     api.add_middleware(TrailingSlashMiddleware)
     return api

@@ -41,14 +41,13 @@ from pmcqa.app.errors import (
     PaperNotFound,
     ServiceError,
 )
+from pmcqa.app.id_lookup import RequestResolver
 from pmcqa.core.ids import InvalidPaperId, PaperId, parse_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, Status
 from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
 from pmcqa.index.retrieval import MODES, Mode
-from pmcqa.ingest.entrez import EntrezClient
-from pmcqa.ingest.resolve import IdResolver
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,7 @@ class SearchResult:
 class PaperPage:
     total: int
     papers: list[PaperRecord]
+    statuses: dict[str, Status] = field(default_factory=dict)  # paper id -> status shown (see `shown_status`)
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Library:
     store: Any
     embedder: Any
     retriever: Any
-    id_resolver: Any = None
+    id_resolver: RequestResolver | None = None
     backends: dict[str, AnswerBackend] = field(default_factory=dict)
     backend_errors: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -163,9 +163,8 @@ class Library:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        client = getattr(self.id_resolver, "client", None)
-        if client is not None:
-            client.close()
+        if self.id_resolver is not None:
+            self.id_resolver.close()
         close = getattr(self.store, "close", None)
         if callable(close):
             close()
@@ -203,7 +202,19 @@ class Library:
                 self.backend_errors[name] = f"{type(exc).__name__}: {exc}"
                 self.backends.pop(name, None)
 
+    def check_backend_allowed(self, name: str | None) -> None:
+        """422 for a backend a request may not choose (`allowed_backends`): nothing is loaded for it."""
+        allowed = self.settings.request_backends()
+        if name is not None and name not in allowed:
+            raise InvalidInput(
+                f"answer backend {name!r} is not enabled on this server; allowed: {', '.join(allowed)} "
+                "(PMCQA_ALLOWED_BACKENDS)",
+                code="backend_not_allowed",
+            )
+
     def backend(self, name: str | None = None) -> AnswerBackend:
+        """Backend `name` (default: the configured one), ready to answer; requests are checked against the
+        allowed ones first (`check_backend_allowed`, in `prepare`)."""
         name = name or self.settings.answer_backend
         backend = self.load_backend(name)
         if backend is None or name in self.backend_errors:
@@ -237,24 +248,38 @@ class Library:
         }
 
     # --- papers --------------------------------------------------------------------------------------------
-    def resolve_id(self, text: str) -> str:
-        """Canonical paper id of any accepted form (PMCID, versioned PMCID, URL, PMID, DOI, bare number)."""
-        parsed = check_paper_id(text, self.settings)
+    def _parse(self, text: str) -> PaperId:
+        return check_paper_id(text, self.settings)
+
+    async def canonical_id(self, text: str) -> str:
+        """`resolve_id` for async handlers: an NCBI lookup is awaited without holding a server thread, so a
+        burst of unknown PMIDs with NCBI unreachable cannot starve other requests of threads."""
+        parsed = self._parse(text)
         if parsed.kind == "pmcid":
             return parsed.value
-        # PMID / DOI: the store's aliases first (no network), then NCBI's ID converter.
+        paper_id = self.store.resolve_alias(str(parsed))  # one indexed SQLite read
+        if paper_id:
+            return str(paper_id)
+        if self.id_resolver is not None:
+            pmcid = await self.id_resolver.pmcid_async(parsed)
+            if pmcid:
+                return pmcid
+        raise PaperNotFound.for_paper(str(parsed))
+
+    def resolve_id(self, text: str) -> str:
+        """Canonical paper id of any accepted form (PMCID, versioned PMCID, URL, PMID, DOI, bare number)."""
+        parsed = self._parse(text)
+        if parsed.kind == "pmcid":
+            return parsed.value
+        # PMID / DOI: the store's aliases first (no network), then NCBI's ID converter, bounded in time
+        # (`RequestResolver`): NCBI unreachable is a 503/504 saying so, a definite miss a 404.
         paper_id = self.store.resolve_alias(str(parsed))
         if paper_id:
             return str(paper_id)
-        resolver = self.id_resolver
-        if resolver is not None:
-            try:
-                resolution = resolver.resolve_many([parsed.raw]).get(parsed.raw)
-            except Exception as exc:  # NCBI unreachable: then it cannot be in the library under this id
-                log.warning("could not resolve %s: %s", parsed.raw, exc)
-                resolution = None
-            if resolution is not None and resolution.pmcid:
-                return str(resolution.pmcid)
+        if self.id_resolver is not None:
+            pmcid = self.id_resolver.pmcid(parsed)
+            if pmcid:
+                return pmcid
         raise PaperNotFound.for_paper(str(parsed))
 
     def status_of(self, paper_id: str) -> Status | None:
@@ -278,8 +303,18 @@ class Library:
         return paper
 
     def papers(self, offset: int = 0, limit: int = 50) -> PaperPage:
-        """A page of the stored papers, in id order, with the library's size."""
-        return PaperPage(total=int(self.store.count_papers()), papers=self.store.list_papers(offset, limit))
+        """A page of the stored papers, most recently stored first, with the library's size; each paper's
+        status is the one `paper` shows."""
+        records = self.store.list_papers(offset, limit)
+        statuses = {r.paper_id: self.shown_status(r, self.status_of(r.paper_id)) for r in records}
+        return PaperPage(total=int(self.store.count_papers()), papers=records, statuses=statuses)
+
+    @staticmethod
+    def shown_status(record: PaperRecord, status: Status | None) -> Status:
+        """A stored paper reads as its record says, unless an ingest of it is under way (queued, ingesting).
+        A failed re-ingest left the stored paper intact, so it still reads `ingested` (list and detail alike).
+        """
+        return status if status in BUSY else Status(record.status)
 
     def paper(self, text: str) -> PaperView:
         """One paper's record and status; a paper not stored yet is shown while it has a status to poll."""
@@ -290,9 +325,8 @@ class Library:
             if status is None:
                 raise PaperNotFound.for_paper(paper_id)
             return PaperView(paper_id, status)
-        # A stored paper reads as its record says, unless an ingest status says more (queued, failed, ...).
-        shown = status if status is not None and status != Status.INGESTED else Status(record.status)
-        return PaperView(paper_id, shown, record, len(self.store.get_chunks(paper_id)))
+        chunks = len(self.store.get_chunks(paper_id))
+        return PaperView(paper_id, self.shown_status(record, status), record, chunks)
 
     def delete(self, text: str) -> str:
         """Remove a stored paper; returns its canonical id. Refused while it is being ingested."""
@@ -335,14 +369,15 @@ class Library:
             int(self.store.count_papers()), int(self.store.count_chunks()), self.store.last_update()
         )
 
-    def check_question(self, question: str) -> str:
-        return check_question(question, self.settings)
+    def check_question(self, question: str, what: str = "question") -> str:
+        return check_question(question, self.settings, what)
 
     # --- answering -----------------------------------------------------------------------------------------
     def prepare(
         self, paper_id: str, question: str, top_k: int | None = None, backend: str | None = None
     ) -> Prepared:
         # Input errors first (422, 404, 409), then whether the backend can answer now (503).
+        self.check_backend_allowed(backend)
         question = self.check_question(question)
         paper = self.require_paper(paper_id)
         chosen = self.backend(backend)
@@ -459,11 +494,7 @@ class Library:
         self, query: str, paper_id: str | None = None, k: int | None = None, mode: str = "hybrid"
     ) -> SearchResult:
         """Passages for a query inside one paper (`mode`: hybrid, dense or lexical) or across the library."""
-        query = query.strip()
-        if not query:
-            raise InvalidInput("query must not be empty")
-        if len(query) > self.settings.max_question_chars:
-            raise InvalidInput(f"query is longer than {self.settings.max_question_chars} characters")
+        query = self.check_question(query, "query")
         if mode not in MODES:
             raise InvalidInput(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         top_k = k or self.settings.top_k
@@ -482,17 +513,20 @@ def check_paper_id(text: str, settings: Settings) -> PaperId:
         raise InvalidInput(str(exc)) from None
 
 
-def check_question(question: str, settings: Settings) -> str:
-    """The question stripped, or `InvalidInput` (empty, over `max_question_chars`); needs no library, so
-    `pmcqa ask` checks it before loading one."""
+def check_question(question: str, settings: Settings, what: str = "question") -> str:
+    """The question (or search query) stripped, or `InvalidInput` (empty, over `max_question_chars`, not
+    valid text); needs no library, so `pmcqa ask` checks it before loading one."""
     question = question.strip()
     if not question:
-        raise InvalidInput("question must not be empty")
+        raise InvalidInput(f"{what} must not be empty")
     limit = settings.max_question_chars
     if len(question) > limit:
         raise InvalidInput(
-            f"question is {len(question)} characters; the limit is {limit} (PMCQA_MAX_QUESTION_CHARS)"
+            f"{what} is {len(question)} characters; the limit is {limit} (PMCQA_MAX_QUESTION_CHARS)"
         )
+    if not question.isprintable() and _has_unencodable(question):
+        # JSON may carry a lone surrogate ("\ud800"); no tokenizer or database can take one.
+        raise InvalidInput(f"{what} is not valid Unicode text (it holds a lone surrogate)")
     return question
 
 
@@ -514,10 +548,19 @@ def _as_service_error(error: BaseException) -> ServiceError:
     return InternalError("generation failed")
 
 
-def _make_resolver(settings: Settings) -> Any:
-    """NCBI id resolver (cached id map + ID Converter) for PMIDs/DOIs the store does not know."""
+def _has_unencodable(text: str) -> bool:
     try:
-        return IdResolver(settings, EntrezClient(settings))
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _make_resolver(settings: Settings) -> RequestResolver | None:
+    """NCBI id resolver (cached id map + ID Converter) for PMIDs/DOIs the store does not know, bounded for
+    request paths (`app.id_lookup`)."""
+    try:
+        return RequestResolver(settings)
     except Exception as exc:  # the service still answers for PMCIDs and stored aliases
         log.warning("no id resolver: %s", exc)
         return None

@@ -11,13 +11,21 @@ Accepted forms (case-insensitive, surrounding whitespace ignored):
 * A bare number follows the ``bare_digits`` setting: ``"pmcid"`` (default; efetch's reading) or ``"pmid"``.
   A bare number that turns out not to exist says how to ask for the other reading (`not_found_hint`).
 
+A DOI is ``10.<4-9 digits>/<suffix>`` of at most `MAX_DOI_CHARS` characters, without whitespace, control or
+other non-printing characters (lone surrogates included), and without ``.`` or ``..`` path segments: every
+stored id must be something a client can name again in a URL (``GET /papers/{id}``), so such a DOI is refused
+wherever it comes from: a request, ``--id``, or a file's own article ids. `PAPER_ID_PATTERN` is the grammar's
+outline as one regular expression (the OpenAPI schema documents it; the checks above come on top).
+
 A paper read from a file is stored under the ``--id`` given for it (a PMCID or a DOI, `given_paper_id`), else
-under its own id (`own_paper_id`): its PMCID, else its DOI. A file that carries neither needs ``--id``.
+under its own id (`own_paper_id`): its PMCID, else its valid DOI. A file that carries neither needs ``--id``.
+Every id a paper is stored under passes `check_storable_id`.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Literal
 from urllib.parse import unquote
 
@@ -35,7 +43,23 @@ _PMC_URL_RE = re.compile(r"^https?://[^/]*ncbi\.nlm\.nih\.gov/(?:pmc/)?articles/
 _PUBMED_URL_RE = re.compile(r"^https?://pubmed\.ncbi\.nlm\.nih\.gov/(\d+)/?$", re.IGNORECASE)
 
 USAGE = "expected PMC1234567, pmid:12345678 or a DOI such as 10.1000/xyz"
-NO_OWN_ID = "the file carries no PMCID or DOI; give one with --id"
+NO_OWN_ID = "the file carries no PMCID or DOI usable as its id; give one with --id"
+MAX_ID_CHARS = 300  # the longest id text read at all (a DOI URL included)
+MAX_DOI_CHARS = 200
+
+# The accepted forms in outline (case-insensitive prefixes spelled out: JSON Schema patterns have no flags).
+_CI_PMC = "[Pp][Mm][Cc]"
+PAPER_ID_PATTERN = (
+    r"^\s*(?:"
+    rf"{_CI_PMC}\d{{1,10}}(?:\.\d{{1,4}})?"  # PMC8026465, PMC8026465.1
+    rf"|{_CI_PMC}(?:[Ii][Dd])?\s*:\s*(?:{_CI_PMC}\d{{1,10}}(?:\.\d{{1,4}})?|\d{{1,10}})"  # pmcid:…
+    r"|[Pp][Mm][Ii][Dd]\s*:\s*\d{1,10}"  # pmid:12345678
+    r"|\d{1,10}"  # a bare number (PMCID or PMID per bare_digits)
+    r"|(?:[Dd][Oo][Ii]\s*:\s*|[Hh][Tt][Tt][Pp][Ss]?://(?:[Dd][Xx]\.)?[Dd][Oo][Ii]\.[Oo][Rr][Gg]/)?"
+    r"10\.\d{4,9}/\S+"  # a DOI, bare, doi:-prefixed or as a doi.org URL
+    r"|[Hh][Tt][Tt][Pp][Ss]?://\S*ncbi\.nlm\.nih\.gov/\S*"  # a PMC article or PubMed URL
+    r")\s*$"
+)
 
 
 class InvalidPaperId(ValueError):
@@ -71,10 +95,23 @@ def _pmid(raw: str, digits: str) -> PaperId:
     return PaperId(kind="pmid", value=str(int(digits)), raw=raw)
 
 
+def doi_problem(doi: str) -> str | None:
+    """Why `doi` (already unquoted and stripped) cannot be a paper id, or None when it can."""
+    if not _DOI_RE.match(doi):
+        return "a DOI looks like 10.1234/suffix"
+    if len(doi) > MAX_DOI_CHARS:
+        return f"a DOI has at most {MAX_DOI_CHARS} characters"
+    if any(unicodedata.category(char)[0] in "CZ" for char in doi):
+        return "a DOI has no control, separator or other non-printing characters"
+    if any(segment in (".", "..") for segment in doi.split("/")):
+        return "a DOI has no '.' or '..' path segments"
+    return None
+
+
 def _doi(raw: str, doi: str) -> PaperId:
     doi = unquote(doi.strip())
-    if not _DOI_RE.match(doi):
-        raise _invalid(raw, "a DOI looks like 10.1234/suffix")
+    if why := doi_problem(doi):
+        raise _invalid(raw, why)
     return PaperId(kind="doi", value=doi, raw=raw)
 
 
@@ -84,6 +121,8 @@ def parse_id(text: str, bare_digits: BareDigits = "pmcid") -> PaperId:
     text = (text or "").strip()
     if not text:
         raise _invalid(raw, "empty")
+    if len(text) > MAX_ID_CHARS:
+        raise InvalidPaperId(f"not a paper id: {len(text)} characters, more than {MAX_ID_CHARS} ({USAGE})")
     if match := _PREFIX_RE.match(text):
         prefix, rest = match.group(1).lower(), match.group(2).strip()
         if prefix in ("pmcid", "pmc"):
@@ -147,8 +186,26 @@ def given_paper_id(text: str) -> str:
 
 def own_paper_id(pmcid: str | None, doi: str | None) -> str | None:
     """A paper's own id from its article ids: the PMCID, else the DOI (publisher JATS, e.g. PLOS, has no
-    PMCID); None when it carries neither (then the caller asks for ``--id``, see `NO_OWN_ID`)."""
-    return canonical_pmcid(pmcid) or (doi.strip() if doi and doi.strip() else None)
+    PMCID); None when it carries neither, or only a DOI that is no valid id (then the caller asks for
+    ``--id``, see `NO_OWN_ID`)."""
+    found = canonical_pmcid(pmcid)
+    if found:
+        return found
+    if not doi or not doi.strip():
+        return None
+    try:
+        return _doi(doi, doi).value
+    except InvalidPaperId:
+        return None
+
+
+def check_storable_id(paper_id: str) -> str:
+    """`paper_id` if a paper may be stored under it (a canonical PMCID or a valid DOI, as `given_paper_id`
+    returns them); raises `InvalidPaperId` otherwise. The store calls it for every paper it writes."""
+    parsed = parse_id(paper_id, bare_digits="pmcid")
+    if parsed.kind == "pmid" or parsed.bare or parsed.value != paper_id:
+        raise InvalidPaperId(f"{paper_id!r} is not a canonical PMCID or DOI; papers are stored under one")
+    return paper_id
 
 
 _DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "http://dx.doi.org/", "doi:")

@@ -145,7 +145,22 @@ class Settings(BaseSettings):
         description="text, or json: one JSON object per log line (a line per request with request id, route, "
         "status and latency; a line per ingest outcome).",
     )
-    max_question_chars: int = Field(2000, description="Longest accepted question.")
+    max_question_chars: int = Field(2000, ge=1, description="Longest accepted question (and search query).")
+    max_body_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="Largest JSON request body (POST /ask, /search, /ingest); larger is a 413, unread.",
+    )
+    allowed_backends: Annotated[list[AnswerBackendName], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated answer backends a request may choose with `backend`, besides "
+        "`answer_backend` (always allowed). Others answer 422 and load nothing.",
+    )
+    resolve_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="Deadline of a request's NCBI lookup of a PMID/DOI the library lacks; 504 past it.",
+    )
     redis_url: str | None = Field(
         None, description="Redis URL for the networked job queue; unset = embedded SQLite queue."
     )
@@ -159,7 +174,7 @@ class Settings(BaseSettings):
     job_max_ids: int = Field(1000, ge=1, description="Most ids one POST /ingest job accepts.")
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest JATS body POST /papers accepts.")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_backends", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -193,6 +208,10 @@ class Settings(BaseSettings):
     @property
     def queue_path(self) -> Path:
         return self.data_dir / "queue.sqlite3"
+
+    def request_backends(self) -> list[str]:
+        """The answer backends a request may name: the configured one and `allowed_backends`."""
+        return list(dict.fromkeys([self.answer_backend, *self.allowed_backends]))
 
     def ncbi_rate(self) -> float:
         if self.ncbi_requests_per_second is not None:

@@ -9,6 +9,9 @@ JATS facts used — article ids, restriction comment, `<body>` — are `pmcqa.in
 * `<error id=..>` → ``not-found``;
 * a truncated/malformed reply (or one that is not a `<pmc-articleset>`) → the batch is fetched again once,
   then split in halves down to single ids, and an id that still breaks ends ``failed`` with the reason;
+* a batch NCBI kept refusing (429/5xx after every try, or a 4xx) is split in halves the same way, so one
+  refused request does not fail its neighbours; a batch that could not reach NCBI at all (connection refused,
+  timeouts) is not split: its halves could not reach it either, and it ends ``failed``;
 * a requested id absent from a well-formed reply → ``failed`` ("not in reply").
 
 Each article's XML (the `<article>` element, comments kept) is written to ``settings.raw_dir/PMC….xml``
@@ -30,7 +33,7 @@ from lxml import etree
 
 from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
-from pmcqa.ingest.entrez import EntrezClient, EntrezError
+from pmcqa.ingest.entrez import EntrezClient, EntrezError, PermanentHTTPError, RetriesExhausted
 from pmcqa.ingest.jats import article_pmcids, articleset_errors, find_articles, has_body, is_restricted, local
 from pmcqa.ingest.xml import JatsError, parse_xml
 
@@ -187,6 +190,9 @@ class Fetcher:
         try:
             reply = self.client.efetch_pmc(batch)
         except EntrezError as exc:  # the transport already retried what was worth retrying
+            if len(batch) > 1 and _ncbi_answered(exc):
+                log.warning("efetch of %d ids refused (%s): fetching them in halves", len(batch), exc)
+                return self._halves(batch)
             return {pmcid: FetchResult(pmcid, "failed", f"efetch failed: {exc}") for pmcid in batch}
         try:
             return classify_articleset(reply, batch)
@@ -195,9 +201,18 @@ class Fetcher:
             if retry:
                 return self._fetch_batch(batch, retry=False)  # one more try of the same batch
             if len(batch) > 1:  # isolate the id that breaks the reply
-                middle = len(batch) // 2
-                return {
-                    **self._fetch_batch(batch[:middle], retry=True),
-                    **self._fetch_batch(batch[middle:], retry=True),
-                }
+                return self._halves(batch)
             return {batch[0]: FetchResult(batch[0], "failed", f"unusable efetch reply: {exc}")}
+
+    def _halves(self, batch: list[str]) -> dict[str, FetchResult]:
+        middle = len(batch) // 2
+        first, second = batch[:middle], batch[middle:]
+        return {**self._fetch_batch(first, retry=True), **self._fetch_batch(second, retry=True)}
+
+
+def _ncbi_answered(error: EntrezError) -> bool:
+    """NCBI replied (an HTTP status) but refused the request: worth retrying a smaller request. A transport
+    that never got a reply (refused connection, timeouts) is not: the halves would not get one either."""
+    if isinstance(error, PermanentHTTPError):
+        return True
+    return isinstance(error, RetriesExhausted) and error.last.status is not None

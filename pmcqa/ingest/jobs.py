@@ -11,6 +11,10 @@ A job is a list of ids cut into batches; each batch is one queue task. The queue
   task from the queue before running it, so a killed worker loses the task, but not the batch.
 - ``create_once`` honours an idempotency key: the same key with the same request returns the job it created,
   with another request it is refused (`IdempotencyConflict`).
+- A job's ``notice`` says what recovery happened (batches re-queued) and while the queue cannot be reached
+  (``note_queue_down`` / ``note_queue_back``).
+- ``release_owned``: a worker that stops hands its unfinished batches back at once instead of letting their
+  leases lapse.
 
 Times are stored as Unix seconds and shown as ISO 8601 (UTC) datetimes.
 """
@@ -36,6 +40,8 @@ JobState = Literal["queued", "running", "done", "failed"]
 
 # A batch that crashes its worker this many times is given up (its pending ids fail) instead of looping.
 MAX_ATTEMPTS = 5
+QUEUE_DOWN = "cannot be reached"  # what a notice says while the queue is down
+QUEUE_BACK = "reachable again"  # ... and once it answers again
 
 _SCHEMA = """
 create table if not exists jobs (
@@ -45,7 +51,8 @@ create table if not exists jobs (
     state text not null,
     refresh integer not null default 0,
     total integer not null,
-    error text
+    error text,
+    notice text
 );
 create table if not exists job_items (
     job_id text not null references jobs(id) on delete cascade,
@@ -86,6 +93,7 @@ _ADDED_COLUMNS = (
     ("jobs", "idempotency_key", "text"),
     ("jobs", "fingerprint", "text"),
     ("jobs", "request_id", "text"),
+    ("jobs", "notice", "text"),
 )
 _AFTER_MIGRATION = """
 create unique index if not exists jobs_idempotency_key on jobs(idempotency_key)
@@ -135,6 +143,11 @@ class Job(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict, description="Ids per status (pending included).")
     error: str | None = None
     request_id: str | None = Field(None, description="X-Request-ID of the request that created it.")
+    notice: str | None = Field(
+        None,
+        description="What the service noticed and did about this job, e.g. batches re-queued after the queue "
+        "lost them, or that the queue cannot be reached right now.",
+    )
     items: list[JobItem] | None = Field(None, description="Per-id outcomes, in request order.")
 
     @property
@@ -286,7 +299,7 @@ class JobStore:
     def get(self, job_id: str, items: bool = True) -> Job | None:
         with self._tx() as conn:
             row = conn.execute(
-                "select id, created, updated, state, refresh, total, error, request_id "
+                "select id, created, updated, state, refresh, total, error, request_id, notice "
                 "from jobs where id = ?",
                 (job_id,),
             ).fetchone()
@@ -316,6 +329,7 @@ class JobStore:
             total=row[5],
             error=row[6],
             request_id=row[7],
+            notice=row[8],
             counts=counts,
             items=job_items,
         )
@@ -490,6 +504,39 @@ class JobStore:
                 [(now, job_id, batch) for job_id, batch in sorted(found)],
             )
         return sorted(found)
+
+    def set_notice(self, job_id: str, notice: str) -> None:
+        with self._tx() as conn:
+            conn.execute("update jobs set notice = ? where id = ?", (notice, job_id))
+
+    def note_queue_down(self, notice: str) -> None:
+        """Set `notice` (which says `QUEUE_DOWN`) on every open job not told so already."""
+        with self._tx() as conn:
+            conn.execute(
+                "update jobs set notice = ? where state in ('queued', 'running') "
+                "and (instr(coalesce(notice, ''), ?) = 0 or instr(notice, ?) > 0)",
+                (notice, QUEUE_DOWN, QUEUE_BACK),
+            )
+
+    def note_queue_back(self, notice: str) -> None:
+        """Append `notice` (which says `QUEUE_BACK`) to a `QUEUE_DOWN` notice: the queue answers again."""
+        with self._tx() as conn:
+            conn.execute(
+                "update jobs set notice = notice || '; ' || ? where instr(coalesce(notice, ''), ?) > 0 "
+                "and instr(notice, ?) = 0",
+                (notice, QUEUE_DOWN, QUEUE_BACK),
+            )
+
+    def release_owned(self, owner_prefix: str, error: str) -> int:
+        """Expire the leases held by owners starting with `owner_prefix` (a stopping worker process), so
+        any worker re-runs those batches at once; returns how many."""
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "update job_batches set lease_until = 0, last_error = ? "
+                "where done = 0 and substr(owner, 1, length(?)) = ? and lease_until > 0",
+                (error[:2000], owner_prefix, owner_prefix),
+            )
+            return cursor.rowcount
 
     # --- worker liveness (so the CLI can say "no worker is running") --------------------------------------
     def worker_seen(self, name: str, queue: str) -> None:

@@ -30,7 +30,14 @@ from pathlib import Path, PurePosixPath
 from lxml import etree
 from pydantic import BaseModel
 
-from pmcqa.core.ids import NO_OWN_ID, given_paper_id, not_found_hint, own_paper_id
+from pmcqa.core.ids import (
+    NO_OWN_ID,
+    InvalidPaperId,
+    check_storable_id,
+    given_paper_id,
+    not_found_hint,
+    own_paper_id,
+)
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, OK, IngestState, OutcomeStatus, Status
 from pmcqa.index.library import open_library
@@ -227,6 +234,10 @@ class Ingestor:
     def _store_article(
         self, requested: str, paper_id: str, article: etree._Element, source: str, reason: str | None
     ) -> IngestOutcome:
+        try:  # the one gate of every id a paper is stored under (a file's own DOI included)
+            check_storable_id(paper_id)
+        except InvalidPaperId as exc:
+            return IngestOutcome(requested=requested, status=Status.INVALID, reason=str(exc), source=source)
         base = {"requested": requested, "paper_id": paper_id, "source": source}
         self._record_status(paper_id, Status.INGESTING, None)  # put_paper (or a failure) supersedes it
         try:

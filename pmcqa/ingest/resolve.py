@@ -227,9 +227,12 @@ class IdResolver:
                     continue
                 label = "PMID" if kind == "pmid" else "DOI"
                 why = misses.get(key, "Identifier not found in PMC")
-                message = f"{label} {pid.value} is not in PMC ({why})"
-                if pid.bare:
-                    message += f"; {not_found_hint(pid)}"
                 status: ResolutionStatus = "failed" if key in failed else "not-found"
+                if status == "failed":  # NCBI was not reached: nothing is known about the id
+                    message = f"{label} {pid.value}: the lookup failed, NCBI could not be reached ({why})"
+                else:
+                    message = f"{label} {pid.value} is not in PMC ({why})"
+                    if pid.bare:
+                        message += f"; {not_found_hint(pid)}"
                 out[text] = Resolution(requested=text, status=status, paper_id=pid, error=message)
         return out

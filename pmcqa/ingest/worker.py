@@ -14,10 +14,20 @@ lapsed. `store.put_paper` is atomic and replaces a paper's chunks, so re-running
 Each recorded outcome is one `pmcqa.ingest.outcome` log line (job id, id, status, the request id that created
 the job; JSON fields with `PMCQA_LOG_FORMAT=json`), and a worker serves Prometheus metrics on
 `settings.worker_metrics_port` (`ingest.metrics`).
+
+The queue itself can lose tasks (a Redis without persistence restarted): the same periodic scan compares the
+batches waiting in the jobs table with the queue's contents and re-enqueues the missing ones after a lease's
+length (`requeue_stale`); the job's `notice` says so, and says while the queue cannot be reached.
+
+Stopping: SIGTERM lets the running batches finish; a second SIGTERM (or SIGINT) stops at once, and the
+batches still held are released for any worker to re-run (`JobStore.release_owned`). The worker `pmcqa serve`
+embeds is stopped that way, and on Linux dies with its parent even if that one is SIGKILLed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -34,13 +44,13 @@ from typing import Any, Protocol
 
 from huey import Huey, RedisHuey, SqliteHuey
 
-from pmcqa.core.extras import require_extra
+from pmcqa.core.extras import MissingExtra, require_extra
 from pmcqa.core.logs import OUTCOME_LOGGER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
 from pmcqa.index.store import Store
-from pmcqa.ingest.jobs import Claim, Job, JobStore
+from pmcqa.ingest.jobs import QUEUE_BACK, QUEUE_DOWN, Claim, Job, JobStore
 from pmcqa.ingest.metrics import BATCH_SECONDS, PAPERS_INGESTED, serve_worker_metrics
 from pmcqa.ingest.pipeline import Ingestor
 from pmcqa.ingest.resolve import IdResolver
@@ -121,7 +131,19 @@ def submit_job(
     if created:
         record_status(settings, ids, Status.QUEUED)
         for batch in jobs.batches(job.job_id):
-            _enqueue_batch(settings, job.job_id, batch)
+            try:
+                _enqueue_batch(settings, job.job_id, batch)
+            except MissingExtra:  # a broken install, not an outage: the caller says what to install
+                raise
+            except Exception as exc:  # Redis down: the job is recorded; workers enqueue it once it is back
+                log.warning("could not enqueue job %s: %s", job.job_id, exc)
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                notice = (
+                    f"{stamp}: the {describe_queue(settings)} {QUEUE_DOWN} ({type(exc).__name__}); "
+                    "workers queue this job's batches once it is back"
+                )
+                jobs.set_notice(job.job_id, notice)
+                return (jobs.get(job.job_id, items=False) or job), created
     return job, created
 
 
@@ -148,14 +170,25 @@ def requeue_stale(settings: Settings, jobs: JobStore) -> int:
     # A never-started batch that is still in the queue is only suspicious after a long wait (a busy queue
     # legitimately holds tasks); one that is neither leased nor queued was lost (its worker died between
     # taking the task and leasing the batch), and is re-queued after a lease's length.
+    in_queue = queued_batches(settings)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    if in_queue is None:  # say so on the open jobs, which otherwise look merely slow
+        jobs.note_queue_down(f"{stamp}: the {describe_queue(settings)} {QUEUE_DOWN}; waiting for it")
+    else:
+        jobs.note_queue_back(f"{stamp}: it is {QUEUE_BACK}")
     stale = jobs.reclaim_stale(
         requeue_after_s=max(settings.job_lease_s * 10, 600.0),
-        in_queue=queued_batches(settings),
+        in_queue=in_queue,
         lost_after_s=settings.job_lease_s,
     )
     for job_id, batch in stale:
         log.warning("re-enqueueing job %s batch %s (its lease lapsed or its task was lost)", job_id, batch)
         _enqueue_batch(settings, job_id, batch)
+    for job_id in dict.fromkeys(job_id for job_id, _ in stale):
+        count = sum(1 for stale_job, _ in stale if stale_job == job_id)
+        jobs.set_notice(
+            job_id, f"{stamp}: re-queued {count} batch(es): a worker vanished, or the queue lost their tasks"
+        )
     return len(stale)
 
 
@@ -193,6 +226,7 @@ class WorkerRuntime:
 
 
 _RUNTIME: WorkerRuntime | None = None
+_STOPPING = threading.Event()  # set when this worker process stops: leases are released, not renewed
 
 
 def _ingest_batch_task(job_id: str, batch: int) -> None:
@@ -275,7 +309,7 @@ def _heartbeat(runtime: WorkerRuntime, claim: Claim, owner: str) -> Iterator[Non
     interval = max(runtime.settings.job_lease_s / 3, 0.2)
 
     def beat() -> None:
-        while not stop.wait(interval):
+        while not stop.wait(interval) and not _STOPPING.is_set():  # a stopping worker has released it
             if not runtime.jobs.heartbeat(claim.job_id, claim.batch, owner, runtime.settings.job_lease_s):
                 log.warning("lost the lease on job %s batch %s", claim.job_id, claim.batch)
                 return
@@ -378,6 +412,12 @@ def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = 
             consumer.run()
     finally:
         stop.set()
+        _STOPPING.set()
+        # A graceful stop finished its batches; an interrupted one hands them back for any worker to re-run
+        # now, instead of after their leases lapse.
+        released = _RUNTIME.jobs.release_owned(f"{name}:", "the worker stopped before finishing this batch")
+        if released:
+            log.warning("released %d unfinished batch(es)", released)
         _RUNTIME.jobs.worker_gone(name)
 
 
@@ -404,21 +444,30 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+# How long a stopping embedded worker may take to finish its running batch before it is told to stop now.
+STOP_GRACE_S = 10.0
+
+
 @dataclass
 class EmbeddedWorker:
     """A `pmcqa worker` child process; a separate process keeps ingest CPU work off the API's GIL."""
 
     process: subprocess.Popen[bytes]
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)  # graceful: finish the running batch
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()  # safe: its batch's lease lapses and another worker re-runs it
-            self.process.wait()
+    def stop(self, timeout: float = STOP_GRACE_S) -> None:
+        """SIGTERM (finish the running batch); after `timeout` a second SIGTERM (stop now, releasing the
+        batch); SIGKILL if even that hangs (safe: the batch's lease lapses and any worker re-runs it)."""
+        for signum, wait_s in ((signal.SIGTERM, timeout), (signal.SIGTERM, 5.0)):
+            if self.process.poll() is not None:
+                return
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        self.process.kill()
+        self.process.wait()
 
 
 def worker_command(workers: int = 1) -> list[str]:
@@ -437,9 +486,29 @@ def start_embedded_worker(
     command = command or worker_command(workers)
     stream = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
-        command, env=env, stdout=stream, stderr=subprocess.STDOUT if stream else None
+        command,
+        env=env,
+        stdout=stream,
+        stderr=subprocess.STDOUT if stream else None,
+        preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
     )
     return EmbeddedWorker(process)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """For the child, between fork and exec: SIGTERM it when the parent dies, however the parent dies
+    (Linux `prctl(PR_SET_PDEATHSIG)`), so a SIGKILLed `pmcqa serve` leaves no worker behind."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)  # loaded before the fork
+
+    def arrange() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arrange
 
 
 def wants_embedded_worker(settings: Settings) -> bool:

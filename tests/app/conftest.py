@@ -8,6 +8,7 @@ Loading the embedding model dominates the cost, so it happens once.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,30 @@ def make_library(library_dir: Path, embedder, ingested):
 @pytest.fixture(scope="session")
 def library(make_library):
     return make_library()
+
+
+@pytest.fixture(scope="session")
+def make_scratch_library(tmp_path_factory: pytest.TempPathFactory, library_dir: Path, embedder, ingested):
+    """Build a `Library` over a copy of the session library: a test may upload and delete papers in it
+    without changing what other tests see. Real components, as `make_library`."""
+    from pmcqa.app.service import Library
+    from pmcqa.index.library import open_library
+
+    made = []
+
+    def build(**overrides: object) -> Library:
+        copy = tmp_path_factory.mktemp("scratch") / "library"
+        shutil.copytree(library_dir, copy)
+        settings = make_settings(copy, **overrides)
+        parts = open_library(settings, writable=True, embedder=embedder)
+        library = Library(settings, parts.store, parts.embedder, parts.retriever, None)
+        library.load_backend(settings.answer_backend)
+        made.append(library)
+        return library
+
+    yield build
+    for library in made:
+        library.close()
 
 
 @pytest.fixture(scope="session")

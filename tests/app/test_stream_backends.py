@@ -60,7 +60,7 @@ MAX_NEW_TOKENS = 300
 def test_disconnect_stops_transformers_generation_and_frees_the_lock(
     make_library, tmp_path: Path, one_torch_thread: None
 ) -> None:
-    library = make_library(context_tokens=64)
+    library = make_library(context_tokens=64, allowed_backends=["transformers"])
     settings = Settings(
         model=str(save_checkpoint(tmp_path / "tiny")),
         load_in_4bit=False,
@@ -126,7 +126,12 @@ def fake_server() -> Iterator[FakeOpenAIServer]:
 def openai_library(make_library, base_url: str, **overrides: object):  # type: ignore[no-untyped-def]
     library = make_library()
     settings = library.settings.model_copy(
-        update={"openai_base_url": base_url, "openai_model": "bio-gpt-oss-20b", **overrides}
+        update={
+            "openai_base_url": base_url,
+            "openai_model": "bio-gpt-oss-20b",
+            "allowed_backends": ["openai"],
+            **overrides,
+        }
     )
     library.settings = settings
     library.backends["openai"] = OpenAIBackend(settings)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pmcqa.core.ids import (
+    PAPER_ID_PATTERN,
     InvalidPaperId,
     alias_key,
     canonical_pmcid,
+    check_storable_id,
     given_paper_id,
     not_found_hint,
     own_paper_id,
@@ -118,9 +122,67 @@ def test_own_paper_id_is_the_pmcid_else_the_doi() -> None:
     assert own_paper_id("PMC12", "10.1/x") == "PMC12"
     assert own_paper_id("PMC12.1", None) == "PMC12"
     assert own_paper_id(None, " 10.1371/journal.pone.0008519 ") == "10.1371/journal.pone.0008519"
-    assert own_paper_id("", "10.1/x") == "10.1/x"
+    assert own_paper_id("", "10.1000/x") == "10.1000/x"
     assert own_paper_id(None, None) is None
     assert own_paper_id(None, "  ") is None
+
+
+@pytest.mark.parametrize(
+    "doi",
+    [
+        "../../../etc/passwd",
+        "10.1/x",  # not a DOI a request could name either
+        "10.1234/../../../etc/passwd",
+        "10.1234/a/./b",
+        "10.1234/x/..",
+        "10.1234/a\x00b",
+        "10.1234/\ud800",
+        "10.1234/a\u200bb",
+        "10.1234/" + "x" * 300,
+    ],
+)
+def test_a_file_doi_that_is_no_valid_id_is_not_its_id(doi: str) -> None:
+    # The same rule as a request id: what is stored must be nameable again in GET/DELETE /papers/{id}.
+    assert own_paper_id(None, doi) is None
+    with pytest.raises(InvalidPaperId):
+        parse_id(doi)
+    with pytest.raises(InvalidPaperId):
+        check_storable_id(doi)
+    assert own_paper_id("PMC5", doi) == "PMC5"  # a PMCID still names the paper
+
+
+def test_storable_ids_are_canonical_pmcids_and_valid_dois() -> None:
+    assert check_storable_id("PMC8026465") == "PMC8026465"
+    assert check_storable_id("10.1371/journal.pone.0008519") == "10.1371/journal.pone.0008519"
+    for text in ("pmc8026465", "PMC8026465.1", "8026465", "pmid:123", "doi:10.1000/x", "banana"):
+        with pytest.raises(InvalidPaperId):
+            check_storable_id(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PMC8026465",
+        " pmc8026465.2 ",
+        "pmcid:8026465",
+        "PMCID: PMC8026465.3",
+        "pmid:34527728",
+        "8026465",
+        "10.1183/23120541.50193-2021",
+        "doi:10.1002/qub2.92",
+        "https://doi.org/10.1002/qub2.92",
+        "https://pmc.ncbi.nlm.nih.gov/articles/PMC8026465/",
+        "https://pubmed.ncbi.nlm.nih.gov/34527728/",
+    ],
+)
+def test_the_documented_pattern_matches_every_accepted_form(text: str) -> None:
+    parse_id(text)
+    assert re.match(PAPER_ID_PATTERN, text)
+
+
+@pytest.mark.parametrize("text", ["", "banana", "PMC", "pmid:abc", "11.1000/x", "10.12/x", "PMC12x"])
+def test_the_documented_pattern_refuses_what_is_no_id_in_outline(text: str) -> None:
+    assert not re.match(PAPER_ID_PATTERN, text)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ It serves `efetch.fcgi` (db=pmc, GET and POST) by assembling a `<pmc-articleset>
 `elink.fcgi` (dbfrom=pubmed, db=pmc, linkname=pubmed_pmc; XML like Biopython's recorded elink files, or JSON
 with retmode=json); and the ID Converter (`.../idconv/...`, JSON records incl. the "Identifier not found in
 PMC" miss). Faults are scripted per endpoint (429 with a JSON body and optional Retry-After, 5xx, slow
-replies, truncated bodies, rate-limit JSON with a 200 status) and every request is recorded (time, method,
-path, params) so tests can check the rate limit and the retries at the server.
+replies, truncated bodies, rate-limit JSON with a 200 status), or drawn at random per request with set
+probabilities and a seed (`random_faults`); every request is recorded (time, method, path, params) so tests
+can check the rate limit and the retries at the server.
 
 Usage::
 
@@ -18,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import deque
@@ -130,6 +132,7 @@ class FakeEutils:
         self.elinks: dict[str, list[str]] = {}  # pmid -> PMC digits (pubmed_pmc)
         self.requests: list[RecordedRequest] = []
         self._faults: dict[Endpoint, deque[Fault]] = {}
+        self._random: dict[Endpoint, tuple[random.Random, list[tuple[float, Fault]]]] = {}
         self._lock = threading.Lock()
         self.base_url = ""
 
@@ -163,10 +166,27 @@ class FakeEutils:
         with self._lock:
             self._faults.setdefault(endpoint, deque()).extend(faults)
 
+    def random_faults(self, endpoint: Endpoint, faults: list[tuple[float, Fault]], seed: int = 0) -> None:
+        """From now on each request to `endpoint` (after any scripted ones) gets fault `f` with probability
+        `p`, for each `(p, f)` in turn (probabilities add up; the rest are normal replies)."""
+        with self._lock:
+            self._random[endpoint] = (random.Random(seed), list(faults))
+
     def _next_fault(self, endpoint: Endpoint) -> Fault | None:
         with self._lock:
             queue = self._faults.get(endpoint)
-            return queue.popleft() if queue else None
+            if queue:
+                return queue.popleft()
+            drawn = self._random.get(endpoint)
+            if drawn is None:
+                return None
+            rng, faults = drawn
+            roll = rng.random()
+            for probability, fault in faults:
+                if roll < probability:
+                    return fault
+                roll -= probability
+            return None
 
     def requests_to(self, endpoint: Endpoint) -> list[RecordedRequest]:
         with self._lock:

@@ -110,3 +110,14 @@ def test_everything_down_gives_failed_not_not_found(resolver: IdResolver, fake_e
     assert out["pmid:23029536"].status == "failed"
     assert "elink failed" in (out["pmid:23029536"].error or "")
     assert out["PMC8435807"].ok  # other ids are not held back
+
+
+def test_a_lookup_that_gave_up_says_so_not_that_the_id_is_not_in_pmc(
+    resolver: IdResolver, fake_eutils: FakeEutils
+) -> None:
+    fake_eutils.script("idconv", *[server_error(500)] * 8)  # 4 tries of the PMID batch, 4 of the DOI batch
+    fake_eutils.script("elink", *[server_error(500)] * 4)
+    out = resolver.resolve_many(["pmid:23029536", "doi:10.1002/qub2.92"])
+    for resolution in out.values():
+        assert resolution.status == "failed"
+        assert "lookup failed" in (resolution.error or "") and "not in PMC" not in (resolution.error or "")

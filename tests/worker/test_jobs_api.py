@@ -10,7 +10,6 @@ import pytest
 from worker_helpers import LiveServer, fake_worker_settings, wait_for
 
 from pmcqa.app.main import create_app
-from pmcqa.app.routes.jobs import MAX_INGEST_BODY_BYTES
 
 
 def _stub_library(settings):  # type: ignore[no-untyped-def]
@@ -49,7 +48,7 @@ def test_job_runs_to_the_end(api, workers_factory) -> None:  # type: ignore[no-u
 
 
 def test_bad_requests_are_clear(api) -> None:  # type: ignore[no-untyped-def]
-    _, client = api
+    settings, client = api
     empty = client.post("/ingest", json={"ids": []})
     assert empty.status_code == 422 and empty.json()["error"] == "no_ids"
     many = client.post("/ingest", json={"ids": [f"PMC{n}" for n in range(1, 52)]})
@@ -59,7 +58,7 @@ def test_bad_requests_are_clear(api) -> None:  # type: ignore[no-untyped-def]
     assert bad.status_code == 422 and bad.json()["invalid_ids"] == ["banana", "PMC0"]
     assert client.post("/ingest", content=b"{not json").status_code == 422
     assert client.post("/ingest", json={"ids": "PMC1"}).json()["error"] == "invalid_request"
-    huge = client.post("/ingest", content=b'{"ids": ["' + b"x" * MAX_INGEST_BODY_BYTES + b'"]}')
+    huge = client.post("/ingest", content=b'{"ids": ["' + b"x" * settings.max_body_bytes + b'"]}')
     assert huge.status_code == 413 and huge.json()["error"] == "payload_too_large"
     upload = client.post("/papers", content=b"<article>" + b" " * 2000 + b"</article>")
     assert upload.status_code == 413

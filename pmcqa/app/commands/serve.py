@@ -3,11 +3,20 @@
 The port opens at once: the app loads its library (embedding model, index, answer backend) in a background
 thread (`pmcqa.app.loader`), answering /healthz meanwhile and 503 with `Retry-After` where the library is
 needed. The embedded worker is a child process started without waiting for it.
+
+SIGTERM and SIGINT stop both: uvicorn drains the API (at most `SHUTDOWN_GRACE_S` for open requests), then
+the worker is stopped (`EmbeddedWorker.stop`: it finishes or releases its batch). uvicorn re-raises the signal
+it caught once it is done; SIGINT's Python handler raises KeyboardInterrupt, and SIGTERM gets one that raises
+SystemExit, so the clean-up below runs for both instead of the process dying where it stands.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import sys
+import threading
+from types import FrameType
 
 import typer
 import uvicorn
@@ -16,6 +25,12 @@ from pmcqa.app.main import create_app
 from pmcqa.core.logs import configure_logging
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.worker import serve_with_worker
+
+SHUTDOWN_GRACE_S = 10.0
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    sys.exit(128 + signum)
 
 
 def serve(
@@ -44,6 +59,8 @@ def serve(
     # One handler for every logger, uvicorn's included (log_config=None): each line carries the request id,
     # PMCQA_LOG_FORMAT=json makes them JSON; the access line comes from our middleware, not uvicorn's.
     configure_logging(settings.log_format, getattr(logging, log_level.upper(), logging.INFO))
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
     embedded = serve_with_worker(settings, worker, typer.echo)
     try:
         uvicorn.run(
@@ -53,10 +70,13 @@ def serve(
             log_level=log_level,
             log_config=None,
             access_log=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
     finally:
         if embedded is not None:
             embedded.stop()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def register(cli: typer.Typer) -> None:

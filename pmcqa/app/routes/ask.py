@@ -58,17 +58,20 @@ async def ask(
     library: Library = Depends(get_library),
     metrics: AnswerMetrics = Depends(get_metrics),
 ) -> Answer | EventSourceResponse:
+    # Input errors first (as `Library.prepare` orders them), then the id: a PMID/DOI may need NCBI, which
+    # is awaited here, not in a server thread.
+    library.check_backend_allowed(request.backend)
+    library.check_question(request.question)
+    paper_id = await library.canonical_id(request.paper_id)
     if request.stream:
         # Validation, id resolution and retrieval happen before the stream opens, so errors keep their codes.
         prepared = await run_in_threadpool(
-            library.prepare, request.paper_id, request.question, request.top_k, request.backend
+            library.prepare, paper_id, request.question, request.top_k, request.backend
         )
         cancelled = threading.Event()
         events = library.stream(prepared, cancelled)
         return EventSourceResponse(_sse(events, metrics, cancelled, request_id.get()))
-    answer = await run_in_threadpool(
-        library.ask, request.paper_id, request.question, request.top_k, request.backend
-    )
+    answer = await run_in_threadpool(library.ask, paper_id, request.question, request.top_k, request.backend)
     metrics.observe(answer)
     return answer
 

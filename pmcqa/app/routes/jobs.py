@@ -2,7 +2,10 @@
 
 Handlers only enqueue: the ids of a job are fetched, parsed and embedded by `pmcqa worker` processes (see
 `ingest.worker`). Job records live in SQLite under data_dir, so they survive restarts of API and workers.
-Request sizes are bounded: a body over the limit is a 413, too many / no / malformed ids a 422.
+Request sizes are bounded: a body over the limit is a 413 (`app.guard` counts it as it arrives), too many /
+no / malformed ids a 422. Uploads run one at a time on a thread of their own, and at most
+`MAX_WAITING_UPLOADS` wait for it (then 503): a queue of uploads holds neither the server's threads nor
+unbounded memory.
 
 POST /ingest answers 202 with `Location: /jobs/{job_id}`; with an `Idempotency-Key` header a retried request
 returns the job the first one created (`Idempotent-Replayed: true`); the key reused for other ids is a 422.
@@ -10,9 +13,10 @@ returns the job the first one created (`Idempotent-Replayed: true`); the key reu
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,10 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pmcqa.app.deps import get_library, get_settings, require_api_key
-from pmcqa.app.errors import InvalidInput, JobNotFound, PayloadTooLarge
+from pmcqa.app.errors import BackendNotReady, InvalidInput, JobNotFound, PayloadTooLarge
 from pmcqa.app.schemas import error_responses
 from pmcqa.app.service import Library
-from pmcqa.core.ids import InvalidPaperId, parse_id
+from pmcqa.core.ids import PAPER_ID_PATTERN, InvalidPaperId, given_paper_id, parse_id
 from pmcqa.core.logs import OUTCOME_LOGGER
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
@@ -36,8 +40,8 @@ from pmcqa.ingest.worker import submit_job
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require_api_key)])
 outcome_log = logging.getLogger(OUTCOME_LOGGER)
 
-# A JSON list of ids is small: 1000 ids × ~40 bytes. Anything much bigger is a mistake or an attack.
-MAX_INGEST_BODY_BYTES = 256_000
+# Uploads waiting for the upload thread beyond this many are refused (503), each may hold max_upload_bytes.
+MAX_WAITING_UPLOADS = 4
 
 _JOB_EXAMPLE = {
     "job_id": "5f0c1e9a7b3d4e2f8a6c4b2d0e9f7a1c",
@@ -221,7 +225,7 @@ async def ingest(
 
     Its papers read `queued` until a worker takes them (`ingesting`), so questions on them answer 409.
     """
-    body = await read_limited(request, MAX_INGEST_BODY_BYTES)
+    body = await read_limited(request, settings.max_body_bytes)
     try:
         payload = IngestRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -257,26 +261,49 @@ async def get_job(job_id: str, request: Request) -> Any:
 
 
 # --- one local article, synchronously ----------------------------------------------------------------------
-_INGESTOR_LOCK = threading.Lock()
+class UploadLane:
+    """The one thread uploads are ingested on (one at a time: the ingestor is not shared between threads),
+    and a bound on how many may wait for it."""
+
+    def __init__(self) -> None:
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pmcqa-upload")
+        self.admitted = 0  # running + waiting; only touched on the event loop
+
+    def admit(self) -> None:
+        if self.admitted > MAX_WAITING_UPLOADS:
+            raise BackendNotReady(
+                f"{self.admitted} uploads are already being ingested or waiting; retry shortly",
+                code="too_many_uploads",
+            )
+        self.admitted += 1
+
+    def leave(self) -> None:
+        self.admitted -= 1
+
+
+def _upload_lane(request: Request) -> UploadLane:
+    lane = getattr(request.app.state, "upload_lane", None)
+    if lane is None:
+        lane = request.app.state.upload_lane = UploadLane()
+    return lane
 
 
 def _ingest_upload(request: Request, library: Library, data: bytes, id_override: str | None) -> Any:
     settings: Settings = request.app.state.settings
     uploads = settings.data_dir / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
-    # One ingestor per app, made on first use; uploads are rare, so one at a time is fine and thread-safe.
-    with _INGESTOR_LOCK:
-        ingestor = getattr(request.app.state, "ingestor", None)
-        if ingestor is None:
-            ingestor = Ingestor(settings, store=library.store, encoder=library.embedder)
-            request.app.state.ingestor = ingestor
-        with tempfile.NamedTemporaryFile(dir=uploads, suffix=".xml", delete=False) as handle:
-            handle.write(data)
-            path = Path(handle.name)
-        try:
-            outcomes = ingestor.ingest_files([path], id_override=id_override)
-        finally:
-            path.unlink(missing_ok=True)
+    # One ingestor per app, made on first use, only ever used on the upload lane's one thread.
+    ingestor = getattr(request.app.state, "ingestor", None)
+    if ingestor is None:
+        ingestor = Ingestor(settings, store=library.store, encoder=library.embedder)
+        request.app.state.ingestor = ingestor
+    with tempfile.NamedTemporaryFile(dir=uploads, suffix=".xml", delete=False) as handle:
+        handle.write(data)
+        path = Path(handle.name)
+    try:
+        outcomes = ingestor.ingest_files([path], id_override=id_override)
+    finally:
+        path.unlink(missing_ok=True)
     return outcomes[0] if outcomes else None
 
 
@@ -285,7 +312,12 @@ def _ingest_upload(request: Request, library: Library, data: bytes, id_override:
     response_model=PaperIngested,
     summary="Ingest one JATS article sent as the body",
     responses=error_responses(
-        401, 413, 422, e422="Empty body, or the file could not be ingested (the detail says why)."
+        401,
+        413,
+        422,
+        503,
+        e422="A malformed `id`, an empty body, or the file could not be ingested (the detail says why).",
+        e503="Too many uploads waiting, or the index is still loading.",
     ),
     openapi_extra={
         "requestBody": {
@@ -296,20 +328,37 @@ def _ingest_upload(request: Request, library: Library, data: bytes, id_override:
                     "example": '<article article-type="research-article">...</article>',
                 }
             },
+            "description": "One JATS/NXML article, at most PMCQA_MAX_UPLOAD_BYTES.",
         }
     },
 )
 async def upload_paper(
     request: Request,
-    id: str | None = Query(None, description="Store under this id (when the file carries no PMCID)."),
+    id: str | None = Query(
+        None,
+        description="Store under this id, a PMCID or a DOI (needed when the file carries neither).",
+        max_length=300,
+        pattern=PAPER_ID_PATTERN,
+    ),
     library: Library = Depends(get_library),
 ) -> Any:
     """Ingest one JATS/NXML article sent as the body; returns its id and outline."""
     settings: Settings = request.app.state.settings
-    data = await read_limited(request, settings.max_upload_bytes)
-    if not data.strip():
-        raise InvalidInput("send a JATS XML article as the request body", code="empty_body")
-    outcome = await run_in_threadpool(_ingest_upload, request, library, data, id)
+    if id is not None:  # checked before the body is read; a PMID or a malformed id is a 422
+        try:
+            given_paper_id(id)
+        except InvalidPaperId as exc:
+            raise InvalidInput(f"`id`: {exc}", code="invalid_id") from None
+    lane = _upload_lane(request)
+    lane.admit()
+    try:
+        data = await read_limited(request, settings.max_upload_bytes)
+        if not data.strip():
+            raise InvalidInput("send a JATS XML article as the request body", code="empty_body")
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(lane.executor, _ingest_upload, request, library, data, id)
+    finally:
+        lane.leave()
     if outcome is not None:  # the same outcome line as a worker's (a JSON object with PMCQA_LOG_FORMAT=json)
         outcome_log.info(
             "upload: %s %s",

@@ -26,9 +26,13 @@ from pmcqa.app.service import MAX_TEXT_WINDOW, Library
 router = APIRouter(prefix="/papers", tags=["papers"], dependencies=[Depends(require_api_key)])
 
 
+# Far beyond any library, and inside SQLite's 64-bit integers (a larger OFFSET overflows it).
+MAX_OFFSET = 10**12
+
+
 @router.get("", response_model=PaperList, summary="List the papers", responses=error_responses(401, 422))
 def list_papers(
-    offset: int = Query(0, ge=0, description="Papers to skip."),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description="Papers to skip."),
     limit: int = Query(50, ge=1, le=500, description="Papers per page."),
     library: Library = Depends(get_library),
 ) -> PaperList:
@@ -37,7 +41,7 @@ def list_papers(
         total=page.total,
         offset=offset,
         limit=limit,
-        papers=[PaperSummary.from_record(record) for record in page.papers],
+        papers=[PaperSummary.from_record(paper, page.statuses.get(paper.paper_id)) for paper in page.papers],
     )
 
 
@@ -56,7 +60,8 @@ async def paper_text(
     context: int = Query(0, ge=0, le=MAX_TEXT_WINDOW, description="Characters added on either side."),
     library: Library = Depends(get_library),
 ) -> PaperTextResponse:
-    window = await run_in_threadpool(library.text, paper_id, start, end, context)
+    canonical = await library.canonical_id(paper_id)
+    window = await run_in_threadpool(library.text, canonical, start, end, context)
     return PaperTextResponse(**asdict(window))
 
 
@@ -67,7 +72,8 @@ async def paper_text(
     responses=error_responses(401, 404, 422),
 )
 async def get_paper(paper_id: str, library: Library = Depends(get_library)) -> PaperDetail:
-    return PaperDetail.from_view(await run_in_threadpool(library.paper, paper_id))
+    canonical = await library.canonical_id(paper_id)
+    return PaperDetail.from_view(await run_in_threadpool(library.paper, canonical))
 
 
 @router.delete(
@@ -77,4 +83,5 @@ async def get_paper(paper_id: str, library: Library = Depends(get_library)) -> P
     responses=error_responses(401, 404, 409, 422),
 )
 async def delete_paper(paper_id: str, library: Library = Depends(get_library)) -> DeleteResponse:
-    return DeleteResponse(deleted=await run_in_threadpool(library.delete, paper_id))
+    canonical = await library.canonical_id(paper_id)
+    return DeleteResponse(deleted=await run_in_threadpool(library.delete, canonical))

@@ -14,7 +14,10 @@ router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)])
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(401, 404, 409, 422))
 async def search(request: SearchRequest, library: Library = Depends(get_library)) -> SearchResponse:
-    result = await run_in_threadpool(library.search, request.query, request.paper_id, request.k, request.mode)
+    library.check_question(request.query, "query")
+    # A PMID/DOI may need NCBI: awaited here, not in a server thread.
+    paper_id = await library.canonical_id(request.paper_id) if request.paper_id else None
+    result = await run_in_threadpool(library.search, request.query, paper_id, request.k, request.mode)
     return SearchResponse(
         query=request.query,
         paper_id=result.paper_id,
