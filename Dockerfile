@@ -1,7 +1,7 @@
 # pmcqa: API + worker image. `docker compose up` runs it as both; see docker-compose.yml.
 #
 #   docker build -t pmcqa .                          # extractive default: no LLM stack (plus openai, redis)
-#   docker build --build-arg PMCQA_EXTRAS=llm,openai,redis -t pmcqa:llm .     # adds the transformers backend
+#   docker build --build-arg PMCQA_EXTRAS=llm,openai,redis,s3 -t pmcqa:llm .     # adds the transformers backend
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 ...   # a CUDA torch
 FROM python:3.11-slim
 
@@ -23,12 +23,12 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "$TORCH_INDEX_URL" -c constraints.txt torch
 
 # Dependencies before sources, so editing code does not reinstall them (pmcqa/__init__.py holds the version).
-# PMCQA_EXTRAS are pyproject's optional parts: openai (the compose file's vLLM profile) and redis (its queue)
+# PMCQA_EXTRAS are pyproject's optional parts: openai (the compose file's vLLM profile), redis (its queue), s3 (raw XML in a bucket)
 # by default; add llm for the transformers backend (transformers, bitsandbytes, peft, accelerate), or set it
 # empty for the core alone.
 COPY pyproject.toml README.md ./
 COPY pmcqa/__init__.py ./pmcqa/__init__.py
-ARG PMCQA_EXTRAS=openai,redis
+ARG PMCQA_EXTRAS=openai,redis,s3
 RUN pip install -c constraints.txt ".${PMCQA_EXTRAS:+[$PMCQA_EXTRAS]}" && pip uninstall -y pmcqa
 
 COPY pmcqa ./pmcqa

@@ -12,5 +12,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[llm,openai,redis,dev]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[llm,openai,redis,s3,dev]"
 echo "$want" > "$stamp"

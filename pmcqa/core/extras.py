@@ -15,6 +15,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "llm": ("transformers", "accelerate", "bitsandbytes", "peft", "huggingface_hub", "safetensors"),
     "openai": ("openai",),
     "redis": ("redis",),
+    "s3": ("boto3",),  # PMCQA_RAW_STORE=s3://…
     "report": ("pubmed_parser",),  # `pmcqa report`'s side-by-side row (it names the extra itself)
 }
 

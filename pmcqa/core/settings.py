@@ -161,6 +161,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Deadline of a request's NCBI lookup of a PMID/DOI the library lacks; 504 past it.",
     )
+    raw_store: str | None = Field(
+        None,
+        description="Where fetched raw XML is kept: unset = data_dir/raw; a folder; or s3://bucket/prefix "
+        "(an S3-compatible bucket, the `s3` extra) so workers on several hosts share it.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of a non-AWS S3-compatible server for raw_store (e.g. MinIO)."
+    )
     redis_url: str | None = Field(
         None, description="Redis URL for the networked job queue; unset = embedded SQLite queue."
     )

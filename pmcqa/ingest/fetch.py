@@ -14,19 +14,17 @@ JATS facts used — article ids, restriction comment, `<body>` — are `pmcqa.in
   timeouts) is not split: its halves could not reach it either, and it ends ``failed``;
 * a requested id absent from a well-formed reply → ``failed`` ("not in reply").
 
-Each article's XML (the `<article>` element, comments kept) is written to ``settings.raw_dir/PMC….xml``
-atomically (temp file + rename); later ingests read it from there unless ``refresh=True``. The parsed article
+Each article's XML (the `<article>` element, comments kept) is written whole to the raw store
+(`pmcqa.ingest.raw_store`: ``data_dir/raw/PMC….xml`` by default, or an S3 bucket); later ingests read it from
+there unless ``refresh=True``. The parsed article
 travels in `FetchResult.article`, so nothing is parsed twice.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Literal
 
 from lxml import etree
@@ -35,6 +33,7 @@ from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.entrez import EntrezClient, EntrezError, PermanentHTTPError, RetriesExhausted
 from pmcqa.ingest.jats import article_pmcids, articleset_errors, find_articles, has_body, is_restricted, local
+from pmcqa.ingest.raw_store import RawStore, open_raw_store
 from pmcqa.ingest.xml import JatsError, parse_xml
 
 log = logging.getLogger(__name__)
@@ -99,38 +98,6 @@ def classify_articleset(xml_bytes: bytes, requested: Sequence[str]) -> dict[str,
     return results
 
 
-# --- raw cache ---------------------------------------------------------------------------------------------
-class RawCache:
-    """One file per PMCID under `raw_dir`, written atomically so a crash never leaves half a file."""
-
-    def __init__(self, raw_dir: Path) -> None:
-        self.raw_dir = raw_dir
-
-    def path(self, pmcid: str) -> Path:
-        return self.raw_dir / f"{pmcid}.xml"
-
-    def get(self, pmcid: str) -> bytes | None:
-        try:
-            return self.path(pmcid).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, pmcid: str, data: bytes) -> Path:
-        self.raw_dir.mkdir(parents=True, exist_ok=True)
-        target = self.path(pmcid)
-        fd, tmp = tempfile.mkstemp(dir=self.raw_dir, prefix=f".{pmcid}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)  # atomic on POSIX: readers see the old file or the new one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
-
-
 def classify_cached(pmcid: str, data: bytes) -> FetchResult | None:
     """A cached article re-classified; None when the file is unreadable (then it is fetched again)."""
     try:
@@ -147,10 +114,10 @@ def classify_cached(pmcid: str, data: bytes) -> FetchResult | None:
 class Fetcher:
     """Fetch PMCIDs in efetch batches (POST), through the raw cache, classifying every id."""
 
-    def __init__(self, settings: Settings, client: EntrezClient, cache: RawCache | None = None) -> None:
+    def __init__(self, settings: Settings, client: EntrezClient, cache: RawStore | None = None) -> None:
         self.settings = settings
         self.client = client
-        self.cache = cache or RawCache(settings.raw_dir)
+        self.cache = cache or open_raw_store(settings)
 
     def fetch_many(
         self,

@@ -10,8 +10,9 @@ from lxml import etree
 
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.entrez import EntrezClient, IntervalRateLimiter
-from pmcqa.ingest.fetch import Fetcher, FetchResult, MalformedReply, RawCache, classify_articleset
+from pmcqa.ingest.fetch import Fetcher, FetchResult, MalformedReply, classify_articleset
 from pmcqa.ingest.jats import article_pmcids
+from pmcqa.ingest.raw_store import LocalRawStore
 from pmcqa.ingest.xml import parse_xml
 
 
@@ -193,7 +194,7 @@ def test_raw_xml_is_cached_and_refresh_refetches(fetcher: Fetcher, fake_eutils: 
 
 
 def test_a_corrupt_cache_file_is_fetched_again(fetcher: Fetcher, fake_eutils: FakeEutils) -> None:
-    RawCache(fetcher.settings.raw_dir).put("PMC8435807", b"<article><front>")
+    LocalRawStore(fetcher.settings.raw_dir).put("PMC8435807", b"<article><front>")
     out = fetcher.fetch_many(["PMC8435807"])
     assert out["PMC8435807"].status == "ok" and not out["PMC8435807"].from_cache
     assert len(fake_eutils.requests_to("efetch")) == 1
