@@ -486,3 +486,51 @@ def embedding_backend() -> object:
     from pmcqa.index.embedding import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path(Settings().embedding_model)).backend_tokenizer
+
+
+# --- counting by WordPiece pre-tokens (the model alone, once per distinct pre-token) -----------------------
+
+TRICKY_WORDS = [
+    "Cells,", "(cells)", "IL-6", "p<0.05", "e.g.,", "[MASK]", "a[SEP]b", "[mask]", "[UNK]x", "10⁷", "10⁻¹⁵M",
+    "H₂O", "Ca²⁺", "naïve", "µM", "μm²", "α-β", "日本語", "x\u200by", "x\x7fy", "x\x00y", "~/$^`|", "ǅemal",
+    "İstanbul", "ß", "ﬁbre", "a" * 99, "a" * 100, "b" * 101, "Ab" * 60 + ",", "x" * 256, "\ufffd",
+    "tab\u00ad",
+]  # fmt: skip
+
+
+def test_wordpiece_piece_counts_equal_the_tokenizer_on_every_corpus_word(
+    corpus_papers: list[tuple[str, Paper]], real_counter: TokenCounter
+) -> None:
+    # The shortcut's premise: WordPiece tokenizes each pre-token on its own, and for printable ASCII the BERT
+    # normaliser only lowercases and the pre-tokenizer only cuts at non-alphanumerics. Checked word by word
+    # against the whole tokenizer pipeline, on every distinct word of the shared corpus.
+    from pmcqa.ingest.chunking import _wordpiece_word_counter
+
+    backend = embedding_backend()
+    backend.no_truncation()
+    backend.no_padding()
+
+    def by_tokenizer(words: list[str]) -> list[int]:
+        return [len(backend.encode(word, add_special_tokens=False).ids) for word in words]
+
+    count_words = _wordpiece_word_counter(backend, by_tokenizer)
+    assert count_words is not None  # the default tokenizer is BERT WordPiece: the shortcut applies
+    words = sorted({w for _, paper in corpus_papers for block in paper.blocks for w in block.text.split()})
+    words += TRICKY_WORDS
+    assert len(words) > 100_000
+    expected = by_tokenizer(words)
+    got = count_words(words)
+    wrong = [(w, g, e) for w, g, e in zip(words, got, expected, strict=True) if g != e]
+    assert wrong == []
+    assert count_words(words) == expected  # again, from its cache of pre-tokens
+
+
+def test_wordpiece_piece_counter_only_for_bert_wordpiece() -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from pmcqa.ingest.chunking import _wordpiece_word_counter
+
+    other = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    other.normalizer = normalizers.Lowercase()
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert _wordpiece_word_counter(other, lambda words: [0] * len(words)) is None
