@@ -184,6 +184,8 @@ def _attr(el: etree._Element, name: str) -> str | None:
 
 def normalize(text: str) -> str:
     """Collapse runs of ASCII whitespace to one space and strip the ends; nothing else changes."""
+    if "  " not in text and text.isprintable():  # no tab, newline or double space: nothing to collapse
+        return text.strip(" ")
     return _WS_CHANGE.sub(" ", text).strip(" ")
 
 
