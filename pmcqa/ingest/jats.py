@@ -268,6 +268,10 @@ class _Script:
         out.append("}")
 
 
+# Names `_gather` treats otherwise than plain inline markup; every other element is just its text.
+_GATHER_SPECIAL = _NO_TEXT | _FORMULA_NAMES | _SEPARATED | set(_SCRIPTS) | set(_MATH_SCRIPTS) | {"xref"}
+
+
 # How an element's content ends: nothing more, a space (left out when its tail starts with closing
 # punctuation), or a script to close.
 _CLOSE_SPACE = "close-space"
@@ -349,6 +353,16 @@ def _gather(
                     out.append(tail)
                 continue
             name = tag.rpartition("}")[2]
+            if name not in _GATHER_SPECIAL and not (skip and name in skip):  # plain inline markup (<italic>)
+                if child.text:
+                    out.append(child.text)
+                if len(child):
+                    frames.append((iter(child), None, tail, True))
+                    descended = True
+                    break
+                if tail:
+                    out.append(tail)
+                continue
             if name in _NO_TEXT or (skip and len(frames) == 1 and name in skip):
                 if not in_formula:
                     _hidden_mentions(child, len(out), refs)
