@@ -149,3 +149,15 @@ def test_citation_of_a_real_table_names_its_label_and_section(shared_data):
     assert citation.label == "Table 1"
     assert citation.section == table.section and citation.section  # the section path, as for any chunk
     assert citation.place == f"{table.section} > Table 1"
+
+
+def test_ask_over_http_cites_a_real_table_by_its_label_and_section(client):
+    # The xmrv paper (journal.pone.0008519) as ingested from ../shared/data/jats: its primers are in Table 1.
+    question = "What is the sequence of the XMRV forward outer primer?"
+    response = client.post("/ask", json={"paper_id": "PMC2795199", "question": question})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tables = [c for c in body["citations"] if c["label"] == "Table 1"]
+    assert tables, body["citations"]
+    assert tables[0]["section"] == "Methods > Patients > PCR detection of XMRV and MLV sequences"
+    assert "CATTCTGTATCAGTTAACCTAC" in tables[0]["quote"]
