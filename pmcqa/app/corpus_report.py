@@ -11,7 +11,9 @@ Columns (per tool, totals over the folder):
 - tables / captions: pmcqa blocks of those kinds; chunks: pmcqa chunks with the configured budget;
 - characters: pmcqa canonical text (every block) vs the summed pubmed_parser paragraph texts;
 - seconds / cpu s: wall and process CPU time of parsing (+ chunking for pmcqa; the tokenizer load is
-  excluded). CPU time is the fairer figure on a shared machine; the caption splits pmcqa's into parse/chunk.
+  excluded), and cpu ms/file. CPU time is the fairer figure on a shared machine. The two tools take turns file
+  by file (pmcqa, then pubmed_parser, on the same file), so a change in the machine's load hits both alike;
+  the caption splits pmcqa's time into parse/chunk and gives the ratio of CPU time per file.
 """
 
 from __future__ import annotations
@@ -72,60 +74,64 @@ def _paper_id(paper_pmcid: str | None, paper_doi: str | None) -> str:
     return paper_id
 
 
-def pmcqa_row(files: Sequence[Path], settings: Settings) -> ReportRow:
-    chunker = Chunker(settings)
-    _ = chunker.counter  # loaded before the clock starts: a one-off cost
-    totals = dict.fromkeys(["sections", "paragraphs", "tables", "captions", "chunks", "characters"], 0)
-    failures = 0
-    started, cpu_started = time.perf_counter(), time.process_time()
-    chunk_cpu = 0.0
-    for path in files:
+class _Pmcqa:
+    """pmcqa's parse + chunk, file by file, into its row."""
+
+    def __init__(self, settings: Settings, files: int) -> None:
+        self.chunker = Chunker(settings)
+        _ = self.chunker.counter  # loaded before the clock starts: a one-off cost
+        self.row = ReportRow(
+            "pmcqa", files=files, sections=0, tables=0, captions=0, chunks=0, chunk_cpu_seconds=0.0
+        )
+
+    def add(self, path: Path) -> None:
+        row = self.row
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             papers = parse_jats(path.read_bytes())
             if not papers:
                 raise ValueError("no article")
             chunk_started = time.process_time()
-            chunks = [chunker.chunk(p, _paper_id(p.pmcid, p.doi))[1] for p in papers]
-            chunk_cpu += time.process_time() - chunk_started
+            chunks = [self.chunker.chunk(p, _paper_id(p.pmcid, p.doi))[1] for p in papers]
+            assert row.chunk_cpu_seconds is not None
+            row.chunk_cpu_seconds += time.process_time() - chunk_started
         except Exception:  # a report counts failures instead of stopping at the first
-            failures += 1
-            continue
+            row.failures += 1
+            papers, chunks = [], []
+        row.seconds += time.perf_counter() - started
+        row.cpu_seconds += time.process_time() - cpu_started
         for paper, paper_chunks in zip(papers, chunks, strict=True):
             kinds = [block.kind for block in paper.blocks]
-            totals["sections"] += _count_sections(paper.sections)
-            totals["paragraphs"] += kinds.count("paragraph")
-            totals["tables"] += kinds.count("table")
-            totals["captions"] += kinds.count("caption")
-            totals["chunks"] += len(paper_chunks)
-            totals["characters"] += len(paper.canonical_text)
-    return ReportRow(
-        "pmcqa",
-        files=len(files),
-        failures=failures,
-        seconds=time.perf_counter() - started,
-        cpu_seconds=time.process_time() - cpu_started,
-        chunk_cpu_seconds=chunk_cpu,
-        **totals,
-    )
+            row.sections = (row.sections or 0) + _count_sections(paper.sections)
+            row.paragraphs += kinds.count("paragraph")
+            row.tables = (row.tables or 0) + kinds.count("table")
+            row.captions = (row.captions or 0) + kinds.count("caption")
+            row.chunks = (row.chunks or 0) + len(paper_chunks)
+            row.characters += len(paper.canonical_text)
 
 
-def pubmed_parser_row(files: Sequence[Path]) -> ReportRow:
-    from pubmed_parser import parse_pubmed_paragraph  # an optional extra (`pmcqa[report]`): see installed()
+class _PubmedParser:
+    """pubmed_parser's `parse_pubmed_paragraph(path, all_paragraph=True)`, file by file, into its row."""
 
-    row = ReportRow("pubmed_parser", files=len(files))
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for path in files:
+    def __init__(self, files: int) -> None:
+        # An optional extra (`pmcqa[report]`): see installed().
+        from pubmed_parser import parse_pubmed_paragraph
+
+        self.parse = parse_pubmed_paragraph
+        self.row = ReportRow("pubmed_parser", files=files)
+
+    def add(self, path: Path) -> None:
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # it prints its own errors on stdout
-                paragraphs = parse_pubmed_paragraph(str(path), all_paragraph=True)
+                paragraphs = self.parse(str(path), all_paragraph=True)
         except Exception:
-            row.failures += 1
-            continue
-        row.paragraphs += len(paragraphs)
-        row.characters += sum(len(p["text"]) for p in paragraphs)
-    row.seconds = time.perf_counter() - started
-    row.cpu_seconds = time.process_time() - cpu_started
-    return row
+            self.row.failures += 1
+            paragraphs = []
+        self.row.seconds += time.perf_counter() - started
+        self.row.cpu_seconds += time.process_time() - cpu_started
+        self.row.paragraphs += len(paragraphs)
+        self.row.characters += sum(len(p["text"]) for p in paragraphs)
 
 
 def pubmed_parser_installed() -> bool:
@@ -137,27 +143,44 @@ def pubmed_parser_installed() -> bool:
 
 
 def corpus_report(files: Sequence[Path], settings: Settings | None = None) -> list[ReportRow]:
-    """Both tools over the same files; pubmed_parser's row only when it is installed (`pmcqa[report]`)."""
-    rows = [pmcqa_row(files, settings or Settings())]
-    if pubmed_parser_installed():
-        rows.append(pubmed_parser_row(files))
-    return rows
+    """Both tools over the same files, taking turns file by file; pubmed_parser's row only when it is
+    installed (`pmcqa[report]`)."""
+    ours = _Pmcqa(settings or Settings(), len(files))
+    theirs = _PubmedParser(len(files)) if pubmed_parser_installed() else None
+    for path in files:
+        ours.add(path)
+        if theirs is not None:
+            theirs.add(path)
+    return [ours.row] if theirs is None else [ours.row, theirs.row]
+
+
+def cpu_ratio(rows: Sequence[ReportRow]) -> float | None:
+    """pmcqa's CPU time per file over pubmed_parser's (None without both rows)."""
+    by_tool = {row.tool: row for row in rows}
+    ours, theirs = by_tool.get("pmcqa"), by_tool.get("pubmed_parser")
+    if ours is None or theirs is None or not theirs.cpu_seconds or not ours.files or not theirs.files:
+        return None
+    return (ours.cpu_seconds / ours.files) / (theirs.cpu_seconds / theirs.files)
 
 
 def render(rows: Sequence[ReportRow], title: str) -> Table:
-    splits = [
-        f"{r.tool}: parse {r.cpu_seconds - r.chunk_cpu_seconds:.1f} + chunk {r.chunk_cpu_seconds:.1f} cpu s"
+    notes = [
+        f"{r.tool}: parse {r.cpu_seconds - r.chunk_cpu_seconds:.2f} + chunk {r.chunk_cpu_seconds:.2f} cpu s"
         for r in rows
         if r.chunk_cpu_seconds is not None
     ]
-    table = Table(title=title, caption="; ".join(splits) or None)
+    ratio = cpu_ratio(rows)
+    if ratio is not None:
+        notes.append(f"pmcqa parse + chunk / pubmed_parser, CPU time per file: {ratio:.2f}x")
+    table = Table(title=title, caption="; ".join(notes) or None)
     columns = ["files", "sections", "paragraphs", "tables", "captions", "chunks", "characters", "failures"]
     table.add_column("tool")
-    for column in [*columns, "seconds", "cpu s"]:
+    for column in [*columns, "seconds", "cpu s", "cpu ms/file"]:
         table.add_column(column, justify="right")
     for row in rows:
         cells = [("—" if getattr(row, c) is None else f"{getattr(row, c):,}") for c in columns]
-        table.add_row(row.tool, *cells, f"{row.seconds:.1f}", f"{row.cpu_seconds:.1f}")
+        per_file = 1000 * row.cpu_seconds / row.files if row.files else 0.0
+        table.add_row(row.tool, *cells, f"{row.seconds:.1f}", f"{row.cpu_seconds:.2f}", f"{per_file:.1f}")
     return table
 
 

@@ -66,20 +66,29 @@ class AskRequest(BaseModel):
 ANSWER_EXAMPLE = Answer(
     paper_id="PMC3485338",
     question="What is the key regulator of sporulation?",
-    answer="The key regulator of sporulation is Spo0A.",
+    answer="The key regulator of sporulation is Spo0A: spo0A mutants hardly sporulate (<10⁻⁷).",
     steps=[
         '1) Searched 8 passages of PMC3485338 for "What is the key regulator of sporulation?".',
-        "2) Most relevant sections: Abstract; Introduction.",
-        "3) Selected 1 of 52 sentences from Introduction (score 0.74; threshold 0.40).",
+        "2) Most relevant sections: Introduction; Results > Sporulation efficiency.",
+        "3) Selected 2 of 52 sentences from Introduction and Table 2 (score 0.74; threshold 0.40).",
     ],
     citations=[
         {
             "chunk_id": "3f1c2a9e0b7d4c5a6e21",
             "section": "Introduction",
+            "label": None,
             "quote": "The key regulator of sporulation is Spo0A.",
             "start": 2212,
             "end": 2254,
-        }
+        },
+        {
+            "chunk_id": "8b0e6d1f2a3c4e5f6a7b",
+            "section": "Results > Sporulation efficiency",
+            "label": "Table 2",
+            "quote": "Strain: spo0A mutant; Sporulation frequency: <10⁻⁷",
+            "start": 18841,
+            "end": 18891,
+        },
     ],
     abstained=False,
     backend="extractive",
@@ -107,6 +116,7 @@ class SearchHit(BaseModel):
     paper_id: str
     chunk_id: str
     section: str
+    label: str | None = Field(None, description='Label of a table, figure or box chunk, e.g. "Table 2".')
     kind: str
     start: int
     end: int
@@ -121,6 +131,7 @@ class SearchHit(BaseModel):
             paper_id=chunk.paper_id,
             chunk_id=chunk.chunk_id,
             section=chunk.section,
+            label=chunk.label,
             kind=chunk.kind,
             start=chunk.start,
             end=chunk.end,

@@ -8,9 +8,18 @@ Parsing rules (also in the README):
 - Section paths combine label and title ("2.1 Cell culture"); an untitled, unlabelled `<sec>` adds no path
   level (its content belongs to the parent's path), so paths never contain empty parts.
 - Block elements (list, table-wrap, fig, disp-formula, boxed-text, ...) nested inside `<p>` are split out as
-  their own blocks; the paragraph text around them becomes separate paragraph blocks, in order.
-- Tables: caption line, then rowspan/colspan expanded into a full grid, multi-row headers joined per column
-  with " / ", one line per body row as `header: value; header: value`, then table-wrap-foot lines.
+  their own blocks; the paragraph text around them becomes separate paragraph blocks, in order. So are those
+  inside list items (the list goes on in a new block). A `<fn>` inside a paragraph becomes a block after it.
+- Superscripts and subscripts (<sup>/<sub>, MathML msup/msub/msubsup, footnote-marker xrefs) never merge with
+  the text around them: Unicode super/subscript characters when every character has one (10⁷, Ca²⁺, CO₂),
+  else ^{...} / _{...} (p27^{Kip1}, V_{max}).
+- Tables: caption line, then rowspan/colspan (and OASIS namest/nameend/spanname/colname) expanded into a full
+  grid, multi-row headers joined per column with " / ", one line per body row as `header: value; header:
+  value`, then table-wrap-foot lines. Group rows, header rows inside the body and row labels written once
+  are carried down to the rows they govern (`_BodyLines`).
+- Each bibr citation is kept with its offset in its block's text (`Block.ref_mentions`), so a split block's
+  pieces cite only their own references.
+- A subtitle joins its title ("Title: Subtitle").
 - Display formulas: `tex-math` if present, else MathML text; inline formulas: MathML text if present (reads as
   prose), else tex. Never several alternatives glued together.
 - Abstracts: kind "abstract", path ["Abstract"], ["Abstract", "<sec title>"] when structured,
@@ -38,8 +47,10 @@ Hostile input stays bounded (time and memory linear in the input):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from itertools import accumulate
 
 from lxml import etree
 
@@ -75,6 +86,10 @@ RESTRICTED_MARKER = "does not allow downloading"
 
 # Collapse only ASCII whitespace: non-breaking and thin spaces are content and must survive verbatim.
 _WS = re.compile(r"[ \t\n\r\f\v]+")
+# What normalising changes: runs of two or more, and single whitespace other than a space (one pass that
+# leaves the many single spaces alone is several times faster than replacing each by itself).
+_WS_CHANGE = re.compile(r"[ \t\n\r\f\v]{2,}|[\t\n\r\f\v]")
+_WS_RUN = re.compile(r"[ \t\n\r\f\v]{2,}")
 
 # Elements whose text is never part of prose (identifiers, image descriptions, rights statements).
 _NO_TEXT = frozenset(
@@ -131,10 +146,17 @@ def local(el: etree._Element) -> str:
     return _localname(tag) if type(tag) is str else ""
 
 
+@lru_cache(maxsize=512)
+def _any_namespace(names: tuple[str, ...]) -> tuple[str, ...]:
+    # The names are this module's literals (a small fixed set), never names read from a document.
+    return tuple(f"{{*}}{name}" for name in names)
+
+
 def _children(el: etree._Element, *names: str) -> Iterator[etree._Element]:
+    """Child elements (of any namespace) with one of `names`, or all child elements; lxml filters in C."""
     if not names:
-        return (c for c in el if type(c.tag) is str)
-    return (c for c in el if type(c.tag) is str and _localname(c.tag) in names)
+        return el.iterchildren(etree.Element)
+    return el.iterchildren(*_any_namespace(names))
 
 
 def _child(el: etree._Element | None, *names: str) -> etree._Element | None:
@@ -149,7 +171,7 @@ def _path(el: etree._Element | None, *steps: str) -> etree._Element | None:
 
 def _descendants(el: etree._Element, *names: str) -> Iterator[etree._Element]:
     # "{*}name" matches the name in any namespace or none, and lxml filters in C.
-    return el.iter(*(f"{{*}}{name}" for name in names))
+    return el.iter(*_any_namespace(names))
 
 
 def _attr(el: etree._Element, name: str) -> str | None:
@@ -162,93 +184,334 @@ def _attr(el: etree._Element, name: str) -> str | None:
 
 def normalize(text: str) -> str:
     """Collapse runs of ASCII whitespace to one space and strip the ends; nothing else changes."""
-    return _WS.sub(" ", text).strip(" ")
+    if "  " not in text and text.isprintable():  # no tab, newline or double space: nothing to collapse
+        return text.strip(" ")
+    return _WS_CHANGE.sub(" ", text).strip(" ")
+
+
+def _bibr_targets(xref: etree._Element) -> list[str]:
+    # rid is IDREFS: "B1 B2" cites two references.
+    return (xref.get("rid") or "").split() if xref.get("ref-type") == "bibr" else []
 
 
 def _bibr_ids(xref: etree._Element, refs: list[str]) -> None:
-    # rid is IDREFS: "B1 B2" cites two references.
-    if xref.get("ref-type") == "bibr":
-        for rid in (xref.get("rid") or "").split():
-            if rid not in refs:
-                refs.append(rid)
+    for rid in _bibr_targets(xref):
+        if rid not in refs:
+            refs.append(rid)
 
 
 # --------------------------------------------------------------------------------------------- text
 
+# Where a citation sits in gathered text: (position, reference id). While text is gathered the position is
+# the index of the next piece in the output list; `_settle` turns it into an offset into the final text.
+Mention = tuple[int, str]
 
-def _push_children(stack: list[etree._Element | str], el: etree._Element, skip: frozenset[str]) -> None:
-    # Reversed, so the stack pops them in document order, each child before its tail.
-    for child in reversed(el):
-        if child.tail:
-            stack.append(child.tail)
-        if not (skip and _is_element(child) and local(child) in skip):
-            stack.append(child)
+# Superscripts and subscripts: written with Unicode superscript/subscript characters when every character
+# has one (digits and + − = ( ), ASCII "-" read as a minus), else as ^{...} / _{...}. Either way a number and
+# its exponent, an isotope, a charge or a footnote marker never merge with the text around them.
+_SUP_CHARS = str.maketrans("0123456789+-−=()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁻⁼⁽⁾")
+_SUB_CHARS = str.maketrans("0123456789+-−=()", "₀₁₂₃₄₅₆₇₈₉₊₋₋₌₍₎")
+_SUP_EXPRESSIBLE = frozenset("0123456789+-−=()⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾")
+_SUB_EXPRESSIBLE = frozenset("0123456789+-−=()₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎")
+_SCRIPTS = {"sup": "^", "sub": "_"}
+# Footnote markers are typeset as superscripts, also as a bare <xref ref-type="table-fn">a</xref>.
+_FOOTNOTE_XREFS = frozenset({"fn", "table-fn"})
+# MathML scripts: (base, script, script, ...) children, each script with its marker.
+_MATH_SCRIPTS = {"msup": ("^",), "msub": ("_",), "msubsup": ("_", "^")}
+# Text that closes a phrase: the space put after a block-like element is left out before it ("note." not
+# "note .").
+_CLOSING_PUNCTUATION = frozenset(".,;:!?)]")
+_ASCII_WS = " \t\n\r\f\v"
 
 
-def _drain(stack: list[etree._Element | str], out: list[str], refs: list[str], in_formula: bool) -> None:
-    """Work off `stack`, whose top is next in document order: strings (tails, closing spaces) go to `out`
-    as they are; an element's text goes out and its children go on the stack. A loop, not recursion, so
-    no nesting depth can exhaust Python's stack. Inside a formula (`in_formula`), nested formula elements
-    are read as plain markup rather than re-rendered, so formula nesting cannot recurse either."""
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            out.append(item)
-            continue
-        if not _is_element(item):
-            continue  # comments, PIs and unexpanded entities carry no prose
-        name = local(item)
-        if name in _NO_TEXT:
-            continue
-        if name in _FORMULA_NAMES and not in_formula:
-            out.append(formula_text(item, prefer_tex=False))
-            continue
-        if name in _SEPARATED:
+class _Script:
+    """A superscript or subscript being gathered: `start` is the index of its placeholder piece, set when
+    the script opens; when it closes its pieces are rewritten in place (never moved, so `Mention` positions
+    stay valid)."""
+
+    __slots__ = ("marker", "start")
+
+    def __init__(self, marker: str, start: int | None = None) -> None:
+        self.marker = marker
+        self.start = start
+
+    def open(self, out: list[str]) -> None:
+        self.start = len(out)
+        out.append("")  # placeholder for "^{" / "_{"
+
+    def close(self, out: list[str]) -> None:
+        start = self.start if self.start is not None else len(out)
+        content = out[start + 1 :]
+        joined = "".join(content)
+        bare = "".join(joined.split())
+        if not bare:  # an empty (or blank) script writes nothing
+            for index in range(start + 1, len(out)):
+                out[index] = ""
+            return
+        unicode_chars = _SUP_EXPRESSIBLE if self.marker == "^" else _SUB_EXPRESSIBLE
+        if all(char in unicode_chars for char in bare):
+            table = _SUP_CHARS if self.marker == "^" else _SUB_CHARS
+            for index in range(start + 1, len(out)):
+                out[index] = "".join(out[index].split()).translate(table)
+            return
+        # Trim the script's own leading and trailing whitespace, piece by piece.
+        first, last = start + 1, len(out) - 1
+        while first <= last and not out[first].strip(_ASCII_WS):
+            out[first] = ""
+            first += 1
+        while last >= first and not out[last].strip(_ASCII_WS):
+            out[last] = ""
+            last -= 1
+        out[first] = out[first].lstrip(_ASCII_WS)
+        out[last] = out[last].rstrip(_ASCII_WS)
+        out[start] = self.marker + "{"
+        out.append("}")
+
+
+# Names `_gather` treats otherwise than plain inline markup; every other element is just its text.
+_GATHER_SPECIAL = _NO_TEXT | _FORMULA_NAMES | _SEPARATED | set(_SCRIPTS) | set(_MATH_SCRIPTS) | {"xref"}
+
+
+# How an element's content ends: nothing more, a space (left out when its tail starts with closing
+# punctuation), or a script to close.
+_CLOSE_SPACE = "close-space"
+_Closing = _Script | str | None
+
+
+def _hidden_mentions(el: etree._Element, position: int, refs: list[Mention]) -> None:
+    """Citations inside what is not read as text (a formula, alt text, a skipped label) still count: they
+    are placed where that element is."""
+    for xref in el.iter("{*}xref"):
+        refs.extend((position, rid) for rid in _bibr_targets(xref))
+
+
+def _bare_marker(xref: etree._Element) -> bool:
+    """A footnote xref not already inside or around a <sup>: it is written as a superscript itself."""
+    parent = xref.getparent()
+    if parent is not None and local(parent) in _SCRIPTS:
+        return False
+    return not any(_is_element(child) and local(child) in _SCRIPTS for child in xref)
+
+
+def _math_script_items(el: etree._Element, markers: tuple[str, ...]) -> list[etree._Element | _Script] | None:
+    """msup/msub/msubsup as the items to read: the base as it is, each script between the opening and the
+    closing of a `_Script` ("σ²", "N_{inlier}"); None when the element does not have the children its name
+    promises (then it is read as plain markup). Whitespace between MathML elements is not content, so no
+    tail is read between a base and its scripts."""
+    children = [child for child in el if _is_element(child)]
+    if len(children) != len(markers) + 1:
+        return None
+    items: list[etree._Element | _Script] = [children[0]]
+    for child, marker in zip(children[1:], markers, strict=True):
+        script = _Script(marker)
+        items.extend((script, child, script))  # the same script: opened, then closed
+    return items
+
+
+def _close(closing: _Closing, tail: str | None, out: list[str]) -> None:
+    if closing is _CLOSE_SPACE:
+        if not (tail and tail[0] in _CLOSING_PUNCTUATION):
             out.append(" ")
-            stack.append(" ")  # popped after the element's content
-        if name == "xref":
-            _bibr_ids(item, refs)
-        if item.text:
-            out.append(item.text)
-        _push_children(stack, item, frozenset())
+    elif closing is not None:
+        closing.close(out)  # type: ignore[union-attr]
 
 
-def _gather_node(node: etree._Element, out: list[str], refs: list[str]) -> None:
+def _gather(
+    nodes: Iterator[etree._Element | _Script],
+    out: list[str],
+    refs: list[Mention],
+    in_formula: bool,
+    tails: bool,
+    skip: frozenset[str] = frozenset(),
+) -> None:
+    """Append the text of `nodes` and everything inside them to `out`, in document order (their own tails
+    too when `tails`); `skip` names nodes to leave out (but not their tails).
+
+    A loop over a stack of child iterators, not recursion, so no nesting depth can exhaust Python's stack;
+    an element without children is read on the spot. Inside a formula (`in_formula`), nested formula
+    elements are read as plain markup rather than re-rendered, so formula nesting cannot recurse either.
+    Each bibr citation is recorded in `refs` with the index of the piece its text starts at.
+    """
+    # Frames: (nodes to read, how the element they belong to closes, its tail, read the nodes' tails).
+    frames: list[tuple[Iterator[etree._Element | _Script], _Closing, str | None, bool]] = [
+        (nodes, None, None, tails)
+    ]
+    while frames:
+        children, _, _, with_tails = frames[-1]
+        descended = False
+        for child in children:
+            if type(child) is _Script:  # math scripts: open on first sight, close on the second
+                if child.start is None:
+                    child.open(out)
+                else:
+                    child.close(out)
+                continue
+            tag = child.tag
+            tail = child.tail if with_tails else None
+            if type(tag) is not str:  # comments, PIs and unexpanded entities carry no prose
+                if tail:
+                    out.append(tail)
+                continue
+            name = tag.rpartition("}")[2]
+            if name not in _GATHER_SPECIAL and not (skip and name in skip):  # plain inline markup (<italic>)
+                if child.text:
+                    out.append(child.text)
+                if len(child):
+                    frames.append((iter(child), None, tail, True))
+                    descended = True
+                    break
+                if tail:
+                    out.append(tail)
+                continue
+            if name in _NO_TEXT or (skip and len(frames) == 1 and name in skip):
+                if not in_formula:
+                    _hidden_mentions(child, len(out), refs)
+                if tail:
+                    out.append(tail)
+                continue
+            if name in _FORMULA_NAMES and not in_formula:
+                _hidden_mentions(child, len(out), refs)
+                out.append(formula_text(child, prefer_tex=False))
+                if tail:
+                    out.append(tail)
+                continue
+            closing: _Closing = None
+            if name in _SEPARATED:
+                out.append(" ")
+                closing = _CLOSE_SPACE
+            elif name in _SCRIPTS:
+                closing = _Script(_SCRIPTS[name])
+                closing.open(out)
+            elif name in _MATH_SCRIPTS:
+                items = _math_script_items(child, _MATH_SCRIPTS[name])
+                if items is not None:
+                    frames.append((iter(items), None, tail, False))
+                    descended = True
+                    break
+            elif name == "xref":
+                position = len(out)
+                refs.extend((position, rid) for rid in _bibr_targets(child))
+                if child.get("ref-type") in _FOOTNOTE_XREFS and _bare_marker(child):
+                    closing = _Script("^")
+                    closing.open(out)
+            if child.text:
+                out.append(child.text)
+            if len(child):
+                frames.append((iter(child), closing, tail, True))
+                descended = True
+                break
+            _close(closing, tail, out)  # no children: done with it here
+            if tail:
+                out.append(tail)
+        if not descended:
+            _, closing, tail, _ = frames.pop()
+            _close(closing, tail, out)
+            if tail:
+                out.append(tail)
+
+
+def _gather_node(node: etree._Element, out: list[str], refs: list[Mention]) -> None:
     """Append the text of one child node (without its tail) to `out`."""
-    _drain([node], out, refs, in_formula=False)
+    _gather(iter((node,)), out, refs, in_formula=False, tails=False)
 
 
 def _gather_into(
     el: etree._Element,
     out: list[str],
-    refs: list[str],
+    refs: list[Mention],
     skip: frozenset[str] = frozenset(),
     in_formula: bool = False,
 ) -> None:
     """Text and tails of every descendant of `el`, in order; `skip` names direct children to leave out."""
     if el.text and _is_element(el):
         out.append(el.text)
-    stack: list[etree._Element | str] = []
-    _push_children(stack, el, skip)
-    _drain(stack, out, refs, in_formula)
+    _gather(iter(el), out, refs, in_formula, tails=True, skip=skip)
+
+
+def _settle(out: list[str], refs: list[Mention]) -> tuple[str, list[Mention]]:
+    """The normalised text of the gathered pieces, and each mention's offset in it (one pass)."""
+    raw = "".join(out)
+    text = normalize(raw)
+    if not refs:
+        return text, []
+    piece_starts = list(accumulate(map(len, out), initial=0))
+    leading = _WS.match(raw)
+    text_start = removed = leading.end() if leading else 0  # a leading run goes entirely
+    # Only runs of two or more remove characters (each keeps one space); a single one is replaced in place.
+    runs = _WS_RUN.finditer(raw, text_start)
+    run = next(runs, None)
+    last = max(len(text) - 1, 0)
+    settled: list[Mention] = []
+    for index, rid in refs:  # in document order, so raw offsets never decrease
+        offset = max(piece_starts[min(index, len(out))], text_start)
+        while run is not None and run.end() <= offset:
+            removed += run.end() - run.start() - 1
+            run = next(runs, None)
+        if run is not None and run.start() < offset:  # inside a run: where the run's space ends
+            offset = run.start() + 1
+        settled.append((min(max(offset - removed, 0), last), rid))  # always inside the text
+    return text, settled
+
+
+def _mention_ids(mentions: list[Mention], ids: list[str] | None = None) -> list[str]:
+    ids = [] if ids is None else ids
+    seen = set(ids)
+    for _, rid in mentions:
+        if rid not in seen:
+            seen.add(rid)
+            ids.append(rid)
+    return ids
 
 
 def element_text(el: etree._Element | None, skip: frozenset[str] = frozenset()) -> str:
     """Whitespace-normalised text of an element, inline markup spaced as written."""
     if el is None:
         return ""
+    if not len(el) and type(el.tag) is str:  # no child nodes: its own text is all (most names, years, cells)
+        return normalize(el.text or "")
     out: list[str] = []
     _gather_into(el, out, [], skip)
     return normalize("".join(out))
 
 
-def _text_and_refs(el: etree._Element, skip: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+@dataclass
+class _Text:
+    """Text with the bibr references it cites: `mentions` at known offsets, `refs` all of them (also those
+    inside formulas and skipped parts, whose place in the text is unknown), in order of first mention."""
+
+    text: str = ""
+    refs: list[str] = field(default_factory=list)
+    mentions: list[Mention] = field(default_factory=list)
+
+
+def _text_and_refs(el: etree._Element, skip: frozenset[str] = frozenset()) -> _Text:
+    if not len(el) and type(el.tag) is str:  # no child nodes: no citations, its own text is all
+        return _Text(normalize(el.text or ""))
     out: list[str] = []
-    refs: list[str] = []
-    _gather_into(el, out, refs, skip)
-    for xref in _descendants(el, "xref"):  # also xrefs inside skipped/formula parts: all descendants count
-        _bibr_ids(xref, refs)
-    return normalize("".join(out)), refs
+    marks: list[Mention] = []
+    _gather_into(el, out, marks, skip)
+    text, mentions = _settle(out, marks)
+    return _Text(text, _mention_ids(mentions), mentions)
+
+
+def _joined(parts: list[_Text], separator: str) -> _Text:
+    """Non-empty parts joined by `separator`, mentions shifted to their place in the joined text."""
+    texts: list[str] = []
+    joined = _Text()
+    offset = 0
+    for part in parts:
+        for rid in part.refs:
+            if rid not in joined.refs:
+                joined.refs.append(rid)
+        if not part.text:
+            continue
+        if texts:
+            offset += len(separator)
+        joined.mentions.extend((offset + at, rid) for at, rid in part.mentions)
+        texts.append(part.text)
+        offset += len(part.text)
+    joined.text = separator.join(texts)
+    return joined
 
 
 # ------------------------------------------------------------------------------------------- formulas
@@ -304,6 +567,7 @@ _MIN_WORK = 256
 # one-character rows quadratically so; real tables need at most 4 (corpus), past 8 the table goes plain.
 _TEXT_PER_SIZE = 8
 _MARKUP_PER_ELEMENT = 9
+_DIGIT = re.compile(r"\d")
 
 
 class _TableTooLarge(Exception):
@@ -311,9 +575,25 @@ class _TableTooLarge(Exception):
 
 
 @dataclass(frozen=True)
+class _Source:
+    """A source cell as read: text (whitespace, non-breaking included, trimmed off its ends), the references
+    it cites, whether it reads as a header (a <th>, or all its text bold), and for OASIS entries the column
+    it names (colname/namest/spanname) and the columns it spans (namest..nameend), None when not given."""
+
+    element: etree._Element
+    text: str
+    refs: tuple[str, ...]
+    emphasised: bool
+    column: int | None = None
+    columns: int | None = None
+
+
+@dataclass(frozen=True)
 class _Cell:
     ident: int  # position of the source cell, so a spanned cell is recognised in every grid slot it fills
     text: str
+    refs: tuple[str, ...] = ()
+    emphasised: bool = False
 
 
 def _span(cell: etree._Element, name: str, limit: int) -> int:
@@ -350,17 +630,84 @@ def _integer(value: str | None) -> int | None:
         return None
 
 
-def _grid_rows(
-    rows: list[list[etree._Element]], texts: list[list[str]], max_cols: int, max_slots: int
-) -> Iterator[list[_Cell | None]]:
+@dataclass
+class _OasisColumns:
+    """A tgroup's named columns (colspec colname -> 0-based column) and named spans (spanspec)."""
+
+    names: dict[str, int] = field(default_factory=dict)
+    spans: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, tgroup: etree._Element | None) -> _OasisColumns:
+        columns = cls()
+        if tgroup is None:
+            return columns
+        position = 0
+        for spec in _children(tgroup, "colspec"):
+            number = _integer(spec.get("colnum"))
+            position = number - 1 if number is not None and number >= 1 else position
+            name = spec.get("colname")
+            if name:
+                columns.names.setdefault(name, position)
+            position += 1
+        for spec in _children(tgroup, "spanspec"):
+            if spec.get("spanname"):
+                columns.spans[spec.get("spanname") or ""] = (spec.get("namest"), spec.get("nameend"))
+        return columns
+
+    def place(self, entry: etree._Element) -> tuple[int | None, int | None]:
+        """(first column, columns spanned) an entry names, None where it names none."""
+        if not self.names:
+            return None, None
+        first, last = entry.get("namest"), entry.get("nameend")
+        spanname = entry.get("spanname")
+        if spanname and spanname in self.spans:
+            first, last = self.spans[spanname]
+        start = self.names.get(first or entry.get("colname") or "")
+        if start is None:
+            return None, None
+        end = self.names.get(last or "")
+        return start, (end - start + 1 if end is not None and end >= start else None)
+
+
+def _all_bold(cell: etree._Element) -> bool:
+    """All of the cell's text is inside <bold> children (a sub-header row's cells, typically)."""
+    if (cell.text or "").strip():
+        return False
+    found = False
+    for child in cell:
+        if (child.tail or "").strip():
+            return False
+        if _is_element(child):
+            if local(child) != "bold":
+                return False
+            found = True
+    return found
+
+
+def _read_cell(cell: etree._Element, oasis: _OasisColumns) -> _Source:
+    gathered = _text_and_refs(cell)
+    column, columns = oasis.place(cell) if local(cell) == "entry" else (None, None)
+    return _Source(
+        cell,
+        gathered.text.strip(),  # trims non-breaking spaces too: a cell's edges are layout, not content
+        tuple(gathered.refs),
+        local(cell) == "th" or _all_bold(cell),
+        column,
+        columns,
+    )
+
+
+def _grid_rows(rows: list[list[_Source]], max_cols: int, max_slots: int) -> Iterator[list[_Cell | None]]:
     """Expand rowspan/colspan so every row has one slot per column (None where nothing is), row by row.
 
-    Rowspans are clamped to the rows left, colspans to `max_cols`; a row longer than `max_slots` raises
-    `_TableTooLarge` before it is built.
+    Rowspans are clamped to the rows left, colspans to `max_cols`; an OASIS entry naming a column further
+    right leaves the columns before it empty. A row longer than `max_slots` raises `_TableTooLarge` before
+    it is built.
     """
     pending: dict[int, tuple[int, _Cell]] = {}  # column -> (rows still to fill, cell)
     serial = 0
-    for index, (cells, cell_texts) in enumerate(zip(rows, texts, strict=True)):
+    for index, cells in enumerate(rows):
         rows_left = len(rows) - index
         # Spans from rows above reach at most this column; cells placed in this row only add columns
         # to the left of `col`, so the bound holds for the whole row.
@@ -380,11 +727,21 @@ def _grid_rows(
                 row.append(None)
                 col += 1
                 continue
-            source, text = cells[next_cell], cell_texts[next_cell]
+            source = cells[next_cell]
+            if source.column is not None and col < min(source.column, max_cols - 1):
+                if col >= max_slots:
+                    raise _TableTooLarge
+                row.append(None)  # an OASIS entry placed further right: this column is empty
+                col += 1
+                continue
             next_cell += 1
             serial += 1
-            cell = _Cell(serial, text)
-            rowspan, colspan = _span(source, "rowspan", rows_left), _span(source, "colspan", max_cols)
+            cell = _Cell(serial, source.text, source.refs, source.emphasised)
+            rowspan = _span(source.element, "rowspan", rows_left)
+            if source.columns is not None:
+                colspan = min(max(source.columns, 1), max_cols)
+            else:
+                colspan = _span(source.element, "colspan", max_cols)
             if len(row) + colspan > max_slots:
                 raise _TableTooLarge
             for k in range(colspan):
@@ -449,76 +806,225 @@ def _cell_header(headers: list[list[str]], columns: list[int]) -> str:
     return " / ".join(common)
 
 
-def _row_line(row: list[_Cell | None], headers: list[list[str]]) -> str:
-    columns: dict[int, list[int]] = {}  # cell ident -> the columns it fills in this row
-    cells: dict[int, _Cell] = {}
+def _row_cells(row: list[_Cell | None]) -> dict[int, tuple[_Cell, list[int]]]:
+    """The row's cells with text, left to right, each with the columns it fills in this row."""
+    cells: dict[int, tuple[_Cell, list[int]]] = {}
     for col, cell in enumerate(row):
         if cell is not None and cell.text:
-            columns.setdefault(cell.ident, []).append(col)
-            cells[cell.ident] = cell
+            if cell.ident in cells:
+                cells[cell.ident][1].append(col)
+            else:
+                cells[cell.ident] = (cell, [col])
+    return cells
+
+
+_RowCells = dict[int, tuple[_Cell, list[int]]]
+
+
+def _row_line(row: list[_Cell | None], headers: list[list[str]], cells: _RowCells | None = None) -> str:
     parts: list[str] = []
-    for ident, cols in columns.items():  # dicts keep insertion order: left to right
-        text, header = cells[ident].text, _cell_header(headers, cols)
+    for cell, cols in (cells or _row_cells(row)).values():  # dicts keep insertion order: left to right
+        text, header = cell.text, _cell_header(headers, cols)
         parts.append(f"{header}: {text}" if header and header != text else text)
     return "; ".join(parts)
 
 
-def _plain_lines(texts: list[list[str]]) -> list[str]:
+def _plain_lines(rows: list[list[_Source]]) -> list[tuple[str, list[str]]]:
     """The fallback: one line per row, its cells' text joined by "; ", no span expansion, no headers."""
-    return [line for line in ("; ".join(t for t in row if t) for row in texts) if line]
+    lines: list[tuple[str, list[str]]] = []
+    for row in rows:
+        line = "; ".join(cell.text for cell in row if cell.text)
+        if line:
+            lines.append((line, _unique_refs(cell.refs for cell in row)))
+    return lines
 
 
-def linearize_table(table: etree._Element) -> list[str]:
-    """Lines for one <table>: one per body row, `header: value; ...`, headers joined per column.
+def _unique_refs(groups: Iterable[Iterable[str]]) -> list[str]:
+    return list(dict.fromkeys(rid for group in groups for rid in group))
 
-    Spans are clamped to the table (rowspan to the rows left in its head or body, colspan to the declared
-    or widest row's cell count), and the work is bounded by the table's size: a table whose spans would
-    expand it far past its cells, or whose repeated headers would multiply its text more than eightfold, is
-    linearized plainly (one line per row, head rows included, cell texts joined by "; "), so time and text
-    stay linear in the input.
+
+class _BodyLines:
+    """Body rows → lines, carrying down what governs them.
+
+    - A row whose one cell spans two or more columns and the whole row is a group ("Women"): the lines
+      below start with it ("Women > ...") until the next such row or a blank row.
+    - A row with text only in its first column ("Sex"), or whose cells are all <th> or all bold (no digits
+      outside the first column: a bold "Total" row with numbers is data), is a header row inside the body:
+      its texts head their columns for the rows below ("Sex: Female; n: 1,891"), in place of the table
+      head's, until the next such row, a group row or a blank row. Consecutive header rows stack (" / ").
+    - An empty first cell in a data row repeats the first cell of the data row above ("Oral health status"
+      written once for its five categories).
+    Group and header rows that govern no data row are kept as lines of their own, as any row would be.
     """
+
+    def __init__(self, headers: list[list[str]], columns: int) -> None:
+        self.headers = headers
+        self.columns = columns
+        self.lines: list[tuple[int, str, list[str]]] = []  # (row index, line, refs); sorted at the end
+        self.groups: list[_Cell] = []
+        self.body_head: list[list[_Cell | None]] = []
+        self.effective = headers
+        self.unused: list[tuple[int, list[_Cell | None]]] = []
+        self.stub: _Cell | None = None
+        self.last_kind = ""
+        self.work = 0  # grid slots and header parts handled: the caller bounds it by the table's size
+        self.text_size = 0  # characters of the lines so far: bounded likewise
+
+    def add(self, index: int, row: list[_Cell | None]) -> None:
+        """Take the next grid row."""
+        self.work += len(row)
+        cells = _row_cells(row)
+        if not cells:  # a blank row ends the groups above it
+            self._flush_unused()
+            self.groups, self.body_head, self.effective, self.stub = [], [], self.headers, None
+            self.last_kind = "blank"
+            return
+        if len(cells) == 1 and len(row) >= 2:
+            cell, cols = next(iter(cells.values()))
+            if len(cols) == len(row):  # one cell spanning the whole row: a group
+                if self.last_kind != "group":
+                    self._flush_unused()
+                    self.groups, self.body_head, self.effective, self.stub = [], [], self.headers, None
+                self.groups.append(cell)
+                self.unused.append((index, row))
+                self.last_kind = "group"
+                return
+        if self._is_header_row(cells):
+            if self.last_kind != "header":
+                self._flush_unused(keep_groups=True)
+                self.body_head = []
+            self.body_head.append(row if len(cells) > 1 else row[:1])  # a first-column label heads column 0
+            self.effective = self._effective_headers()
+            self.work += len(row) * len(self.body_head) + len(self.effective)
+            self.stub = None
+            self.unused.append((index, row))
+            self.last_kind = "header"
+            return
+        first = row[0] if row else None
+        if self.stub is not None and (first is None or not first.text) and len(row) >= 2:
+            row = [self.stub, *row[1:]]  # the row's label is the one written above it
+            cells = _row_cells(row)
+        elif first is not None and first.text:
+            self.stub = first
+        line = _row_line(row, self.effective, cells)
+        refs = _unique_refs(cell.refs for cell, _ in cells.values())
+        if self.groups:
+            line = " > ".join(group.text for group in self.groups) + " > " + line
+            refs = _unique_refs([[r for group in self.groups for r in group.refs], refs])
+        self._line(index, line, refs)
+        self.work += sum(map(len, self.effective))  # the header parts a row's cells may compare
+        self.unused.clear()  # every group and header row above now governs a line
+        self.last_kind = "data"
+
+    def _line(self, index: int, line: str, refs: list[str]) -> None:
+        self.lines.append((index, line, refs))
+        self.text_size += len(line)
+
+    def _is_header_row(self, cells: dict[int, tuple[_Cell, list[int]]]) -> bool:
+        if self.columns < 2:
+            return False
+        if len(cells) == 1:
+            return 0 in next(iter(cells.values()))[1]
+        if not all(cell.emphasised for cell, _ in cells.values()):
+            return False
+        return not any(_DIGIT.search(cell.text) for cell, cols in cells.values() if 0 not in cols)
+
+    def _effective_headers(self) -> list[list[str]]:
+        width = max(len(self.headers), max(map(len, self.body_head)))
+        body = _column_headers(self.body_head, width)
+        return [body[c] or (self.headers[c] if c < len(self.headers) else []) for c in range(width)]
+
+    def _flush_unused(self, keep_groups: bool = False) -> None:
+        """Group/header rows that governed no data row become lines of their own (a kept group stays
+        pending: it may still govern rows below the next header row)."""
+        kept: list[tuple[int, list[_Cell | None]]] = []
+        for index, row in self.unused:
+            if keep_groups and any(row[0] is group for group in self.groups):
+                kept.append((index, row))
+                continue
+            line = _row_line(row, self.headers)
+            if line:
+                self._line(index, line, _unique_refs(c.refs for c, _ in _row_cells(row).values()))
+        self.unused = kept
+
+    def finish(self) -> list[tuple[str, list[str]]]:
+        self.groups = []
+        self._flush_unused()
+        return [(line, refs) for _, line, refs in sorted(self.lines, key=lambda item: item[0]) if line]
+
+
+def _table_lines(table: etree._Element) -> list[tuple[str, list[str]]]:
+    """`linearize_table`'s lines, each with the references its cells cite."""
     head_rows, body_rows = _table_rows(table)
-    head_cells = [list(_children(tr, *_CELL_NAMES)) for tr in head_rows]
-    body_cells = [list(_children(tr, *_CELL_NAMES)) for tr in body_rows]
-    head_texts = [[element_text(cell) for cell in row] for row in head_cells]
-    body_texts = [[element_text(cell) for cell in row] for row in body_cells]
+    oasis: dict[etree._Element | None, _OasisColumns] = {}
+
+    def read_row(tr: etree._Element) -> list[_Source]:
+        section = tr.getparent()
+        tgroup = section.getparent() if section is not None else None
+        if tgroup is None or local(tgroup) != "tgroup":
+            tgroup = None
+        if tgroup not in oasis:
+            oasis[tgroup] = _OasisColumns.of(tgroup)
+        return [_read_cell(cell, oasis[tgroup]) for cell in _children(tr, *_CELL_NAMES)]
+
+    head_cells = [read_row(tr) for tr in head_rows]
+    body_cells = [read_row(tr) for tr in body_rows]
     n_cells = sum(map(len, head_cells)) + sum(map(len, body_cells))
     budget = _WORK_PER_CELL * (n_cells + len(head_rows) + len(body_rows)) + _MIN_WORK
-    text_chars = sum(len(text) for row in head_texts + body_texts for text in row)
+    text_chars = sum(len(cell.text) for row in head_cells + body_cells for cell in row)
     size = text_chars + _MARKUP_PER_ELEMENT * (n_cells + len(head_rows) + len(body_rows))
     text_budget = _TEXT_PER_SIZE * size
     widest = max(map(len, head_cells + body_cells), default=0)
     max_cols = max(_declared_columns(table), widest, 1)
     try:
-        head_grid = list(_grid_rows(head_cells, head_texts, max_cols, budget))
+        head_grid = list(_grid_rows(head_cells, max_cols, budget))
         work = sum(map(len, head_grid))
         width = max(map(len, head_grid), default=0)
         if work > budget or width * len(head_grid) > budget:
             raise _TableTooLarge
         headers = _column_headers(head_grid, width)
-        header_parts = sum(map(len, headers))
-        lines: list[str] = []
-        text_size = 0
-        for row in _grid_rows(body_cells, body_texts, max_cols, budget):
-            work += len(row) + header_parts  # slots, and the header parts a row's cells may compare
-            line = _row_line(row, headers)
-            text_size += len(line)
-            if work > budget or text_size > text_budget:
+        body = _BodyLines(headers, max_cols)
+        for index, row in enumerate(_grid_rows(body_cells, max_cols, budget)):
+            body.add(index, row)
+            if work + body.work > budget or body.text_size > text_budget:
                 raise _TableTooLarge
-            lines.append(line)
+        lines = body.finish()
+        if body.text_size > text_budget:
+            raise _TableTooLarge
     except _TableTooLarge:
-        return _plain_lines(head_texts + body_texts)
+        return _plain_lines(head_cells + body_cells)
     if not body_rows and head_grid:  # a header-only table: keep its text
-        lines = ["; ".join(" / ".join(h) for h in headers if h)]
-    return [line for line in lines if line]
+        line = "; ".join(" / ".join(h) for h in headers if h)
+        return [(line, _unique_refs(c.refs for row in head_cells for c in row))] if line else []
+    return lines
+
+
+def linearize_table(table: etree._Element) -> list[str]:
+    """Lines for one <table>: one per body row, `header: value; ...`, headers joined per column.
+
+    Group rows, header rows inside the body and row labels written once are carried down to the rows they
+    govern (`_BodyLines`). Spans are clamped to the table (rowspan to the rows left in its head or body,
+    colspan to the declared or widest row's cell count; OASIS namest/nameend/spanname spans and colname
+    positions are expanded), and the work is bounded by the table's size: a table whose spans would expand
+    it far past its cells, or whose repeated headers would multiply its text more than eightfold, is
+    linearized plainly (one line per row, head rows included, cell texts joined by "; "), so time and text
+    stay linear in the input.
+    """
+    return [line for line, _ in _table_lines(table)]
 
 
 # ---------------------------------------------------------------------------------------- references
 
 
-def _surnames(holder: etree._Element) -> list[str]:
-    names: list[str] = []
-    for el in _children(holder, "name", "string-name", "collab", "name-alternatives"):
+_NAME_ELEMENTS = ("name", "string-name", "collab", "name-alternatives")
+_CITATION_ELEMENTS = ("element-citation", "mixed-citation", "nlm-citation", "citation")
+_CITATION_TITLES = ("article-title", "chapter-title", "data-title")
+
+
+def _surnames(names: Iterable[etree._Element]) -> list[str]:
+    """Surnames of name-like elements (a collab's whole text; a name without <surname> its whole text)."""
+    found: list[str] = []
+    for el in names:
         if local(el) == "name-alternatives":
             preferred = _child(el, "name", "string-name")
             el = preferred if preferred is not None else el
@@ -527,35 +1033,60 @@ def _surnames(holder: etree._Element) -> list[str]:
         else:
             text = element_text(_child(el, "surname")) or element_text(el)
         if text:
-            names.append(text)
-    return names
+            found.append(text)
+    return found
 
 
-def _citation_authors(citation: etree._Element) -> list[str]:
-    groups = list(_children(citation, "person-group"))
+def _citation_authors(groups: list[etree._Element], names: list[etree._Element]) -> list[str]:
+    """The author group's surnames (else the first group's); old NLM citations put <name> directly in the
+    citation (`names`)."""
     authors = [g for g in groups if g.get("person-group-type") in (None, "author")]
     if authors or groups:
-        return [name for g in (authors or groups[:1]) for name in _surnames(g)]
-    return _surnames(citation)  # old NLM citations put <name> directly in the citation
+        return [name for g in (authors or groups[:1]) for name in _surnames(_children(g, *_NAME_ELEMENTS))]
+    return _surnames(names)
 
 
 def parse_reference(ref: etree._Element, index: int = 0) -> ReferenceInfo:
-    """One <ref> → ReferenceInfo (first citation of a citation-alternatives)."""
-    citation = _child(ref, "element-citation", "mixed-citation", "nlm-citation", "citation")
+    """One <ref> → ReferenceInfo (first citation of a citation-alternatives). One pass over the children of
+    the ref and of its citation: a paper has hundreds of references."""
+    citation = label = alternatives = None
+    for child in _children(ref):
+        name = local(child)
+        if name in _CITATION_ELEMENTS:
+            citation = citation if citation is not None else child
+        elif name == "label":
+            label = label if label is not None else child
+        elif name == "citation-alternatives":
+            alternatives = alternatives if alternatives is not None else child
     if citation is None:
-        citation = _child(_child(ref, "citation-alternatives"), "element-citation", "mixed-citation")
-    label = element_text(_child(ref, "label")) or None
+        citation = _child(alternatives, "element-citation", "mixed-citation")
     ref_id = ref.get("id") or f"ref-{index + 1}"
+    label_text = element_text(label) or None
     if citation is None:
-        return ReferenceInfo(id=ref_id, label=label)
-    pub_ids = {p.get("pub-id-type"): element_text(p) for p in _children(citation, "pub-id")}
+        return ReferenceInfo(id=ref_id, label=label_text)
+    groups: list[etree._Element] = []
+    names: list[etree._Element] = []
+    fields: dict[str, etree._Element] = {}  # the first year, title and source
+    pub_ids: dict[str | None, str] = {}
+    for child in _children(citation):
+        name = local(child)
+        if name == "person-group":
+            groups.append(child)
+        elif name in _NAME_ELEMENTS:
+            names.append(child)
+        elif name == "pub-id":
+            pub_ids[child.get("pub-id-type")] = element_text(child)
+        elif name in _CITATION_TITLES:
+            fields.setdefault("title", child)
+        elif name in ("year", "source"):
+            fields.setdefault(name, child)
     return ReferenceInfo(
         id=ref_id,
-        label=label,
-        authors=_citation_authors(citation),
-        year=element_text(_child(citation, "year")) or None,
-        title=element_text(_child(citation, "article-title", "chapter-title", "data-title")) or None,
-        source=element_text(_child(citation, "source")) or None,
+        label=label_text,
+        authors=_citation_authors(groups, names),
+        year=element_text(fields.get("year")) or None,
+        title=element_text(fields.get("title")) or None,
+        source=element_text(fields.get("source")) or None,
         doi=pub_ids.get("doi") or None,
         pmid=pub_ids.get("pmid") or None,
     )
@@ -595,20 +1126,22 @@ class _Out:
         self,
         ctx: _Ctx,
         kind: ChunkKind,
-        text: str,
-        refs: list[str] | None = None,
+        text: str | _Text,
         label: str | None = None,
         xml_id: str | None = None,
     ) -> None:
-        if not text:
+        """A block of `text` (with the references it cites, when a `_Text`); empty text emits nothing."""
+        cited = text if isinstance(text, _Text) else _Text(text)
+        if not cited.text:
             return  # empty blocks would only produce empty chunks
         self.blocks.append(
             Block(
                 kind=ctx.force_kind or kind,
-                text=text,
+                text=cited.text,
                 section_path=list(ctx.path),
                 part=ctx.part,
-                ref_ids=list(refs or []),
+                ref_ids=list(cited.refs),
+                ref_mentions=list(cited.mentions),
                 label=label or None,
                 xml_id=xml_id,
                 sub_article=ctx.sub_article,
@@ -616,13 +1149,23 @@ class _Out:
         )
 
 
+def with_subtitle(title: str, subtitle: str) -> str:
+    """A title and its subtitle as one heading: "Title: Subtitle" ("Title? Subtitle" after punctuation)."""
+    if not subtitle:
+        return title
+    if not title:
+        return subtitle
+    return f"{title} {subtitle}" if title[-1] in ".:;?!" else f"{title}: {subtitle}"
+
+
 def heading(el: etree._Element) -> tuple[str, str]:
-    """(label, title) of a sec/app/boxed-text/..., title falling back to caption/title."""
+    """(label, title) of a sec/app/boxed-text/..., title falling back to caption/title; a subtitle joins
+    the title."""
     label = element_text(_child(el, "label"))
     title = element_text(_child(el, "title"))
     if not title:
         title = element_text(_path(el, "caption", "title"))
-    return label, title
+    return label, with_subtitle(title, element_text(_child(el, "subtitle")))
 
 
 def _combined(label: str, title: str) -> str:
@@ -655,8 +1198,7 @@ def _walk_element(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
     elif any(local(c) in _CONTAINER_HINT for c in _children(el)):
         _walk(el, ctx, out)
     else:
-        text, refs = _text_and_refs(el)
-        out.emit(ctx, ctx.para_kind, text, refs, xml_id=el.get("id"))
+        out.emit(ctx, ctx.para_kind, _text_and_refs(el), xml_id=el.get("id"))
 
 
 def _walk_sec(sec: etree._Element, ctx: _Ctx, out: _Out) -> None:
@@ -673,86 +1215,135 @@ def _walk_sec(sec: etree._Element, ctx: _Ctx, out: _Out) -> None:
 
 def _walk_p(p: etree._Element, ctx: _Ctx, out: _Out) -> None:
     """A paragraph; block elements nested in it become their own blocks between the text segments."""
+    if next(_children(p, *_BLOCK_IN_P, "fn"), None) is None:  # the usual one: text and inline markup only
+        pieces: list[str] = []
+        marks: list[Mention] = []
+        _gather_into(p, pieces, marks)
+        text, mentions = _settle(pieces, marks)
+        out.emit(ctx, ctx.para_kind, _Text(text, _mention_ids(mentions), mentions), xml_id=p.get("id"))
+        return
     _walk_mixed(p, ctx, out, lambda child: local(child) in _BLOCK_IN_P)
 
 
 def _walk_mixed(el: etree._Element, ctx: _Ctx, out: _Out, is_block: Callable[[etree._Element], bool]) -> None:
     """Emit runs of text + inline children as paragraph blocks, and block children through their handlers,
-    in document order."""
+    in document order. A footnote (<fn>) inside the text is taken out of it and becomes a block of its own
+    after the paragraph, so it neither interrupts the sentence around it nor leaves a gap there."""
     pieces: list[str] = [el.text or ""]
-    refs: list[str] = []
+    marks: list[Mention] = []
+    footnotes: list[etree._Element] = []
     xml_id = el.get("id") if local(el) == "p" else None
 
     def flush() -> None:
-        out.emit(ctx, ctx.para_kind, normalize("".join(pieces)), refs.copy(), xml_id=xml_id)
+        text, mentions = _settle(pieces, marks)
+        out.emit(ctx, ctx.para_kind, _Text(text, _mention_ids(mentions), mentions), xml_id=xml_id)
         pieces.clear()
-        refs.clear()
+        marks.clear()
 
     for child in el:
         if _is_element(child) and is_block(child):
             flush()
             _walk_element(child, ctx, out)
+        elif _is_element(child) and local(child) == "fn":
+            footnotes.append(child)
         else:
-            _gather_node(child, pieces, refs)
-            if _is_element(child):  # xrefs the text gathering skipped (e.g. inside formulas) still count
-                for xref in _descendants(child, "xref"):
-                    _bibr_ids(xref, refs)
+            _gather_node(child, pieces, marks)
         if child.tail:
             pieces.append(child.tail)
     flush()
+    for footnote in footnotes:
+        out.emit(ctx, ctx.para_kind, _text_and_refs(footnote), xml_id=footnote.get("id"))
 
 
-def _list_lines(lst: etree._Element, refs: list[str]) -> list[str]:
-    """One line per list item (label first); nested lists follow their item; def-list items as `term: def`."""
-    lines: list[str] = []
-    title = element_text(_child(lst, "title"))
-    if title:
-        lines.append(title)
-    for item in _children(lst, "list-item", "def-item"):
-        nested: list[str] = []
-        pieces: list[str] = [item.text or ""]
+class _ListBlocks:
+    """A list as blocks: one line per item (label first, nested lists after their item, def-list items as
+    `term: definition`). A table, figure, formula or box inside an item ends the list block so far and
+    becomes its own block; the list goes on in a new block after it."""
+
+    def __init__(self, ctx: _Ctx, out: _Out, xml_id: str | None) -> None:
+        self.ctx, self.out, self.xml_id = ctx, out, xml_id
+        self.lines: list[_Text] = []
+        self.pieces: list[str] = []
+        self.marks: list[Mention] = []
+
+    def end_line(self) -> None:
+        text, mentions = _settle(self.pieces, self.marks)
+        if text:
+            self.lines.append(_Text(text, _mention_ids(mentions), mentions))
+        self.pieces, self.marks = [], []
+
+    def flush(self) -> None:
+        self.end_line()
+        joined = _joined(self.lines, "\n")
+        if joined.text:
+            self.out.emit(self.ctx, "list", joined, xml_id=self.xml_id)
+            self.xml_id = None  # the list's id names its first block
+        self.lines = []
+
+    def add_list(self, lst: etree._Element) -> None:
+        title = _text_and_refs(_child(lst, "title")) if _child(lst, "title") is not None else _Text()
+        if title.text:
+            self.lines.append(title)
+        for item in _children(lst, "list-item", "def-item"):
+            self.add_item(item)
+
+    def add_item(self, item: etree._Element) -> None:
+        nested: list[etree._Element] = []
+        self.pieces.append(item.text or "")
         for child in item:
-            if _is_element(child) and local(child) in ("list", "def-list"):
-                nested.extend(_list_lines(child, refs))
-            elif _is_element(child) and local(child) == "def":
-                pieces.append(":")
-                _gather_node(child, pieces, refs)
+            name = local(child) if _is_element(child) else ""
+            if name in ("list", "def-list"):
+                nested.append(child)
+            elif name == "def":
+                while self.pieces and not self.pieces[-1].strip(_ASCII_WS):
+                    self.pieces.pop()  # "term: definition", never "term : definition"
+                if self.pieces:
+                    self.pieces[-1] = self.pieces[-1].rstrip(_ASCII_WS)
+                self.pieces.append(":")
+                self.add_inline(child)
+            elif name == "p":  # read as <p> reads inline, but a block inside it becomes its own block
+                self.pieces.append(" ")
+                self.pieces.append(child.text or "")
+                for grandchild in child:
+                    self.add_inline(grandchild)
+                    if grandchild.tail:
+                        self.pieces.append(grandchild.tail)
+                if (child.tail or "")[:1] not in _CLOSING_PUNCTUATION:
+                    self.pieces.append(" ")
             else:
-                _gather_node(child, pieces, refs)
+                self.add_inline(child)
             if child.tail:
-                pieces.append(child.tail)
-        line = normalize("".join(pieces)).replace(" :", ":")
-        if line:
-            lines.append(line)
-        lines.extend(nested)
-    return lines
+                self.pieces.append(child.tail)
+        self.end_line()
+        for lst in nested:
+            self.add_list(lst)
+
+    def add_inline(self, node: etree._Element) -> None:
+        if _is_element(node) and local(node) in _BLOCK_IN_P and local(node) not in ("list", "def-list"):
+            self.flush()
+            _walk_element(node, self.ctx, self.out)
+            return
+        _gather_node(node, self.pieces, self.marks)
 
 
 def _walk_list(lst: etree._Element, ctx: _Ctx, out: _Out) -> None:
-    refs: list[str] = []
-    lines = _list_lines(lst, refs)
-    for xref in _descendants(lst, "xref"):
-        _bibr_ids(xref, refs)
-    out.emit(ctx, "list", "\n".join(lines), refs, xml_id=lst.get("id"))
+    blocks = _ListBlocks(ctx, out, lst.get("id"))
+    blocks.add_list(lst)
+    blocks.flush()
 
 
-def _caption_text(el: etree._Element) -> tuple[str, str, list[str]]:
-    """(label, "label caption-text attribution", refs) of a fig/table-wrap/media/..."""
+def _caption_text(el: etree._Element) -> tuple[str, _Text]:
+    """(label, "label caption-text attribution" with its references) of a fig/table-wrap/media/..."""
     label = element_text(_child(el, "label"))
-    texts: list[str] = [label]
-    refs: list[str] = []
-    for part in _children(el, "caption", "attrib"):
-        text, part_refs = _text_and_refs(part)
-        texts.append(text)
-        refs.extend(r for r in part_refs if r not in refs)
-    return label, " ".join(t for t in texts if t), refs
+    parts = [_Text(label)] + [_text_and_refs(part) for part in _children(el, "caption", "attrib")]
+    return label, _joined(parts, " ")
 
 
 def _walk_caption(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
     """A figure-like float: its caption block, then anything else it holds (e.g. a <p> with a
     supplementary-material in eLife figures) as blocks of their own."""
-    label, text, refs = _caption_text(el)
-    out.emit(ctx, "caption", text, refs, label=label, xml_id=el.get("id"))
+    label, caption = _caption_text(el)
+    out.emit(ctx, "caption", caption, label=label, xml_id=el.get("id"))
     for child in _children(el):
         if local(child) not in ("caption", "attrib"):
             _walk_element(child, ctx, out)
@@ -760,16 +1351,16 @@ def _walk_caption(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
 
 def _walk_supplementary(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
     label = element_text(_child(el, "label"))
-    text, refs = _text_and_refs(el, skip=frozenset({"label"}))
-    out.emit(ctx, "supplementary", _combined(label, text), refs, label=label, xml_id=el.get("id"))
+    text = _joined([_Text(label), _text_and_refs(el, skip=frozenset({"label"}))], " ")
+    out.emit(ctx, "supplementary", text, label=label, xml_id=el.get("id"))
 
 
-def _table_footer(wrap: etree._Element) -> list[str]:
-    lines: list[str] = []
+def _table_footer(wrap: etree._Element) -> list[_Text]:
+    lines: list[_Text] = []
     for foot in _children(wrap, "table-wrap-foot"):
         for child in _children(foot):
             members = list(_children(child, "fn")) if local(child) == "fn-group" else [child]
-            lines.extend(text for text in (element_text(m) for m in members) if text)
+            lines.extend(text for text in (_text_and_refs(m) for m in members) if text.text)
     return lines
 
 
@@ -793,18 +1384,20 @@ def _tables(wrap: etree._Element) -> list[etree._Element]:
 
 
 def _walk_table(wrap: etree._Element, ctx: _Ctx, out: _Out) -> None:
-    label, caption, refs = _caption_text(wrap)
+    label, caption = _caption_text(wrap)
     tables = _tables(wrap)
     if not tables:  # an image-only table: all we have is its caption
-        out.emit(ctx, "caption", caption, refs, label=label, xml_id=wrap.get("id"))
+        out.emit(ctx, "caption", caption, label=label, xml_id=wrap.get("id"))
         return
-    lines = [caption] if caption else []
+    lines = [caption]
     for table in tables:
-        lines.extend(linearize_table(table))
+        # A row's references are placed at the start of its line: split tables keep them with their rows.
+        lines.extend(_Text(line, refs, [(0, rid) for rid in refs]) for line, refs in _table_lines(table))
     lines.extend(_table_footer(wrap))
-    for xref in _descendants(wrap, "xref"):
-        _bibr_ids(xref, refs)
-    out.emit(ctx, "table", "\n".join(lines), refs, label=label, xml_id=wrap.get("id"))
+    text = _joined(lines, "\n")
+    for xref in _descendants(wrap, "xref"):  # header cells' citations too: they belong to the whole table
+        _bibr_ids(xref, text.refs)
+    out.emit(ctx, "table", text, label=label, xml_id=wrap.get("id"))
 
 
 def _walk_formula(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
@@ -968,6 +1561,13 @@ def has_body(article: etree._Element) -> bool:
 # ------------------------------------------------------------------------------------- article parts
 
 
+def _article_title(meta: etree._Element | None) -> str:
+    """The title with its subtitle (the title block's text; `Paper.title` is the title alone)."""
+    group = _child(meta, "title-group")
+    title = element_text(_child(group, "article-title"))
+    return with_subtitle(title, element_text(_child(group, "subtitle")))
+
+
 def _abstract_name(abstract: etree._Element) -> str:
     kind = abstract.get("abstract-type")
     if local(abstract) == "trans-abstract":
@@ -991,7 +1591,7 @@ def _sub_article_blocks(article: etree._Element, out: _Out, prefix: tuple[str, .
     for sub in _children(article, "sub-article", "response"):
         stub = _child(sub, "front-stub", "front")
         meta = _child(stub, "article-meta") if stub is not None and local(stub) == "front" else stub
-        title = element_text(_path(meta, "title-group", "article-title")) if meta is not None else ""
+        title = _article_title(meta)
         name = title or sub.get("article-type") or local(sub)
         ctx = _Ctx(
             path=(*prefix, name),
@@ -1023,7 +1623,7 @@ def parse_article(article: etree._Element) -> Paper:
     title = element_text(_path(meta, "title-group", "article-title"))
     restricted = is_restricted(article)
     out = _Out()
-    out.emit(_Ctx(part="front"), "title", title, xml_id=None)
+    out.emit(_Ctx(part="front"), "title", _article_title(meta), xml_id=None)
     _abstract_blocks(meta, out)
     sections: list[Section] = []
     body = _child(article, "body")

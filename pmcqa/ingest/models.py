@@ -26,6 +26,11 @@ class Block(BaseModel):
     section_path: list[str] = Field(default_factory=list, description='e.g. ["Results", "Kidney organoids"]')
     part: Part = "body"
     ref_ids: list[str] = Field(default_factory=list, description="bibr xref targets, IDREFS split.")
+    ref_mentions: list[tuple[int, str]] = Field(
+        default_factory=list,
+        description="(offset in `text`, reference id) of each bibr citation whose place is known; a table "
+        "row's citations sit at the start of its line. `ref_ids` also holds the others (e.g. in formulas).",
+    )
     label: str | None = Field(None, description='"Table 2", "Figure 3", "(1)".')
     xml_id: str | None = None
     sub_article: str | None = Field(None, description="id or type of the sub-article it belongs to.")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pmcqa.app.answering.base import CitedSpan, Draft
 from pmcqa.app.answering.citations import finalize, locate_quote
+from pmcqa.core.settings import Settings
 from pmcqa.index.models import Chunk, PaperRecord, Passage
 
 TEXT = (
@@ -117,3 +120,44 @@ def test_chunk_whose_offsets_drifted_from_the_paper_text_is_not_trusted():
 
 def test_locate_quote_returns_none_for_absent_text():
     assert locate_quote("not there", C1) is None
+
+
+def test_running_text_citations_have_no_label():
+    (citation,) = _final(CitedSpan(chunk_id="c1", quote="Spo0A"))
+    assert citation.label is None and citation.place == "Intro"
+
+
+def test_citation_of_a_real_table_names_its_label_and_section(shared_data):
+    # pmed.1001518 Table 1, chunked as ingest chunks it (whitespace words stand in for the tokenizer).
+    from pmcqa.ingest.chunking import TokenCounter, chunk_paper, chunking_params, to_record
+    from pmcqa.ingest.jats import parse_jats
+
+    path = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pmed.1001518.xml"
+    if not path.is_file():
+        pytest.skip(f"shared JATS file not found: {path}")
+    (paper,) = parse_jats(path.read_bytes())
+    params = chunking_params(Settings())
+    chunks = chunk_paper(paper, "PMC1", TokenCounter("words", lambda text: len(text.split())), params)
+    record = to_record(paper, "PMC1", params, None)
+    quote = "Age: Mean (SD); Acupuncture + Usual Care: 43·4 (13·24)"
+    table = next(c for c in chunks if quote in c.text)
+    assert table.kind == "table" and table.label == "Table 1"
+    passages = [Passage(chunk=table, score=1.0, rank=1)]
+    draft = Draft(answer="x", cited=[CitedSpan(chunk_id=table.chunk_id, quote=quote)])
+    (citation,) = finalize(draft, record, passages)
+    assert citation.quote == quote and record.text[citation.start : citation.end] == quote
+    assert citation.label == "Table 1"
+    assert citation.section == table.section and citation.section  # the section path, as for any chunk
+    assert citation.place == f"{table.section} > Table 1"
+
+
+def test_ask_over_http_cites_a_real_table_by_its_label_and_section(client):
+    # The xmrv paper (journal.pone.0008519) as ingested from ../shared/data/jats: its primers are in Table 1.
+    question = "What is the sequence of the XMRV forward outer primer?"
+    response = client.post("/ask", json={"paper_id": "PMC2795199", "question": question})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tables = [c for c in body["citations"] if c["label"] == "Table 1"]
+    assert tables, body["citations"]
+    assert tables[0]["section"] == "Methods > Patients > PCR detection of XMRV and MLV sequences"
+    assert "CATTCTGTATCAGTTAACCTAC" in tables[0]["quote"]

@@ -222,3 +222,32 @@ def test_covid_qa_dev_three_articles(tmp_path: Path, embedder: Any, shared_data:
         assert mode["hit@512"] <= mode["hit@1024"] <= mode["hit@2048"] <= data["ceiling"]
         # ... and retrieval is far better than chance (a random chunk order gives MRR ≈ 0.15 here).
         assert mode["mrr"] > 0.4
+
+
+def test_eval_store_keeps_papers_of_this_chunker_and_rechunks_the_others(
+    squad_file: Path, tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pmcqa.ingest.chunking as chunking
+    from pmcqa.index.store import Store
+
+    settings = Settings(data_dir=tmp_path / "eval", chunk_min_tokens=0)
+    eval_set = load_squad(squad_file)
+    build_store(eval_set, settings, embedder, "test").close()
+    stored: list[str] = []
+    put_papers = Store.put_papers
+
+    def spy(self: Store, items: Any, encoder: Any) -> None:
+        items = list(items)
+        stored.extend(record.paper_id for record, *_ in items)
+        put_papers(self, items, encoder)
+
+    monkeypatch.setattr(Store, "put_papers", spy)
+    build_store(eval_set, settings, embedder, "test").close()
+    assert stored == []  # same chunker, same text: nothing is re-chunked
+    monkeypatch.setattr(chunking, "CHUNKER_VERSION", chunking.CHUNKER_VERSION + 1)
+    store = build_store(eval_set, settings, embedder, "test")
+    try:
+        assert sorted(stored) == sorted(paper_id for paper_id, _ in eval_set.papers)
+        assert all(store.get_paper(p).chunking.version == chunking.CHUNKER_VERSION for p in stored)
+    finally:
+        store.close()

@@ -88,7 +88,9 @@ def test_short_paragraphs_of_one_section_merge_up_to_min_tokens() -> None:
         para(words(5, "a"), ["Intro"], ref_ids=["b1"]),
         para(words(5, "b"), ["Intro"], ref_ids=["b2", "b1"]),
         para(words(5, "c"), ["Intro"]),
-        para(words(5, "d"), ["Intro"]),  # the chunk reached min_tokens (15 ≥ 12): starts a new one
+        # The chunk reached min_tokens (15 ≥ 12) and this block is no tiny tail (13 ≥ 12): a new chunk.
+        # (It had 5 words until backward merging: a 5-word tail now joins the chunk before it, see below.)
+        para(words(12, "d"), ["Intro"]),
     )
     chunks = chunk_paper(paper, "PMC1", WORDS, params(max_tokens=40, min_tokens=12))
     assert_invariants(paper, chunks, WORDS, 40)
@@ -97,6 +99,36 @@ def test_short_paragraphs_of_one_section_merge_up_to_min_tokens() -> None:
     assert chunks[0].ref_ids == ["b1", "b2"]
     assert chunks[0].kind == "paragraph" and chunks[0].label is None
     assert chunks[1].text == paper.blocks[3].text
+
+
+def test_tiny_trailing_paragraph_merges_backward() -> None:
+    paper = paper_of(
+        para(words(20, "a"), ["Intro"]),  # already past min_tokens: forward merging alone would stop here
+        para(words(3, "b"), ["Intro"], ref_ids=["b9"]),  # a tiny tail (4 < 12 tokens)
+        para(words(3, "c"), ["Methods"]),  # another section: never merged, however tiny
+    )
+    chunks = chunk_paper(paper, "PMC1", WORDS, params(max_tokens=40, min_tokens=12))
+    assert_invariants(paper, chunks, WORDS, 40)
+    assert [c.text for c in chunks] == ["\n\n".join(b.text for b in paper.blocks[:2]), paper.blocks[2].text]
+    assert chunks[0].ref_ids == ["b9"]
+    # Within the budget only: a tail that would push the chunk past max_tokens stays apart.
+    chunks = chunk_paper(paper, "PMC1", WORDS, params(max_tokens=22, min_tokens=12))
+    assert [c.text for c in chunks] == [b.text for b in paper.blocks]
+
+
+def test_split_pieces_carry_only_the_references_cited_inside_them() -> None:
+    first, second = words(30, "A"), words(30, "B")  # two sentences of 30 tokens: one piece each
+    text = f"{first} {second}"
+    block = para(
+        text,
+        ["S"],
+        ref_ids=["B1", "B2", "B3"],
+        # B1 cited in the first sentence, B2 in the second; B3's place is unknown (e.g. inside a formula).
+        ref_mentions=[(text.index("A3"), "B1"), (text.index("B7"), "B2")],
+    )
+    chunks = chunk_paper(paper_of(block), "PMC1", WORDS, params(max_tokens=40, min_tokens=12))
+    assert [c.text for c in chunks] == [first, second]
+    assert [c.ref_ids for c in chunks] == [["B1", "B3"], ["B2", "B3"]]
 
 
 def test_merge_never_exceeds_max_tokens() -> None:
@@ -385,3 +417,120 @@ def test_corpus_sample_keeps_the_real_token_budget(
     for paper_id, paper in corpus_papers[1:40:8]:
         fast = chunk_paper(paper, paper_id, real_counter, chunk_params)
         assert chunk_paper(paper, paper_id, slow, chunk_params) == fast
+
+
+# --- counting by words (one tokenizer call per paper's new words) ------------------------------------------
+
+
+def test_word_counts_add_up_to_the_tokenizers_count_on_real_papers(
+    corpus_papers: list[tuple[str, Paper]], real_counter: TokenCounter
+) -> None:
+    # The shortcut's premise, checked on real text (Unicode scripts, tables, formulas): a block's count is
+    # the sum of its whitespace-separated words' counts, each word tokenized once.
+    assert real_counter.counts_words
+    checked = 0
+    for _, paper in corpus_papers[::4]:
+        words = [real_counter.words_of(block.text) for block in paper.blocks]
+        table = real_counter.learn(w for block_words in words if block_words for w in block_words)
+        assert table is not None
+        for block, block_words in zip(paper.blocks, words, strict=True):
+            assert block_words is not None
+            by_words = sum(table[w] for w in block_words)
+            assert by_words == real_counter.count(block.text), block.text[:80]
+            checked += 1
+    assert checked > 1000
+
+
+def test_text_a_word_cache_cannot_serve_is_counted_the_exact_way(real_counter: TokenCounter) -> None:
+    chunk_params = params(max_tokens=24, min_tokens=8)
+    slow = TokenCounter(real_counter.name, real_counter.count)
+    # A control character Python splits words at but BERT deletes ("a\x1cb" is one word to the tokenizer).
+    assert real_counter.words_of("one\x1ctwo three") is None
+    odd = paper_of(para("Alpha beta\x1cgamma delta. " * 12, ["S"]), para("Short one.", ["S"]))
+    assert chunk_paper(odd, "PMC1", real_counter, chunk_params) == chunk_paper(
+        odd, "PMC1", slow, chunk_params
+    )
+    # A word longer than the cache takes: the paper is tokenized the exact way, with the same chunks.
+    long_word = paper_of(para("x" * 300 + " and some words. " * 8, ["S"]), para("Another one.", ["S"]))
+    assert real_counter.learn(["y" * 300]) is None
+    fast = chunk_paper(long_word, "PMC1", real_counter, chunk_params)
+    assert fast == chunk_paper(long_word, "PMC1", slow, chunk_params)
+
+
+def test_full_word_cache_starts_over_and_counts_stay_right(
+    real_counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pmcqa.ingest import chunking
+
+    counter = TokenCounter.from_tokenizer("fresh", embedding_backend())  # a bare tokenizers.Tokenizer
+    monkeypatch.setattr(chunking, "WORD_CACHE_SIZE", 40)
+    first = paper_of(para(" ".join(f"alpha{i}" for i in range(15)) + ".", ["S"]))
+    second = paper_of(para(" ".join(f"beta{i}" for i in range(15)) + ".", ["S"]))
+    chunk_params = params(max_tokens=24, min_tokens=8)
+    slow = TokenCounter(real_counter.name, real_counter.count)
+    for paper in (first, second, first):
+        assert chunk_paper(paper, "PMC1", counter, chunk_params) == chunk_paper(
+            paper, "PMC1", slow, chunk_params
+        )
+        assert len(counter.word_tokens) <= 40
+    table = counter.word_tokens
+    assert counter.learn(f"delta{i}" for i in range(15)) is not table  # full: a new table, the old one intact
+    assert len(table) > 0 and all(word.startswith(("alpha", "beta")) for word in table)
+    assert counter.learn(f"gamma{i}" for i in range(30)) is None  # more new words than half the cache
+
+
+def embedding_backend() -> object:
+    """The `tokenizers.Tokenizer` of the embedding model (`from_tokenizer` takes one as it is)."""
+    from transformers import AutoTokenizer
+
+    from pmcqa.index.embedding import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(Settings().embedding_model)).backend_tokenizer
+
+
+# --- counting by WordPiece pre-tokens (the model alone, once per distinct pre-token) -----------------------
+
+TRICKY_WORDS = [
+    "Cells,", "(cells)", "IL-6", "p<0.05", "e.g.,", "[MASK]", "a[SEP]b", "[mask]", "[UNK]x", "10⁷", "10⁻¹⁵M",
+    "H₂O", "Ca²⁺", "naïve", "µM", "μm²", "α-β", "日本語", "x\u200by", "x\x7fy", "x\x00y", "~/$^`|", "ǅemal",
+    "İstanbul", "ß", "ﬁbre", "a" * 99, "a" * 100, "b" * 101, "Ab" * 60 + ",", "x" * 256, "\ufffd",
+    "tab\u00ad",
+]  # fmt: skip
+
+
+def test_wordpiece_piece_counts_equal_the_tokenizer_on_every_corpus_word(
+    corpus_papers: list[tuple[str, Paper]], real_counter: TokenCounter
+) -> None:
+    # The shortcut's premise: WordPiece tokenizes each pre-token on its own, and for printable ASCII the BERT
+    # normaliser only lowercases and the pre-tokenizer only cuts at non-alphanumerics. Checked word by word
+    # against the whole tokenizer pipeline, on every distinct word of the shared corpus.
+    from pmcqa.ingest.chunking import _wordpiece_word_counter
+
+    backend = embedding_backend()
+    backend.no_truncation()
+    backend.no_padding()
+
+    def by_tokenizer(words: list[str]) -> list[int]:
+        return [len(backend.encode(word, add_special_tokens=False).ids) for word in words]
+
+    count_words = _wordpiece_word_counter(backend, by_tokenizer)
+    assert count_words is not None  # the default tokenizer is BERT WordPiece: the shortcut applies
+    words = sorted({w for _, paper in corpus_papers for block in paper.blocks for w in block.text.split()})
+    words += TRICKY_WORDS
+    assert len(words) > 100_000
+    expected = by_tokenizer(words)
+    got = count_words(words)
+    wrong = [(w, g, e) for w, g, e in zip(words, got, expected, strict=True) if g != e]
+    assert wrong == []
+    assert count_words(words) == expected  # again, from its cache of pre-tokens
+
+
+def test_wordpiece_piece_counter_only_for_bert_wordpiece() -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from pmcqa.ingest.chunking import _wordpiece_word_counter
+
+    other = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    other.normalizer = normalizers.Lowercase()
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert _wordpiece_word_counter(other, lambda words: [0] * len(words)) is None

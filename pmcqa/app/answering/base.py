@@ -39,10 +39,18 @@ class Draft(BaseModel):
 
 class Citation(BaseModel):
     chunk_id: str
-    section: str
+    section: str = Field(description='Section path of the cited text, e.g. "Results > Binding".')
+    label: str | None = Field(
+        None, description='Label of a cited table, figure or box, e.g. "Table 2"; None for running text.'
+    )
     quote: str
     start: int
     end: int
+
+    @property
+    def place(self) -> str:
+        """Where the quote is, for people: "Results > Table 2", "Results", "Table 2" or ""."""
+        return " > ".join(part for part in (self.section, self.label) if part)
 
 
 class Answer(BaseModel):

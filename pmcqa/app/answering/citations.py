@@ -100,6 +100,13 @@ def finalize(draft: Draft, paper: PaperRecord, passages: list[Passage]) -> list[
             continue
         seen.add((start, end))
         citations.append(
-            Citation(chunk_id=chunk.chunk_id, section=chunk.section, quote=quote, start=start, end=end)
+            Citation(
+                chunk_id=chunk.chunk_id,
+                section=chunk.section,
+                label=chunk.label,
+                quote=quote,
+                start=start,
+                end=end,
+            )
         )
     return citations

@@ -42,7 +42,7 @@ def ask(
         return
     typer.echo(answer.answer)
     for number, citation in enumerate(answer.citations, start=1):
-        typer.echo(f"  [{number}] {citation.section or '(untitled)'} [{citation.start}:{citation.end}]")
+        typer.echo(f"  [{number}] {citation.place or '(untitled)'} [{citation.start}:{citation.end}]")
         typer.echo(f'      "{citation.quote}"')
     typer.echo("")
     for step in answer.steps:
