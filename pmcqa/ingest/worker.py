@@ -49,7 +49,7 @@ from pmcqa.core.logs import OUTCOME_LOGGER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
-from pmcqa.index.store import Store
+from pmcqa.index.store import open_store
 from pmcqa.ingest.jobs import QUEUE_BACK, QUEUE_DOWN, Claim, Job, JobStore
 from pmcqa.ingest.metrics import BATCH_SECONDS, PAPERS_INGESTED, serve_worker_metrics
 from pmcqa.ingest.pipeline import Ingestor
@@ -158,7 +158,7 @@ def record_status(settings: Settings, ids: list[str], status: IngestState, reaso
     if not pmcids:
         return
     try:
-        with Store(settings) as store:  # no embedder: statuses only
+        with open_store(settings) as store:  # no embedder: statuses only
             for pmcid in pmcids:
                 store.set_status(pmcid, status, reason)
     except Exception as exc:  # the job matters more than the status table; the worker updates it anyway
