@@ -1,20 +1,22 @@
-"""An NCBI rate limit shared by every worker process (and machine) through Redis.
+"""An NCBI rate limit shared by every process (and machine) that calls NCBI, through Redis.
 
-NCBI's limit (3 requests/s without an API key, 10/s with one) holds per key/IP, not per process, so workers
-that each kept their own limiter would multiply it. `RedisRateLimiter` keeps a sliding-window log in one
+NCBI's limit (3 requests/s without an API key, 10/s with one) holds per key/IP, not per process, so processes
+that each kept their own limiter would multiply it. In networked mode (`PMCQA_REDIS_URL`) every NCBI client
+takes its turns here by default (`ingest.entrez.ncbi_limiter`): the workers, the API's id resolver and
+`pmcqa ingest --inline`. `RedisRateLimiter` keeps a sliding-window log in one
 Redis sorted set and decides admission in a Lua script, atomically, on Redis's own clock (so workers on
 machines with skewed clocks still agree). It meets `ingest.entrez`'s `RateLimiter` protocol: `acquire()`
 blocks until a request may be sent.
 
-Embedded mode (SQLite queue, one machine) needs no cross-process limiter as long as one worker process runs:
-its threads share one in-process limiter. Running several embedded worker processes against NCBI would
-exceed the limit; use Redis mode for that.
+Embedded mode (SQLite queue, one machine) needs no cross-process limiter as long as one process calls NCBI
+(`pmcqa serve` runs the API and its worker in one): its threads share the process's limiter. Running several
+embedded worker processes, or `pmcqa ingest --inline` beside a serving API, against NCBI would exceed the
+limit; use Redis mode for that.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 import uuid
 from typing import Any
@@ -93,23 +95,3 @@ class RedisRateLimiter:
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise TimeoutError(f"NCBI rate limit: no slot within {self.max_wait_s}s")
             time.sleep(wait)
-
-
-class LocalRateLimiter:
-    """The same sliding window in one process (threads share it); used when no Redis is configured."""
-
-    def __init__(self, rate: float, slack_s: float = DEFAULT_SLACK_S) -> None:
-        self.limit, self.window_s = window_for(rate, slack_s)
-        self._sent: list[float] = []
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self._sent = [t for t in self._sent if t > now - self.window_s]
-                if len(self._sent) < self.limit:
-                    self._sent.append(now)
-                    return
-                wait = self._sent[0] + self.window_s - now
-            time.sleep(max(wait, 0.001))

@@ -87,3 +87,96 @@ def test_two_workers_share_the_ncbi_limit(tmp_path: Path, workers_factory, redis
     with sqlite3.connect(fake_db(settings.data_dir)) as conn:
         per_worker = dict(conn.execute("select pid, count(*) from requests group by pid").fetchall())
     assert len(per_worker) >= 2, per_worker  # both processes (4 threads) really shared the job
+
+
+# --- every NCBI caller, not only workers ------------------------------------------------------------------
+# One process of each kind that calls NCBI outside a worker: the API's id resolver (the service's `Library`)
+# and `pmcqa ingest --inline` (an `Ingestor` built without a limiter). Each prints "ready", waits for `go`,
+# then sends its requests one by one.
+_CALLER = r"""
+import hashlib, sys, time
+from pathlib import Path
+import numpy as np
+from pmcqa.core.settings import Settings
+
+role, go, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+settings = Settings()
+if role == "api-resolver":
+    from pmcqa.app.service import Library
+    resolver = Library.for_papers(settings).id_resolver
+    print("ready", type(resolver.client.limiter).__name__, flush=True)
+    while not go.exists():
+        time.sleep(0.01)
+    for i in range(n):
+        assert resolver.resolve_many([f"pmid:{7000 + i}"])[f"pmid:{7000 + i}"].pmcid == f"PMC{3000 + i}"
+else:
+    from pmcqa.index.store import Store
+    from pmcqa.ingest.pipeline import Ingestor
+
+    class Encoder:
+        model_name, dimension, document_prefix = "test-hash-encoder", 16, ""
+        def embed_documents(self, texts):
+            rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], dtype=np.uint8) for t in texts]
+            vectors = np.array(rows, dtype=np.float32).reshape(len(texts), 16) + 1.0
+            return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    ingestor = Ingestor(settings, store=Store(settings), encoder=Encoder())  # what `ingest --inline` builds
+    print("ready", type(ingestor.client.limiter).__name__, flush=True)
+    while not go.exists():
+        time.sleep(0.01)
+    for i in range(n):  # one efetch per call
+        (outcome,) = ingestor.ingest_ids([f"PMC{3100 + i}"])
+        assert outcome.status == "not-found", outcome
+print("done", flush=True)
+"""
+
+
+def test_api_resolver_and_inline_ingest_share_the_workers_limit(tmp_path: Path, redis_url: str) -> None:
+    """Networked mode: processes that call NCBI outside a worker take their turns from the same Redis window,
+    so together they never exceed the limit (measured where the requests arrive)."""
+    import os
+    import subprocess
+    import sys
+
+    from pmcqa.ingest.entrez import EntrezClient, ncbi_rate_key
+    from pmcqa.ingest.worker import make_limiter, settings_env
+
+    per_process = 8
+    with run_fake_eutils() as fake:
+        for i in range(per_process):
+            fake.add_idmap(f"PMC{3000 + i}", pmid=str(7000 + i))
+        settings = fake_worker_settings(tmp_path, redis_url=redis_url, ncbi_requests_per_second=RATE,
+                                        efetch_batch_size=1, **fake.settings_overrides())
+        # In this process too: the worker's limiter and a client built without one use the same window.
+        worker_limiter, client = make_limiter(settings), EntrezClient(settings)
+        assert isinstance(worker_limiter, RedisRateLimiter) and client.limiter is worker_limiter
+        assert worker_limiter.key == ncbi_rate_key(settings)
+        client.close()
+
+        go = tmp_path / "go"
+        procs = []
+        try:
+            for role in ("api-resolver", "inline-ingest"):
+                env = {**os.environ, **settings_env(settings), "PMCQA_DATA_DIR": str(tmp_path / role)}
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-c", _CALLER, role, str(go), str(per_process)],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                ))
+            for proc in procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                assert line.split() == ["ready", "RedisRateLimiter"], line + proc.stdout.read()
+            go.touch()
+            outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+        finally:
+            for proc in procs:
+                proc.kill()
+            cleanup_redis(redis_url, settings.queue_name)
+        for proc, out in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0 and "done" in out, out
+        idconv = [r.time for r in fake.requests_to("idconv")]
+        efetch = [r.time for r in fake.requests_to("efetch")]
+    assert len(idconv) == len(efetch) == per_process
+    # The two processes really ran at once, and together kept to the limit.
+    assert min(efetch) < max(idconv) and min(idconv) < max(efetch)
+    assert max_in_any_window(idconv + efetch) <= RATE, sorted(idconv + efetch)
