@@ -45,7 +45,7 @@ from Bio import Entrez
 from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.metrics import NCBI_REQUESTS, NCBI_RETRIES, NCBI_THROTTLED
-from pmcqa.ingest.shared_ratelimit import RedisRateLimiter
+from pmcqa.ingest.shared_ratelimit import PostgresRateLimiter, RedisRateLimiter
 from pmcqa.ingest.xml import parse_xml
 
 log = logging.getLogger(__name__)
@@ -148,25 +148,33 @@ def ncbi_limiter(settings: Settings) -> RateLimiter:
 
     NCBI counts requests per API key / IP, not per process. With `redis_url` (networked mode) that is one
     sliding window in Redis, shared by every process on every host that talks to NCBI: the workers, the
-    API's id resolver and `pmcqa ingest --inline` alike (one Redis client per process; a forked child makes
-    its own).
-    Without Redis it is the process-wide limiter: the embedded worker and the API's resolver of one `pmcqa
-    serve` share it, as do the threads of one worker process.
+    API's id resolver and `pmcqa ingest --inline` alike. With a PostgreSQL library and no Redis it is a
+    shared slot in that database (API replicas on several hosts, each with its embedded worker). One limiter
+    per process and target; a forked child makes its own. Without either it is the process-wide limiter:
+    the embedded worker and the API's resolver of one `pmcqa serve` share it, as do a worker's threads.
     """
-    if not settings.redis_url:
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    if not settings.redis_url and not database_url:
         return process_limiter(settings.ncbi_rate())
-    key = (os.getpid(), settings.redis_url, ncbi_rate_key(settings), settings.ncbi_rate())
+    target = settings.redis_url or database_url or ""
+    key = (os.getpid(), target, ncbi_rate_key(settings), settings.ncbi_rate())
     with _PROCESS_LIMITERS_LOCK:
         limiter = _SHARED_LIMITERS.get(key)
         if limiter is None:
-            limiter = _SHARED_LIMITERS[key] = RedisRateLimiter.from_url(
-                settings.redis_url, key=ncbi_rate_key(settings), rate=settings.ncbi_rate()
-            )
+            if settings.redis_url:
+                limiter = RedisRateLimiter.from_url(
+                    settings.redis_url, key=ncbi_rate_key(settings), rate=settings.ncbi_rate()
+                )
+            else:
+                limiter = PostgresRateLimiter.for_settings(
+                    settings, key=ncbi_rate_key(settings), rate=settings.ncbi_rate()
+                )
+            _SHARED_LIMITERS[key] = limiter
         return limiter
 
 
 def ncbi_rate_key(settings: Settings) -> str:
-    """The Redis key of the shared NCBI window (beside the queue's keys, so one deployment shares one)."""
+    """The key of the shared NCBI limit (named after the queue, so one deployment shares one)."""
     return f"{settings.queue_name}:ncbi-rate"
 
 

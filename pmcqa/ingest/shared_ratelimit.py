@@ -1,17 +1,20 @@
-"""An NCBI rate limit shared by every process (and machine) that calls NCBI, through Redis.
+"""An NCBI rate limit shared by every process (and machine) that calls NCBI, through Redis or PostgreSQL.
 
 NCBI's limit (3 requests/s without an API key, 10/s with one) holds per key/IP, not per process, so processes
 that each kept their own limiter would multiply it. In networked mode (`PMCQA_REDIS_URL`) every NCBI client
 takes its turns here by default (`ingest.entrez.ncbi_limiter`): the workers, the API's id resolver and
-`pmcqa ingest --inline`. `RedisRateLimiter` keeps a sliding-window log in one
-Redis sorted set and decides admission in a Lua script, atomically, on Redis's own clock (so workers on
-machines with skewed clocks still agree). It meets `ingest.entrez`'s `RateLimiter` protocol: `acquire()`
-blocks until a request may be sent.
+`pmcqa ingest --inline`. A PostgreSQL library without Redis (`PMCQA_DATABASE_URL` only: API replicas on
+several hosts, each with its embedded worker) shares the limit through `PostgresRateLimiter` instead.
 
-Embedded mode (SQLite queue, one machine) needs no cross-process limiter as long as one process calls NCBI
+`RedisRateLimiter` keeps a sliding-window log in one Redis sorted set and decides admission in a Lua script,
+atomically, on Redis's own clock (so workers on machines with skewed clocks still agree);
+`PostgresRateLimiter` reserves slots of a shared minimum interval on PostgreSQL's clock. Both meet
+`ingest.entrez`'s `RateLimiter` protocol: `acquire()` blocks until a request may be sent.
+
+An embedded library (SQLite, one machine) needs no cross-process limiter as long as one process calls NCBI
 (`pmcqa serve` runs the API and its worker in one): its threads share the process's limiter. Running several
 embedded worker processes, or `pmcqa ingest --inline` beside a serving API, against NCBI would exceed the
-limit; use Redis mode for that.
+limit; use Redis (or a PostgreSQL library) for that.
 """
 
 from __future__ import annotations
@@ -95,3 +98,48 @@ class RedisRateLimiter:
             if deadline is not None and time.monotonic() + wait > deadline:
                 raise TimeoutError(f"NCBI rate limit: no slot within {self.max_wait_s}s")
             time.sleep(wait)
+
+
+# Reserve the next send slot in one statement on the server's clock: the row lock lasts microseconds, callers
+# are served in arrival order, and a caller sleeps only for its own slot (no retry loop).
+_RESERVE_SLOT = """
+INSERT INTO ncbi_rate AS r (key, next_at) VALUES (%(key)s, extract(epoch FROM clock_timestamp()) + %(gap)s)
+ON CONFLICT (key) DO UPDATE SET next_at = GREATEST(r.next_at, extract(epoch FROM clock_timestamp())) + %(gap)s
+RETURNING next_at - %(gap)s, extract(epoch FROM clock_timestamp())
+"""
+
+
+class PostgresRateLimiter:
+    """At most `rate` acquisitions per second across every process sharing `key` in one PostgreSQL database.
+
+    A shared minimum interval (GCRA without burst, like `ingest.entrez.IntervalRateLimiter`): each caller
+    reserves the next free slot, `headroom` below the allowed rate, and sleeps until it. No window can then
+    hold more than `rate` requests, whichever host sent them. The table is the library's (`ncbi_rate`,
+    alembic revision 0003).
+    """
+
+    def __init__(self, pool: Any, key: str, rate: float, headroom: float = 0.9) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.pool = pool
+        self.key = key
+        self.rate = rate
+        self.interval_s = 1.0 / (rate * headroom)
+
+    @classmethod
+    def for_settings(cls, settings: Any, key: str, rate: float) -> PostgresRateLimiter:
+        from pmcqa.core.db import connection_pool, ensure_postgres_schema
+
+        ensure_postgres_schema(settings)  # the table comes with the library's migrations
+        return cls(connection_pool(settings), key, rate)
+
+    def reserve(self) -> tuple[float, float]:
+        """Take the next slot: (the slot, the server's time now), both in seconds on the server's clock."""
+        with self.pool.connection() as conn:
+            row = conn.execute(_RESERVE_SLOT, {"key": self.key, "gap": self.interval_s}).fetchone()
+        return float(row[0]), float(row[1])
+
+    def acquire(self) -> None:
+        slot, now = self.reserve()
+        if slot > now:
+            time.sleep(slot - now)
