@@ -105,12 +105,13 @@ role, go, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 settings = Settings()
 if role == "api-resolver":
     from pmcqa.app.service import Library
-    resolver = Library.for_papers(settings).id_resolver
+    from pmcqa.core.ids import parse_id
+    resolver = Library.for_papers(settings).id_resolver  # the API's RequestResolver
     print("ready", type(resolver.client.limiter).__name__, flush=True)
     while not go.exists():
         time.sleep(0.01)
     for i in range(n):
-        assert resolver.resolve_many([f"pmid:{7000 + i}"])[f"pmid:{7000 + i}"].pmcid == f"PMC{3000 + i}"
+        assert resolver.pmcid(parse_id(f"pmid:{7000 + i}")) == f"PMC{3000 + i}"
 else:
     from pmcqa.index.store import open_store
     from pmcqa.ingest.pipeline import Ingestor
