@@ -4,6 +4,7 @@
 # on this machine's disk (an unpinned torch would pull a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/pgvector.sh  # pgvector for the PostgreSQL store's tests and search (no-op when present or no server)
 PYTHON="${PYTHON:-python3}"
 stamp=".venv/.pmcqa-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
@@ -12,5 +13,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[llm,openai,redis,s3,dev]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[llm,openai,redis,postgres,s3,dev]"
 echo "$want" > "$stamp"

@@ -63,6 +63,8 @@ def test_pip_install_puts_nothing_but_pmcqa_at_the_top_level(tmp_path: Path) -> 
     assert top_level == {"pmcqa"}, top_level
     for layer in ("app", "index", "ingest", "core"):
         assert f"pmcqa/{layer}/__init__.py" in installed
+    for migration_file in ("env.py", "script.py.mako", "versions/r0001_baseline.py"):  # alembic reads them
+        assert f"pmcqa/core/migrations/{migration_file}" in installed
     assert not any((site / name).exists() for name in ("app", "index", "ingest"))
 
 

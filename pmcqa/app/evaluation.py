@@ -345,7 +345,8 @@ def run_evaluation(
             data_dir = store_dir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="pmcqa-eval-"))
             )
-            eval_settings = settings.model_copy(update={"data_dir": data_dir})
+            # A local store of its own, also where the library is PostgreSQL: evals never write the library.
+            eval_settings = settings.model_copy(update={"data_dir": data_dir, "database_url": None})
             store = build_store(eval_set, eval_settings, embedder, f"squad:{path.name}")
         else:
             store = open_library(settings, writable=True, embedder=embedder).store

@@ -157,9 +157,9 @@ class Library:
     def for_papers(cls, settings: Settings) -> Library:
         """The library for listing, showing, reading and deleting papers only: no embedding model is loaded
         (`pmcqa papers`); asking and searching need `create`."""
-        from pmcqa.index.store import Store
+        from pmcqa.index.store import open_store
 
-        return cls(settings, Store(settings), None, None, _make_resolver(settings))
+        return cls(settings, open_store(settings), None, None, _make_resolver(settings))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -14,6 +14,7 @@ import importlib.util
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "llm": ("transformers", "accelerate", "bitsandbytes", "peft", "huggingface_hub", "safetensors"),
     "openai": ("openai",),
+    "postgres": ("psycopg", "psycopg_pool", "pgvector"),
     "redis": ("redis",),
     "s3": ("boto3",),  # PMCQA_RAW_STORE=s3://…
     "report": ("pubmed_parser",),  # `pmcqa report`'s side-by-side row (it names the extra itself)

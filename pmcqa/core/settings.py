@@ -30,6 +30,25 @@ class Settings(BaseSettings):
 
     # --- storage -------------------------------------------------------------------------------------------
     data_dir: Path = Field(Path("./data"), description="Where papers, raw XML, the index and queues live.")
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (`postgresql://user:password@host:5432/pmcqa`) of a library shared by "
+        "many hosts: papers, chunks with their vectors (pgvector), aliases, ingest status and the id map "
+        "live there. Unset = embedded SQLite + FAISS under `data_dir`.",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=1000, description="Most PostgreSQL connections one process keeps open (its pool)."
+    )
+    database_connect_timeout_s: float = Field(
+        10.0, gt=0, description="How long opening the library waits for a PostgreSQL connection."
+    )
+    hnsw_ef_search: int = Field(
+        200,
+        ge=1,
+        le=1000,
+        description="pgvector HNSW candidate list of a library-wide search (`hnsw.ef_search`): higher finds "
+        "more of the exact top hits, slower (README: recall and latency at 1M chunks).",
+    )
 
     # --- NCBI E-utilities ----------------------------------------------------------------------------------
     eutils_url: str = Field(
@@ -181,6 +200,19 @@ class Settings(BaseSettings):
     )
     job_max_ids: int = Field(1000, ge=1, description="Most ids one POST /ingest job accepts.")
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest JATS body POST /papers accepts.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = value.get_secret_value().split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"PMCQA_DATABASE_URL must be a postgresql:// URL (got scheme {scheme!r}); "
+                "leave it unset for the embedded SQLite library"
+            )
+        return value
 
     @field_validator("api_keys", "allowed_backends", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.retrieval import Retriever
-from pmcqa.index.store import Store
+from pmcqa.index.store import PaperStore, open_store
 
 
 @dataclass
@@ -23,11 +23,11 @@ class LibraryParts:
 
     settings: Settings
     embedder: Embedder
-    store: Store
+    store: PaperStore
     retriever: Retriever
 
     def close(self) -> None:
-        """Close the store (a store that wrote brings the FAISS file up to date first)."""
+        """Close the store (a store that wrote brings its FAISS file, if it has one, up to date first)."""
         self.store.close()
 
 
@@ -51,7 +51,7 @@ def open_library(
         report("loading embedding model")
         embedder = Embedder(settings)
     report("loading index")
-    store = Store(settings)
+    store = open_store(settings)  # SQLite, or PostgreSQL when settings.database_url is set
     if writable:
         try:
             store.check_model(embedder)

@@ -44,7 +44,7 @@ class VectorSnapshot:
 
 
 class VectorSource(Protocol):
-    """What the FAISS file is built from and measured against (`index.store.Store`)."""
+    """What the FAISS file is built from and measured against (SQLite, or PostgreSQL without pgvector)."""
 
     def generation(self) -> int:
         """Bumped by every committed write."""

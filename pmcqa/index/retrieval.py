@@ -57,7 +57,7 @@ TOKENS_PER_WORD = 1.3
 
 
 class StoreLike(Protocol):
-    """The part of `index.store.Store` the retriever reads."""
+    """The part of `index.store.PaperStore` the retriever reads."""
 
     def get_paper(self, paper_id: str) -> PaperRecord | None: ...
 

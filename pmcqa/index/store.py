@@ -1,20 +1,24 @@
-"""The paper store: SQLite, the source of truth, plus a FAISS file for library-wide search.
+"""The paper store: its contract (`PaperStore`), the parts both backends share, and the SQLite backend.
 
-Layout under `settings.index_dir`:
+`open_store(settings)` returns the backend the settings name: `Store` (SQLite + a FAISS file, the embedded
+default) or, when `PMCQA_DATABASE_URL` is set, `index.pg_store.PostgresStore` (PostgreSQL + pgvector, for a
+library shared by many hosts). Both keep the same promises, tested by the same contract tests:
 
-- `pmcqa.sqlite3` (WAL): papers, chunks with their float32 vectors (one row per chunk, indexed by
-  `(paper_id, ordinal)`), id aliases, ingest status and a `meta` table naming the embedding model.
-  Per-paper retrieval reads one paper's rows through that index, so its cost does not depend on the library
-  size and a reader never holds the library's vectors in memory.
+- Writes take the encoder that computes their vectors (`put_papers(items, encoder)`, `reindex(encoder)`);
+  the store holds no model. The first write records the encoder's model in `meta`; a later write with another
+  model is refused (`EmbeddingModelMismatch`), and `check_model(encoder)` lets a process fail at start.
+- A paper is written in one transaction (record, chunks, vectors, aliases, status); vectors are computed
+  before the transaction opens, so a killed process leaves the paper either whole or absent.
+- Per-paper reads go through an index on `(paper_id, ordinal)`: their cost is independent of the library size.
+- Schema versions are alembic revisions (`core.db`): opening migrates an older schema, refuses a newer one.
+
+SQLite layout under `settings.index_dir`:
+
+- `pmcqa.sqlite3` (WAL): papers, chunks with their float32 vectors (one row per chunk), id aliases, ingest
+  status and a `meta` table naming the embedding model. A reader never holds the library's vectors in memory.
 - `library.faiss`: every chunk vector for library-wide search; its lifecycle (build from a snapshot of this
   store, atomic replace, memory-mapped reload, lag and refresh) is `index.library_index.LibraryIndex`'s.
   Library search here merges its hits with an exact search of the chunks newer than the file.
-
-Writes take the encoder that computes their vectors (`put_papers(items, encoder)`, `reindex(encoder)`); the
-store holds no model. The first write records the encoder's model in `meta`; a later write with another model
-is refused (`EmbeddingModelMismatch`), and `check_model(encoder)` lets a process fail at start instead.
-A paper is written in one transaction (record, chunks, vectors, aliases, status); vectors are computed
-before the transaction opens, so a killed process leaves the paper either whole or absent.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 
+from pmcqa.core.db import ensure_sqlite_schema, postgres_url
 from pmcqa.core.ids import alias_key
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import IngestState, Status
@@ -39,47 +44,10 @@ from pmcqa.index.library_index import LibraryIndex, VectorSnapshot
 from pmcqa.index.models import Chunk, PaperRecord
 
 DB_NAME = "pmcqa.sqlite3"
-SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS papers (
-    paper_id TEXT PRIMARY KEY,
-    pmid TEXT, doi TEXT, title TEXT NOT NULL DEFAULT '', journal TEXT, year TEXT, license TEXT,
-    article_type TEXT, status TEXT NOT NULL, source TEXT,
-    n_chunks INTEGER NOT NULL,
-    embedding_model TEXT NOT NULL,
-    record_json TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: FAISS ids stay unambiguous after deletes
-    paper_id TEXT NOT NULL REFERENCES papers(paper_id) ON DELETE CASCADE,
-    ordinal INTEGER NOT NULL,
-    chunk_id TEXT NOT NULL,
-    content_hash BLOB NOT NULL,
-    chunk_json TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    UNIQUE (paper_id, ordinal)
-);
-CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(content_hash);
-CREATE TABLE IF NOT EXISTS aliases (
-    alias TEXT PRIMARY KEY,
-    paper_id TEXT NOT NULL REFERENCES papers(paper_id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS aliases_by_paper ON aliases(paper_id);
-CREATE TABLE IF NOT EXISTS ingest_status (
-    paper_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    reason TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-"""
 
 # Summary columns of `papers`, enough to rebuild a text-less PaperRecord for listings.
-_SUMMARY_COLUMNS = (
+SUMMARY_COLUMNS = (
     "paper_id",
     "pmid",
     "doi",
@@ -150,11 +118,265 @@ def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-class Store:
+class PaperStore(Protocol):
+    """What every store backend provides (`Store`: SQLite; `index.pg_store.PostgresStore`: PostgreSQL).
+
+    Thread-safe; any number of processes may read while others write. Reads need no model.
+    """
+
+    library_search: str  # how library-wide search works here, in words
+    library_index: LibraryIndex | None  # the FAISS file, where library search uses one
+
+    def close(self) -> None: ...
+    def __enter__(self) -> PaperStore: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+    # writes (one transaction each; vectors computed before it opens)
+    def put_paper(
+        self,
+        record: PaperRecord,
+        chunks: Sequence[Chunk],
+        encoder: DocumentEncoder,
+        vectors: np.ndarray | None = None,
+    ) -> None: ...
+    def put_papers(
+        self,
+        items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]],
+        encoder: DocumentEncoder,
+    ) -> None: ...
+    def delete_paper(self, paper_id: str) -> bool: ...
+    def set_status(self, paper_id: str, status: IngestState, reason: str | None = None) -> None: ...
+    def reindex(
+        self, encoder: DocumentEncoder, progress: Callable[[int, int], None] | None = None
+    ) -> int: ...
+
+    # the embedding model
+    def embedding_info(self) -> EmbeddingInfo | None: ...
+    def check_model(self, encoder: DocumentEncoder) -> None: ...
+
+    # reads
+    def get_status(self, paper_id: str) -> IngestStatus | None: ...
+    def get_paper(self, paper_id: str) -> PaperRecord | None: ...
+    def get_chunks(self, paper_id: str) -> list[Chunk]: ...
+    def get_vectors(self, paper_id: str) -> tuple[list[str], np.ndarray]: ...
+    def count_papers(self) -> int: ...
+    def count_chunks(self) -> int: ...
+    def last_update(self) -> datetime | None: ...
+    def list_papers(self, offset: int = 0, limit: int = 50) -> list[PaperRecord]: ...
+    def paper_ids(self) -> list[str]: ...
+    def resolve_alias(self, pmid_or_doi: str) -> str | None: ...
+    def integrity_check(self) -> list[str]: ...
+    def search_library(
+        self, query_vector: np.ndarray, k: int = 10, paper_ids: Sequence[str] | None = None
+    ) -> list[tuple[Chunk, float]]: ...
+
+
+def open_store(settings: Settings, **options: float) -> PaperStore:
+    """The store `settings` name: PostgreSQL when `database_url` is set, else SQLite under `index_dir`.
+
+    `options` are the FAISS file's tuning (`library_refresh_s`, `library_tail_max`) and SQLite's `mmap_bytes`;
+    a backend ignores what it does not use.
+    """
+    if postgres_url(settings) is not None:
+        from pmcqa.index.pg_store import PostgresStore  # deferred: psycopg only when a database URL is set
+
+        return PostgresStore(settings, **options)
+    return Store(settings, **options)
+
+
+class StoreBase:
+    """What both backends share: checking the model, preparing vectors before a write, exact per-paper search,
+    and library search through a FAISS file plus an exact search of the chunks newer than it.
+
+    A backend provides the SQL: `embedding_info`, `_cached_vectors`, `_commit_papers`, `get_chunks`,
+    `get_vectors`, and, where it searches with the FAISS file, `_search_tail` and `_hydrate`.
+    """
+
+    library_index: LibraryIndex | None = None
+    library_search = "FAISS file (IndexFlatIP, exact) + exact search of chunks newer than the file"
+    # Set once this store commits a write: close() then brings the FAISS file up to date.
+    _changed_library = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Bring the FAISS file (if any) up to date when this store wrote to the library."""
+        if self._changed_library and self.library_index is not None:
+            with contextlib.suppress(Exception):
+                if self.library_index.lag() > 0:
+                    self.library_index.rebuild()
+        if self.library_index is not None:
+            self.library_index.close()
+
+    # --- the embedding model ---------------------------------------------------------------------------
+
+    def embedding_info(self) -> EmbeddingInfo | None:
+        raise NotImplementedError
+
+    def check_model(self, encoder: DocumentEncoder) -> None:
+        """Raise `EmbeddingModelMismatch` unless the stored vectors come from `encoder`'s model (or there are
+        none yet). Writes check this themselves; a process that will write calls it once at start."""
+        check_same_model(self.embedding_info(), encoder)
+
+    # --- writes -----------------------------------------------------------------------------------------
+
+    def put_paper(
+        self,
+        record: PaperRecord,
+        chunks: Sequence[Chunk],
+        encoder: DocumentEncoder,
+        vectors: np.ndarray | None = None,
+    ) -> None:
+        """Store (or replace) a paper with its chunks and their vectors by `encoder`, atomically."""
+        self.put_papers([(record, chunks, vectors)], encoder)
+
+    def put_papers(
+        self,
+        items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]],
+        encoder: DocumentEncoder,
+    ) -> None:
+        """Store several papers in one transaction; vectors are computed (or reused) before it opens.
+
+        `vectors`, when given, must come from `encoder`'s model (bulk loads, benchmarks). `encoder` must be
+        the model the stored vectors come from (`EmbeddingModelMismatch`); the first write records it.
+        """
+        self.check_model(encoder)  # before embedding anything; checked again inside the transaction
+        prepared = self._prepare_all(items, encoder)
+        if not prepared:
+            return
+        self._commit_papers(prepared, encoder, _now())
+        self._library_changed()
+
+    def _commit_papers(self, prepared: list[PreparedPaper], encoder: DocumentEncoder, now: float) -> None:
+        """One transaction: claim the model, write every prepared paper."""
+        raise NotImplementedError
+
+    def _library_changed(self) -> None:
+        """After a committed write: the FAISS file (if any) may be due for a rebuild."""
+        if self.library_index is not None:
+            self._changed_library = True
+            self.library_index.refresh_if_due()
+
+    def _prepare_all(
+        self,
+        items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]],
+        encoder: DocumentEncoder,
+    ) -> list[PreparedPaper]:
+        """Validate and hash every paper, then embed what the store lacks in ONE encode call for the batch
+        (batches across papers pad less and keep the device busy)."""
+        prepared: list[PreparedPaper] = []
+        pending: list[int] = []
+        for record, chunk_seq, vectors in items:
+            chunks = list(chunk_seq)
+            _validate(record, chunks)
+            hashes = [content_hash(encoder.model_name, encoder.document_prefix, c.text) for c in chunks]
+            if vectors is None:
+                pending.append(len(prepared))
+                vectors = np.empty((len(chunks), encoder.dimension), dtype=np.float32)
+            prepared.append(PreparedPaper(record, chunks, hashes, np.ascontiguousarray(vectors, np.float32)))
+        if pending:
+            all_chunks = [c for i in pending for c in prepared[i].chunks]
+            all_hashes = [h for i in pending for h in prepared[i].hashes]
+            embedded = self._embed_missing(encoder, all_chunks, all_hashes)
+            offset = 0
+            for i in pending:
+                n = len(prepared[i].chunks)
+                prepared[i].vectors = embedded[offset : offset + n]
+                offset += n
+        for paper in prepared:
+            if paper.vectors.shape != (len(paper.chunks), encoder.dimension):
+                raise ValueError(
+                    f"{paper.record.paper_id}: vectors shape {paper.vectors.shape} != "
+                    f"({len(paper.chunks)}, {encoder.dimension})"
+                )
+        return prepared
+
+    def _embed_missing(
+        self, encoder: DocumentEncoder, chunks: list[Chunk], hashes: list[bytes]
+    ) -> np.ndarray:
+        """Reuse the stored vector of any chunk text already embedded with this model; embed the rest once."""
+        cached = self._cached_vectors(set(hashes))
+        missing: dict[bytes, str] = {
+            h: c.text for c, h in zip(chunks, hashes, strict=True) if h not in cached
+        }
+        if missing:
+            fresh = encoder.embed_documents(list(missing.values()))
+            cached.update(zip(missing, fresh, strict=True))
+        vectors = np.empty((len(chunks), encoder.dimension), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            vectors[i] = cached[h]
+        return vectors
+
+    def _cached_vectors(self, hashes: set[bytes]) -> dict[bytes, np.ndarray]:
+        """Stored vectors by content hash (the chunks table doubles as the vector cache)."""
+        raise NotImplementedError
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    def get_chunks(self, paper_id: str) -> list[Chunk]:
+        raise NotImplementedError
+
+    def get_vectors(self, paper_id: str) -> tuple[list[str], np.ndarray]:
+        raise NotImplementedError
+
+    # --- library-wide search ---------------------------------------------------------------------------
+
+    def search_library(
+        self, query_vector: np.ndarray, k: int = 10, paper_ids: Sequence[str] | None = None
+    ) -> list[tuple[Chunk, float]]:
+        """Top-k chunks of the library (or of `paper_ids` only) by inner product with `query_vector`."""
+        query = np.ascontiguousarray(np.asarray(query_vector, dtype=np.float32).reshape(-1))
+        if paper_ids is not None:
+            return self._search_papers(query, k, paper_ids)
+        return self._search_file_and_tail(query, k)
+
+    def _search_papers(
+        self, query: np.ndarray, k: int, paper_ids: Sequence[str]
+    ) -> list[tuple[Chunk, float]]:
+        # A handful of papers: exact search over their own vectors, independent of the library size.
+        hits: list[tuple[Chunk, float]] = []
+        for paper_id in dict.fromkeys(paper_ids):
+            _, matrix = self.get_vectors(paper_id)
+            if len(matrix):
+                chunks = self.get_chunks(paper_id)
+                hits.extend(zip(chunks, (matrix @ query).tolist(), strict=True))
+        hits.sort(key=lambda hit: -hit[1])
+        return hits[:k]
+
+    def _search_file_and_tail(self, query: np.ndarray, k: int) -> list[tuple[Chunk, float]]:
+        assert self.library_index is not None
+        tail = dict(self._search_tail(query, k))
+        want = k * 2 + 16
+        while True:
+            # Oversample FAISS: hits on deleted chunks (the file may lag) are dropped by _hydrate; widen the
+            # search until k live chunks are found or the file is exhausted.
+            hits, exhausted = self.library_index.search(query, want, exclude=tail.keys())
+            top = sorted({**tail, **dict(hits)}.items(), key=lambda item: -item[1])
+            found = self._hydrate(top, k)
+            if len(found) >= k or exhausted:
+                return found
+            want *= 4
+
+    def _search_tail(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Exact (chunk row, score) top-k over chunks newer than the FAISS file."""
+        raise NotImplementedError
+
+    def _hydrate(self, ranked: list[tuple[int, float]], k: int) -> list[tuple[Chunk, float]]:
+        """Chunks for ranked chunk rows, dropping rows the store no longer has (the file may lag deletes)."""
+        raise NotImplementedError
+
+
+class Store(StoreBase):
     """SQLite store of papers, chunks and vectors; `library_index` is its FAISS file for library-wide search.
 
     Thread-safe (one SQLite connection per thread). Reads need no model; writes take their encoder.
     """
+
+    library_index: LibraryIndex
 
     def __init__(
         self,
@@ -180,7 +402,8 @@ class Store:
         self._write_lock = threading.Lock()
         # Set once this store commits a write: close() then brings the FAISS file up to date.
         self._changed_library = False
-        self._init_schema()
+        # Creates the file or migrates it to the schema this code knows; refuses a newer one (core.db).
+        ensure_sqlite_schema(self.db_path)
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -218,34 +441,13 @@ class Store:
 
     def close(self) -> None:
         """Bring the FAISS file up to date if this store wrote to the library, then close every connection."""
-        if self._changed_library:
-            with contextlib.suppress(Exception):
-                if self.library_index.lag() > 0:
-                    self.library_index.rebuild()
+        super().close()
         with self._connections_lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()
         self._local = threading.local()
-        self.library_index.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _init_schema(self) -> None:
-        # executescript commits any open transaction, so the schema script brings its own BEGIN/COMMIT.
-        with self._write_lock:
-            self._conn().executescript(
-                "BEGIN IMMEDIATE;"
-                + _SCHEMA
-                + "INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0');"
-                + f"INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
-                + "COMMIT;"
-            )
 
     # --- meta / embedding model ------------------------------------------------------------------------
 
@@ -268,17 +470,12 @@ class Store:
             document_prefix=self._meta("embedding_document_prefix") or "",
         )
 
-    def check_model(self, encoder: DocumentEncoder) -> None:
-        """Raise `EmbeddingModelMismatch` unless the stored vectors come from `encoder`'s model (or there are
-        none yet). Writes check this themselves; a process that will write calls it once at start."""
-        _check_same_model(self.embedding_info(), encoder)
-
     def _claim_model(self, conn: sqlite3.Connection, encoder: DocumentEncoder) -> None:
         """Inside a write: record `encoder`'s model when none is, refuse it when another one is."""
         if self._meta("embedding_model", conn) is None:
             self._record_model(conn, encoder)
         else:
-            _check_same_model(self.embedding_info(), encoder)
+            check_same_model(self.embedding_info(), encoder)
 
     def _record_model(self, conn: sqlite3.Connection, encoder: DocumentEncoder) -> None:
         self._set_meta(conn, "embedding_model", encoder.model_name)
@@ -295,88 +492,12 @@ class Store:
 
     # --- writes -----------------------------------------------------------------------------------------
 
-    def put_paper(
-        self,
-        record: PaperRecord,
-        chunks: Sequence[Chunk],
-        encoder: DocumentEncoder,
-        vectors: np.ndarray | None = None,
-    ) -> None:
-        """Store (or replace) a paper with its chunks and their vectors by `encoder`, atomically."""
-        self.put_papers([(record, chunks, vectors)], encoder)
-
-    def put_papers(
-        self,
-        items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]],
-        encoder: DocumentEncoder,
-    ) -> None:
-        """Store several papers in one transaction; vectors are computed (or reused) before it opens.
-
-        `vectors`, when given, must come from `encoder`'s model (bulk loads, benchmarks). `encoder` must be
-        the model the stored vectors come from (`EmbeddingModelMismatch`); the first write records it.
-        """
-        self.check_model(encoder)  # before embedding anything; checked again inside the transaction
-        prepared = self._prepare_all(items, encoder)
-        if not prepared:
-            return
-        now = _now()
+    def _commit_papers(self, prepared: list[PreparedPaper], encoder: DocumentEncoder, now: float) -> None:
         with self._transaction() as conn:
             self._claim_model(conn, encoder)
             for paper in prepared:
                 self._write_paper(conn, paper, encoder, now)
             self._bump_generation(conn)
-        self._changed_library = True
-        self.library_index.refresh_if_due()
-
-    def _prepare_all(
-        self,
-        items: Iterable[tuple[PaperRecord, Sequence[Chunk], np.ndarray | None]],
-        encoder: DocumentEncoder,
-    ) -> list[_PreparedPaper]:
-        """Validate and hash every paper, then embed what the store lacks in ONE encode call for the batch
-        (batches across papers pad less and keep the device busy)."""
-        prepared: list[_PreparedPaper] = []
-        pending: list[int] = []
-        for record, chunk_seq, vectors in items:
-            chunks = list(chunk_seq)
-            _validate(record, chunks)
-            hashes = [content_hash(encoder.model_name, encoder.document_prefix, c.text) for c in chunks]
-            if vectors is None:
-                pending.append(len(prepared))
-                vectors = np.empty((len(chunks), encoder.dimension), dtype=np.float32)
-            prepared.append(_PreparedPaper(record, chunks, hashes, np.ascontiguousarray(vectors, np.float32)))
-        if pending:
-            all_chunks = [c for i in pending for c in prepared[i].chunks]
-            all_hashes = [h for i in pending for h in prepared[i].hashes]
-            embedded = self._embed_missing(encoder, all_chunks, all_hashes)
-            offset = 0
-            for i in pending:
-                n = len(prepared[i].chunks)
-                prepared[i].vectors = embedded[offset : offset + n]
-                offset += n
-        for paper in prepared:
-            if paper.vectors.shape != (len(paper.chunks), encoder.dimension):
-                raise ValueError(
-                    f"{paper.record.paper_id}: vectors shape {paper.vectors.shape} != "
-                    f"({len(paper.chunks)}, {encoder.dimension})"
-                )
-        return prepared
-
-    def _embed_missing(
-        self, encoder: DocumentEncoder, chunks: list[Chunk], hashes: list[bytes]
-    ) -> np.ndarray:
-        """Reuse the stored vector of any chunk text already embedded with this model; embed the rest once."""
-        cached = self._cached_vectors(set(hashes))
-        missing: dict[bytes, str] = {
-            h: c.text for c, h in zip(chunks, hashes, strict=True) if h not in cached
-        }
-        if missing:
-            fresh = encoder.embed_documents(list(missing.values()))
-            cached.update(zip(missing, fresh, strict=True))
-        vectors = np.empty((len(chunks), encoder.dimension), dtype=np.float32)
-        for i, h in enumerate(hashes):
-            vectors[i] = cached[h]
-        return vectors
 
     def _cached_vectors(self, hashes: set[bytes]) -> dict[bytes, np.ndarray]:
         # The chunks table doubles as the vector cache (indexed by content hash): no second copy of vectors.
@@ -394,7 +515,7 @@ class Store:
         return found
 
     def _write_paper(
-        self, conn: sqlite3.Connection, paper: _PreparedPaper, encoder: DocumentEncoder, now: float
+        self, conn: sqlite3.Connection, paper: PreparedPaper, encoder: DocumentEncoder, now: float
     ) -> None:
         record = paper.record
         row = conn.execute("SELECT created_at FROM papers WHERE paper_id = ?", (record.paper_id,)).fetchone()
@@ -454,8 +575,7 @@ class Store:
             if deleted:
                 self._bump_generation(conn)
         if deleted:
-            self._changed_library = True
-            self.library_index.refresh_if_due()
+            self._library_changed()
         return deleted
 
     # --- ingest status ---------------------------------------------------------------------------------
@@ -531,11 +651,11 @@ class Store:
     def list_papers(self, offset: int = 0, limit: int = 50) -> list[PaperRecord]:
         """Text-less summaries (no text, outline or references), most recently stored first."""
         rows = self._conn().execute(
-            f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM papers ORDER BY updated_at DESC, paper_id"
+            f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM papers ORDER BY updated_at DESC, paper_id"
             " LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [PaperRecord(**dict(zip(_SUMMARY_COLUMNS, row, strict=True))) for row in rows]
+        return [PaperRecord(**dict(zip(SUMMARY_COLUMNS, row, strict=True))) for row in rows]
 
     def paper_ids(self) -> list[str]:
         return [row[0] for row in self._conn().execute("SELECT paper_id FROM papers ORDER BY paper_id")]
@@ -573,38 +693,6 @@ class Store:
         return problems
 
     # --- library-wide search ---------------------------------------------------------------------------
-
-    def search_library(
-        self, query_vector: np.ndarray, k: int = 10, paper_ids: Sequence[str] | None = None
-    ) -> list[tuple[Chunk, float]]:
-        """Top-k chunks of the library (or of `paper_ids` only) by inner product with `query_vector`."""
-        query = np.ascontiguousarray(np.asarray(query_vector, dtype=np.float32).reshape(-1))
-        if paper_ids is not None:
-            return self._search_papers(query, k, paper_ids)
-        tail = dict(self._search_tail(query, k))
-        want = k * 2 + 16
-        while True:
-            # Oversample FAISS: hits on deleted chunks (the file may lag) are dropped by _hydrate; widen the
-            # search until k live chunks are found or the file is exhausted.
-            hits, exhausted = self.library_index.search(query, want, exclude=tail.keys())
-            top = sorted({**tail, **dict(hits)}.items(), key=lambda item: -item[1])
-            found = self._hydrate(top, k)
-            if len(found) >= k or exhausted:
-                return found
-            want *= 4
-
-    def _search_papers(
-        self, query: np.ndarray, k: int, paper_ids: Sequence[str]
-    ) -> list[tuple[Chunk, float]]:
-        # A handful of papers: exact search over their own vectors, independent of the library size.
-        hits: list[tuple[Chunk, float]] = []
-        for paper_id in dict.fromkeys(paper_ids):
-            _, matrix = self.get_vectors(paper_id)
-            if len(matrix):
-                chunks = self.get_chunks(paper_id)
-                hits.extend(zip(chunks, (matrix @ query).tolist(), strict=True))
-        hits.sort(key=lambda hit: -hit[1])
-        return hits[:k]
 
     def _hydrate(self, ranked: list[tuple[int, float]], k: int) -> list[tuple[Chunk, float]]:
         """Chunks for ranked ids, dropping ids SQLite no longer has (the FAISS file may lag deletes)."""
@@ -701,7 +789,9 @@ class Store:
 
 
 @dataclass
-class _PreparedPaper:
+class PreparedPaper:
+    """A paper validated, hashed and embedded, ready to be written in a transaction."""
+
     record: PaperRecord
     chunks: list[Chunk]
     hashes: list[bytes]
@@ -727,7 +817,7 @@ def _vector_batches(rows: sqlite3.Cursor, size: int) -> Iterator[tuple[np.ndarra
         yield ids, matrix
 
 
-def _check_same_model(info: EmbeddingInfo | None, encoder: DocumentEncoder) -> None:
+def check_same_model(info: EmbeddingInfo | None, encoder: DocumentEncoder) -> None:
     """`EmbeddingModelMismatch` when the stored vectors (`info`; None = none yet) are not `encoder`'s."""
     if info is None or (info.model_name, info.dimension, info.document_prefix) == (
         encoder.model_name,

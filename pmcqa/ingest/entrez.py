@@ -10,10 +10,13 @@ does not sleep on HTTP errors (eutils-and-jats.md §3). We keep Bio.Entrez for b
 * **POST for efetch batches** — `Bio.Entrez.efetch` has no `post` argument; `_build_request` only POSTs at
   ≥200 ids or >1000 characters of parameters. Rather than calling that private function, the seam turns an
   efetch GET into a POST with the same form-encoded parameters (what `_build_request(post=True)` would build).
-* **One limiter** — `RateLimiter.acquire()` is called before every try (efetch, elink, idconv). Bio.Entrez's
-  own 0.37 s module-global limiter (`_open.previous`) is neutralised: it is reset to "long ago" just before
-  each call, inside a gate that is released when the request reaches the seam, so concurrent callers never
-  trip it. Bio's retries are disabled (`max_tries = 1`) so the backoff here is the only one.
+* **One limiter** — `RateLimiter.acquire()` is called before every try (efetch, elink, idconv). A client
+  built without one takes `ncbi_limiter(settings)`: with `PMCQA_REDIS_URL` the Redis window that every
+  process on every host shares (workers, the API's id resolver, `pmcqa ingest --inline`), else this
+  process's. Bio.Entrez's own 0.37 s module-global limiter (`_open.previous`) is neutralised: it is reset
+  to "long ago" just before each call, inside a gate that is released when the request reaches the seam, so
+  concurrent callers never trip it. Bio's retries are disabled (`max_tries = 1`) so the backoff here is the
+  only one.
 * **Backoff** — full jitter (`uniform(0, min(cap, base·2ⁿ))`), `Retry-After` honoured as a floor, on 429, 5xx,
   timeouts and connection errors, and on a 2xx whose body is NCBI's rate-limit JSON; other 4xx never retry.
 """
@@ -24,6 +27,7 @@ import email.utils
 import http.client
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -41,6 +45,7 @@ from Bio import Entrez
 from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.metrics import NCBI_REQUESTS, NCBI_RETRIES, NCBI_THROTTLED
+from pmcqa.ingest.shared_ratelimit import PostgresRateLimiter, RedisRateLimiter
 from pmcqa.ingest.xml import parse_xml
 
 log = logging.getLogger(__name__)
@@ -133,6 +138,44 @@ def process_limiter(rate: float) -> IntervalRateLimiter:
         if limiter is None:
             limiter = _PROCESS_LIMITERS[rate] = IntervalRateLimiter(rate)
         return limiter
+
+
+_SHARED_LIMITERS: dict[tuple[int, str, str, float], RateLimiter] = {}
+
+
+def ncbi_limiter(settings: Settings) -> RateLimiter:
+    """The limiter every NCBI caller of this process uses by default.
+
+    NCBI counts requests per API key / IP, not per process. With `redis_url` (networked mode) that is one
+    sliding window in Redis, shared by every process on every host that talks to NCBI: the workers, the
+    API's id resolver and `pmcqa ingest --inline` alike. With a PostgreSQL library and no Redis it is a
+    shared slot in that database (API replicas on several hosts, each with its embedded worker). One limiter
+    per process and target; a forked child makes its own. Without either it is the process-wide limiter:
+    the embedded worker and the API's resolver of one `pmcqa serve` share it, as do a worker's threads.
+    """
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    if not settings.redis_url and not database_url:
+        return process_limiter(settings.ncbi_rate())
+    target = settings.redis_url or database_url or ""
+    key = (os.getpid(), target, ncbi_rate_key(settings), settings.ncbi_rate())
+    with _PROCESS_LIMITERS_LOCK:
+        limiter = _SHARED_LIMITERS.get(key)
+        if limiter is None:
+            if settings.redis_url:
+                limiter = RedisRateLimiter.from_url(
+                    settings.redis_url, key=ncbi_rate_key(settings), rate=settings.ncbi_rate()
+                )
+            else:
+                limiter = PostgresRateLimiter.for_settings(
+                    settings, key=ncbi_rate_key(settings), rate=settings.ncbi_rate()
+                )
+            _SHARED_LIMITERS[key] = limiter
+        return limiter
+
+
+def ncbi_rate_key(settings: Settings) -> str:
+    """The key of the shared NCBI limit (named after the queue, so one deployment shares one)."""
+    return f"{settings.queue_name}:ncbi-rate"
 
 
 # --- the Bio.Entrez seam -----------------------------------------------------------------------------------
@@ -247,7 +290,7 @@ class EntrezClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
-        self.limiter = limiter or process_limiter(settings.ncbi_rate())
+        self.limiter = limiter or ncbi_limiter(settings)
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._http = httpx.Client(timeout=settings.ncbi_timeout_s, follow_redirects=True)

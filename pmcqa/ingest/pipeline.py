@@ -41,7 +41,7 @@ from pmcqa.core.ids import (
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, OK, IngestState, OutcomeStatus, Status
 from pmcqa.index.library import open_library
-from pmcqa.index.store import DocumentEncoder, Store
+from pmcqa.index.store import DocumentEncoder, PaperStore, open_store
 from pmcqa.ingest.chunking import Chunker
 from pmcqa.ingest.entrez import EntrezClient, RateLimiter
 from pmcqa.ingest.fetch import Fetcher, FetchResult
@@ -100,7 +100,7 @@ class Ingestor:
     def __init__(
         self,
         settings: Settings,
-        store: Store | None = None,
+        store: PaperStore | None = None,
         encoder: DocumentEncoder | None = None,
         client: EntrezClient | None = None,
         limiter: RateLimiter | None = None,
@@ -113,17 +113,17 @@ class Ingestor:
         self.fetcher = Fetcher(settings, self.client)
         self._store = store
         self._encoder = encoder
-        self._status_store: Store | None = None
+        self._status_store: PaperStore | None = None
         self.chunker = Chunker(settings)  # the tokenizer loads on the first article
         self._stored: dict[str, IngestOutcome] = {}  # pmcid -> outcome of this call: asked twice, stored once
         self._in_flight: set[str] = set()  # paper ids marked `ingesting` and not yet given a final status
 
     # --- collaborators, built on first use ---------------------------------------------------------------
     @property
-    def store(self) -> Store:
+    def store(self) -> PaperStore:
         return self._writer()[0]
 
-    def _writer(self) -> tuple[Store, DocumentEncoder]:
+    def _writer(self) -> tuple[PaperStore, DocumentEncoder]:
         """The store papers go to and the encoder of their vectors (loads the model on first use)."""
         if self._store is None or self._encoder is None:
             library = open_library(self.settings, writable=True)
@@ -145,7 +145,7 @@ class Ingestor:
                 self._store.set_status(paper_id, status, reason)
                 return
             if self._status_store is None:
-                self._status_store = Store(self.settings)
+                self._status_store = open_store(self.settings)
             self._status_store.set_status(paper_id, status, reason)
         except Exception as exc:  # the outcome is what matters; the status table is a convenience
             log.warning("could not record status of %s: %s", paper_id, exc)

@@ -1,9 +1,10 @@
 """Resolution of PMIDs and DOIs to PMCIDs (the id grammar itself is `pmcqa.core.ids`).
 
 PMCIDs need no lookup. PMIDs and DOIs go to the PMC ID Converter (≤200 ids of one type per call); PMIDs it
-cannot map fall back to elink ``pubmed_pmc``. Found mappings are cached in ``<data_dir>/idmap.sqlite3``;
-misses are not cached (an article may enter PMC later). Each id gets its own `Resolution`: one bad id never
-fails the batch.
+cannot map fall back to elink ``pubmed_pmc``. Found mappings are cached in ``<data_dir>/idmap.sqlite3``, or
+in the library's PostgreSQL database (table ``idmap``) when ``PMCQA_DATABASE_URL`` is set, so that every host
+shares them; misses are not cached (an article may enter PMC later). Each id gets its own `Resolution`: one
+bad id never fails the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from pmcqa.core.db import connection_pool, ensure_postgres_schema, postgres_url
 from pmcqa.core.ids import IdKind, InvalidPaperId, PaperId, canonical_pmcid, not_found_hint, parse_id
 from pmcqa.core.settings import Settings
 from pmcqa.ingest.entrez import EntrezClient
@@ -73,15 +75,55 @@ class IdMapCache:
         return (row[0], row[1], row[2]) if row else None
 
     def put(self, pmcid: str, pmid: str | None, doi: str | None) -> None:
-        rows = []
-        if pmid:
-            rows.append(("pmid", pmid, pmcid, pmid, doi, time.time()))
-        if doi:
-            rows.append(("doi", _key("doi", doi), pmcid, pmid, doi, time.time()))
+        rows = _idmap_rows(pmcid, pmid, doi)
         if not rows:
             return
         with closing(self._connect()) as db, db:
             db.executemany("INSERT OR REPLACE INTO idmap VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+class PostgresIdMapCache:
+    """The same mappings in the library's PostgreSQL database (table `idmap`, made by its migrations)."""
+
+    def __init__(self, settings: Settings) -> None:
+        ensure_postgres_schema(settings)
+        self._pool = connection_pool(settings)
+
+    def get(self, kind: IdKind, value: str) -> tuple[str, str | None, str | None] | None:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT pmcid, pmid, doi FROM idmap WHERE kind = %s AND key = %s", (kind, _key(kind, value))
+            ).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def put(self, pmcid: str, pmid: str | None, doi: str | None) -> None:
+        rows = _idmap_rows(pmcid, pmid, doi)
+        if not rows:
+            return
+        with self._pool.connection() as conn, conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO idmap(kind, key, pmcid, pmid, doi, updated) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (kind, key) DO UPDATE SET pmcid = excluded.pmcid, pmid = excluded.pmid,"
+                " doi = excluded.doi, updated = excluded.updated",
+                rows,
+            )
+
+
+def _idmap_rows(pmcid: str, pmid: str | None, doi: str | None) -> list[tuple[str, str, str, Any, Any, float]]:
+    """The cache rows of one mapping: one per id it can be looked up by."""
+    rows: list[tuple[str, str, str, Any, Any, float]] = []
+    if pmid:
+        rows.append(("pmid", pmid, pmcid, pmid, doi, time.time()))
+    if doi:
+        rows.append(("doi", _key("doi", doi), pmcid, pmid, doi, time.time()))
+    return rows
+
+
+def open_idmap_cache(settings: Settings) -> IdMapCache | PostgresIdMapCache:
+    """The id map of the library `settings` name: PostgreSQL when `database_url` is set, else SQLite."""
+    if postgres_url(settings) is not None:
+        return PostgresIdMapCache(settings)
+    return IdMapCache(settings.data_dir / "idmap.sqlite3")
 
 
 # --- resolver ----------------------------------------------------------------------------------------------
@@ -94,7 +136,7 @@ class IdResolver:
     def __init__(self, settings: Settings, client: EntrezClient | None) -> None:
         self.settings = settings
         self.client = client
-        self.cache = IdMapCache(settings.data_dir / "idmap.sqlite3")
+        self.cache = open_idmap_cache(settings)
 
     def resolve_many(self, ids: Iterable[str]) -> dict[str, Resolution]:
         out: dict[str, Resolution] = {}

@@ -1,20 +1,25 @@
-"""An NCBI rate limit shared by every worker process (and machine) through Redis.
+"""An NCBI rate limit shared by every process (and machine) that calls NCBI, through Redis or PostgreSQL.
 
-NCBI's limit (3 requests/s without an API key, 10/s with one) holds per key/IP, not per process, so workers
-that each kept their own limiter would multiply it. `RedisRateLimiter` keeps a sliding-window log in one
-Redis sorted set and decides admission in a Lua script, atomically, on Redis's own clock (so workers on
-machines with skewed clocks still agree). It meets `ingest.entrez`'s `RateLimiter` protocol: `acquire()`
-blocks until a request may be sent.
+NCBI's limit (3 requests/s without an API key, 10/s with one) holds per key/IP, not per process, so processes
+that each kept their own limiter would multiply it. In networked mode (`PMCQA_REDIS_URL`) every NCBI client
+takes its turns here by default (`ingest.entrez.ncbi_limiter`): the workers, the API's id resolver and
+`pmcqa ingest --inline`. A PostgreSQL library without Redis (`PMCQA_DATABASE_URL` only: API replicas on
+several hosts, each with its embedded worker) shares the limit through `PostgresRateLimiter` instead.
 
-Embedded mode (SQLite queue, one machine) needs no cross-process limiter as long as one worker process runs:
-its threads share one in-process limiter. Running several embedded worker processes against NCBI would
-exceed the limit; use Redis mode for that.
+`RedisRateLimiter` keeps a sliding-window log in one Redis sorted set and decides admission in a Lua script,
+atomically, on Redis's own clock (so workers on machines with skewed clocks still agree);
+`PostgresRateLimiter` reserves slots of a shared minimum interval on PostgreSQL's clock. Both meet
+`ingest.entrez`'s `RateLimiter` protocol: `acquire()` blocks until a request may be sent.
+
+An embedded library (SQLite, one machine) needs no cross-process limiter as long as one process calls NCBI
+(`pmcqa serve` runs the API and its worker in one): its threads share the process's limiter. Running several
+embedded worker processes, or `pmcqa ingest --inline` beside a serving API, against NCBI would exceed the
+limit; use Redis (or a PostgreSQL library) for that.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 import uuid
 from typing import Any
@@ -95,21 +100,46 @@ class RedisRateLimiter:
             time.sleep(wait)
 
 
-class LocalRateLimiter:
-    """The same sliding window in one process (threads share it); used when no Redis is configured."""
+# Reserve the next send slot in one statement on the server's clock: the row lock lasts microseconds, callers
+# are served in arrival order, and a caller sleeps only for its own slot (no retry loop).
+_RESERVE_SLOT = """
+INSERT INTO ncbi_rate AS r (key, next_at) VALUES (%(key)s, extract(epoch FROM clock_timestamp()) + %(gap)s)
+ON CONFLICT (key) DO UPDATE SET next_at = GREATEST(r.next_at, extract(epoch FROM clock_timestamp())) + %(gap)s
+RETURNING next_at - %(gap)s, extract(epoch FROM clock_timestamp())
+"""
 
-    def __init__(self, rate: float, slack_s: float = DEFAULT_SLACK_S) -> None:
-        self.limit, self.window_s = window_for(rate, slack_s)
-        self._sent: list[float] = []
-        self._lock = threading.Lock()
+
+class PostgresRateLimiter:
+    """At most `rate` acquisitions per second across every process sharing `key` in one PostgreSQL database.
+
+    A shared minimum interval (GCRA without burst, like `ingest.entrez.IntervalRateLimiter`): each caller
+    reserves the next free slot, `headroom` below the allowed rate, and sleeps until it. No window can then
+    hold more than `rate` requests, whichever host sent them. The table is the library's (`ncbi_rate`,
+    alembic revision 0003).
+    """
+
+    def __init__(self, pool: Any, key: str, rate: float, headroom: float = 0.9) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.pool = pool
+        self.key = key
+        self.rate = rate
+        self.interval_s = 1.0 / (rate * headroom)
+
+    @classmethod
+    def for_settings(cls, settings: Any, key: str, rate: float) -> PostgresRateLimiter:
+        from pmcqa.core.db import connection_pool, ensure_postgres_schema
+
+        ensure_postgres_schema(settings)  # the table comes with the library's migrations
+        return cls(connection_pool(settings), key, rate)
+
+    def reserve(self) -> tuple[float, float]:
+        """Take the next slot: (the slot, the server's time now), both in seconds on the server's clock."""
+        with self.pool.connection() as conn:
+            row = conn.execute(_RESERVE_SLOT, {"key": self.key, "gap": self.interval_s}).fetchone()
+        return float(row[0]), float(row[1])
 
     def acquire(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self._sent = [t for t in self._sent if t > now - self.window_s]
-                if len(self._sent) < self.limit:
-                    self._sent.append(now)
-                    return
-                wait = self._sent[0] + self.window_s - now
-            time.sleep(max(wait, 0.001))
+        slot, now = self.reserve()
+        if slot > now:
+            time.sleep(slot - now)

@@ -49,12 +49,12 @@ from pmcqa.core.logs import OUTCOME_LOGGER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
-from pmcqa.index.store import Store
+from pmcqa.index.store import open_store
+from pmcqa.ingest.entrez import ncbi_limiter
 from pmcqa.ingest.jobs import QUEUE_BACK, QUEUE_DOWN, Claim, Job, JobStore
 from pmcqa.ingest.metrics import BATCH_SECONDS, PAPERS_INGESTED, serve_worker_metrics
 from pmcqa.ingest.pipeline import Ingestor
 from pmcqa.ingest.resolve import IdResolver
-from pmcqa.ingest.shared_ratelimit import LocalRateLimiter, RedisRateLimiter
 
 log = logging.getLogger("pmcqa.worker")
 outcome_log = logging.getLogger(OUTCOME_LOGGER)
@@ -158,7 +158,7 @@ def record_status(settings: Settings, ids: list[str], status: IngestState, reaso
     if not pmcids:
         return
     try:
-        with Store(settings) as store:  # no embedder: statuses only
+        with open_store(settings) as store:  # no embedder: statuses only
             for pmcid in pmcids:
                 store.set_status(pmcid, status, reason)
     except Exception as exc:  # the job matters more than the status table; the worker updates it anyway
@@ -325,12 +325,9 @@ def _heartbeat(runtime: WorkerRuntime, claim: Claim, owner: str) -> Iterator[Non
 
 # --- building the runtime ----------------------------------------------------------------------------------
 def make_limiter(settings: Settings) -> Any:
-    """Redis mode: one limit across all workers; embedded: one per process, shared by its threads."""
-    if settings.redis_url:
-        return RedisRateLimiter.from_url(
-            settings.redis_url, key=f"{settings.queue_name}:ncbi-rate", rate=settings.ncbi_rate()
-        )
-    return LocalRateLimiter(settings.ncbi_rate())
+    """Redis mode: one limit across every process that calls NCBI; embedded: the process's, which its threads
+    and the API's id resolver of the same `pmcqa serve` share (`ingest.entrez.ncbi_limiter`)."""
+    return ncbi_limiter(settings)
 
 
 def default_ingestor(settings: Settings, limiter: Any) -> BatchIngestor:

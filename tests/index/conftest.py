@@ -1,4 +1,6 @@
-"""Fixtures of the index tests: one real embedder per session, a counting fake, synthetic papers."""
+"""Fixtures of the index tests: one real embedder per session, a counting fake, synthetic papers, and the
+store backends: `open_store` / `store_settings` run a test on SQLite and on PostgreSQL (a fresh database per
+session, emptied before each test; skipped with the reason where PostgreSQL is unreachable)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.models import Chunk, ChunkingParams, PaperRecord
-from pmcqa.index.store import Store
+from pmcqa.index.store import PaperStore, Store
+from pmcqa.index.store import open_store as open_backend_store
 
 
 class FakeEmbedder:
@@ -93,17 +97,57 @@ def fake() -> FakeEmbedder:
     return FakeEmbedder()
 
 
-@pytest.fixture
-def open_store(settings: Settings) -> Iterator[Callable[..., Store]]:
-    """Open Stores on the test's data dir; all of them are closed at teardown."""
-    opened: list[Store] = []
+def empty_postgres_library(settings: Settings) -> None:
+    """Remove every paper, the recorded model and the HNSW index: the library a new database starts as."""
+    from pmcqa.core.db import connection_pool, ensure_postgres_schema
 
-    def factory(**kwargs: object) -> Store:
-        store = Store(settings, **kwargs)  # type: ignore[arg-type]
+    ensure_postgres_schema(settings)
+    with connection_pool(settings).connection() as conn, conn.transaction():
+        conn.execute("TRUNCATE papers, chunks, aliases, ingest_status, idmap RESTART IDENTITY")
+        conn.execute("DELETE FROM meta WHERE key NOT IN ('generation', 'schema_version', 'vector_storage')")
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'generation'")
+        conn.execute("DROP INDEX IF EXISTS chunks_embedding_hnsw")
+
+
+@pytest.fixture
+def pg_settings(settings: Settings, postgres_database: str) -> Settings:
+    """The test's settings on the session's PostgreSQL database, emptied (PostgreSQL-only tests)."""
+    pg = settings.model_copy(update={"database_url": SecretStr(postgres_database)})
+    empty_postgres_library(pg)
+    return pg
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test's settings on each backend: SQLite under data_dir, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return settings
+    return request.getfixturevalue("pg_settings")
+
+
+def _store_factory(opened: list[PaperStore], make: Callable[..., PaperStore]) -> Callable[..., PaperStore]:
+    def factory(**kwargs: object) -> PaperStore:
+        store = make(**kwargs)
         opened.append(store)
         return store
 
-    yield factory
+    return factory
+
+
+@pytest.fixture
+def open_store(store_settings: Settings) -> Iterator[Callable[..., PaperStore]]:
+    """Open stores of the test's backend (SQLite, PostgreSQL); all of them are closed at teardown."""
+    opened: list[PaperStore] = []
+    yield _store_factory(opened, lambda **kwargs: open_backend_store(store_settings, **kwargs))
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def open_sqlite_store(settings: Settings) -> Iterator[Callable[..., Store]]:
+    """Open SQLite Stores on the test's data dir (tests of the FAISS file); closed at teardown."""
+    opened: list[PaperStore] = []
+    yield _store_factory(opened, lambda **kwargs: Store(settings, **kwargs))  # type: ignore[arg-type]
     for store in opened:
         store.close()
 

@@ -1,4 +1,7 @@
-"""Crash safety: a writer process SIGKILLed at random points never leaves a half-stored paper behind."""
+"""Crash safety: a writer process SIGKILLed at random points never leaves a half-stored paper behind.
+
+Runs on both backends (`store_settings`): SQLite + FAISS file, and PostgreSQL (the server rolls back the
+killed client's transaction)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pmcqa.core.settings import Settings
-from pmcqa.index.store import Store
+from pmcqa.index.models import Chunk, PaperRecord
+from pmcqa.index.store import open_store
 
 # The writer re-ingests (with changed text), deletes and rebuilds the FAISS file while it is being killed.
 # Its embedder is a deterministic stand-in with a little latency, so kills also land while "embedding".
@@ -21,7 +25,7 @@ WRITER = r"""
 import hashlib, random, sys, time
 import numpy as np
 from pmcqa.index.models import Chunk, PaperRecord
-from pmcqa.index.store import Store
+from pmcqa.index.store import open_store
 from pmcqa.core.settings import Settings
 
 class Embedder:
@@ -45,7 +49,8 @@ def paper(pid, n, salt):
     return PaperRecord(paper_id=pid, pmid=pid[3:], text="\n\n".join(texts)), chunks
 
 rng = random.Random(int(sys.argv[2]))
-store = Store(Settings(data_dir=sys.argv[1]), library_refresh_s=0.05, library_tail_max=200)
+settings = Settings(data_dir=sys.argv[1], database_url=sys.argv[3] or None)
+store = open_store(settings, library_refresh_s=0.05, library_tail_max=200)
 embedder = Embedder()
 print("ready", flush=True)
 while True:
@@ -65,10 +70,25 @@ class _Check:
     model_name, dimension, document_prefix = "crash-model", 32, ""
 
 
-def _run_and_kill(script: Path, data_dir: Path, seed: int, after_s: float) -> None:
+class _Embedder(_Check):
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        vectors = np.ones((len(texts), 32), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _one_paper() -> tuple[PaperRecord, list[Chunk]]:
+    text = "after the crash"
+    chunk = Chunk(
+        chunk_id="PMC999-0", paper_id="PMC999", ordinal=0, kind="paragraph", text=text, start=0, end=len(text)
+    )
+    return PaperRecord(paper_id="PMC999", text=text), [chunk]
+
+
+def _run_and_kill(script: Path, settings: Settings, seed: int, after_s: float) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    url = settings.database_url.get_secret_value() if settings.database_url else ""
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(data_dir), str(seed)], stdout=subprocess.PIPE, env=env
+        [sys.executable, str(script), str(settings.data_dir), str(seed), url], stdout=subprocess.PIPE, env=env
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
@@ -79,8 +99,8 @@ def _run_and_kill(script: Path, data_dir: Path, seed: int, after_s: float) -> No
     assert proc.returncode == -signal.SIGKILL  # it was still writing when killed
 
 
-def _assert_sound(data_dir: Path) -> int:
-    store = Store(Settings(data_dir=data_dir))  # opens cleanly (WAL recovery) without a model
+def _assert_sound(settings: Settings) -> int:
+    store = open_store(settings)  # opens cleanly (WAL recovery) without a model
     try:
         assert store.integrity_check() == []
         for paper_id in store.paper_ids():
@@ -102,18 +122,22 @@ def _assert_sound(data_dir: Path) -> int:
         store.close()
 
 
-def test_sigkill_never_leaves_partial_papers(tmp_path: Path) -> None:
+def test_sigkill_never_leaves_partial_papers(tmp_path: Path, store_settings: Settings) -> None:
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    data_dir = tmp_path / "data"
     rng = random.Random(1234)
     papers = 0
     for round_ in range(8):
-        _run_and_kill(script, data_dir, seed=round_, after_s=rng.uniform(0.2, 1.0))
-        papers = _assert_sound(data_dir)
+        _run_and_kill(script, store_settings, seed=round_, after_s=rng.uniform(0.2, 1.0))
+        papers = _assert_sound(store_settings)
     assert papers > 0  # the writer really wrote
-    # A writer with the recorded model reopens the killed store, rebuilds FAISS, and keeps going.
-    with Store(Settings(data_dir=data_dir)) as store:
+    # A writer with the recorded model reopens the killed store, brings its library index up, and keeps going.
+    with open_store(store_settings) as store:
         store.check_model(_Check())  # type: ignore[arg-type]
-        assert store.library_index.rebuild() == store.count_chunks()
-        assert store.library_index.lag() == 0
+        if store.library_index is not None:  # SQLite: the FAISS file
+            assert store.library_index.rebuild() == store.count_chunks()
+            assert store.library_index.lag() == 0
+        else:  # PostgreSQL: the HNSW index is transactional; integrity_check also checks it is valid
+            assert store.integrity_check() == []
+        store.put_paper(*_one_paper(), _Embedder())  # type: ignore[arg-type]
+        assert store.get_chunks("PMC999")[0].text == "after the crash"

@@ -1,20 +1,24 @@
-"""The SQLite + FAISS store: round trips, replacement without re-embedding, model checks, readers, scale."""
+"""The store contract on both backends (SQLite + FAISS, PostgreSQL + pgvector): round trips, replacement
+without re-embedding, model checks, readers; then what only the SQLite FAISS file does (lag, rebuilds)."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
 
-from pmcqa.index.store import EmbeddingModelMismatch, Store, StoreError
+from pmcqa.core.status import Status
+from pmcqa.index.store import EmbeddingModelMismatch, PaperStore, Store, StoreError
 
 FakeEmbedder = Any  # the conftest double (tests/ is not a package, so it comes through fixtures)
 
-OpenStore = Callable[..., Store]
+OpenStore = Callable[..., PaperStore]  # either backend (`open_store`)
+OpenSqliteStore = Callable[..., Store]  # SQLite + FAISS only (`open_sqlite_store`)
 
 
 def test_round_trip(
@@ -44,9 +48,13 @@ def test_listing_aliases_and_status(
     texts: Callable[[str, int], list[str]],
 ) -> None:
     store = open_store()
+    assert store.last_update() is None
+    before = datetime.now(UTC)
     for n in range(3):
         store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 2), pmid=f"90{n}", doi=f"10.1/X{n}"), fake)
     assert store.count_papers() == 3
+    last = store.last_update()
+    assert last is not None and before <= last <= datetime.now(UTC)
     page = store.list_papers(offset=1, limit=10)
     assert len(page) == 2 and all(p.text == "" and p.title.startswith("Synthetic") for p in page)
     assert {p.paper_id for p in store.list_papers(0, 10)} == {"PMC0", "PMC1", "PMC2"}
@@ -56,7 +64,7 @@ def test_listing_aliases_and_status(
     assert store.resolve_alias("404") is None
 
     status = store.get_status("PMC1")
-    assert status is not None and status.status == "ingested" and status.reason is None
+    assert status is not None and status.status is Status.INGESTED and status.reason is None
     store.set_status("PMC77", "queued")
     store.set_status("PMC77", "failed", reason="efetch timed out")
     failed = store.get_status("PMC77")
@@ -152,7 +160,8 @@ def test_failure_inside_the_transaction_keeps_the_old_version(
     def explode(*_: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(Store, "_write_aliases", staticmethod(explode))  # runs after chunks are inserted
+    # runs after chunks are inserted
+    monkeypatch.setattr(type(store), "_write_aliases", staticmethod(explode))
     with pytest.raises(RuntimeError, match="disk full"):
         store.put_paper(*paper("PMC1", texts("PMC1", 9)), fake)
     assert store.get_chunks("PMC1") == old_chunks and store.get_paper("PMC1") == old_record
@@ -226,13 +235,13 @@ def test_reindex_reembeds_every_paper(
 
 
 def test_reader_sees_writer_without_restart(
-    open_store: OpenStore,
+    open_sqlite_store: OpenSqliteStore,
     fake: FakeEmbedder,
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    reader = open_store()
-    writer = open_store(library_refresh_s=3600)
+    reader = open_sqlite_store()
+    writer = open_sqlite_store(library_refresh_s=3600)
     assert reader.count_papers() == 0 and reader.search_library(np.ones(16, np.float32), k=3) == []
 
     writer.put_paper(*paper("PMC1", texts("PMC1", 4)), fake)  # first write builds the FAISS file
@@ -251,15 +260,15 @@ def test_reader_sees_writer_without_restart(
 
 
 def test_only_a_store_that_wrote_brings_the_faiss_file_up_to_date_on_close(
-    open_store: OpenStore,
+    open_sqlite_store: OpenSqliteStore,
     fake: FakeEmbedder,
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    writer = open_store(library_refresh_s=3600)
+    writer = open_sqlite_store(library_refresh_s=3600)
     writer.put_paper(*paper("PMC1", texts("PMC1", 3)), fake)  # first write builds the FAISS file
     writer.put_paper(*paper("PMC2", texts("PMC2", 3)), fake)
-    reader = open_store()
+    reader = open_sqlite_store()
     assert reader.search_library(fake.vector(texts("PMC2", 3)[0]), k=1)[0][0].paper_id == "PMC2"
     reader.close()
     assert reader.library_index.lag() == 1  # a reader leaves the file as it found it
@@ -268,12 +277,12 @@ def test_only_a_store_that_wrote_brings_the_faiss_file_up_to_date_on_close(
 
 
 def test_library_search_filters_and_rebuilds(
-    open_store: OpenStore,
+    open_sqlite_store: OpenSqliteStore,
     fake: FakeEmbedder,
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(library_refresh_s=3600, library_tail_max=10)
+    store = open_sqlite_store(library_refresh_s=3600, library_tail_max=10)
     for n in range(4):
         store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 5)), fake)
     assert store.library_index.lag() <= 1  # the tail limit triggered a rebuild along the way
@@ -314,12 +323,12 @@ def _vm_steps(store: Store, paper_id: str) -> int:
 
 
 def test_per_paper_reads_do_not_scan_the_library(
-    open_store: OpenStore,
+    open_sqlite_store: OpenSqliteStore,
     fake: FakeEmbedder,
     paper: Callable[..., Any],
     texts: Callable[[str, int], list[str]],
 ) -> None:
-    store = open_store(library_refresh_s=3600, library_tail_max=10**9)
+    store = open_sqlite_store(library_refresh_s=3600, library_tail_max=10**9)
     store.put_paper(*paper("PMC1", texts("PMC1", 20)), fake)
     small = _vm_steps(store, "PMC1")
 
@@ -374,7 +383,31 @@ def test_library_search_looks_past_many_deleted_hits(
         [(*paper("PMC1", texts("PMC1", 40)), near / np.linalg.norm(near, axis=1, keepdims=True))], fake
     )
     store.put_paper(*paper("PMC2", texts("PMC2", 10)), fake)
-    store.library_index.rebuild()
-    store.delete_paper("PMC1")  # its 40 vectors, the best matches, stay in the FAISS file
+    if store.library_index is not None:
+        store.library_index.rebuild()
+    # Its 40 vectors, the best matches, stay in the FAISS file (SQLite) or as dead rows in the HNSW graph.
+    store.delete_paper("PMC1")
     hits = store.search_library(query, k=3)
     assert len(hits) == 3 and {chunk.paper_id for chunk, _ in hits} == {"PMC2"}
+
+
+def test_reader_sees_writers_papers_at_once(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    """A reader opened before the writer wrote sees each committed paper without a restart (both backends)."""
+    reader = open_store()
+    writer = open_store(library_refresh_s=3600)
+    assert reader.count_papers() == 0 and reader.search_library(np.ones(16, np.float32), k=3) == []
+    for n in range(1, 4):
+        writer.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 4), pmid=f"70{n}"), fake)
+        target = texts(f"PMC{n}", 4)[n]
+        assert reader.count_papers() == n and reader.resolve_alias(f"70{n}") == f"PMC{n}"
+        assert [c.text for c in reader.get_chunks(f"PMC{n}")] == texts(f"PMC{n}", 4)
+        top, score = reader.search_library(fake.vector(target), k=1)[0]
+        assert top.text == target and score == pytest.approx(1.0, abs=1e-5)
+    writer.delete_paper("PMC2")
+    assert reader.get_paper("PMC2") is None
+    assert all(c.paper_id != "PMC2" for c, _ in reader.search_library(fake.vector(texts("PMC2", 4)[2]), k=12))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fakes.eutils_server import FakeEutils, server_error
 
@@ -121,3 +123,31 @@ def test_a_lookup_that_gave_up_says_so_not_that_the_id_is_not_in_pmc(
     for resolution in out.values():
         assert resolution.status == "failed"
         assert "lookup failed" in (resolution.error or "") and "not in PMC" not in (resolution.error or "")
+
+
+def test_mappings_are_shared_through_postgres(
+    eutils_settings: Settings, fake_eutils: FakeEutils, postgres_database: str, tmp_path: Path
+) -> None:
+    """With PMCQA_DATABASE_URL the id map lives in PostgreSQL: a resolver on another host (another data
+    dir) reuses what the first one looked up, and no idmap.sqlite3 is written."""
+    from pydantic import SecretStr
+
+    from pmcqa.core.db import connection_pool
+    from pmcqa.ingest.resolve import PostgresIdMapCache
+
+    host_a = eutils_settings.model_copy(update={"database_url": SecretStr(postgres_database)})
+    host_b = host_a.model_copy(update={"data_dir": tmp_path / "host-b"})
+    client = EntrezClient(host_a, limiter=IntervalRateLimiter(50))
+    first = IdResolver(host_a, client)
+    assert isinstance(first.cache, PostgresIdMapCache)
+    with connection_pool(host_a).connection() as conn:
+        conn.execute("DELETE FROM idmap WHERE key IN ('34527728', '10.1002/qub2.92')")
+    assert all(r.ok for r in first.resolve_many(["pmid:34527728", "10.1002/QUB2.92"]).values())
+    calls = len(fake_eutils.requests)
+    again = IdResolver(host_b, client).resolve_many(["pmid:34527728", "doi:10.1002/qub2.92"])
+    assert [r.source for r in again.values()] == ["cache", "cache"]
+    assert again["doi:10.1002/qub2.92"].pmcid == "PMC12806063"
+    assert len(fake_eutils.requests) == calls
+    assert (
+        not (host_a.data_dir / "idmap.sqlite3").exists() and not (host_b.data_dir / "idmap.sqlite3").exists()
+    )

@@ -1,0 +1,1 @@
+"""Alembic revisions of the library database (`pmcqa.core.db` runs them; see its docstring)."""

@@ -1,0 +1,75 @@
+"""The service over a PostgreSQL library (`PMCQA_DATABASE_URL`): the same routes, answers and refusals as over
+SQLite. The session's real papers are copied, with their vectors, into a fresh database; the API opens it
+through `open_library` as a deployed replica would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from pmcqa.app.main import create_app
+from pmcqa.app.service import Library
+from pmcqa.core.status import Status
+from pmcqa.index.library import open_library
+from pmcqa.index.store import open_store
+
+QUESTION = "Why are most published research findings false?"
+
+
+@pytest.fixture
+def pg_client(library, embedder, scratch_postgres_database, tmp_path: Path) -> Iterator:
+    url = scratch_postgres_database("api")
+    # The session library's settings, on PostgreSQL, with a data dir of its own (nothing shared but the URL).
+    settings = library.settings.model_copy(
+        update={"data_dir": tmp_path / "replica", "database_url": SecretStr(url)}
+    )
+    source = library.store  # the session's SQLite library
+    with open_store(settings) as target:
+        for paper_id in source.paper_ids():
+            record = source.get_paper(paper_id)
+            assert record is not None
+            _, vectors = source.get_vectors(paper_id)
+            target.put_paper(record, source.get_chunks(paper_id), embedder, vectors=vectors)
+    parts = open_library(settings, writable=True, embedder=embedder)
+    assert type(parts.store).__name__ == "PostgresStore"
+    replica = Library(settings, parts.store, parts.embedder, parts.retriever, None)
+    replica.load_backend(settings.answer_backend)
+    app = create_app(settings, library_factory=lambda _settings: replica)
+    with TestClient(app) as client:
+        yield client, replica
+    replica.close()
+
+
+def test_the_api_answers_lists_searches_and_deletes_on_postgres(pg_client, ingested) -> None:
+    client, library = pg_client
+    answer = client.post("/ask", json={"paper_id": "pmid:16060722", "question": QUESTION})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["paper_id"] == "PMC1182327" and not body["abstained"] and body["citations"]
+    text = ingested["ioannidis"].text
+    for citation in body["citations"]:  # verbatim spans of the stored paper, as on SQLite
+        assert text[citation["start"] : citation["end"]] == citation["quote"]
+
+    papers = client.get("/papers").json()
+    assert papers["total"] == 2 and {p["paper_id"] for p in papers["papers"]} == {"PMC1182327", "PMC2795199"}
+    detail = client.get("/papers/10.1371/journal.pone.0008519").json()
+    assert detail["paper_id"] == "PMC2795199" and detail["status"] == "ingested"
+
+    # Library-wide search goes through the store's library search (HNSW where pgvector is installed).
+    wide = client.post("/search", json={"query": "retrovirus in chronic fatigue syndrome", "k": 2})
+    assert wide.status_code == 200, wide.text
+    assert wide.json()["passages"][0]["paper_id"] == "PMC2795199"
+
+    library.store.set_status("PMC2795199", Status.INGESTING)
+    assert client.post("/search", json={"query": "XMRV", "paper_id": "PMC2795199"}).status_code == 409
+    library.store.set_status("PMC2795199", Status.INGESTED)
+
+    assert client.delete("/papers/PMC2795199").status_code == 200
+    assert client.get("/papers/PMC2795199").status_code == 404
+    again = client.post("/search", json={"query": "retrovirus in chronic fatigue syndrome", "k": 2})
+    assert all(hit["paper_id"] != "PMC2795199" for hit in again.json()["passages"])

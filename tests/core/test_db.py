@@ -1,0 +1,195 @@
+"""Schema versions (`pmcqa.core.db`, alembic) on SQLite and PostgreSQL: a new database is created at the head,
+an older one is migrated on open, a newer one is refused, concurrent openers migrate once; plus the settings
+and connection errors of the networked library."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from pmcqa.core import db
+from pmcqa.core.settings import Settings
+
+
+def _alembic_upgrade(url: str, revision: str) -> None:
+    """Bring a database to `revision` with alembic itself (what an older pmcqa left behind)."""
+    import sqlalchemy
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    if url.startswith("postgresql://"):
+        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+        conn.commit()
+    engine.dispose()
+
+
+def test_schema_version_is_the_head_of_the_alembic_chain() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    script = ScriptDirectory.from_config(config)
+    assert script.get_heads() == [db.SCHEMA_REVISION]
+    chain = [rev.revision for rev in script.walk_revisions()]  # head first
+    assert chain == [f"{n:04d}" for n in range(db.SCHEMA_VERSION, 0, -1)]
+
+
+# --- SQLite -------------------------------------------------------------------------------------------------
+
+
+def _sqlite_revision(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+
+
+def _sqlite_indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def test_a_sqlite_file_from_before_alembic_is_adopted_and_migrated(settings: Settings) -> None:
+    from pmcqa.core.migrations.versions.r0001_baseline import _SQLITE  # the DDL the store used to run itself
+    from pmcqa.index.store import DB_NAME, Store
+
+    path = settings.index_dir / DB_NAME
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SQLITE)
+        conn.execute(
+            "INSERT INTO papers(paper_id, status, n_chunks, embedding_model, record_json, created_at,"
+            " updated_at) VALUES ('PMC1', 'ingested', 0, 'm', ?, 1, 1)",
+            ('{"paper_id": "PMC1", "title": "Old"}',),
+        )
+    assert "papers_by_updated" not in _sqlite_indexes(path)
+    with Store(settings) as store:
+        old = store.get_paper("PMC1")
+        assert old is not None and old.title == "Old"  # the data survived
+    assert _sqlite_revision(path) == db.SCHEMA_REVISION
+    assert "papers_by_updated" in _sqlite_indexes(path)
+
+
+def test_an_older_sqlite_schema_is_migrated_and_a_newer_one_refused(settings: Settings) -> None:
+    from pmcqa.index.store import DB_NAME, Store
+
+    path = settings.index_dir / DB_NAME
+    path.parent.mkdir(parents=True)
+    _alembic_upgrade(f"sqlite:///{path}", "0001")
+    assert _sqlite_revision(path) == "0001"
+    Store(settings).close()
+    assert _sqlite_revision(path) == db.SCHEMA_REVISION
+
+    for newer in ("0099", "f00dfeed"):  # a later version number, or a revision this code has never seen
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = ?", (newer,))
+        with pytest.raises(db.SchemaTooNew, match=f"schema revision {newer}, newer than this pmcqa knows"):
+            Store(settings)
+        assert _sqlite_revision(path) == newer  # untouched
+
+
+def test_concurrent_first_opens_of_a_sqlite_file_migrate_once(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.sqlite3"
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_it() -> None:
+        try:
+            start.wait()
+            db.ensure_sqlite_schema(path)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(db.SCHEMA_REVISION,)]
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------------
+
+
+def _pg_settings(settings: Settings, url: str) -> Settings:
+    return settings.model_copy(update={"database_url": SecretStr(url)})
+
+
+def _pg_query(settings: Settings, sql: str) -> list[tuple[object, ...]]:
+    with db.connection_pool(settings).connection() as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+def test_an_older_postgres_schema_is_migrated_and_a_newer_one_refused(
+    settings: Settings, scratch_postgres_database: Callable[[str], str]
+) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
+    from pmcqa.index.pg_store import PostgresStore
+
+    url = scratch_postgres_database("migrate")
+    pg = _pg_settings(settings, url)
+    _alembic_upgrade(url, "0001")
+    assert _pg_query(pg, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert _pg_query(pg, "SELECT to_regclass('papers_by_updated') IS NULL") == [(True,)]
+    PostgresStore(pg).close()
+    assert _pg_query(pg, "SELECT version_num FROM alembic_version") == [(db.SCHEMA_REVISION,)]
+    assert _pg_query(pg, "SELECT to_regclass('papers_by_updated') IS NULL") == [(False,)]
+    assert ("vector_storage", "pgvector") in _pg_query(pg, "SELECT key, value FROM meta")
+
+    _pg_query(pg, "UPDATE alembic_version SET version_num = '0099' RETURNING 1")
+    with pytest.raises(db.SchemaTooNew, match="schema revision 0099"):
+        PostgresStore(pg)
+
+
+def test_concurrent_first_opens_of_a_postgres_database_migrate_once(
+    settings: Settings, scratch_postgres_database: Callable[[str], str]
+) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
+    pg = _pg_settings(settings, scratch_postgres_database("race"))
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def open_it() -> None:
+        try:
+            start.wait()
+            db.ensure_postgres_schema(pg)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert _pg_query(pg, "SELECT version_num FROM alembic_version") == [(db.SCHEMA_REVISION,)]
+
+
+def test_an_unreachable_database_is_a_clear_error(settings: Settings) -> None:
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    unreachable = _pg_settings(settings, "postgresql://pmcqa:secret@127.0.0.1:9/pmcqa")
+    with pytest.raises(db.DatabaseUnavailable) as raised:
+        db.connection_pool(unreachable)
+    message = str(raised.value)
+    assert "127.0.0.1:9" in message and "secret" not in message and "PMCQA_DATABASE_URL" in message
+
+
+def test_database_url_must_be_postgres() -> None:
+    with pytest.raises(ValidationError, match="must be a postgresql:// URL"):
+        Settings(database_url="mysql://user@host/db")
+    assert Settings(database_url="").database_url is None  # empty = the embedded library
+    assert Settings(database_url="postgres://u@h/db").database_url is not None
+    assert db.redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
