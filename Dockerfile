@@ -23,12 +23,13 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "$TORCH_INDEX_URL" -c constraints.txt torch
 
 # Dependencies before sources, so editing code does not reinstall them (pmcqa/__init__.py holds the version).
-# PMCQA_EXTRAS are pyproject's optional parts: openai (the compose file's vLLM profile), redis (its queue), s3 (raw XML in a bucket)
+# PMCQA_EXTRAS are pyproject's optional parts: openai (the compose file's vLLM profile), redis (its queue),
+# postgres and s3 (the networked library: PostgreSQL store, raw XML in a bucket)
 # by default; add llm for the transformers backend (transformers, bitsandbytes, peft, accelerate), or set it
 # empty for the core alone.
 COPY pyproject.toml README.md ./
 COPY pmcqa/__init__.py ./pmcqa/__init__.py
-ARG PMCQA_EXTRAS=openai,redis,s3
+ARG PMCQA_EXTRAS=openai,redis,postgres,s3
 RUN pip install -c constraints.txt ".${PMCQA_EXTRAS:+[$PMCQA_EXTRAS]}" && pip uninstall -y pmcqa
 
 COPY pmcqa ./pmcqa

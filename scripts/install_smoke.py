@@ -4,15 +4,16 @@
     python scripts/install_smoke.py plain     # `pip install .` without extras
     python scripts/install_smoke.py lowest    # every direct dependency at its declared lower bound
 
-plain:  `pip install -c constraints.txt .` (no extras). `pmcqa --version`; the llm, openai and redis stacks
-        are absent; `pmcqa serve` answers /healthz (with the version) and, after a JATS fixture is uploaded
-        through POST /papers, /ask with the extractive backend; asking for the transformers or openai backend
-        answers 503 naming `pmcqa[llm]` / `pmcqa[openai]`, and `pmcqa worker` in Redis mode exits naming
-        `pmcqa[redis]`.
+plain:  `pip install -c constraints.txt .` (no extras). `pmcqa --version`; the llm, openai, redis, postgres
+        and s3 stacks are absent; `pmcqa serve` answers /healthz (with the version) and, after a JATS fixture
+        is uploaded through POST /papers, /ask with the extractive backend; asking for the transformers or
+        openai backend answers 503 naming `pmcqa[llm]` / `pmcqa[openai]`, and `pmcqa worker` in Redis mode
+        exits naming `pmcqa[redis]`.
 lowest: pip has no `--resolution=lowest-direct`, so the lower bound of every direct dependency of the core
-        and of the llm, openai and redis extras is read from pyproject.toml and pinned in a generated
-        constraints file (a name that constraints.txt pins keeps that pin: torch). The same service check,
-        then the tests that exercise each dependency's API (settings, backends, worker, API) in that venv.
+        and of the llm, openai, redis, postgres and s3 extras is read from pyproject.toml and pinned in a
+        generated constraints file (a name that constraints.txt pins keeps that pin: torch). The same service
+        check, then the tests that exercise each dependency's API (settings, backends, worker, API) in that
+        venv.
 
 Building a venv costs minutes (torch alone is ~750 MB installed), so each mode's venv is kept under
 `~/.cache/pmcqa/install-smoke/` (or `$PMCQA_SMOKE_CACHE`), keyed on a hash of pyproject.toml, constraints.txt
@@ -79,7 +80,7 @@ class Mode:
 MODES = {
     "plain": Mode(extras=(), lowest=False),
     "lowest": Mode(
-        extras=("llm", "openai", "redis", "report"),
+        extras=("llm", "openai", "redis", "postgres", "s3", "report"),
         lowest=True,
         tests=(
             "tests/test_settings.py",  # pydantic-settings (NoDecode, TOML source)
@@ -93,6 +94,8 @@ MODES = {
             "tests/ingest/test_entrez.py",  # biopython, httpx against a fake E-utilities server
             "tests/worker/test_embedded.py",  # huey consumer with graceful_signal
             "tests/worker/test_shared_ratelimit.py",  # redis (skips without a server)
+            "tests/core/test_db.py",  # alembic, sqlalchemy, psycopg and its pool (PostgreSQL on 127.0.0.1)
+            "tests/index/test_pg_store.py",  # pgvector's psycopg adapter
         ),
     ),
 }
@@ -299,7 +302,7 @@ def check_cli(venv_bin: Path, mode: Mode, work: Path) -> None:
     if mode.extras:
         return
     probe = "import importlib.util as u; print([m for m in ('openai', 'redis', 'peft', 'bitsandbytes', "
-    probe += "'accelerate') if u.find_spec(m)])"
+    probe += "'accelerate', 'psycopg', 'boto3') if u.find_spec(m)])"
     present = run([str(venv_bin / "python"), "-c", probe], 120, env=clean_env()).stdout.strip()
     check(present == "[]", f"no extra's package is installed without extras (found {present})")
     result = run(

@@ -96,7 +96,8 @@ def test_the_default_image_has_no_llm_stack() -> None:
     assert 'pip install -c constraints.txt ".${PMCQA_EXTRAS:+[$PMCQA_EXTRAS]}"' in text  # `.` when empty
     extras = set(dockerfile_arg("PMCQA_EXTRAS").split(","))
     assert "llm" not in extras
-    assert extras == {"openai", "redis"}  # what the compose file uses: the Redis queue, the vLLM profile
+    # what the compose file uses: the Redis queue, the vLLM profile, and the networked store (PostgreSQL, S3)
+    assert extras == {"openai", "redis", "postgres", "s3"}
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras | {"llm"} <= set(declared)
 

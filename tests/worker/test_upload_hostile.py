@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from worker_helpers import LiveServer, fake_worker_settings
+from worker_helpers import LiveServer, fake_worker_settings, wait_for
 
 from pmcqa.app.main import create_app
 from pmcqa.ingest.jats import MAX_NESTING_DEPTH
@@ -23,6 +23,8 @@ def article(body: str) -> bytes:
 def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     settings = fake_worker_settings(tmp_path_factory.mktemp("hostile"), max_upload_bytes=2_000_000)
     with LiveServer(create_app(settings)) as live:
+        # The app loads its library in the background; uploads answer 503 until it is ready.
+        wait_for(lambda: httpx.get(f"{live.url}/readyz", timeout=10).status_code == 200, 180, "the library")
         yield live.url
 
 
