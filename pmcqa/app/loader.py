@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
+from pmcqa.index.embedding import limit_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class LibraryLoader:
                 self._report("loading library")
                 library = self._factory(self.settings)
             else:
+                # Before the model loads and before any request thread runs torch (see the setting).
+                limit_torch_threads(self.settings.api_torch_threads)
                 library = Library.create(self.settings, progress=self._report)
         except Exception as exc:  # missing model files, a store of another embedding model, ...
             log.exception("the library failed to load")

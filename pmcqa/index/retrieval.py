@@ -31,6 +31,7 @@ Modes ``dense`` and ``lexical`` are single-signal baselines (no structure list) 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 import threading
@@ -87,6 +88,9 @@ class LexicalIndex:
     def __init__(self, texts: Sequence[str]) -> None:
         import bm25s  # ~0.7 s (scipy): loaded by the first lexical ranking, not by every import
 
+        # bm25s sets its logger to DEBUG when imported, so its "Building index from tokens" got through at any
+        # configured level: it follows the configured (root) level instead.
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
         self.size = len(texts)
         self._bm25 = bm25s.BM25()
         # bm25s needs at least one token per document; an empty chunk gets a placeholder that never matches.

@@ -94,6 +94,28 @@ def test_separate_query_model_and_device(monkeypatch: pytest.MonkeyPatch, settin
         Embedder(settings.model_copy(update={"embedding_model": "A", "embedding_query_model": "B"}))
 
 
+def test_a_question_is_encoded_once_and_callers_get_their_own_copy(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    # A request embeds its question twice (retrieval, then the extractive answerer): the second is a lookup.
+    monkeypatch.setattr(embedding, "load_model", lambda name, device: _FakeModel(name, 8))
+    embedder = Embedder(settings.model_copy(update={"embedding_query_prefix": "query: "}))
+    model = embedder._query_model
+    first = embedder.embed_queries(["Which drug reduces fever?"])
+    first[0, 0] = 99.0  # a caller changing its vector must not change the next caller's
+    second = embedder.embed_queries(["Which drug reduces fever?"])
+    assert model.seen == [(["query: Which drug reduces fever?"], settings.embedding_batch_size)]  # type: ignore[attr-defined]
+    assert second[0, 0] == pytest.approx(1 / np.sqrt(8)) and second.shape == (1, 8)
+    embedder.embed_queries(["Another question?"])
+    embedder.embed_queries(["q1", "q2"])  # a batch (the evaluation) is encoded as given, never cached
+    embedder.embed_queries(["q1", "q2"])
+    assert [texts for texts, _ in model.seen[1:]] == [  # type: ignore[attr-defined]
+        ["query: Another question?"],
+        ["query: q1", "query: q2"],
+        ["query: q1", "query: q2"],
+    ]
+
+
 def test_default_device_and_model_cache(embedder: Embedder) -> None:
     assert default_device("cuda:3") == "cuda:3"
     import torch
