@@ -11,6 +11,7 @@ The store is a cache of NCBI's replies, not the library: losing it costs a re-fe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -87,14 +88,21 @@ class S3RawStore:
     def get(self, pmcid: str) -> bytes | None:
         try:
             reply = self.client.get_object(Bucket=self.bucket, Key=self.key(pmcid))
-        except self.client.exceptions.NoSuchKey:
+        except (self.client.exceptions.NoSuchKey, self.client.exceptions.NoSuchBucket):
             return None
         body: bytes = reply["Body"].read()
         return body
 
     def put(self, pmcid: str, data: bytes) -> str:
         key = self.key(pmcid)
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/xml")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/xml")
+        except self.client.exceptions.NoSuchBucket:
+            # A fresh deployment (e.g. the compose file's MinIO): the first write creates the bucket. Another
+            # worker may create it at the same moment, which S3 answers with "already owned by you".
+            with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
+                self.client.create_bucket(Bucket=self.bucket)
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/xml")
         return f"s3://{self.bucket}/{key}"
 
 

@@ -82,6 +82,13 @@ def test_two_hosts_share_articles_through_the_bucket(s3_settings: Settings, tmp_
     assert not (tmp_path / "host-a").exists() and not (tmp_path / "host-b").exists()
 
 
+def test_the_first_write_creates_a_missing_bucket(s3_settings: Settings) -> None:
+    store = open_raw_store(s3_settings.model_copy(update={"raw_store": "s3://fresh-deployment/raw"}))
+    assert store.get("PMC123") is None  # no bucket yet: nothing cached, not an error
+    store.put("PMC123", ARTICLE)
+    assert store.get("PMC123") == ARTICLE
+
+
 def test_a_bucket_url_without_a_bucket_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="s3://bucket"):
         S3RawStore("s3://", client=object())
