@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The schema this code reads and writes: revision ids are the version numbers, zero-padded ("0002").
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_REVISION = f"{SCHEMA_VERSION:04d}"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # pg_advisory_lock key held while a process migrates a PostgreSQL database ("pmcq" in ASCII).

@@ -1,4 +1,5 @@
-"""Ingest jobs and their per-id progress, persisted in SQLite under `data_dir` (survives restarts).
+"""Ingest jobs and their per-id progress, persisted in SQLite under `data_dir` (survives restarts), or in
+the PostgreSQL library when `PMCQA_DATABASE_URL` names one (`PostgresJobStore`: every host shares them).
 
 A job is a list of ids cut into batches; each batch is one queue task. The queue only carries
 ``(job_id, batch)``: the truth lives here, so a task is idempotent and may be delivered more than once.
@@ -17,6 +18,9 @@ A job is a list of ids cut into batches; each batch is one queue task. The queue
   leases lapse.
 
 Times are stored as Unix seconds and shown as ISO 8601 (UTC) datetimes.
+
+Both backends run the same SQL text (qmark placeholders; `PostgresJobStore` rewrites them, and SQLite's
+`instr` as `strpos`), so the job logic exists once: only opening a transaction differs.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from pmcqa.core.db import connection_pool, ensure_postgres_schema, postgres_url
+from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, ItemStatus, Status
 
 JobState = Literal["queued", "running", "done", "failed"]
@@ -99,6 +106,14 @@ _AFTER_MIGRATION = """
 create unique index if not exists jobs_idempotency_key on jobs(idempotency_key)
     where idempotency_key is not null;
 """
+
+
+class _Conn(Protocol):
+    """What the job logic needs of a connection: `sqlite3.Connection`, or `_PostgresConn` around psycopg's."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any: ...
 
 
 class IdempotencyConflict(ValueError):
@@ -193,10 +208,20 @@ class JobStore:
 
     @classmethod
     def for_settings(cls, settings: object) -> JobStore:
+        """The jobs of these settings' library: PostgreSQL with a database URL, else `jobs.sqlite3`."""
+        if getattr(settings, "database_url", None) is not None:
+            assert isinstance(settings, Settings)
+            return PostgresJobStore(settings)
         return cls(Path(settings.data_dir) / "jobs.sqlite3")  # type: ignore[attr-defined]
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[_Conn]:
+        # SQLite: reads take the same immediate transaction as writes (one consistent view, as always).
+        with self._tx() as conn:
+            yield conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Conn]:
         # isolation_level=None + explicit BEGIN IMMEDIATE: the write lock is taken up front, so two workers
         # claiming the same batch serialize instead of failing with "database is locked" mid-transaction.
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -275,7 +300,7 @@ class JobStore:
         exact = self.get(prefix)
         if exact is not None or not prefix:
             return exact
-        with self._tx() as conn:
+        with self._read() as conn:
             matches = [
                 row[0]
                 for row in conn.execute(
@@ -288,16 +313,16 @@ class JobStore:
         return self.get(matches[0]) if matches else None
 
     def count_by_state(self) -> dict[str, int]:
-        with self._tx() as conn:
+        with self._read() as conn:
             return dict(conn.execute("select state, count(*) from jobs group by state").fetchall())
 
     def batches(self, job_id: str) -> list[int]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute("select batch from job_batches where job_id = ? order by batch", (job_id,))
             return [row[0] for row in rows]
 
     def get(self, job_id: str, items: bool = True) -> Job | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 "select id, created, updated, state, refresh, total, error, request_id, notice "
                 "from jobs where id = ?",
@@ -335,7 +360,7 @@ class JobStore:
         )
 
     def list(self, limit: int = 20) -> list[Job]:
-        with self._tx() as conn:
+        with self._read() as conn:
             ids = [r[0] for r in conn.execute("select id from jobs order by created desc limit ?", (limit,))]
         return [job for job in (self.get(job_id, items=False) for job_id in ids) if job is not None]
 
@@ -382,7 +407,7 @@ class JobStore:
 
     @staticmethod
     def _lease(
-        conn: sqlite3.Connection, job_id: str, batch: int, owner: str, until: float, attempts: int
+        conn: _Conn, job_id: str, batch: int, owner: str, until: float, attempts: int
     ) -> Claim:
         conn.execute(
             "update job_batches set owner = ?, lease_until = ?, attempts = ? where job_id = ? and batch = ?",
@@ -533,8 +558,8 @@ class JobStore:
         with self._tx() as conn:
             cursor = conn.execute(
                 "update job_batches set lease_until = 0, last_error = ? "
-                "where done = 0 and substr(owner, 1, length(?)) = ? and lease_until > 0",
-                (error[:2000], owner_prefix, owner_prefix),
+                "where done = 0 and substr(owner, 1, ?) = ? and lease_until > 0",
+                (error[:2000], len(owner_prefix), owner_prefix),
             )
             return cursor.rowcount
 
@@ -552,7 +577,7 @@ class JobStore:
             conn.execute("delete from workers where name = ?", (name,))
 
     def live_workers(self, queue: str, within_s: float) -> list[str]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "select name from workers where queue = ? and last_seen > ? order by name",
                 (queue, time.time() - within_s),
@@ -560,7 +585,7 @@ class JobStore:
             return [row[0] for row in rows]
 
     # --- internals ---------------------------------------------------------------------------------------
-    def _give_up(self, conn: sqlite3.Connection, job_id: str, batch: int, reason: str) -> list[str]:
+    def _give_up(self, conn: _Conn, job_id: str, batch: int, reason: str) -> list[str]:
         """Fail the batch's pending ids and close it; returns those ids."""
         now = time.time()
         failed = conn.execute(
@@ -578,7 +603,7 @@ class JobStore:
         return [row[0] for row in failed]
 
     @staticmethod
-    def _close_job_if_finished(conn: sqlite3.Connection, job_id: str, now: float) -> None:
+    def _close_job_if_finished(conn: _Conn, job_id: str, now: float) -> None:
         open_batches = conn.execute(
             "select count(*) from job_batches where job_id = ? and done = 0", (job_id,)
         ).fetchone()[0]
@@ -588,3 +613,60 @@ class JobStore:
         error = conn.execute("select error from jobs where id = ?", (job_id,)).fetchone()[0]
         state = "failed" if error else "done"
         conn.execute("update jobs set state = ?, updated = ? where id = ?", (state, now, job_id))
+
+
+# pg_advisory_xact_lock key of the jobs tables ("pmcj" in ASCII): held by every job write until its commit.
+_JOBS_LOCK_KEY = 0x706D636A
+
+
+@lru_cache(maxsize=256)
+def _postgres_sql(sql: str) -> str:
+    # The job SQL is written for SQLite; none of it contains a literal "?" or "%", so this is exact.
+    return sql.replace("?", "%s").replace("instr(", "strpos(")
+
+
+class _PostgresConn:
+    """A psycopg connection inside its transaction, speaking the SQLite-flavoured SQL of `JobStore`."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(_postgres_sql(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        cursor = self._conn.cursor()
+        rows = list(rows)
+        if rows:
+            cursor.executemany(_postgres_sql(sql), rows)
+        return cursor
+
+
+class PostgresJobStore(JobStore):
+    """`JobStore` on the PostgreSQL library: the tables of alembic revision 0004, the process's pool.
+
+    Every write transaction first takes one transaction-scoped advisory lock, PostgreSQL's equivalent of the
+    SQLite store's `BEGIN IMMEDIATE`: job writes serialize across every host, so a claim, an idempotency-key
+    check or a stale-batch scan reads exactly what it then updates. They are a few short statements per
+    paper, so one lock costs nothing measurable next to ingesting the paper. Reads take no lock: one
+    repeatable-read snapshot each.
+    """
+
+    def __init__(self, settings: Settings) -> None:  # noqa: D107 - no SQLite file: the base __init__ is skipped
+        if postgres_url(settings) is None:
+            raise ValueError("PostgresJobStore needs PMCQA_DATABASE_URL")
+        self.settings = settings
+        ensure_postgres_schema(settings)  # revision 0004 creates the jobs tables
+        self._pool = connection_pool(settings)
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Conn]:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_JOBS_LOCK_KEY,))
+            yield _PostgresConn(conn)
+
+    @contextmanager
+    def _read(self) -> Iterator[_Conn]:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield _PostgresConn(conn)

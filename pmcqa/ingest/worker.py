@@ -1,8 +1,11 @@
 """Queued ingest jobs on huey: enqueue from request handlers, run in `pmcqa worker` processes.
 
-Two modes, chosen by `settings.redis_url`:
+Three queues, chosen by `settings.redis_url` and `settings.database_url`:
 - embedded: `SqliteHuey` at `settings.queue_path` (no server; workers on this machine);
-- networked: `RedisHuey` named `settings.queue_name`, so workers on several machines share the load.
+- networked on PostgreSQL (a database URL, no Redis URL): `PostgresHuey` named `settings.queue_name` in the
+  library database (huey's own `huey_*` tables, created on first use; dequeued with `FOR UPDATE SKIP LOCKED`,
+  waiting workers woken by `LISTEN/NOTIFY`), beside the jobs tables, so no job state lives in a file;
+- networked on Redis (`settings.redis_url`, with either library): `RedisHuey` named `settings.queue_name`.
 
 A job's ids are cut into batches of `settings.job_batch_size`; each batch is one task carrying only
 ``(job_id, batch)``. Progress lives in the jobs table (`ingest.jobs`), which makes tasks idempotent and
@@ -42,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from huey import Huey, RedisHuey, SqliteHuey
+from huey import Huey, PostgresHuey, RedisHuey, SqliteHuey
 
+from pmcqa.core.db import postgres_url, redact
 from pmcqa.core.extras import MissingExtra, require_extra
 from pmcqa.core.logs import OUTCOME_LOGGER, request_id
 from pmcqa.core.settings import Settings
@@ -81,7 +85,8 @@ def get_huey(settings: Settings) -> Huey:
 
 
 def _queue(settings: Settings) -> tuple[Huey, Any]:
-    key = (settings.redis_url or "", settings.queue_name, str(settings.queue_path))
+    database_url = postgres_url(settings) or ""
+    key = (settings.redis_url or "", database_url, settings.queue_name, str(settings.queue_path))
     with _HUEYS_LOCK:
         entry = _HUEYS.get(key)
         if entry is None:
@@ -96,6 +101,12 @@ def _make_huey(settings: Settings) -> Huey:
     if settings.redis_url:
         require_extra("redis", "Redis mode (PMCQA_REDIS_URL)")
         return RedisHuey(name=settings.queue_name, url=settings.redis_url, results=False)
+    database_url = postgres_url(settings)
+    if database_url is not None:
+        require_extra("postgres", "a PostgreSQL library (PMCQA_DATABASE_URL)")
+        # Its own connections (one per consumer thread, plus a LISTEN one each), not the library's pool:
+        # a LISTEN connection is held for as long as the thread waits for work.
+        return PostgresHuey(name=settings.queue_name, dsn=database_url, results=False)
     settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(name=settings.queue_name, filename=str(settings.queue_path), results=False)
 
@@ -364,7 +375,9 @@ def recovery_interval(settings: Settings) -> float:
 
 def queue_id(settings: Settings) -> str:
     """Which queue a worker serves, as recorded in the workers table."""
-    return f"redis:{settings.queue_name}" if settings.redis_url else f"sqlite:{settings.queue_name}"
+    if settings.redis_url:
+        return f"redis:{settings.queue_name}"
+    return f"postgres:{settings.queue_name}" if postgres_url(settings) else f"sqlite:{settings.queue_name}"
 
 
 def _recovery_loop(runtime: WorkerRuntime, stop: threading.Event, name: str) -> None:
@@ -381,7 +394,7 @@ def _recovery_loop(runtime: WorkerRuntime, stop: threading.Event, name: str) -> 
 
 def live_workers(settings: Settings, jobs: JobStore | None = None) -> list[str]:
     if jobs is None:
-        if not (settings.data_dir / "jobs.sqlite3").exists():
+        if postgres_url(settings) is None and not (settings.data_dir / "jobs.sqlite3").exists():
             return []  # no worker ever ran here; do not create the database just to ask
         jobs = JobStore.for_settings(settings)
     return jobs.live_workers(queue_id(settings), within_s=recovery_interval(settings) * 3 + 5)
@@ -421,6 +434,9 @@ def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = 
 def describe_queue(settings: Settings) -> str:
     if settings.redis_url:
         return f"Redis queue {settings.queue_name!r} at {settings.redis_url}"
+    database_url = postgres_url(settings)
+    if database_url is not None:
+        return f"PostgreSQL queue {settings.queue_name!r} at {redact(database_url)}"
     return f"SQLite queue {settings.queue_path}"
 
 
@@ -509,8 +525,9 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 
 
 def wants_embedded_worker(settings: Settings) -> bool:
-    """`pmcqa serve` starts its own worker on embedded defaults; in Redis mode workers run as a service."""
-    return not settings.redis_url
+    """`pmcqa serve` starts its own worker on embedded defaults; networked (Redis, or a PostgreSQL library and
+    its queue) workers run as a service."""
+    return not (settings.redis_url or postgres_url(settings))
 
 
 def serve_with_worker(

@@ -7,11 +7,13 @@ import sqlite3
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from worker_fakes import DELAY_ENV, fake_db
 from worker_helpers import cleanup_redis, fake_worker_settings, wait_for
 
-from pmcqa.index.store import Store
+from pmcqa.core.settings import Settings
+from pmcqa.index.store import open_store
 from pmcqa.ingest.jobs import MAX_ATTEMPTS, JobStore
 from pmcqa.ingest.worker import build_runtime, enqueue_job, run_batch
 
@@ -70,10 +72,24 @@ def test_sigkill_mid_job_redis(tmp_path: Path, workers_factory, redis_url: str) 
         cleanup_redis(redis_url, settings.queue_name)
 
 
+def test_sigkill_mid_job_postgres(tmp_path: Path, workers_factory, scratch_postgres_database) -> None:  # type: ignore[no-untyped-def]
+    """A PostgreSQL library without Redis: jobs, leases, the worker registry and the queue (PostgresHuey) all
+    live in the database, none in a file under data_dir."""
+    from pydantic import SecretStr
+
+    url = scratch_postgres_database("sigkill")
+    settings = fake_worker_settings(tmp_path, database_url=SecretStr(url))
+    _kill_mid_job_and_recover(settings, workers_factory)
+    for name in ("jobs.sqlite3", "queue.sqlite3", "idmap.sqlite3"):
+        assert not (settings.data_dir / name).exists(), name
+    with psycopg.connect(url) as conn:  # the queue was huey's table in the library database, drained now
+        assert conn.execute("select count(*) from huey_task").fetchone() == (0,)
+
+
 @pytest.mark.parametrize("attempts", [1])
-def test_duplicate_delivery_is_skipped(tmp_path: Path, attempts: int) -> None:
+def test_duplicate_delivery_is_skipped(job_store: JobStore, attempts: int) -> None:
     """A batch leased by a live worker is not run by a second delivery; a finished batch never again."""
-    jobs = JobStore(tmp_path / "jobs.sqlite3")
+    jobs = job_store
     job = jobs.create(["PMC1", "PMC2", "PMC3"], batch_size=2)
     claim = jobs.claim(job.job_id, 0, "a", lease_s=30)
     assert claim is not None and claim.ids == ["PMC1", "PMC2"] and claim.attempt == attempts
@@ -92,8 +108,8 @@ def test_duplicate_delivery_is_skipped(tmp_path: Path, attempts: int) -> None:
     assert [i.status for i in final.items] == ["ingested", "not-found", "ingested"]
 
 
-def test_lapsed_lease_is_reclaimed_once(tmp_path: Path) -> None:
-    jobs = JobStore(tmp_path / "jobs.sqlite3")
+def test_lapsed_lease_is_reclaimed_once(job_store: JobStore) -> None:
+    jobs = job_store
     job = jobs.create(["PMC1", "PMC2"], batch_size=1)
     jobs.claim(job.job_id, 0, "dead", lease_s=0.01)
     jobs.claim(job.job_id, 1, "alive", lease_s=60)
@@ -103,10 +119,10 @@ def test_lapsed_lease_is_reclaimed_once(tmp_path: Path) -> None:
     assert jobs.claim(job.job_id, 0, "new", lease_s=60).attempt == 2
 
 
-def test_a_batch_missing_from_the_queue_is_reclaimed_after_a_lease(tmp_path: Path) -> None:
+def test_a_batch_missing_from_the_queue_is_reclaimed_after_a_lease(job_store: JobStore) -> None:
     """A worker killed between taking a task and leasing its batch leaves the batch neither queued nor leased:
     it is re-queued once it has been missing for `lost_after_s`, not after the 600 s never-started rule."""
-    jobs = JobStore(tmp_path / "jobs.sqlite3")
+    jobs = job_store
     job = jobs.create(["PMC1", "PMC2"], batch_size=1)
     queued = {(job.job_id, 1)}  # batch 0's task was taken off the queue; its worker died before claiming
     assert jobs.reclaim_stale(requeue_after_s=600, in_queue=queued, lost_after_s=60) == []  # not yet
@@ -117,8 +133,8 @@ def test_a_batch_missing_from_the_queue_is_reclaimed_after_a_lease(tmp_path: Pat
     assert jobs.reclaim_stale(requeue_after_s=600, in_queue=None, lost_after_s=0) == []
 
 
-def test_poison_batch_gives_up(tmp_path: Path) -> None:
-    jobs = JobStore(tmp_path / "jobs.sqlite3")
+def test_poison_batch_gives_up(job_store: JobStore) -> None:
+    jobs = job_store
     job = jobs.create(["PMC1"], batch_size=1)
     for _ in range(MAX_ATTEMPTS):
         assert jobs.claim(job.job_id, 0, "w", lease_s=60) is not None
@@ -139,18 +155,18 @@ class _CrashingIngestor:
         raise RuntimeError("worker died")
 
 
-def test_a_given_up_batch_marks_its_queued_papers_failed(tmp_path: Path) -> None:
+def test_a_given_up_batch_marks_its_queued_papers_failed(backend_settings: Settings) -> None:
     """The service reads `queued` as busy (409): a job that is given up must not leave it so forever."""
-    settings = fake_worker_settings(tmp_path)
+    settings = backend_settings
     job = enqueue_job(settings, ["PMC5", "PMC6.2", "pmid:77"])
-    with Store(settings) as store:
+    with open_store(settings) as store:
         assert [store.get_status(p).status for p in ("PMC5", "PMC6")] == ["queued", "queued"]
     runtime = build_runtime(settings, _CrashingIngestor)
     for _ in range(MAX_ATTEMPTS + 1):
         run_batch(runtime, job.job_id, 0)
     final = JobStore.for_settings(settings).get(job.job_id)
     assert final.state == "failed" and {item.status for item in final.items} == {"failed"}
-    with Store(settings) as store:
+    with open_store(settings) as store:
         for paper_id in ("PMC5", "PMC6"):
             status = store.get_status(paper_id)
             assert status.status == "failed" and "gave up after" in status.reason

@@ -23,6 +23,7 @@ def fake_db(data_dir: Path) -> Path:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)  # a PostgreSQL library leaves data_dir uncreated
     conn = sqlite3.connect(path, timeout=30)
     conn.execute("pragma journal_mode=wal")
     conn.execute("create table if not exists papers (paper_id text primary key, chunks integer)")
