@@ -38,8 +38,8 @@ def test_check_follows_a_real_worker_of_this_host(tmp_path: Path, workers_factor
     assert check(settings).returncode == 1
 
 
-def test_a_worker_of_another_host_does_not_count(tmp_path: Path) -> None:
-    settings = fake_worker_settings(tmp_path)
+def test_a_worker_of_another_host_does_not_count(backend_settings: Settings) -> None:
+    settings = backend_settings  # the worker registry in jobs.sqlite3, or in the PostgreSQL library
     JobStore.for_settings(settings).worker_seen("some-other-container:7", queue_id(settings))
     assert check(settings).returncode == 1
     JobStore.for_settings(settings).worker_seen(f"{socket.gethostname()}:7", queue_id(settings))
