@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from huey import Huey, PostgresHuey, RedisHuey, SqliteHuey
 
-from pmcqa.core.db import postgres_url, redact
+from pmcqa.core.db import connection_pool, postgres_url, redact
 from pmcqa.core.extras import MissingExtra, require_extra
 from pmcqa.core.logs import OUTCOME_LOGGER, request_id
 from pmcqa.core.settings import Settings
@@ -104,11 +104,27 @@ def _make_huey(settings: Settings) -> Huey:
     database_url = postgres_url(settings)
     if database_url is not None:
         require_extra("postgres", "a PostgreSQL library (PMCQA_DATABASE_URL)")
-        # Its own connections (one per consumer thread, plus a LISTEN one each), not the library's pool:
+        # Its own connections (one shared, plus a LISTEN one per consumer thread), not the library's pool:
         # a LISTEN connection is held for as long as the thread waits for work.
-        return PostgresHuey(name=settings.queue_name, dsn=database_url, results=False)
+        huey = PostgresHuey(name=settings.queue_name, dsn=database_url, results=False, create_tables=False)
+        _create_huey_tables(settings, huey.storage.ddl)
+        return huey
     settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(name=settings.queue_name, filename=str(settings.queue_path), results=False)
+
+
+# pg_advisory_xact_lock key held while huey's tables are created in a PostgreSQL library ("pmch" in ASCII).
+_HUEY_DDL_LOCK_KEY = 0x706D6368
+
+
+def _create_huey_tables(settings: Settings, ddl: list[str]) -> None:
+    """Run huey's own `CREATE … IF NOT EXISTS` statements once at a time across every process: run at once
+    on a new database (APIs and workers starting together) they fail with a unique violation in the
+    catalogue (7 of 8 racing threads did), so huey is told not to and they run here, under a lock."""
+    with connection_pool(settings).connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_HUEY_DDL_LOCK_KEY,))
+        for statement in ddl:
+            conn.execute(statement)
 
 
 def _enqueue_batch(settings: Settings, job_id: str, batch: int) -> None:

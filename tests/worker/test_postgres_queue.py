@@ -7,6 +7,7 @@ queue are tables of the library database, and every paper is fetched and stored 
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from worker_helpers import fake_worker_settings, wait_for
 
 from pmcqa.index.store import open_store
+from pmcqa.ingest import worker
 from pmcqa.ingest.jobs import JobStore, PostgresJobStore
 from pmcqa.ingest.worker import describe_queue, enqueue_job, get_huey, live_workers
 
@@ -97,3 +99,29 @@ def test_a_real_worker_drains_a_job_on_postgres_without_redis(
         assert conn.execute("SELECT count(*) FROM job_batches WHERE done = 1").fetchone() == (4,)
         idmap = conn.execute("SELECT pmcid FROM idmap WHERE kind = 'pmid' AND key = %s", (BY_PMID[1],))
         assert idmap.fetchone() == (BY_PMID[0],)
+
+
+def test_processes_starting_together_on_a_new_database_create_the_queue_once(
+    tmp_path: Path, scratch_postgres_database
+) -> None:  # type: ignore[no-untyped-def]
+    """huey's own table creation fails when several processes run it at once on a new database; the queue
+    is built with it done once under a lock, so every racer gets a working queue."""
+    url = scratch_postgres_database("hueyddl")
+    settings = fake_worker_settings(tmp_path, database_url=SecretStr(url))
+    start, built, errors = threading.Barrier(8), [], []
+
+    def build() -> None:
+        start.wait()
+        try:
+            built.append(worker._make_huey(settings))  # what each process does first (no per-process cache)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(built) == 8, errors
+    built[0].enqueue(built[0].task(name="probe")(lambda: None).s())
+    assert [huey.pending_count() for huey in built] == [1] * 8  # one queue, seen by all
