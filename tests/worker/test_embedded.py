@@ -59,3 +59,12 @@ def test_redis_mode_starts_no_embedded_worker(tmp_path: Path) -> None:
     said: list[str] = []
     assert serve_with_worker(settings, None, said.append) is None
     assert "pmcqa worker" in said[0]
+
+
+def test_a_postgres_library_starts_no_embedded_worker(tmp_path: Path) -> None:
+    """A PostgreSQL library queues in PostgreSQL (PostgresHuey): networked, so workers run as a service."""
+    settings = fake_worker_settings(tmp_path, database_url="postgresql://pmcqa:secret@db.invalid:5432/pmcqa")
+    said: list[str] = []
+    assert serve_with_worker(settings, None, said.append) is None
+    assert "pmcqa worker" in said[0] and "PostgreSQL queue 'pmcqa-test-" in said[0]
+    assert "secret" not in said[0]  # the password is not printed

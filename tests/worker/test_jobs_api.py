@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
-from worker_helpers import LiveServer, fake_worker_settings, wait_for
+from worker_helpers import LiveServer, wait_for
 
 from pmcqa.app.main import create_app
+from pmcqa.core.settings import Settings
 
 
 def _stub_library(settings):  # type: ignore[no-untyped-def]
@@ -18,8 +18,9 @@ def _stub_library(settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def api(tmp_path: Path):  # type: ignore[no-untyped-def]
-    settings = fake_worker_settings(tmp_path, job_max_ids=50, max_upload_bytes=1000)
+def api(backend_settings: Settings):  # type: ignore[no-untyped-def]
+    """The API on each backend: jobs and queue in SQLite files, or in the test's PostgreSQL database."""
+    settings = backend_settings.model_copy(update={"job_max_ids": 50, "max_upload_bytes": 1000})
     app = create_app(settings, library_factory=_stub_library)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         yield settings, client
@@ -66,8 +67,8 @@ def test_bad_requests_are_clear(api) -> None:  # type: ignore[no-untyped-def]
     assert missing.status_code == 404 and missing.json()["error"] == "job_not_found"
 
 
-def test_jobs_survive_an_api_restart(tmp_path: Path) -> None:
-    settings = fake_worker_settings(tmp_path)
+def test_jobs_survive_an_api_restart(backend_settings: Settings) -> None:
+    settings = backend_settings
     with LiveServer(create_app(settings, library_factory=_stub_library)) as server:
         job_id = httpx.post(f"{server.url}/ingest", json={"ids": ["PMC1", "PMC2"]}).json()["job_id"]
     with LiveServer(create_app(settings, library_factory=_stub_library)) as server:
