@@ -33,8 +33,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None,
         description="PostgreSQL URL (`postgresql://user:password@host:5432/pmcqa`) of a library shared by "
-        "many hosts: papers, chunks with their vectors (pgvector), aliases, ingest status and the id map "
-        "live there. Unset = embedded SQLite + FAISS under `data_dir`.",
+        "many hosts: papers, chunks with their vectors (pgvector), aliases, ingest status, the id map, "
+        "ingest jobs and (without a Redis URL) the job queue live there. Unset = embedded SQLite + FAISS "
+        "under `data_dir`.",
     )
     database_pool_size: int = Field(
         10, ge=1, le=1000, description="Most PostgreSQL connections one process keeps open (its pool)."
@@ -196,7 +197,9 @@ class Settings(BaseSettings):
         None, description="Endpoint of a non-AWS S3-compatible server for raw_store (e.g. MinIO)."
     )
     redis_url: str | None = Field(
-        None, description="Redis URL for the networked job queue; unset = embedded SQLite queue."
+        None,
+        description="Redis URL for the networked job queue; unset = the queue in the PostgreSQL library "
+        "(PMCQA_DATABASE_URL), else the embedded SQLite queue.",
     )
     queue_name: str = Field(
         "pmcqa", description="Name of the huey queue (its Redis key prefix); workers of one queue share jobs."

@@ -38,7 +38,9 @@ def serve(
     port: int | None = typer.Option(None, help="Port (default: PMCQA_PORT, 8080)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
     worker: bool | None = typer.Option(
-        None, "--worker/--no-worker", help="Start an ingest worker beside the API (default: unless Redis)."
+        None,
+        "--worker/--no-worker",
+        help="Start an ingest worker beside the API (default: unless the queue is Redis or PostgreSQL).",
     ),
 ) -> None:
     """Serve the question-answering API (POST /ask, /search, /papers, /healthz, /readyz, /metrics)."""
