@@ -125,3 +125,20 @@ def test_processes_starting_together_on_a_new_database_create_the_queue_once(
     assert not errors and len(built) == 8, errors
     built[0].enqueue(built[0].task(name="probe")(lambda: None).s())
     assert [huey.pending_count() for huey in built] == [1] * 8  # one queue, seen by all
+
+
+def test_tasks_lost_from_the_postgres_queue_are_requeued(
+    tmp_path: Path, workers_factory, scratch_postgres_database
+) -> None:  # type: ignore[no-untyped-def]
+    """Batches neither leased nor in the queue (their tasks taken by a worker killed before it leased them, or
+    deleted) are seen missing from `PostgresHuey.pending()` and re-queued after a lease's length."""
+    url = scratch_postgres_database("lost")
+    settings = fake_worker_settings(tmp_path, database_url=SecretStr(url), job_lease_s=1.0)
+    jobs = JobStore.for_settings(settings)
+    job = enqueue_job(settings, [f"PMC{500 + n}" for n in range(10)])
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("DELETE FROM huey_task").rowcount == 2  # both batches' tasks gone
+    workers_factory(settings, ingestor="slow").start(workers=1)
+    done = wait_for(lambda: (j := jobs.get(job.job_id)) and j.finished and j, 60, "the job to finish")
+    assert done.state == "done" and done.counts == {"ingested": 9, "not-found": 1}
+    assert "re-queued 2 batch(es)" in (done.notice or ""), done.notice
