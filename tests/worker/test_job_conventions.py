@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
-from worker_helpers import LiveServer, fake_worker_settings, free_port, wait_for
+from worker_helpers import LiveServer, free_port, wait_for
 
 from pmcqa.app.main import create_app
+from pmcqa.core.settings import Settings
 
 
 def _stub_library(settings):  # type: ignore[no-untyped-def]
@@ -22,10 +22,10 @@ def _stub_library(settings):  # type: ignore[no-untyped-def]
 
 
 def test_ingest_location_idempotency_iso_times_worker_metrics_and_outcome_logs(
-    tmp_path: Path, workers_factory
+    backend_settings: Settings, workers_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    metrics_port = free_port()
-    settings = fake_worker_settings(tmp_path, worker_metrics_port=metrics_port, log_format="json")
+    metrics_port = free_port()  # jobs and queue in SQLite files, or in the test's PostgreSQL database
+    settings = backend_settings.model_copy(update={"worker_metrics_port": metrics_port, "log_format": "json"})
     ids = ["PMC4001", "PMC4002", "PMC4009"]
     with LiveServer(create_app(settings, library_factory=_stub_library)) as server:
         http = httpx.Client(base_url=server.url, timeout=30, follow_redirects=False)
