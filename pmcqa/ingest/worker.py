@@ -3,8 +3,9 @@
 Three queues, chosen by `settings.redis_url` and `settings.database_url`:
 - embedded: `SqliteHuey` at `settings.queue_path` (no server; workers on this machine);
 - networked on PostgreSQL (a database URL, no Redis URL): `PostgresHuey` named `settings.queue_name` in the
-  library database (huey's own `huey_*` tables, created on first use; dequeued with `FOR UPDATE SKIP LOCKED`,
-  waiting workers woken by `LISTEN/NOTIFY`), beside the jobs tables, so no job state lives in a file;
+  library database (huey's own `huey_*` tables, created once under a lock; dequeued with
+  `FOR UPDATE SKIP LOCKED`, waiting workers woken by `LISTEN/NOTIFY`), beside the jobs tables, so no job
+  state lives in a file;
 - networked on Redis (`settings.redis_url`, with either library): `RedisHuey` named `settings.queue_name`.
 
 A job's ids are cut into batches of `settings.job_batch_size`; each batch is one task carrying only
