@@ -1,7 +1,7 @@
 # pmcqa: API + worker image. `docker compose up` runs it as both; see docker-compose.yml.
 #
 #   docker build -t pmcqa .                          # extractive default: no LLM stack (plus openai, redis)
-#   docker build --build-arg PMCQA_EXTRAS=llm,openai,redis,s3 -t pmcqa:llm .     # adds the transformers backend
+#   docker build --build-arg PMCQA_EXTRAS=llm,openai,redis,postgres,s3 -t pmcqa:llm .     # adds the transformers backend
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 ...   # a CUDA torch
 FROM python:3.11-slim
 

@@ -22,9 +22,10 @@ def compose() -> dict:
 
 def test_services_and_profiles(compose: dict) -> None:
     services = compose["services"]
-    assert set(services) == {"api", "worker", "redis", "vllm"}
+    assert set(services) == {"api", "worker", "postgres", "minio", "vllm"}
     assert services["vllm"]["profiles"] == ["vllm"]
-    assert all("profiles" not in services[name] for name in ("api", "worker", "redis"))  # on by default
+    assert all("profiles" not in services[name] for name in ("api", "worker", "postgres", "minio"))  # default
+    assert services["postgres"]["image"].startswith("pgvector/pgvector:")  # PostgreSQL with the extension
     assert services["vllm"]["image"].startswith("vllm/vllm-openai:")
     gpu = services["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -33,19 +34,34 @@ def test_services_and_profiles(compose: dict) -> None:
     assert services["api"]["ports"] and services["api"]["build"] == "."
 
 
-def test_volumes(compose: dict) -> None:
-    assert {"pmcqa-data", "redis-data", "hf-cache"} <= set(compose["volumes"])
-    for name in ("api", "worker"):  # the index and the jobs table must be the same files for both
-        assert "pmcqa-data:/data" in compose["services"][name]["volumes"]
-        assert compose["services"][name]["environment"]["PMCQA_DATA_DIR"] == "/data"
-    assert "redis-data:/data" in compose["services"]["redis"]["volumes"]
+def test_no_container_shares_a_file(compose: dict) -> None:
+    """`--scale api=2 --scale worker=3` needs no shared volume: state is in PostgreSQL and MinIO; the only
+    volume api and worker mount is the model cache."""
+    assert {"postgres-data", "minio-data", "hf-cache", "pmcqa-models"} <= set(compose["volumes"])
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        assert [v.split(":")[0] for v in service["volumes"]] == ["pmcqa-models"], name
+        env = service["environment"]
+        assert env["PMCQA_DATA_DIR"] == "/data"  # the container's own scratch space
+        assert (
+            env["PMCQA_DATABASE_URL"].startswith("postgresql://")
+            and "@postgres:5432/" in env["PMCQA_DATABASE_URL"]
+        )
+        assert (
+            env["PMCQA_RAW_STORE"].startswith("s3://") and env["PMCQA_S3_ENDPOINT_URL"] == "http://minio:9000"
+        )
+        assert "PMCQA_REDIS_URL" not in env  # the queue and the NCBI limit are in PostgreSQL too
+    assert "postgres-data:/var/lib/postgresql/data" in compose["services"]["postgres"]["volumes"]
+    port = compose["services"]["api"]["ports"][0]
+    assert re.fullmatch(r"\$\{PMCQA_PORT:-8080\}-\$\{PMCQA_PORT_LAST:-\d+\}:8080", port), port  # replicas
 
 
 def test_healthchecks(compose: dict) -> None:
     services = compose["services"]
     for name in services:
         assert "test" in services[name]["healthcheck"], name
-    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert services["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
     assert ":8000/health" in " ".join(services["vllm"]["healthcheck"]["test"])
 
@@ -54,7 +70,7 @@ def test_env_wiring(compose: dict) -> None:
     services = compose["services"]
     for name in ("api", "worker"):
         env = services[name]["environment"]
-        assert env["PMCQA_REDIS_URL"] == "redis://redis:6379/0"  # networked queue + shared NCBI limit
+        assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]  # MinIO's credentials
     api = services["api"]["environment"]
     assert api["PMCQA_OPENAI_BASE_URL"] == "http://vllm:8000/v1"
     assert "PMCQA_ANSWER_BACKEND" in api and "openai" not in api["PMCQA_ANSWER_BACKEND"]  # opt-in
@@ -65,8 +81,9 @@ def test_env_wiring(compose: dict) -> None:
 
 def test_depends_on(compose: dict) -> None:
     services = compose["services"]
-    assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in ("api", "worker"):
+        for needed in ("postgres", "minio"):
+            assert services[name]["depends_on"][needed]["condition"] == "service_healthy", (name, needed)
     vllm = services["api"]["depends_on"]["vllm"]
     assert vllm["condition"] == "service_healthy" and vllm["required"] is False  # profile off → not needed
 
