@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from pmcqa.app.answer_evaluation import SENTENCE_VECTORS  # noqa: E402
 from pmcqa.app.answering import extractive  # noqa: E402
 from pmcqa.app.answering.extractive import ExtractiveBackend  # noqa: E402
-from pmcqa.app.evaluation import fill_store, load_squad  # noqa: E402
+from pmcqa.app.evaluation import fill_store, load_squad, reserved_pmcid  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
 from pmcqa.index.library import open_library  # noqa: E402
 
@@ -63,7 +63,8 @@ def main() -> None:
     started = time.perf_counter()
     settings = Settings(data_dir=args.store_dir)
     parts = open_library(settings, writable=True)
-    eval_set = load_squad(path, limit=args.limit)
+    # The ids `pmcqa eval --answers` gives the articles, so one --store-dir serves both.
+    eval_set = load_squad(path, limit=args.limit, fallback_id=reserved_pmcid)
     fill_store(parts.store, eval_set, settings, parts.embedder, f"squad:{path.name}")
     print(f"store ready in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     backend = ExtractiveBackend(settings, parts.embedder)
