@@ -206,11 +206,15 @@ def main() -> None:
     fit_confidence(answers(train), answers(dev))
 
 
+# Chosen on dev (2026-11-30, train = first 300 questions): no fitted ranker measurably beats the hand-set
+# score (best sentence overlaps gold on dev: 0.611 hand-set, 0.616 logistic dense + lexical, 0.611 logistic
+# with all features; answer F1 and gold contained within 0.01), so the hand-set score stays; of its shapes,
+# up to 3 sentences at ratio 0.9 contains gold most often (0.655) at nearly the best F1 (0.293 vs 0.304).
 def CHOSEN_RANKER(rankers: dict[str, Any]) -> tuple[Any, float]:  # noqa: N802  (a named choice)
-    return rankers["logistic, all features"]
+    return rankers["hand-set 0.5 dense + 0.5 lexical"]
 
 
-CHOSEN_SHAPE = (3, 0.8)
+CHOSEN_SHAPE = (3, 0.9)
 
 
 def confidence_data(results: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
