@@ -109,6 +109,7 @@ def main() -> None:
     negative = [c for c in cases if "wrong excerpt" in c["kind"]]
     print("\nweight | best threshold | supported kept | wrong excerpt caught | balanced")
     best: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    kept_best = 0.0
     for weight in WEIGHTS:
         pos = np.array([weight * c["cosine"] + (1 - weight) * c["overlap"] for c in positive])
         neg = np.array([weight * c["cosine"] + (1 - weight) * c["overlap"] for c in negative])
@@ -117,8 +118,12 @@ def main() -> None:
         i = int(np.argmax(balanced))
         kept, caught = (pos >= grid[i]).mean(), (neg < grid[i]).mean()
         print(f"{weight:.2f} | {grid[i]:.2f} | {kept:.3f} | {caught:.3f} | {balanced[i]:.3f}")
-        if balanced[i] > best[2]:
-            best = (weight, float(grid[i]), balanced[i])
+        # A tie (to 3 decimals) goes to the weight keeping more supported claims: fewer faithful answers
+        # flagged.
+        if round(balanced[i], 3) > round(best[2], 3) or (
+            round(balanced[i], 3) == round(best[2], 3) and kept > kept_best
+        ):
+            best, kept_best = (weight, float(grid[i]), balanced[i]), kept
     print(f"\nchosen: SIMILARITY_WEIGHT = {best[0]}, SUPPORT_THRESHOLD = {best[1]}", end=" ")
     print(f"(balanced accuracy {best[2]:.3f})")
 

@@ -32,8 +32,12 @@ from pmcqa.index.models import Chunk, Passage
 # Wording support: SIMILARITY_WEIGHT * cosine + (1 - SIMILARITY_WEIGHT) * term overlap >= SUPPORT_THRESHOLD.
 # Tuned with bench/fit_claim_check.py on COVID-QA dev: each gold answer against the retrieved excerpt holding
 # it (supported) and against the best-ranked retrieved excerpt of its paper that does not (unsupported).
-SIMILARITY_WEIGHT = 0.5
-SUPPORT_THRESHOLD = 0.55
+# Measured 2026-11-30 (192 dev questions): the full check supports 100% of gold answers and 90% of those
+# restating the question, and rejects 90% / 94% of them citing the wrong excerpt, 99% with a wrong name and
+# 100% with a wrong number. Lexical overlap alone (weight 0) ties on balanced accuracy (0.934) but flags 5% of
+# supported claims instead of 1%.
+SIMILARITY_WEIGHT = 0.25
+SUPPORT_THRESHOLD = 0.65
 
 _MARKER = re.compile(r"\s*\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
 _LEADING_MARKERS = re.compile(r"(?:\s*\[\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*\])+")
