@@ -351,7 +351,8 @@ def run_answer_evaluation(
             "model": getattr(chosen, "model", None),
             "top_k": settings.top_k,
             "context_tokens": settings.context_tokens,
-            "min_confidence": settings.min_confidence,
+            # The threshold in force: the setting, else the backend's own default (extractive).
+            "min_confidence": getattr(chosen, "min_confidence", settings.min_confidence),
             "embedding_model": settings.embedding_model,
         }
     report.setup_seconds = setup

@@ -63,7 +63,7 @@ def eval_command(
         None, "--details", help="With --answers: write every question's answers and scores here (JSON)."
     ),
 ) -> None:
-    """Evaluate retrieval per mode, or with --answers the answers of a backend end to end."""
+    """Evaluate retrieval per mode, or with --answers the answers (F1, gold contained, abstention)."""
     err = Console(stderr=True)
     if not file.is_file():
         err.print(f"[bold red]error:[/] no such file: {escape(str(file))}")
