@@ -317,12 +317,12 @@ def check_service(venv_bin: Path, mode: Mode, work: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
-    # The abstention threshold is pinned: this checks the install, not the calibration, and a recalibrated
+    # The minimum confidence is pinned low: this checks the install, not the calibration, and a recalibrated
     # default must not turn the fixture's answer into an abstention. The LLM backends are allowed, so that
     # asking for one reaches the check of its extra.
     env = clean_env(
         PMCQA_DATA_DIR=str(work / "data"), PMCQA_HOST="127.0.0.1", PMCQA_PORT=str(port),
-        PMCQA_ABSTAIN_THRESHOLD="0.2", PMCQA_ALLOWED_BACKENDS="transformers,openai",
+        PMCQA_MIN_CONFIDENCE="0.05", PMCQA_ALLOWED_BACKENDS="transformers,openai",
     )  # fmt: skip
     print(f"$ pmcqa serve  (on {base}, log {log})", flush=True)
     with log.open("wb") as out:

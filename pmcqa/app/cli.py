@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "eval": (
         "pmcqa.app.commands.eval",
-        "Evaluate retrieval (answer inside the retrieved passages at 512/1024/2048 tokens, MRR) per mode.",
+        "Evaluate retrieval per mode, or with --answers the answers (F1, gold contained, abstention).",
     ),
     "ingest": (
         "pmcqa.app.commands.ingest",

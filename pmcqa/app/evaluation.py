@@ -111,19 +111,40 @@ def _answer_texts(raw: Iterable[Any]) -> list[str]:
     return [a for a in answers if isinstance(a, str) and a.strip()]
 
 
-def load_squad(path: Path, name: str | None = None, limit: int | None = None) -> EvalSet:
-    """Articles (as Papers) and their answerable questions; `limit` keeps the first N questions."""
+def covidqa_id(document_id: str, position: int) -> str:
+    """The retrieval evaluation's id for an article without a PMCID of its own."""
+    return f"COVIDQA-{document_id}"
+
+
+def reserved_pmcid(document_id: str, position: int) -> str:
+    """An id the service accepts (a PMCID) for an article without one: ``PMC99`` + 8 digits of its document
+    id (else its position in the file), far above real PMCIDs. Used only inside an evaluation's own store."""
+    number = int(document_id) if str(document_id).isdigit() else position
+    return f"PMC99{number:08d}"
+
+
+def load_squad(
+    path: Path,
+    name: str | None = None,
+    limit: int | None = None,
+    fallback_id: Callable[[str, int], str] = covidqa_id,
+) -> EvalSet:
+    """Articles (as Papers) and their answerable questions; `limit` keeps the first N questions.
+
+    An article is stored under the PMCID of its header URL, else ``fallback_id(document_id, position)``."""
     data = json.loads(path.read_text(encoding="utf-8"))
     papers: list[tuple[str, Paper]] = []
     questions: list[EvalQuestion] = []
     seen: set[str] = set()
+    position = 0
     for article_index, article in enumerate(data["data"]):
         for paragraph_index, paragraph in enumerate(article["paragraphs"]):
+            position += 1
             paper = context_to_paper(paragraph["context"])
             document_id = paragraph.get("document_id", f"{article_index}-{paragraph_index}")
-            paper_id = paper.pmcid or f"COVIDQA-{document_id}"
+            paper_id = paper.pmcid or fallback_id(str(document_id), position)
             if paper_id in seen:  # one article, two document ids: keep the ids apart
-                paper_id = f"COVIDQA-{document_id}"
+                paper_id = fallback_id(str(document_id), position)
             seen.add(paper_id)
             qas = [
                 EvalQuestion(str(qa["id"]), paper_id, qa["question"], _answer_texts(qa["answers"]))
@@ -156,10 +177,15 @@ def load_jsonl(path: Path, name: str | None = None, limit: int | None = None) ->
     return EvalSet(name or path.stem, questions)
 
 
-def load_eval_set(path: Path, name: str | None = None, limit: int | None = None) -> EvalSet:
+def load_eval_set(
+    path: Path,
+    name: str | None = None,
+    limit: int | None = None,
+    fallback_id: Callable[[str, int], str] = covidqa_id,
+) -> EvalSet:
     if path.suffix == ".jsonl":
         return load_jsonl(path, name, limit)
-    return load_squad(path, name, limit)
+    return load_squad(path, name, limit, fallback_id)
 
 
 # --- metrics ---------------------------------------------------------------------------------------------
@@ -314,6 +340,12 @@ def evaluate(
 def build_store(eval_set: EvalSet, settings: Any, embedder: Any, source: str) -> Any:
     """Chunk the eval set's papers with the production chunker and store them (one transaction)."""
     store = open_library(settings, writable=True, embedder=embedder).store
+    fill_store(store, eval_set, settings, embedder, source)
+    return store
+
+
+def fill_store(store: Any, eval_set: EvalSet, settings: Any, embedder: Any, source: str) -> None:
+    """Chunk and store the eval set's papers that `store` does not already hold as this chunker cuts them."""
     chunker = Chunker(settings)  # the tokenizer loads only if a paper needs chunking
     items = []
     for paper_id, paper in eval_set.papers:
@@ -322,7 +354,6 @@ def build_store(eval_set: EvalSet, settings: Any, embedder: Any, source: str) ->
             continue  # a kept store (`store_dir`) already holds this paper as this chunker cuts it
         items.append((*chunker.chunk(paper, paper_id, source), None))
     store.put_papers(items, embedder)
-    return store
 
 
 def run_evaluation(

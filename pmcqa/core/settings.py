@@ -143,8 +143,18 @@ class Settings(BaseSettings):
         description="How long the OpenAI-compatible server's readiness (GET /models) is cached; an "
         "unreachable server is reported as such, and re-checked after this many seconds.",
     )
-    abstain_threshold: float | None = Field(
-        None, description="Extractive evidence score under which it abstains (default: calibrated value)."
+    min_confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Answer only when the estimated probability that the answer holds the right information "
+        "is at least this (a target precision); below it the answer abstains. Default: the value chosen on "
+        "COVID-QA dev for the extractive backend.",
+    )
+    unsupported_claims: Literal["flag", "drop", "keep"] = Field(
+        "flag",
+        description="LLM answers: a claim not supported by the excerpts it cites is flagged (the answer says "
+        "so), dropped from the answer, or kept as is. Every answer lists its checked `claims`.",
     )
 
     # --- service -------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER
-from pmcqa.app.answering.extractive import DEFAULT_ABSTAIN_THRESHOLD, ExtractiveBackend, chunk_sentences
+from pmcqa.app.answering.extractive import DEFAULT_MIN_CONFIDENCE, ExtractiveBackend, chunk_sentences
 from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Chunk
 
@@ -62,7 +62,8 @@ def test_answers_with_verbatim_cited_sentences(library, ingested):
         assert span.quote in draft.answer or draft.answer.startswith(span.quote[:40])
     assert draft.steps[0].startswith("1) Searched 8 passages of PMC1182327")
     assert draft.steps[1].startswith("2) Most relevant sections:")
-    assert draft.steps[2].startswith("3) Selected") and "score" in draft.steps[2]
+    assert draft.steps[2].startswith("3) Selected") and "chance" in draft.steps[2]
+    assert draft.confidence is not None and draft.confidence >= DEFAULT_MIN_CONFIDENCE
 
 
 def test_abstains_on_a_question_about_another_paper(library, ingested):
@@ -71,7 +72,7 @@ def test_abstains_on_a_question_about_another_paper(library, ingested):
     passages = library.retriever.retrieve(paper.paper_id, FOREIGN_QUESTION, 8, "hybrid")
     draft = backend.generate(FOREIGN_QUESTION, passages, paper)
     assert draft.abstained and draft.answer == ABSTAIN_ANSWER and draft.cited == []
-    assert "threshold" in draft.steps[-1]
+    assert "under the minimum" in draft.steps[-1]
     # ... while the same question is answered from the paper that is about it.
     xmrv = ingested["xmrv"]
     own = backend.generate(
@@ -81,8 +82,8 @@ def test_abstains_on_a_question_about_another_paper(library, ingested):
 
 
 def test_threshold_setting_overrides_the_calibrated_default(library, embedder):
-    assert ExtractiveBackend(library.settings, embedder).threshold == DEFAULT_ABSTAIN_THRESHOLD
-    strict = ExtractiveBackend(library.settings.model_copy(update={"abstain_threshold": 5.0}), embedder)
+    assert ExtractiveBackend(library.settings, embedder).min_confidence == DEFAULT_MIN_CONFIDENCE
+    strict = ExtractiveBackend(library.settings.model_copy(update={"min_confidence": 1.0}), embedder)
     paper = library.store.get_paper("PMC1182327")
     passages = library.retriever.retrieve(paper.paper_id, OWN_QUESTION)
     assert strict.generate(OWN_QUESTION, passages, paper).abstained

@@ -35,6 +35,12 @@ class Draft(BaseModel):
     abstained: bool = False
     model: str = ""
     truncated: bool = Field(False, description="Generation stopped before the answer was complete.")
+    confidence: float | None = Field(
+        None, description="Estimated probability that the answer holds the right information, if known."
+    )
+    verbatim: bool = Field(
+        False, description="The answer is the cited spans themselves (extractive): each quote is a claim."
+    )
 
 
 class Citation(BaseModel):
@@ -53,6 +59,17 @@ class Citation(BaseModel):
         return " > ".join(part for part in (self.section, self.label) if part)
 
 
+class Claim(BaseModel):
+    """One sentence of the answer, checked against the text it cites."""
+
+    text: str
+    citations: list[int] = Field(
+        default_factory=list, description="Positions (0-based) in the answer's `citations` of what it cites."
+    )
+    supported: bool
+    reason: str = Field(description="Why it is (not) supported, e.g. 'number 12% is not in the cited text'.")
+
+
 class Answer(BaseModel):
     paper_id: str
     question: str
@@ -63,6 +80,14 @@ class Answer(BaseModel):
     backend: str
     model: str
     truncated: bool = Field(False, description="Generation stopped before the answer was complete.")
+    confidence: float | None = Field(
+        None,
+        description="Estimated probability (0-1) that the answer holds the right information; calibrated on "
+        "COVID-QA for the extractive backend, null for backends without a calibrated estimate.",
+    )
+    claims: list[Claim] = Field(
+        default_factory=list, description="The answer's sentences, each checked against what it cites."
+    )
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
 
 

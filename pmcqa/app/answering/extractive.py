@@ -1,18 +1,28 @@
 """The CPU default backend: answer with the paper's own sentences, no LLM.
 
-Retrieved passages are split into sentences (exact offsets into ``paper.text``), each sentence is scored
-against the question by embedding similarity (the Embedder's query vs document encoders) plus an idf-weighted
-term coverage, and the best 1-3 sentences, contiguous where possible and in paper order, become the answer.
-When even the best sentence scores under the abstention threshold the backend says the paper does not
-appear to answer the question, rather than quoting something loosely related.
+Retrieved passages (and the neighbours merged into them) are split into sentences with exact offsets into
+``paper.text``. Each sentence gets a row of `FEATURES` (embedding cosine with the question, idf-weighted
+coverage of the question's terms, the retrieval rank of its passage, how much it says beyond the question,
+whether it holds the kind of token the question asks for, where it sits), and a linear sentence ranker
+(`RANKER_WEIGHTS`, a logistic regression fitted on COVID-QA train) scores them. The best sentence, with
+contiguous neighbours that score nearly as well, becomes the answer, in paper order, cited verbatim.
+
+`confidence` — the estimated probability that the answer contains the right information — comes from a
+second logistic model over the answer's evidence (`CONFIDENCE_WEIGHTS`, fitted on COVID-QA train with each
+question asked of its own paper and of a different one, checked for calibration on dev). Under
+``settings.min_confidence`` (default `DEFAULT_MIN_CONFIDENCE`, chosen on dev) the backend says the paper does
+not appear to answer the question, rather than quoting something loosely related. Both models are plain
+constants fitted offline by ``bench/fit_answer_models.py``; answering needs no scikit-learn.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -32,23 +42,81 @@ from pmcqa.core.text import split_sentences, tokenize
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.models import Chunk, PaperRecord, Passage
 
-# Evidence score (DENSE_WEIGHT * cosine + LEXICAL_WEIGHT * idf-weighted term coverage of the best sentence)
-# under which the backend abstains. Calibrated with bench/calibrate_abstention.py on COVID-QA dev (203
-# questions, 21 papers; each asked of its own paper and of a different paper; pmcqa.core.text tokens and
-# sentences, chunker v2): 0.40 maximises balanced accuracy (0.931) — it answers 92.6% of own-paper questions
-# and abstains on 93.6% of other-paper ones (medians 0.65 vs 0.23; at 0.45 it would answer 87.2% / abstain
-# 96.6%). settings.abstain_threshold overrides.
-DEFAULT_ABSTAIN_THRESHOLD = 0.40
-DENSE_WEIGHT = 0.5
-LEXICAL_WEIGHT = 0.5
+# --- the fitted models (bench/fit_answer_models.py prints these constants) --------------------------------
+
+# The features of a candidate sentence, in `feature_rows` column order.
+FEATURES: tuple[str, ...] = (
+    "dense",  # cosine of question and sentence vectors
+    "lexical",  # idf-weighted share of the question's terms present
+    "inverse_rank",  # 1 / retrieval rank of the passage holding the sentence
+    "neighbour",  # the sentence comes from a neighbour merged into a passage, not the passage itself
+    "novelty",  # share of the sentence's terms not in the question (a restatement scores low)
+    "log_length",  # log(1 + terms)
+    "number_match",  # a how-many / what-percentage question, and the sentence holds a number
+    "time_match",  # a when / what-year question, and the sentence holds a year, date or duration
+    "abstract",
+    "front_matter",  # title or header lines: rarely an answer
+    "first_in_chunk",
+)
+# Sentence ranker: logit = RANKER_BIAS + sum(weight * feature). The hand-set score (0.5 dense + 0.5 lexical):
+# logistic rankers fitted on COVID-QA train did not beat it on dev (best sentence overlaps gold: 0.611 vs
+# 0.616 with dense + lexical, 0.611 with all FEATURES; bench/fit_answer_models.py, 2026-11-30).
+RANKER_WEIGHTS: dict[str, float] = {"dense": 0.5, "lexical": 0.5}
+RANKER_BIAS = 0.0
+# A neighbour of the best sentence joins the answer when its ranker probability is at least this share of the
+# best one's; at most MAX_SENTENCES sentences in all. Chosen on dev: gold contained 0.655, token F1 0.293.
+ADJACENT_RATIO = 0.9
 MAX_SENTENCES = 3
-# A neighbour of the best sentence joins the answer when it scores at least this share of the best.
-ADJACENT_RATIO = 0.8
-# A non-adjacent sentence joins only when it is nearly as strong as the best one.
-SEPARATE_RATIO = 0.92
+
+# The features of an answer, in `answer_features` order.
+ANSWER_FEATURES: tuple[str, ...] = (
+    "best_logit",  # the ranker's logit of the best sentence
+    "margin",  # best logit minus the second best
+    "best_dense",
+    "best_lexical",
+    "evidence",  # 0.5 * dense + 0.5 * lexical of the best sentence (the former abstention score)
+    "max_lexical",  # the best term coverage among all candidates
+    "sentences",  # sentences in the answer
+)
+# Confidence: P(answer contains the gold answer) = sigmoid(CONFIDENCE_BIAS + sum(weight * feature)), a
+# logistic regression fitted on COVID-QA train (first 300 questions, own- and wrong-paper answers); on dev
+# its expected calibration error is 0.093 over own-paper answers, 0.047 with the wrong-paper ones.
+CONFIDENCE_WEIGHTS: dict[str, float] = {
+    "best_logit": 2.2567,
+    "margin": 4.0063,
+    "best_dense": 2.2489,
+    "best_lexical": 1.4395,
+    "evidence": 2.2567,
+    "max_lexical": -1.1157,
+    "sentences": -0.1539,
+}
+CONFIDENCE_BIAS = -4.4732
+# Answer only at or above this confidence (settings.min_confidence overrides). Chosen on dev as the highest
+# threshold answering >= 80% of own-paper questions: 0.30 answers 82% and abstains on 97% of wrong-paper ones.
+DEFAULT_MIN_CONFIDENCE = 0.3
+
 # Cache sizes: sentence vectors of a few dozen papers, and the idf tables of the papers asked about recently.
 SENTENCE_VECTOR_CACHE = 50_000
 IDF_CACHE = 64
+
+FRONT_MATTER = frozenset({"Title", "Metadata"})
+_NUMBER_QUESTION = re.compile(
+    r"\bhow (?:many|much|large|big|high|low|often|old)\b|\b(?:what|which) (?:is the |was the |are the )?"
+    r"(?:percentage|percent|proportion|fraction|number|rate|ratio|amount|dose|size|level|concentration|"
+    r"frequency|prevalence|incidence|mortality|r0|titer|titre)\b",
+    re.IGNORECASE,
+)
+_TIME_QUESTION = re.compile(
+    r"\bwhen\b|\bhow long\b|\b(?:what|which) (?:year|date|month|day|time|period|season|decade)\b"
+    r"|\bincubation period\b|\bduration\b",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"\d")
+_TIME = re.compile(
+    r"\b(?:1[89]\d\d|20\d\d)\b|\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d"
+    r"|\b\d+(?:\.\d+)?\s*(?:-\s*\d+\s*)?(?:days?|weeks?|months?|years?|hours?|h|min(?:utes)?)\b",
+    re.IGNORECASE,
+)
 
 
 class _Embedder(Protocol):
@@ -81,23 +149,187 @@ def chunk_sentences(chunk: Chunk) -> list[Sentence]:
     ]
 
 
+def candidates(passages: Sequence[Passage]) -> list[Sentence]:
+    """Sentences of the retrieved chunks (and their neighbours), each chunk once, in paper order."""
+    chunks: dict[str, Chunk] = {}
+    for passage in passages:
+        for chunk in [passage.chunk, *passage.neighbours]:
+            chunks.setdefault(chunk.chunk_id, chunk)
+    sentences: list[Sentence] = []
+    for chunk in sorted(chunks.values(), key=lambda c: c.start):
+        sentences.extend(s for s in chunk_sentences(chunk) if len(tokenize(s.text)) >= 3)
+    return sentences
+
+
+# --- features -----------------------------------------------------------------------------------------------
+
+IdfTable = tuple[dict[str, float], float]
+
+
+def paper_idf(text: str) -> IdfTable:
+    """BM25-style idf of each term over the paper's paragraphs, and the idf of an unseen term."""
+    paragraphs = [p for p in text.split("\n\n") if p.strip()] or [text]
+    df: dict[str, int] = {}
+    for paragraph in paragraphs:
+        for token in set(tokenize(paragraph)):
+            df[token] = df.get(token, 0) + 1
+    n = len(paragraphs)
+    idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
+    return idf, math.log(1 + (n + 0.5) / 0.5)
+
+
+def question_kind(question: str) -> str:
+    """ "number", "time" or "other": the kind of token the answer should hold."""
+    if _NUMBER_QUESTION.search(question):
+        return "number"
+    if _TIME_QUESTION.search(question):
+        return "time"
+    return "other"
+
+
+def feature_rows(
+    question: str,
+    sentences: Sequence[Sentence],
+    dense: np.ndarray,
+    idf_table: IdfTable,
+    passages: Sequence[Passage],
+) -> np.ndarray:
+    """One row of `FEATURES` per sentence, given each sentence's cosine with the question (`dense`)."""
+    idf, unseen = idf_table
+    terms = set(tokenize(question))
+    weights = {t: idf.get(t, unseen) for t in terms}
+    total = sum(weights.values()) or 1.0
+    rank_of: dict[str, tuple[int, bool]] = {}
+    for passage in passages:
+        rank_of.setdefault(passage.chunk.chunk_id, (passage.rank, False))
+        for neighbour in passage.neighbours:
+            rank_of.setdefault(neighbour.chunk_id, (passage.rank, True))
+    kind = question_kind(question)
+    rows = np.zeros((len(sentences), len(FEATURES)), dtype=np.float32)
+    for i, sentence in enumerate(sentences):
+        tokens = tokenize(sentence.text)
+        present = terms.intersection(tokens)
+        rank, neighbour = rank_of.get(sentence.chunk.chunk_id, (len(passages) + 1, True))
+        novel = [t for t in tokens if t not in terms]
+        rows[i] = (
+            dense[i],
+            sum(weights[t] for t in present) / total,
+            1.0 / rank,
+            float(neighbour),
+            len(novel) / max(len(tokens), 1),
+            math.log1p(len(tokens)),
+            float(kind == "number" and bool(_NUMBER.search(sentence.text))),
+            float(kind == "time" and bool(_TIME.search(sentence.text))),
+            float(sentence.chunk.kind == "abstract"),
+            float(sentence.chunk.kind == "title" or sentence.chunk.section in FRONT_MATTER),
+            float(sentence.index == 0),
+        )
+    return rows
+
+
+def _linear(weights: dict[str, float], bias: float, names: Sequence[str], rows: np.ndarray) -> np.ndarray:
+    vector = np.array([weights.get(name, 0.0) for name in names], dtype=np.float64)
+    return np.asarray(rows, dtype=np.float64) @ vector + bias
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def rank_logits(rows: np.ndarray) -> np.ndarray:
+    """The sentence ranker's logit of each feature row."""
+    return _linear(RANKER_WEIGHTS, RANKER_BIAS, FEATURES, rows)
+
+
+def select(sentences: Sequence[Sentence], logits: np.ndarray) -> list[int]:
+    """Indices of the best sentence plus contiguous neighbours that score nearly as well, in paper order."""
+    probabilities = sigmoid(logits)
+    best = int(np.argmax(logits))
+    floor = ADJACENT_RATIO * float(probabilities[best])
+    chosen = [best]
+
+    def adjacent(i: int, j: int) -> bool:
+        a, b = sentences[i], sentences[j]
+        return a.chunk.chunk_id == b.chunk.chunk_id and abs(a.index - b.index) == 1
+
+    while len(chosen) < MAX_SENTENCES:
+        edge = [
+            j
+            for j in range(len(sentences))
+            if j not in chosen and any(adjacent(i, j) for i in chosen) and probabilities[j] >= floor
+        ]
+        if not edge:
+            break
+        chosen.append(max(edge, key=lambda j: probabilities[j]))
+    return sorted(chosen, key=lambda i: sentences[i].start)
+
+
+def answer_features(rows: np.ndarray, logits: np.ndarray, chosen: Sequence[int]) -> np.ndarray:
+    """The `ANSWER_FEATURES` of an answer made of sentences `chosen` (rows and logits of all candidates)."""
+    column = {name: i for i, name in enumerate(FEATURES)}
+    best = int(np.argmax(logits))
+    ordered = np.sort(logits)[::-1]
+    margin = float(ordered[0] - ordered[1]) if len(ordered) > 1 else 5.0
+    dense, lexical = float(rows[best, column["dense"]]), float(rows[best, column["lexical"]])
+    return np.array(
+        [
+            float(logits[best]),
+            margin,
+            dense,
+            lexical,
+            0.5 * dense + 0.5 * lexical,
+            float(rows[:, column["lexical"]].max()),
+            float(len(chosen)),
+        ]
+    )
+
+
+def confidence_of(features: np.ndarray) -> float:
+    return float(sigmoid(_linear(CONFIDENCE_WEIGHTS, CONFIDENCE_BIAS, ANSWER_FEATURES, features[None, :]))[0])
+
+
+def compose(sentences: Sequence[Sentence]) -> list[tuple[str, bool]]:
+    """The answer's pieces in order: (text to append, whether it continues the previous sentence)."""
+    pieces: list[tuple[str, bool]] = []
+    previous: Sentence | None = None
+    for sentence in sentences:
+        contiguous = (
+            previous is not None
+            and previous.chunk.chunk_id == sentence.chunk.chunk_id
+            and previous.index + 1 == sentence.index
+        )
+        lead = "" if previous is None else " " if contiguous else " … "
+        pieces.append((lead + sentence.text, contiguous))
+        previous = sentence
+    return pieces
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the backend makes of one question: the candidates, their scores, the answer and its confidence."""
+
+    sentences: list[Sentence]
+    rows: np.ndarray
+    logits: np.ndarray
+    chosen: list[int]
+    confidence: float
+
+
 class ExtractiveBackend:
-    """Picks the paper's best-supported sentences; abstains below a calibrated evidence score."""
+    """Answers with the paper's best sentences; abstains under a calibrated confidence."""
 
     name = "extractive"
 
     def __init__(self, settings: Settings, embedder: _Embedder | None = None) -> None:
         self.settings = settings
         self._embedder = embedder
-        self.threshold = (
-            settings.abstain_threshold
-            if settings.abstain_threshold is not None
-            else DEFAULT_ABSTAIN_THRESHOLD
+        self.min_confidence = (
+            settings.min_confidence if settings.min_confidence is not None else DEFAULT_MIN_CONFIDENCE
         )
         # Sentence vectors are reused across questions about the same paper (keyed by paper and offsets).
         # Request threads share the backend: every cache access holds the lock.
         self._vectors: LRUCache[tuple[str, int, int], np.ndarray] = LRUCache(maxsize=SENTENCE_VECTOR_CACHE)
-        self._idf: LRUCache[str, tuple[dict[str, float], float]] = LRUCache(maxsize=IDF_CACHE)
+        self._idf: LRUCache[str, IdfTable] = LRUCache(maxsize=IDF_CACHE)
         self._lock = threading.Lock()
 
     @property
@@ -114,25 +346,16 @@ class ExtractiveBackend:
         return True
 
     # --- scoring -------------------------------------------------------------------------------------------
-    def _paper_idf(self, paper: PaperRecord) -> tuple[dict[str, float], float]:
-        """BM25-style idf of each term over the paper's paragraphs, and the idf of an unseen term."""
+    def _paper_idf(self, paper: PaperRecord) -> IdfTable:
         with self._lock:
             cached = self._idf.get(paper.paper_id)
-            if cached is not None:
-                return cached
-        paragraphs = [p for p in paper.text.split("\n\n") if p.strip()] or [paper.text]
-        df: dict[str, int] = {}
-        for paragraph in paragraphs:
-            for token in set(tokenize(paragraph)):
-                df[token] = df.get(token, 0) + 1
-        n = len(paragraphs)
-        idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
-        result = (idf, math.log(1 + (n + 0.5) / 0.5))
-        with self._lock:
-            self._idf[paper.paper_id] = result
-        return result
+        if cached is None:
+            cached = paper_idf(paper.text)
+            with self._lock:
+                self._idf[paper.paper_id] = cached
+        return cached
 
-    def _sentence_vectors(self, paper_id: str, sentences: list[Sentence]) -> np.ndarray:
+    def _sentence_vectors(self, paper_id: str, sentences: Sequence[Sentence]) -> np.ndarray:
         keys = [(paper_id, s.start, s.end) for s in sentences]
         with self._lock:
             vectors = [self._vectors.get(key) for key in keys]
@@ -143,64 +366,59 @@ class ExtractiveBackend:
             with self._lock:
                 for i, vector in zip(missing, fresh, strict=True):
                     vectors[i] = self._vectors[keys[i]] = np.asarray(vector, dtype=np.float32)
-        return np.stack(vectors)
+        return np.stack(vectors)  # type: ignore[arg-type]
 
-    def score(self, question: str, sentences: list[Sentence], paper: PaperRecord) -> np.ndarray:
-        """Evidence score of each sentence: weighted cosine similarity plus idf-weighted term coverage."""
+    def save_vectors(self, path: Path) -> int:
+        """Write the cached sentence vectors (with the model's name) to `path` (.npz); returns how many.
+
+        For evaluations that ask many questions of one store (`pmcqa eval --answers --store-dir`): a rerun
+        loads them (`load_vectors`) instead of encoding every sentence again."""
+        with self._lock:
+            items = list(self._vectors.items())
+        if not items:
+            return 0
+        keys = np.array([f"{paper_id}\t{start}\t{end}" for (paper_id, start, end), _ in items])
+        vectors = np.stack([vector for _, vector in items])
+        model = np.array(getattr(self.embedder, "model_name", ""))
+        np.savez(path, keys=keys, vectors=vectors, model=model)
+        return len(items)
+
+    def load_vectors(self, path: Path) -> int:
+        """Cache the sentence vectors saved by `save_vectors` (only if the same model made them)."""
+        if not path.is_file():
+            return 0
+        with np.load(path) as saved:
+            if str(saved["model"]) != getattr(self.embedder, "model_name", ""):
+                return 0
+            keys, vectors = saved["keys"], saved["vectors"]
+        with self._lock:
+            for key, vector in zip(keys, vectors, strict=True):
+                paper_id, start, end = str(key).split("\t")
+                self._vectors[(paper_id, int(start), int(end))] = vector
+        return len(keys)
+
+    def dense_scores(self, question: str, sentences: Sequence[Sentence], paper: PaperRecord) -> np.ndarray:
+        """Cosine of the question's vector (query encoder) with each sentence's (document encoder)."""
         query = np.asarray(self.embedder.embed_queries([question]), dtype=np.float32)[0]
-        dense = self._sentence_vectors(paper.paper_id, sentences) @ query
-        idf, unseen = self._paper_idf(paper)
-        terms = set(tokenize(question))
-        weights = {t: idf.get(t, unseen) for t in terms}
-        total = sum(weights.values())
-        lexical = np.zeros(len(sentences), dtype=np.float32)
-        if total > 0:
-            for i, sentence in enumerate(sentences):
-                present = terms.intersection(tokenize(sentence.text))
-                lexical[i] = sum(weights[t] for t in present) / total
-        return DENSE_WEIGHT * dense + LEXICAL_WEIGHT * lexical
+        return self._sentence_vectors(paper.paper_id, sentences) @ query
 
-    # --- selection -----------------------------------------------------------------------------------------
-    @staticmethod
-    def candidates(passages: list[Passage]) -> list[Sentence]:
-        """Sentences of the retrieved chunks (and their neighbours), each chunk once, in paper order."""
-        chunks: dict[str, Chunk] = {}
-        for passage in passages:
-            for chunk in [passage.chunk, *passage.neighbours]:
-                chunks.setdefault(chunk.chunk_id, chunk)
-        sentences: list[Sentence] = []
-        for chunk in sorted(chunks.values(), key=lambda c: c.start):
-            sentences.extend(s for s in chunk_sentences(chunk) if len(tokenize(s.text)) >= 3)
-        return sentences
+    def sentence_features(
+        self, question: str, sentences: Sequence[Sentence], paper: PaperRecord, passages: Sequence[Passage]
+    ) -> np.ndarray:
+        """One row of `FEATURES` per sentence: what the ranker and the confidence model read."""
+        dense = self.dense_scores(question, sentences, paper)
+        return feature_rows(question, sentences, dense, self._paper_idf(paper), passages)
 
-    def select(self, sentences: list[Sentence], scores: np.ndarray) -> list[int]:
-        """Indices of the best sentence plus up to two more: contiguous neighbours first, in paper order."""
-        best = int(np.argmax(scores))
-        top = float(scores[best])
-        chosen = [best]
-
-        def adjacent(i: int, j: int) -> bool:
-            a, b = sentences[i], sentences[j]
-            return a.chunk.chunk_id == b.chunk.chunk_id and abs(a.index - b.index) == 1
-
-        while len(chosen) < MAX_SENTENCES:
-            edge = [
-                j
-                for j in range(len(sentences))
-                if j not in chosen
-                and any(adjacent(i, j) for i in chosen)
-                and scores[j] >= max(self.threshold, ADJACENT_RATIO * top)
-            ]
-            if not edge:
-                break
-            chosen.append(max(edge, key=lambda j: scores[j]))
-        for j in np.argsort(-scores):
-            if len(chosen) >= MAX_SENTENCES:
-                break
-            j = int(j)
-            if j not in chosen and scores[j] >= SEPARATE_RATIO * top:
-                chosen.append(j)
-        return sorted(chosen, key=lambda i: sentences[i].start)
+    def decide(self, question: str, passages: list[Passage], paper: PaperRecord) -> Decision | None:
+        """Rank the candidate sentences, choose the answer, estimate its confidence (None: no candidates)."""
+        sentences = candidates(passages)
+        if not sentences:
+            return None
+        rows = self.sentence_features(question, sentences, paper, passages)
+        logits = rank_logits(rows)
+        chosen = select(sentences, logits)
+        confidence = confidence_of(answer_features(rows, logits, chosen))
+        return Decision(sentences, rows, logits, chosen, confidence)
 
     # --- the backend protocol ------------------------------------------------------------------------------
     def _run(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
@@ -211,47 +429,40 @@ class ExtractiveBackend:
         )
         if passages:
             yield StepEvent(data=f"2) Most relevant sections: {'; '.join(sections[:4])}.")
-        sentences = self.candidates(passages)
-        if not sentences:
+        decision = self.decide(question, passages, paper)
+        if decision is None:
             yield StepEvent(data="3) No retrieved passage contains a usable sentence; abstaining.")
-            yield from self._abstain()
+            yield from self._abstain(None)
             return
-        scores = self.score(question, sentences, paper)
-        best = float(scores.max())
-        if best < self.threshold:
+        count = len(decision.sentences)
+        if decision.confidence < self.min_confidence:
             yield StepEvent(
-                data=f"3) The best of {len(sentences)} sentences scored {best:.2f}, under the evidence "
-                f"threshold {self.threshold:.2f}; the paper does not appear to answer this.",
+                data=f"3) The best of {count} sentences would answer with an estimated "
+                f"{decision.confidence:.0%} chance of holding the right information, under the minimum "
+                f"{self.min_confidence:.0%}; the paper does not appear to answer this.",
             )
-            yield from self._abstain()
+            yield from self._abstain(decision.confidence)
             return
-        chosen = self.select(sentences, scores)
-        where = "; ".join(dict.fromkeys(place_of(sentences[i].chunk) for i in chosen))
+        chosen = [decision.sentences[i] for i in decision.chosen]
+        where = "; ".join(dict.fromkeys(place_of(s.chunk) for s in chosen))
         yield StepEvent(
-            data=f"3) Selected {len(chosen)} of {len(sentences)} sentences from {where} "
-            f"(score {best:.2f}; threshold {self.threshold:.2f}).",
+            data=f"3) Selected {len(chosen)} of {count} sentences from {where}; estimated "
+            f"{decision.confidence:.0%} chance that they hold the right information "
+            f"(answering at {self.min_confidence:.0%} or more).",
         )
         parts: list[str] = []
         cited: list[CitedSpan] = []
-        previous: Sentence | None = None
-        for i in chosen:
-            sentence = sentences[i]
-            contiguous = (
-                previous is not None
-                and previous.chunk.chunk_id == sentence.chunk.chunk_id
-                and (previous.index + 1 == sentence.index)
-            )
-            delta = sentence.text if previous is None else (" " if contiguous else " … ") + sentence.text
+        for sentence, (delta, contiguous) in zip(chosen, compose(chosen), strict=True):
             parts.append(delta)
             yield AnswerDelta(data=delta)
-            if contiguous and cited:
+            if contiguous and cited and cited[-1].start is not None:
                 # Merge contiguous sentences into one span; the text between them is the paper's own.
-                last = cited[-1]
+                start = cited[-1].start
                 cited[-1] = CitedSpan(
-                    chunk_id=last.chunk_id,
-                    start=last.start,
+                    chunk_id=cited[-1].chunk_id,
+                    start=start,
                     end=sentence.end,
-                    quote=paper.text[last.start : sentence.end] if last.start is not None else None,
+                    quote=paper.text[start : sentence.end],
                 )
             else:
                 cited.append(
@@ -262,12 +473,23 @@ class ExtractiveBackend:
                         end=sentence.end,
                     )
                 )
-            previous = sentence
-        yield DraftDone(data=Draft(answer="".join(parts), cited=cited, model=self.model))
+        draft = Draft(
+            answer="".join(parts),
+            cited=cited,
+            model=self.model,
+            confidence=round(decision.confidence, 4),
+            verbatim=True,
+        )
+        yield DraftDone(data=draft)
 
-    def _abstain(self) -> Iterator[BackendEvent]:
+    def _abstain(self, confidence: float | None) -> Iterator[BackendEvent]:
         yield AnswerDelta(data=ABSTAIN_ANSWER)
-        yield DraftDone(data=Draft(answer=ABSTAIN_ANSWER, abstained=True, model=self.model))
+        rounded = None if confidence is None else round(confidence, 4)
+        yield DraftDone(
+            data=Draft(
+                answer=ABSTAIN_ANSWER, abstained=True, model=self.model, confidence=rounded, verbatim=True
+            )
+        )
 
     def stream(
         self,
@@ -293,10 +515,3 @@ class ExtractiveBackend:
                 draft = event.data
         assert draft is not None
         return draft
-
-    def best_score(self, question: str, passages: list[Passage], paper: PaperRecord) -> float:
-        """The evidence score abstention is decided on (used by the calibration script)."""
-        sentences = self.candidates(passages)
-        if not sentences:
-            return float("-inf")
-        return float(self.score(question, sentences, paper).max())

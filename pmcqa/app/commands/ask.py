@@ -45,6 +45,11 @@ def ask(
         typer.echo(f"  [{number}] {citation.place or '(untitled)'} [{citation.start}:{citation.end}]")
         typer.echo(f'      "{citation.quote}"')
     typer.echo("")
+    unsupported = [claim for claim in answer.claims if not claim.supported]
+    for claim in unsupported:
+        typer.echo(f'  not supported: "{claim.text}" ({claim.reason})')
+    if answer.confidence is not None:
+        typer.echo(f"  confidence: {answer.confidence:.2f}")
     for step in answer.steps:
         typer.echo(f"  {step}")
     typer.echo(f"  ({answer.backend}, {answer.model}, {answer.timings.get('total', 0):.2f}s)")

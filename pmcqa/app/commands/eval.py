@@ -1,8 +1,10 @@
-"""`pmcqa eval FILE`: how often retrieval puts the gold answer in front of the answerer.
+"""`pmcqa eval FILE`: how often retrieval puts the gold answer in front of the answerer, and (``--answers``)
+how good the answers are, end to end through the /ask code path.
 
-    pmcqa eval ../shared/data/covid-qa/dev.json                    # dense, lexical, hybrid; rich table
+    pmcqa eval ../shared/data/covid-qa/dev.json                    # retrieval: dense, lexical, hybrid
+    pmcqa eval ../shared/data/covid-qa/dev.json --answers          # answers of the configured backend
     pmcqa eval train.json --split-name covid-qa-train --json       # machine-readable
-    pmcqa eval questions.jsonl --modes hybrid --limit 100          # {paper_id, question, answers} lines
+    pmcqa eval questions.jsonl --answers --limit 100               # {paper_id, question, answers} lines
 
 SQuAD files are ingested into a temporary store (never the user's library); `--store-dir` keeps that store so
 a rerun skips chunking's embeddings. JSONL questions are asked of papers already in the library.
@@ -18,8 +20,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pmcqa.app.answer_evaluation import answer_table, reliability_table, run_answer_evaluation
 from pmcqa.app.evaluation import report_table, run_evaluation
-from pmcqa.core.settings import get_settings
+from pmcqa.core.settings import AnswerBackendName, Settings, get_settings
 from pmcqa.index.retrieval import MODES
 
 USAGE_ERROR = 2
@@ -47,18 +50,34 @@ def eval_command(
         None, "--store-dir", help="Keep (and reuse) the evaluation store here instead of a temporary dir."
     ),
     rrf_k: int | None = typer.Option(None, "--rrf-k", min=1, help="Reciprocal rank fusion constant."),
+    answers: bool = typer.Option(
+        False, "--answers", help="Score the answers (F1, gold contained, abstention, citations, latency)."
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="Answer backend for --answers (default: the configured one)."
+    ),
+    min_confidence: float | None = typer.Option(
+        None, "--min-confidence", min=0.0, max=1.0, help="Override PMCQA_MIN_CONFIDENCE for --answers."
+    ),
+    details: Path | None = typer.Option(
+        None, "--details", help="With --answers: write every question's answers and scores here (JSON)."
+    ),
 ) -> None:
-    """Evaluate retrieval (answer inside the retrieved passages at 512/1024/2048 tokens, MRR) per mode."""
+    """Evaluate retrieval per mode, or with --answers the answers (F1, gold contained, abstention)."""
     err = Console(stderr=True)
     if not file.is_file():
         err.print(f"[bold red]error:[/] no such file: {escape(str(file))}")
         raise typer.Exit(USAGE_ERROR)
     chosen = parse_modes(modes)
-    options = {"rrf_k": rrf_k} if rrf_k else {}
+    settings = get_settings()
     try:
+        if answers:
+            _answers(file, settings, split_name, backend, min_confidence, limit, store_dir, as_json, details)
+            return
+        options = {"rrf_k": rrf_k} if rrf_k else {}
         report = run_evaluation(
             file,
-            get_settings(),
+            settings,
             name=split_name,
             modes=chosen,  # type: ignore[arg-type]
             limit=limit,
@@ -72,3 +91,39 @@ def eval_command(
         sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
         Console().print(report_table(report))
+
+
+def _answers(
+    file: Path,
+    settings: object,
+    name: str | None,
+    backend: str | None,
+    min_confidence: float | None,
+    limit: int | None,
+    store_dir: Path | None,
+    as_json: bool,
+    details: Path | None,
+) -> None:
+    assert isinstance(settings, Settings)
+    if backend is not None and backend not in AnswerBackendName.__args__:  # type: ignore[attr-defined]
+        raise typer.BadParameter(f"unknown backend {backend!r}", param_hint="--backend")
+    if min_confidence is not None:
+        settings = settings.model_copy(update={"min_confidence": min_confidence})
+    err = Console(stderr=True)
+
+    def progress(done: int, total: int) -> None:
+        if done % 25 == 0 or done == total:
+            err.print(f"  {done}/{total} questions", highlight=False)
+
+    report = run_answer_evaluation(
+        file, settings, name=name, backend=backend, limit=limit, store_dir=store_dir, progress=progress
+    )
+    if details is not None:
+        details.write_text(json.dumps(report.as_dict(details=True), indent=1) + "\n", encoding="utf-8")
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
+        return
+    console = Console()
+    console.print(answer_table(report))
+    if report.calibration()["reliability"]:
+        console.print(reliability_table(report))

@@ -1,0 +1,92 @@
+"""The claim check's parts: splitting answers into claims, the facts check, the unsupported-claim policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from pmcqa.app.answering.base import ABSTAIN_ANSWER, Citation, Claim, Draft
+from pmcqa.app.answering.claims import apply_policy, missing_facts, names, quantities, split_claims
+
+
+def test_split_claims_moves_markers_after_a_period_onto_the_claim() -> None:
+    answer = (
+        "Both protocols generated immature tissue [1]; about 20% of adult factors [2]. [3] "
+        "The SARS-CoV-2 spike binds ACE2 [4, 5]. Nothing cited here."
+    )
+    claims = split_claims(answer)
+    assert [c.text for c in claims] == [
+        "Both protocols generated immature tissue; about 20% of adult factors.",
+        "The SARS-CoV-2 spike binds ACE2.",
+        "Nothing cited here.",
+    ]
+    assert [c.excerpts for c in claims] == [[1, 2, 3], [4, 5], []]
+    assert answer[slice(*claims[0].span)].endswith("[3]")
+
+
+def test_numbers_units_and_names() -> None:
+    assert quantities("21 % of 1,000 patients after 3-4 weeks, 5 mg/kg, COVID-19") == [
+        ("21", "%", "21 %"),
+        ("1000", "patient", "1,000 patients"),
+        ("3", None, "3"),
+        ("5", "mg/kg", "5 mg/kg"),
+    ]
+    assert names("The SARS-CoV-2 virus binds ACE2 in Wuhan. However Spo0A matters.") == [
+        "SARS-CoV-2",
+        "ACE2",
+        "Wuhan",
+        "Spo0A",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("claim", "cited", "problem"),
+    [
+        ("About 21% of adults.", "about 21 percent of adults were infected", None),
+        ("About 12% of adults.", "about 21% of adults were infected", "number 12%"),
+        ("It lasted 5 days.", "the dose was 5 mg", "5 days"),
+        ("1,000 samples were tested.", "1000 samples were tested", None),
+        ("Cases rose in Wuhan.", "cases rose in the city", "Wuhan"),
+        ("ACE2 is the receptor.", "the receptor is ace2", None),
+    ],
+)
+def test_missing_facts(claim: str, cited: str, problem: str | None) -> None:
+    reason = missing_facts(claim, cited)
+    if problem is None:
+        assert reason is None
+    else:
+        assert reason is not None and problem in reason
+
+
+def _citation(chunk_id: str) -> Citation:
+    return Citation(chunk_id=chunk_id, section="Results", quote="q", start=0, end=1)
+
+
+ANSWER = "Organoids are immature [1]. They expressed 12% of adult factors [2]."
+CLAIMS = [
+    Claim(text="Organoids are immature.", citations=[0], supported=True, reason="ok"),
+    Claim(text="They expressed 12% of adult factors.", citations=[1], supported=False, reason="number 12%"),
+]
+CITATIONS = [_citation("c0"), _citation("c1")]
+
+
+def test_policy_flag_keeps_the_claim_and_says_so() -> None:
+    checked = apply_policy(Draft(answer=ANSWER), CITATIONS, CLAIMS, "flag", ABSTAIN_ANSWER)
+    assert checked.answer.startswith(ANSWER) and "Not verified: 1 of 2 statements" in checked.answer
+    assert checked.citations == CITATIONS and not checked.abstained
+    assert "flagged" in checked.steps[0] and "number 12%" in checked.steps[0]
+
+
+def test_policy_drop_removes_the_claim_and_its_citation() -> None:
+    checked = apply_policy(Draft(answer=ANSWER), CITATIONS, CLAIMS, "drop", ABSTAIN_ANSWER)
+    assert checked.answer == "Organoids are immature [1]."
+    assert [c.chunk_id for c in checked.citations] == ["c0"]
+    assert [c.citations for c in checked.claims] == [[0], []]
+    everything_wrong = [c.model_copy(update={"supported": False}) for c in CLAIMS]
+    gone = apply_policy(Draft(answer=ANSWER), CITATIONS, everything_wrong, "drop", ABSTAIN_ANSWER)
+    assert gone.abstained and gone.answer == ABSTAIN_ANSWER and gone.citations == []
+
+
+def test_policy_keep_leaves_the_answer() -> None:
+    checked = apply_policy(Draft(answer=ANSWER), CITATIONS, CLAIMS, "keep", ABSTAIN_ANSWER)
+    assert checked.answer == ANSWER and checked.citations == CITATIONS
+    assert "not supported" in checked.steps[0]
