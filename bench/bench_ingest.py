@@ -75,7 +75,9 @@ def parse_and_chunk(files: list[Path], settings: Settings) -> list[tuple[Any, li
 
 
 def bench_ingest(args: argparse.Namespace, work: Path) -> dict[str, float]:
-    settings = Settings(data_dir=work / "ingest-warm")
+    # bench_encode.py runs this with the backend it chose; the default is the settings' own.
+    backend = getattr(args, "embedding_backend", None)
+    settings = Settings(data_dir=work / "ingest-warm", **({"embedding_backend": backend} if backend else {}))
     embedder = Embedder(settings)
     files = corpus_files(args.papers)
     parse_and_chunk(files, settings)  # warm-up: tokenizer, lxml

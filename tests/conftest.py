@@ -35,6 +35,21 @@ def shared_path(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_onnx_exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One ONNX export of the embedding model per test session (the CPU default backend is onnx-int8):
+    every test's Settings, subprocesses included, read PMCQA_EMBEDDING_EXPORT_DIR. A developer's own
+    setting of it (a persistent cache) is kept."""
+    configured = os.environ.get("PMCQA_EMBEDDING_EXPORT_DIR")
+    if configured:
+        yield Path(configured)
+        return
+    path = tmp_path_factory.mktemp("onnx-exports")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PMCQA_EMBEDDING_EXPORT_DIR", str(path))
+        yield path
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

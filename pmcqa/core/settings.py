@@ -114,9 +114,19 @@ class Settings(BaseSettings):
     api_torch_threads: int = Field(
         1,
         ge=0,
-        description="torch threads per encode in the API process (0: torch's default, one per core). A "
-        "request encodes one question or a few sentences and concurrent requests already share the cores; "
-        "more threads per tiny encode spin against each other (10-20x slower on 2 busy cores).",
+        description="torch (and ONNX Runtime) threads per encode in the API process (0: their default, one "
+        "per core). A request encodes one question or a few sentences and concurrent requests already share "
+        "the cores; more threads per tiny encode spin against each other (10-20x slower on 2 busy cores).",
+    )
+    embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="Encoder runtime: torch, or on CPU ONNX Runtime (`onnx` fp32, `onnx-int8` dynamic int8, "
+        "exported once into `embedding_export_dir`). `auto`: torch on CUDA, onnx-int8 on CPU (measured: "
+        "README, Embedding backends). int8 vectors get their own model identity in the store: switching "
+        "to or from it needs `pmcqa reindex`.",
+    )
+    embedding_export_dir: Path | None = Field(
+        None, description="Where ONNX exports of embedding models are cached; default `<data_dir>/models`."
     )
     top_k: int = Field(8, ge=1, le=100, description="Passages retrieved per question.")
     context_tokens: int = Field(
@@ -264,6 +274,10 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.embedding_export_dir or self.data_dir / "models"
 
     @property
     def queue_path(self) -> Path:

