@@ -86,6 +86,9 @@ PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 DECLARED_NOT_IMPORTED = {
     "accelerate": "transformers needs it to load with device_map= and 4-bit (the llm extra)",
     "fastapi-offline": "read as package data (importlib.resources), never imported: the offline docs assets",
+    # torch.onnx.export(dynamo=True) imports them; onnx_backend only checks they are there, with a clear error
+    "onnx": "torch's dynamo ONNX exporter writes the model with it (index/onnx_backend.py)",
+    "onnxscript": "torch's dynamo ONNX exporter translates the graph with it (index/onnx_backend.py)",
 }
 # Imported but deliberately undeclared: probed with find_spec and used only when present (CUDA only).
 OPTIONAL_UNDECLARED = {"unsloth"}
