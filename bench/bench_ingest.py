@@ -9,7 +9,8 @@
 (b) per-paper retrieval (`Store.get_vectors` + exact dot product, and `Retriever.retrieve(mode="dense")` with
     a fixed query vector so that only retrieval is timed) p50/p99 with a 1k-chunk and a 1M-chunk library of
     synthetic random vectors (target: 1M/1k <= 1.2).
-(c) RSS of a fresh reader process (the API's view) that opens each store and answers per-paper queries.
+(c) RSS of a fresh reader process (the API's view) that opens each store and answers per-paper queries; and
+    the RSS the API's query encoder adds to a fresh process, per embedding backend (--encoder-backends).
 
 Not a test: it prints a rich table. Stores live in a temporary directory unless --work-dir is given.
 """
@@ -280,6 +281,39 @@ def measure_reader(settings: Settings, queries: int) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+ENCODER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[3])
+
+def status_mb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+from pmcqa.core.settings import Settings
+from pmcqa.index.embedding import Embedder
+baseline, anon_baseline = status_mb("VmRSS"), status_mb("RssAnon")
+embedder = Embedder(Settings(data_dir=sys.argv[1], embedding_backend=sys.argv[2], embedding_device="cpu"))
+for i in range(20):  # what the API does with it: one question at a time
+    embedder.embed_queries([f"which compound was used in experiment {i}?"])
+print(json.dumps({
+    "rss_base_mb": baseline, "rss_mb": status_mb("VmRSS"),
+    "anon_delta_mb": status_mb("RssAnon") - anon_baseline, "hwm_mb": status_mb("VmHWM"),
+    "model": embedder.model_name,
+}))
+"""
+
+
+def measure_encoder(backend: str, directory: Path) -> dict[str, Any]:
+    """RSS that the API's query encoder adds to a fresh process (after pmcqa's imports), per backend. Run
+    twice: the first run may export the ONNX model (into PMCQA_EMBEDDING_EXPORT_DIR or `directory`), which
+    is a one-off peak, not the steady state."""
+    command = [sys.executable, "-c", ENCODER, str(directory), backend, str(REPO)]
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
 
@@ -306,6 +340,11 @@ def main() -> None:
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-encode", action="store_true", help="(a) without the two encode-bound runs.")
     parser.add_argument("--work-dir", type=Path, default=None, help="Keep stores here (reused if present).")
+    parser.add_argument(
+        "--encoder-backends",
+        default="torch,onnx-int8",
+        help="(c) query encoder memory per embedding backend, comma-separated ('' to skip).",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="pmcqa-bench-") as tmp:
@@ -371,8 +410,20 @@ def main() -> None:
                 f" after imports; peak {r['hwm_mb']:.0f} MB; SQLite {r['db_mb']:.0f} MB on disk",
                 "O(1) in library size",
             )
+        # The API process also holds the query encoder; its share does not depend on the library's size.
+        for backend in filter(None, args.encoder_backends.split(",")):
+            r = measure_encoder(backend, work / "encoder")
+            table.add_row(
+                f"(c) query encoder, {backend}",
+                f"+{r['rss_mb'] - r['rss_base_mb']:.0f} MB RSS (+{r['anon_delta_mb']:.0f} MB private) over "
+                f"{r['rss_base_mb']:.0f} MB after imports; process {r['rss_mb']:.0f} MB, "
+                f"peak {r['hwm_mb']:.0f} MB",
+                "",
+            )
         console.print(table)
-        console.print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible")
+        console.print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs visible, load {os.getloadavg()[0]:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ instead of a stale export.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -183,8 +185,10 @@ def _export_fp32(model: SentenceTransformer, target: Path) -> None:
             return self.network(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
     axes = {0: "batch", 1: "sequence"}
-    with torch.no_grad(), warnings.catch_warnings():
-        # The exporter's notes on axis names and deprecations: noise, once per export.
+    # The exporter's notes (axis names, deprecations, "torchvision is not installed" for vision ops a text
+    # model never uses) are noise in a service's log: its warnings and torch.onnx log lines are muted.
+    muted = _log_level(logging.getLogger("torch.onnx"), logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings(), muted:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             LastHiddenState().eval(),
@@ -198,6 +202,16 @@ def _export_fp32(model: SentenceTransformer, target: Path) -> None:
             verbose=False,
         )
     program.save(str(target), external_data=False)
+
+
+@contextlib.contextmanager
+def _log_level(log: logging.Logger, level: int) -> Iterator[None]:
+    before = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 def _quantize_int8(source: Path, target: Path) -> None:
