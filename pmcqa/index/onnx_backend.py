@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import onnxruntime
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers.modeling_outputs import BaseModelOutput
 
 OnnxVariant = Literal["onnx", "onnx-int8"]
 ONNX_VARIANTS: tuple[OnnxVariant, ...] = ("onnx", "onnx-int8")
@@ -118,8 +119,9 @@ class OnnxRuntimeTransformer:
         self.config = config  # sentence-transformers reads the hidden size and output flags from it
         self.input_names = [node.name for node in session.get_inputs()]
 
-    def forward(self, **features: Any) -> dict[str, torch.Tensor]:
+    def forward(self, **features: Any) -> BaseModelOutput:
         import torch
+        from transformers.modeling_outputs import BaseModelOutput  # loaded already by sentence-transformers
 
         inputs = {name: features[name].cpu().numpy() for name in self.input_names if name in features}
         missing = set(self.input_names) - set(inputs)
@@ -135,9 +137,20 @@ class OnnxRuntimeTransformer:
                 hidden = np.zeros((*mask.shape, output.shape[-1]), dtype=output.dtype)
             hidden[row, tokens] = output[0]
         assert hidden is not None  # sentence-transformers never calls with an empty batch
-        return {"last_hidden_state": torch.from_numpy(hidden)}
+        # Read by name (sentence-transformers 6) or as outputs[0] (5.x): a ModelOutput answers both.
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
 
     __call__ = forward
+
+
+def _hf_attribute(transformer: torch.nn.Module) -> str:
+    """Where sentence-transformers' Transformer module keeps the Hugging Face network: `model` since 6.0,
+    `auto_model` before (6.0 keeps `auto_model` as a read-only alias)."""
+    return "model" if "model" in transformer._modules else "auto_model"
+
+
+def _hf_model(transformer: torch.nn.Module) -> torch.nn.Module:
+    return getattr(transformer, _hf_attribute(transformer))
 
 
 def _as_module(runner: OnnxRuntimeTransformer) -> torch.nn.Module:
@@ -151,7 +164,7 @@ def _as_module(runner: OnnxRuntimeTransformer) -> torch.nn.Module:
             self.runner = runner
             self.config = runner.config
 
-        def forward(self, **features: Any) -> dict[str, torch.Tensor]:
+        def forward(self, **features: Any) -> BaseModelOutput:
             return runner.forward(**features)
 
     return _Module()
@@ -162,7 +175,7 @@ def _export_fp32(model: SentenceTransformer, target: Path) -> None:
     import torch
 
     transformer = model[0]
-    network = transformer.model.eval()
+    network = _hf_model(transformer).eval()
     sample = transformer.tokenizer(
         ["a short sentence", "a somewhat longer sentence to give the example two lengths"],
         padding=True,
@@ -301,8 +314,7 @@ def load_onnx_model(
             path = ensure_export(model, model_name, variant, source, models_dir)
             transformer = model[0]
             # The torch weights are dropped here: only the session computes from now on.
-            transformer.model = _as_module(
-                OnnxRuntimeTransformer(open_session(path), transformer.model.config)
-            )
+            runner = OnnxRuntimeTransformer(open_session(path), _hf_model(transformer).config)
+            setattr(transformer, _hf_attribute(transformer), _as_module(runner))
             _MODELS[key] = model
         return model
