@@ -184,3 +184,21 @@ def test_hub_ids_are_refused_before_any_download(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="local model files"):
         onnx_backend.load_onnx_model("org/hub-model", "org/hub-model", "onnx-int8", tmp_path / "models")
     assert not (tmp_path / "models").exists()
+
+
+def test_the_api_thread_cap_reaches_onnx_sessions(exports: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """settings.api_torch_threads (set by the API's loader) caps ONNX Runtime's threads as well as torch's."""
+    import torch
+
+    from pmcqa.index.embedding import limit_torch_threads
+
+    monkeypatch.setattr(onnx_backend, "session_threads", 0)
+    source = resolve_model_path(DEFAULT_MODEL)
+    path = onnx_backend.export_dir(exports / "models", DEFAULT_MODEL, "onnx-int8", source) / "model.onnx"
+    assert onnx_backend.open_session(path).get_session_options().intra_op_num_threads == 0  # ORT's default
+    before = torch.get_num_threads()
+    try:
+        limit_torch_threads(1)
+        assert onnx_backend.open_session(path).get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
