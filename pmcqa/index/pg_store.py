@@ -53,6 +53,7 @@ from pmcqa.index.store import (
     StoreBase,
     check_same_model,
     content_hash,
+    paper_row,
 )
 
 log = logging.getLogger(__name__)
@@ -322,23 +323,7 @@ class PostgresStore(StoreBase):
             "INSERT INTO papers(paper_id, pmid, doi, title, journal, year, license, article_type, status,"
             " source, n_chunks, embedding_model, record_json, created_at, updated_at)"
             " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (
-                record.paper_id,
-                record.pmid,
-                record.doi,
-                record.title,
-                record.journal,
-                record.year,
-                record.license,
-                record.article_type,
-                record.status,
-                record.source,
-                len(paper.chunks),
-                encoder.model_name,
-                record.model_dump_json(),
-                row[0] if row else now,
-                now,
-            ),
+            paper_row(record, len(paper.chunks), encoder.model_name, row[0] if row else now, now),
         )
         copy_sql = (
             "COPY chunks (paper_id, ordinal, chunk_id, content_hash, chunk_json, embedding)"

@@ -178,6 +178,29 @@ class PaperStore(Protocol):
     ) -> list[tuple[Chunk, float]]: ...
 
 
+
+def paper_row(
+    record: PaperRecord, n_chunks: int, model_name: str, created: float, now: float
+) -> tuple[object, ...]:
+    """The `papers` row of a record, in the column order both stores insert (SQLite and PostgreSQL)."""
+    return (
+        record.paper_id,
+        record.pmid,
+        record.doi,
+        record.title,
+        record.journal,
+        record.year,
+        record.license,
+        record.article_type,
+        record.status,
+        record.source,
+        n_chunks,
+        model_name,
+        record.model_dump_json(),
+        created,
+        now,
+    )
+
 def open_store(settings: Settings, **options: float) -> PaperStore:
     """The store `settings` name: PostgreSQL when `database_url` is set, else SQLite under `index_dir`.
 
@@ -533,23 +556,7 @@ class Store(StoreBase):
             "INSERT INTO papers(paper_id, pmid, doi, title, journal, year, license, article_type, status,"
             " source, n_chunks, embedding_model, record_json, created_at, updated_at)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                record.paper_id,
-                record.pmid,
-                record.doi,
-                record.title,
-                record.journal,
-                record.year,
-                record.license,
-                record.article_type,
-                record.status,
-                record.source,
-                len(paper.chunks),
-                encoder.model_name,
-                record.model_dump_json(),
-                created,
-                now,
-            ),
+            paper_row(record, len(paper.chunks), encoder.model_name, created, now),
         )
         conn.executemany(
             "INSERT INTO chunks(paper_id, ordinal, chunk_id, content_hash, chunk_json, vector)"
