@@ -34,6 +34,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -191,13 +192,16 @@ def build_library(dev: Path, cache_dir: Path) -> tuple[Path, EvalSet, int]:
     data_dir = cache_dir / "data"
     settings = Settings(data_dir=data_dir)
     params = Chunker(settings).params.key()
-    key = hashlib.sha256(dev.read_bytes() + params.encode() + settings.embedding_model.encode()).hexdigest()
+    # The vectors' identity is the model and the runtime that made them (onnx-int8 vectors are not torch's).
+    model = f"{settings.embedding_model}@{settings.embedding_backend}"
+    key = hashlib.sha256(dev.read_bytes() + params.encode() + model.encode()).hexdigest()
     marker = cache_dir / "library.json"
     if marker.exists() and json.loads(marker.read_text()).get("key") == key and data_dir.exists():
         return data_dir, eval_set, int(json.loads(marker.read_text())["chunks"])
     from pmcqa.index.embedding import Embedder  # heavy (torch): only when the library must be (re)built
 
     print(f"building the library in {data_dir} (once) ...", file=sys.stderr, flush=True)
+    shutil.rmtree(data_dir, ignore_errors=True)  # a library of another model or chunker is not reused
     store = build_store(eval_set, settings, Embedder(settings), f"squad:{dev.name}")
     chunks = int(store.count_chunks())
     store.close()
@@ -246,8 +250,11 @@ def serve(
                 if server.poll() is not None:
                     raise SystemExit(f"pmcqa serve exited with {server.returncode}; see {log_path}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    ready = httpx.get(f"{url}/readyz", timeout=2)
+                    if ready.status_code == 200:
                         break
+                    if str(ready.json().get("detail") or "").startswith("failed"):  # it will never be ready
+                        raise SystemExit(f"pmcqa serve cannot load the library: {ready.json()['detail']}")
                 if time.monotonic() > deadline:
                     raise SystemExit(f"pmcqa serve was not ready within 600 s; see {log_path}")
                 time.sleep(0.2)
