@@ -4,9 +4,11 @@
 Times, in fresh processes (`python -m pmcqa.app.cli ...`, the same code as the `pmcqa` script) with an empty
 temporary data dir: `pmcqa --help`, `pmcqa ask banana x` (a malformed id: exit 2), `pmcqa jobs`, `pmcqa parse`
 of one shared JATS file, and `pmcqa serve` on a free port until `/healthz` and then `/readyz` answer 200
-(the embedded worker starts too, as it does by default). Prints the median wall time of `--runs` runs and
-the median CPU time (user + system) of the process (for serve: of the server process up to its first
-/healthz 200): on a machine shared with other work the wall time grows with the load, the CPU time much less.
+(the embedded worker starts too, as it does by default); the first serve run pays the one-off export of
+the ONNX encoder into the new data dir and is reported on its own line. Prints the median wall time of
+`--runs` runs and the median CPU time (user + system) of the process (for serve: of the server process up
+to its first /healthz 200): on a machine shared with other work the wall time grows with the load, the CPU
+time much less.
 
     .venv/bin/python bench/bench_startup.py [--runs 5] [--serve-runs 3] [--no-serve]
 
@@ -158,14 +160,18 @@ def main() -> None:
     for label, wall, cpu in rows:
         print(f"| `{label}` | {wall:.2f} | {cpu:.2f} |")
     if serve:
+        # The first start on a new data dir exports (and quantizes) the ONNX encoder before /readyz; the
+        # later starts reuse that export, as every restart of a deployed service does.
         serve_label = " ".join(["pmcqa serve", options.serve_args]).strip()
-        health = statistics.median(h for h, _, _ in serve)
-        health_cpu = statistics.median(c for _, c, _ in serve)
-        ready = statistics.median(r for _, _, r in serve)
-        runs = f"{len(serve)} runs"
+        first, restarts = serve[0], serve[1:] or serve[:1]
+        health = statistics.median(h for h, _, _ in restarts)
+        health_cpu = statistics.median(c for _, c, _ in restarts)
+        ready = statistics.median(r for _, _, r in restarts)
+        runs = f"median of {len(restarts)} restarts"
         print(f"| `{serve_label}` → first `/healthz` 200 ({runs}) | {health:.2f} | {health_cpu:.2f} |")
         print(f"| `{serve_label}` → first `/readyz` 200 ({runs}) | {ready:.2f} | — |")
-
+        fresh = "new data dir: exports the encoder"
+        print(f"| `{serve_label}` → first `/readyz` 200 ({fresh}) | {first[2]:.2f} | — |")
 
 if __name__ == "__main__":
     main()

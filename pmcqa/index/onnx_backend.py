@@ -1,13 +1,20 @@
-"""ONNX Runtime inference for sentence-transformers models on CPU: fp32 and dynamic int8.
+"""ONNX Runtime inference for sentence-transformers models on CPU: fp32 and dynamic int8, without torch.
 
 A sentence-transformers model is a pipeline (tokenize -> transformer -> pooling -> normalize). Only the
-transformer is worth moving off PyTorch, so `load_onnx_model` loads the usual `SentenceTransformer` (offline,
-from the local files) and swaps its transformer for `OnnxRuntimeTransformer`, an ONNX Runtime session over
-the same network. Tokenization, batching, pooling and normalisation stay sentence-transformers' own.
+transformer needs exporting; tokenizing (the model's `tokenizer.json`, through the `tokenizers` library),
+mean or CLS pooling and normalising are a few lines of numpy. So `OnnxEncoder` runs the whole pipeline with
+ONNX Runtime and `tokenizers` alone: a process that encodes with ONNX never imports torch, transformers or
+sentence-transformers, which saves the API ~600 MB of RSS and seconds of start-up
+(bench/bench_ingest.py (c), bench/bench_startup.py). Pipelines other than Transformer -> Pooling (mean or
+CLS) -> optional Normalize are refused with a message naming the torch backend.
+
+Exporting does need torch. It runs once per model and recipe, in a child process (`python -m
+pmcqa.index.onnx_backend`), so the process that asked for it stays torch-free.
 
 Why not `SentenceTransformer(path, backend="onnx")`: that backend goes through `optimum-onnx`, whose only
-release pins `transformers<4.58`, while sentence-transformers 6 (and this project) need transformers 5. The
-steps are the ones optimum takes, done with the libraries directly:
+release pins `transformers<4.58`, while sentence-transformers 6 (and this project) need transformers 5, and
+it keeps torch loaded for tokenizing and pooling. The export steps are the ones optimum takes, done with the
+libraries directly:
 
 - export: `torch.onnx.export(..., dynamo=True)` of the transformer's `last_hidden_state` with dynamic batch
   and sequence axes (the older TorchScript exporter traces transformers 5's mask code wrongly);
@@ -31,12 +38,14 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -44,7 +53,6 @@ if TYPE_CHECKING:
     import onnxruntime
     import torch
     from sentence_transformers import SentenceTransformer
-    from transformers.modeling_outputs import BaseModelOutput
 
 OnnxVariant = Literal["onnx", "onnx-int8"]
 ONNX_VARIANTS: tuple[OnnxVariant, ...] = ("onnx", "onnx-int8")
@@ -60,7 +68,7 @@ logger = logging.getLogger(__name__)
 session_threads = 0
 
 # One session per exported file per process (a session holds the weights, ~23-90 MB for MiniLM).
-_MODELS: dict[tuple[str, OnnxVariant], SentenceTransformer] = {}
+_MODELS: dict[tuple[str, OnnxVariant], OnnxEncoder] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -103,46 +111,6 @@ def export_dir(models_dir: Path, model_name: str, variant: OnnxVariant, source: 
     return Path(models_dir) / f"{readable}-{variant}-{source_fingerprint(source)}"
 
 
-class OnnxRuntimeTransformer:
-    """Runs the exported network; called like the Hugging Face model it replaces (`last_hidden_state`).
-
-    Each text runs alone, on its own tokens without padding. int8 dynamic quantization scales activations
-    per tensor, so in a padded batch a text's vector would depend on its neighbours (cosine ~0.98-0.99
-    between the same text batched and alone); alone, a text always gets the same vector, which the store's
-    content-hash cache assumes. It costs no speed on CPU (measured: 7.3 passages/s one at a time vs 6.3 in
-    batches of 64 for int8), since padding is work too. Padded positions of the output are zeros; pooling
-    ignores them by the attention mask.
-    """
-
-    def __init__(self, session: onnxruntime.InferenceSession, config: Any) -> None:
-        self.session = session
-        self.config = config  # sentence-transformers reads the hidden size and output flags from it
-        self.input_names = [node.name for node in session.get_inputs()]
-
-    def forward(self, **features: Any) -> BaseModelOutput:
-        import torch
-        from transformers.modeling_outputs import BaseModelOutput  # loaded already by sentence-transformers
-
-        inputs = {name: features[name].cpu().numpy() for name in self.input_names if name in features}
-        missing = set(self.input_names) - set(inputs)
-        if missing:
-            raise ValueError(f"the ONNX model needs inputs {sorted(missing)} that the tokenizer did not give")
-        mask = inputs["attention_mask"]
-        hidden: np.ndarray | None = None
-        for row in range(mask.shape[0]):
-            tokens = np.flatnonzero(mask[row])  # this text's positions, whichever side the padding is on
-            feeds = {name: values[row : row + 1, tokens] for name, values in inputs.items()}
-            (output,) = self.session.run(None, feeds)
-            if hidden is None:
-                hidden = np.zeros((*mask.shape, output.shape[-1]), dtype=output.dtype)
-            hidden[row, tokens] = output[0]
-        assert hidden is not None  # sentence-transformers never calls with an empty batch
-        # Read by name (sentence-transformers 6) or as outputs[0] (5.x): a ModelOutput answers both.
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
-
-    __call__ = forward
-
-
 def _hf_attribute(transformer: torch.nn.Module) -> str:
     """Where sentence-transformers' Transformer module keeps the Hugging Face network: `model` since 6.0,
     `auto_model` before (6.0 keeps `auto_model` as a read-only alias)."""
@@ -151,23 +119,6 @@ def _hf_attribute(transformer: torch.nn.Module) -> str:
 
 def _hf_model(transformer: torch.nn.Module) -> torch.nn.Module:
     return getattr(transformer, _hf_attribute(transformer))
-
-
-def _as_module(runner: OnnxRuntimeTransformer) -> torch.nn.Module:
-    """Wrap the runner in a parameter-less torch module: sentence-transformers keeps its transformer as a
-    registered child module, which only another module may replace."""
-    import torch
-
-    class _Module(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.runner = runner
-            self.config = runner.config
-
-        def forward(self, **features: Any) -> BaseModelOutput:
-            return runner.forward(**features)
-
-    return _Module()
 
 
 def _export_fp32(model: SentenceTransformer, target: Path) -> None:
@@ -297,24 +248,147 @@ def open_session(path: Path) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load_onnx_model(
-    model_name: str, source: str, variant: OnnxVariant, models_dir: Path
-) -> SentenceTransformer:
-    """`model_name` (local files at `source`) as a CPU SentenceTransformer whose transformer runs in ONNX
-    Runtime; exported to `models_dir` on first use, loaded once per process."""
+class OnnxEncoder:
+    """A sentence-transformers model run by ONNX Runtime and `tokenizers` (no torch): `encode` answers like
+    `SentenceTransformer.encode` for the arguments pmcqa passes.
+
+    Each text runs alone, on its own tokens without padding. int8 dynamic quantization scales activations
+    per tensor, so in a padded batch a text's vector would depend on its neighbours (cosine ~0.98-0.99
+    between the same text batched and alone); alone, a text always gets the same vector, which the store's
+    content-hash cache assumes. It costs no speed on CPU (measured: 7.3 passages/s one at a time vs 6.3 in
+    batches of 64 for int8), since padding is work too.
+    """
+
+    def __init__(self, source: Path, model_file: Path) -> None:
+        from tokenizers import Tokenizer  # Rust, light; a dependency of pmcqa (the chunker counts with it)
+
+        self.pipeline = read_pipeline(source)
+        self.tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.pipeline.max_length)
+        self.session = open_session(model_file)
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.dimension: int | None = None
+
+    def get_sentence_embedding_dimension(self) -> int:
+        if self.dimension is None:
+            self.dimension = int(self.encode(["x"]).shape[1])
+        return self.dimension
+
+    def encode(
+        self,
+        texts: list[str],
+        batch_size: int = 32,  # sentence-transformers' argument; every text runs alone here (see above)
+        convert_to_numpy: bool = True,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
+        """(len(texts), dimension) float32 sentence vectors."""
+        vectors = [self._encode_one(encoding) for encoding in self.tokenizer.encode_batch(texts)]
+        matrix = np.stack(vectors).astype(np.float32, copy=False)
+        if normalize_embeddings or self.pipeline.normalize:
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        return matrix
+
+    def _encode_one(self, encoding: Any) -> np.ndarray:
+        features = {
+            "input_ids": np.asarray([encoding.ids], dtype=np.int64),
+            "attention_mask": np.asarray([encoding.attention_mask], dtype=np.int64),
+            "token_type_ids": np.asarray([encoding.type_ids], dtype=np.int64),
+        }
+        (hidden,) = self.session.run(None, {name: features[name] for name in self.input_names})
+        tokens = hidden[0]  # (sequence, dimension): one text, no padding
+        return tokens[0] if self.pipeline.pooling == "cls" else tokens.mean(axis=0)
+
+
+class Pipeline(NamedTuple):
+    """What `OnnxEncoder` needs to know of a sentence-transformers model's modules."""
+
+    max_length: int
+    pooling: Literal["mean", "cls"]
+    normalize: bool
+
+
+_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def read_pipeline(source: Path) -> Pipeline:
+    """The tokenizer length, pooling and normalisation of the model at `source` (its `modules.json`,
+    `sentence_bert_config.json` and pooling config, as sentence-transformers reads them)."""
+    unsupported = ValueError(
+        f"the ONNX embedding backend runs Transformer -> Pooling (mean or CLS) -> Normalize models; {source} "
+        "is another kind: set PMCQA_EMBEDDING_BACKEND=torch"
+    )
+    if not (source / "tokenizer.json").is_file():
+        raise ValueError(f"{source} has no tokenizer.json: set PMCQA_EMBEDDING_BACKEND=torch")
+    modules = _read_json(source / "modules.json") or [
+        {"type": "Transformer", "path": ""},
+        {"type": "Pooling", "path": ""},  # a plain Hugging Face model: sentence-transformers mean-pools it
+    ]
+    kinds = [str(module["type"]).rsplit(".", 1)[-1] for module in modules]
+    if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
+        raise unsupported
+    if modules[0].get("path"):
+        raise unsupported  # a transformer in a subfolder: not the layout this exports
+    pooling_config = _read_json(source / str(modules[1].get("path") or "") / "config.json") or {}
+    modes = {key for key, on in pooling_config.items() if key.startswith("pooling_mode_") and on is True}
+    if modes in (set(), {"pooling_mode_mean_tokens"}):
+        pooling: Literal["mean", "cls"] = "mean"
+    elif modes == {"pooling_mode_cls_token"}:
+        pooling = "cls"
+    else:
+        raise unsupported
+    max_length = (_read_json(source / "sentence_bert_config.json") or {}).get("max_seq_length")
+    if max_length is None:
+        max_length = (_read_json(source / "tokenizer_config.json") or {}).get("model_max_length", 512)
+    return Pipeline(max_length=int(min(max_length, 100_000)), pooling=pooling, normalize=len(kinds) == 3)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def export_in_child(model_name: str, source: str | Path, variant: OnnxVariant, models_dir: Path) -> Path:
+    """`ensure_export` in a child process: exporting needs torch, and the process that asked (the API, a
+    worker) should not carry torch's ~600 MB for the rest of its life because of a one-off step."""
+    final = export_dir(models_dir, model_name, variant, source) / MODEL_FILE
+    if final.is_file():
+        return final
+    command = [sys.executable, "-m", __name__, model_name, str(source), variant, str(models_dir)]
+    logger.info("exporting %s to ONNX (%s) in a child process (up to a minute)", model_name, variant)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not final.is_file():
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exporting {model_name} to ONNX ({variant}) failed: {detail}")
+    return final
+
+
+def load_onnx_model(model_name: str, source: str, variant: OnnxVariant, models_dir: Path) -> OnnxEncoder:
+    """`model_name` (local files at `source`) as an `OnnxEncoder`; exported to `models_dir` on first use (in a
+    child process), loaded once per process."""
     key = (str(Path(source).resolve()), variant)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
             _require_onnx_packages()
             source_fingerprint(source)  # a hub id fails here, before any download is tried
-            from sentence_transformers import SentenceTransformer  # heavy (torch): first load only
-
-            model = SentenceTransformer(source, device="cpu")
-            path = ensure_export(model, model_name, variant, source, models_dir)
-            transformer = model[0]
-            # The torch weights are dropped here: only the session computes from now on.
-            runner = OnnxRuntimeTransformer(open_session(path), _hf_model(transformer).config)
-            setattr(transformer, _hf_attribute(transformer), _as_module(runner))
+            read_pipeline(Path(source))  # an unsupported model fails before the minute-long export
+            model_file = export_in_child(model_name, source, variant, models_dir)
+            model = OnnxEncoder(Path(source), model_file)
             _MODELS[key] = model
         return model
+
+
+def _export_main(argv: list[str]) -> None:
+    """The child process of `export_in_child`: MODEL_NAME SOURCE VARIANT MODELS_DIR."""
+    model_name, source, variant, models_dir = argv
+    from sentence_transformers import SentenceTransformer  # torch: only in this short-lived process
+
+    if variant not in ONNX_VARIANTS:
+        raise SystemExit(f"unknown ONNX variant {variant!r}")
+    model = SentenceTransformer(source, device="cpu")
+    ensure_export(model, model_name, variant, source, Path(models_dir))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    _export_main(sys.argv[1:])

@@ -178,7 +178,6 @@ class PaperStore(Protocol):
     ) -> list[tuple[Chunk, float]]: ...
 
 
-
 def paper_row(
     record: PaperRecord, n_chunks: int, model_name: str, created: float, now: float
 ) -> tuple[object, ...]:
@@ -200,6 +199,7 @@ def paper_row(
         created,
         now,
     )
+
 
 def open_store(settings: Settings, **options: float) -> PaperStore:
     """The store `settings` name: PostgreSQL when `database_url` is set, else SQLite under `index_dir`.

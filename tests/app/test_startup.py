@@ -43,9 +43,14 @@ print(json.dumps({"code": code, "loaded": loaded, "commands": commands}), file=s
 """
 
 
-def run_cli(args: list[str], data_dir: Path) -> tuple[dict, str]:
+def run_cli(args: list[str], data_dir: Path, extra_env: dict[str, str] | None = None) -> tuple[dict, str]:
     """(the probe's report, the command's own stderr) of `pmcqa args` in a subprocess."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PMCQA_DATA_DIR": str(data_dir)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "PMCQA_DATA_DIR": str(data_dir),
+        **(extra_env or {}),
+    }
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(args), json.dumps(HEAVY)],
         env=env,
@@ -84,6 +89,22 @@ def test_parse_counts_tokens_without_the_model_weights(tmp_path: Path, shared_da
     article = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"
     report, _ = run_cli(["parse", str(article), "--json"], tmp_path)
     assert report["code"] == 0 and report["loaded"] == []  # tokenizer.json via `tokenizers`, no transformers
+
+
+def test_ingest_and_ask_on_the_default_encoder_never_import_torch(
+    tmp_path: Path, shared_data: Path, shared_onnx_exports: Path
+) -> None:
+    """The CPU default encoder (onnx-int8) tokenizes, pools and normalises without torch: embedding a paper's
+    chunks and a question loads none of torch, transformers or sentence-transformers (~600 MB in the API)."""
+    article = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"
+    exports = {"PMCQA_EMBEDDING_EXPORT_DIR": str(shared_onnx_exports)}
+    torch_family = {"torch", "transformers", "sentence_transformers"}
+    ingested, stderr = run_cli(["ingest", "--xml", str(article), "--json"], tmp_path, exports)
+    assert ingested["code"] == 0, stderr
+    assert not torch_family & set(ingested["loaded"]), ingested
+    asked, stderr = run_cli(["ask", "10.1371/journal.pmed.0020124", QUESTION], tmp_path, exports)
+    assert asked["code"] == 0, stderr  # the paper was stored and answered from (exit 0, not 3: not stored)
+    assert not torch_family & set(asked["loaded"]) and "faiss" not in asked["loaded"], asked
 
 
 def test_no_command_module_imports_a_heavy_library() -> None:

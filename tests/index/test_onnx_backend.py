@@ -37,10 +37,9 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir whose models dir holds both exports of the default model (exporting takes tens of
     seconds: once per module)."""
     data_dir = tmp_path_factory.mktemp("onnx-data")
-    torch_model = load_model(DEFAULT_MODEL, "cpu")
-    for variant in onnx_backend.ONNX_VARIANTS:
-        onnx_backend.ensure_export(
-            torch_model, DEFAULT_MODEL, variant, resolve_model_path(DEFAULT_MODEL), data_dir / "models"
+    for variant in onnx_backend.ONNX_VARIANTS:  # the way the service exports: in a child process
+        onnx_backend.export_in_child(
+            DEFAULT_MODEL, resolve_model_path(DEFAULT_MODEL), variant, data_dir / "models"
         )
     return data_dir
 
@@ -202,3 +201,35 @@ def test_the_api_thread_cap_reaches_onnx_sessions(exports: Path, monkeypatch: py
         assert onnx_backend.open_session(path).get_session_options().intra_op_num_threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _model_copy(tmp_path: Path) -> Path:
+    """The default model's files, copied so that a test may change them."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(resolve_model_path(DEFAULT_MODEL), copy)
+    return copy
+
+
+def test_the_pipeline_is_read_from_the_model_files(tmp_path: Path) -> None:
+    default = onnx_backend.read_pipeline(Path(resolve_model_path(DEFAULT_MODEL)))
+    assert default == onnx_backend.Pipeline(max_length=256, pooling="mean", normalize=True)
+    model = _model_copy(tmp_path)
+    (model / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert onnx_backend.read_pipeline(model).pooling == "cls"
+    modules = json.loads((model / "modules.json").read_text())
+    (model / "modules.json").write_text(
+        json.dumps([*modules, {"type": "sentence_transformers.models.Dense"}])
+    )
+    with pytest.raises(ValueError, match="PMCQA_EMBEDDING_BACKEND=torch"):
+        onnx_backend.load_onnx_model("with-dense", str(model), "onnx-int8", tmp_path / "models")
+    assert not (tmp_path / "models").exists()  # refused before the minute-long export
+
+
+def test_a_failed_export_names_the_model_and_the_cause(tmp_path: Path) -> None:
+    model = _model_copy(tmp_path)
+    (model / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(RuntimeError, match="exporting broken to ONNX \\(onnx-int8\\) failed: .+"):
+        onnx_backend.load_onnx_model("broken", str(model), "onnx-int8", tmp_path / "models")
+    assert not list((tmp_path / "models").glob("*/model.onnx"))  # nothing half-written is left to reuse
