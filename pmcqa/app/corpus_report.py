@@ -14,6 +14,9 @@ Columns (per tool, totals over the folder):
   excluded), and cpu ms/file. CPU time is the fairer figure on a shared machine. The two tools take turns file
   by file (pmcqa, then pubmed_parser, on the same file), so a change in the machine's load hits both alike;
   the caption splits pmcqa's time into parse/chunk and gives the ratio of CPU time per file.
+- the row "lxml parse only" (with pubmed_parser installed) times what both tools must do first, building the
+  lxml tree of each file (`etree.parse(path)`, as pubmed_parser does): the floor under any lxml-based parser,
+  and most of pubmed_parser's own time. The caption says how much of each tool's time lies above it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxml import etree
 from rich.console import Console
 from rich.table import Table
 
@@ -57,6 +61,9 @@ class ReportRow:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     chunk_cpu_seconds: float | None = None
+
+
+LXML_ROW = "lxml parse only"
 
 
 def corpus_files(folder: Path) -> list[Path]:
@@ -134,6 +141,22 @@ class _PubmedParser:
         self.row.characters += sum(len(p["text"]) for p in paragraphs)
 
 
+class _LxmlParse:
+    """lxml's tree building alone (`etree.parse(path)`, as pubmed_parser calls it), file by file."""
+
+    def __init__(self, files: int) -> None:
+        self.row = ReportRow(LXML_ROW, files=files)
+
+    def add(self, path: Path) -> None:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        try:
+            etree.parse(str(path))
+        except etree.LxmlError:
+            self.row.failures += 1
+        self.row.seconds += time.perf_counter() - started
+        self.row.cpu_seconds += time.process_time() - cpu_started
+
+
 def pubmed_parser_installed() -> bool:
     try:
         import pubmed_parser  # noqa: F401  (an optional extra: `pmcqa[report]`)
@@ -143,15 +166,19 @@ def pubmed_parser_installed() -> bool:
 
 
 def corpus_report(files: Sequence[Path], settings: Settings | None = None) -> list[ReportRow]:
-    """Both tools over the same files, taking turns file by file; pubmed_parser's row only when it is
-    installed (`pmcqa[report]`)."""
+    """Both tools over the same files, taking turns file by file; pubmed_parser's row, and the lxml floor
+    beside it, only when it is installed (`pmcqa[report]`)."""
     ours = _Pmcqa(settings or Settings(), len(files))
     theirs = _PubmedParser(len(files)) if pubmed_parser_installed() else None
+    floor = _LxmlParse(len(files)) if theirs is not None else None
     for path in files:
         ours.add(path)
-        if theirs is not None:
+        if theirs is not None and floor is not None:
             theirs.add(path)
-    return [ours.row] if theirs is None else [ours.row, theirs.row]
+            floor.add(path)
+    if theirs is None or floor is None:
+        return [ours.row]
+    return [ours.row, theirs.row, floor.row]
 
 
 def cpu_ratio(rows: Sequence[ReportRow]) -> float | None:
@@ -172,13 +199,31 @@ def render(rows: Sequence[ReportRow], title: str) -> Table:
     ratio = cpu_ratio(rows)
     if ratio is not None:
         notes.append(f"pmcqa parse + chunk / pubmed_parser, CPU time per file: {ratio:.2f}x")
+    by_tool = {row.tool: row for row in rows}
+    floor = by_tool.get(LXML_ROW)
+    if floor is not None and floor.files:
+        floor_ms = 1000 * floor.cpu_seconds / floor.files
+        above = [
+            f"{tool} {1000 * by_tool[tool].cpu_seconds / by_tool[tool].files - floor_ms:.1f}"
+            for tool in ("pmcqa", "pubmed_parser")
+            if tool in by_tool and by_tool[tool].files
+        ]
+        notes.append(f"cpu ms/file above the lxml parse: {', '.join(above)}")
     table = Table(title=title, caption="; ".join(notes) or None)
     columns = ["files", "sections", "paragraphs", "tables", "captions", "chunks", "characters", "failures"]
     table.add_column("tool")
     for column in [*columns, "seconds", "cpu s", "cpu ms/file"]:
         table.add_column(column, justify="right")
     for row in rows:
-        cells = [("—" if getattr(row, c) is None else f"{getattr(row, c):,}") for c in columns]
+        floor = row.tool == LXML_ROW  # counts nothing: its only figures are the times
+        cells = [
+            (
+                "—"
+                if getattr(row, c) is None or (floor and c not in ("files", "failures"))
+                else f"{getattr(row, c):,}"
+            )
+            for c in columns
+        ]
         per_file = 1000 * row.cpu_seconds / row.files if row.files else 0.0
         table.add_row(row.tool, *cells, f"{row.seconds:.1f}", f"{row.cpu_seconds:.2f}", f"{per_file:.1f}")
     return table

@@ -49,10 +49,11 @@ def corpus(shared_data: Path, tmp_path: Path) -> Path:
 def test_rows_agree_with_the_parser_and_count_failures(bench: ModuleType, corpus: Path) -> None:
     files = bench.corpus_files(corpus)
     assert [f.name for f in files] == sorted(["broken.xml", *(Path(s).name for s in SAMPLES)])
-    ours, theirs = bench.corpus_report(files)
-    assert (ours.tool, theirs.tool) == ("pmcqa", "pubmed_parser")
-    assert ours.files == theirs.files == 4
-    assert ours.failures == theirs.failures == 1  # broken.xml, for both tools
+    ours, theirs, floor = bench.corpus_report(files)
+    assert (ours.tool, theirs.tool, floor.tool) == ("pmcqa", "pubmed_parser", "lxml parse only")
+    assert ours.files == theirs.files == floor.files == 4
+    assert ours.failures == theirs.failures == floor.failures == 1  # broken.xml, for every row
+    assert floor.cpu_seconds > 0 and floor.paragraphs == floor.characters == 0  # times only
 
     papers = [paper for f in files if f.name != "broken.xml" for paper in parse_jats(f.read_bytes())]
     kinds = [block.kind for paper in papers for block in paper.blocks]
@@ -77,6 +78,8 @@ def test_pmcqa_report_command_prints_the_table(corpus: Path) -> None:
     assert "(4 files)" in result.stdout and "Error" not in result.stdout
     assert any(line.split("│")[1].strip() == "pmcqa" for line in lines if line.count("│") > 5)
     assert any(line.split("│")[1].strip() == "pubmed_parser" for line in lines if line.count("│") > 5)
+    assert any(line.split("│")[1].strip() == "lxml parse only" for line in lines if line.count("│") > 5)
+    assert "above the lxml parse: pmcqa" in " ".join(result.stdout.split())
 
     missing = CliRunner().invoke(cli, ["report", str(corpus / "nope")])
     assert missing.exit_code == 2 and "not a folder" in missing.stderr
