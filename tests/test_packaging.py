@@ -171,3 +171,36 @@ def test_one_version_string() -> None:
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and result.output == f"pmcqa {pmcqa.__version__}\n"
     assert create_app().version == pmcqa.__version__
+
+
+# The only places that import a pmcqa module inside a function, each for a reason stated there: the answer
+# backends' lazy factories (transformers / openai are heavy and optional) and the PostgreSQL store (psycopg
+# is an extra).
+DEFERRED_OWN_IMPORTS = {
+    ("pmcqa/app/answering/registry.py", "pmcqa.app.answering.transformers_backend"),
+    ("pmcqa/app/answering/registry.py", "pmcqa.app.answering.openai_backend"),
+    ("pmcqa/index/store.py", "pmcqa.index.pg_store"),
+}
+
+
+def _is_type_checking_block(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def test_own_modules_are_imported_at_the_top() -> None:
+    """Imports of pmcqa's own modules sit at the top of the file (or under `if TYPE_CHECKING:`), so that the
+    imports show how modules connect; only the listed, heavy-or-optional ones are deferred."""
+    deferred = set()
+    for path in sorted((REPO_ROOT / "pmcqa").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = {id(node) for node in tree.body}
+        top |= {id(child) for node in tree.body if _is_type_checking_block(node) for child in node.body}
+        for node in ast.walk(tree):
+            if id(node) in top or not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            relative = isinstance(node, ast.ImportFrom) and node.level > 0
+            for name in names:
+                if relative or name.split(".")[0] == "pmcqa":
+                    deferred.add((str(path.relative_to(REPO_ROOT)), name))
+    assert deferred == DEFERRED_OWN_IMPORTS

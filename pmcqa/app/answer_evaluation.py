@@ -46,6 +46,9 @@ from pmcqa.app.answering.citations import retrieved_chunks
 from pmcqa.app.answering.extractive import ExtractiveBackend
 from pmcqa.app.errors import ServiceError
 from pmcqa.app.evaluation import EvalQuestion, fill_store, load_eval_set, reserved_pmcid
+from pmcqa.app.service import Library
+from pmcqa.index.embedding import Embedder
+from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
 
 RELIABILITY_BINS = 10
@@ -311,10 +314,6 @@ def run_answer_evaluation(
 
     SQuAD files get a store of their own (`store_dir` keeps it); JSONL questions use the user's library.
     """
-    from pmcqa.app.service import Library
-    from pmcqa.index.embedding import Embedder
-    from pmcqa.index.library import open_library
-
     # The /ask path accepts only real id forms: articles without a PMCID get a reserved one.
     eval_set = load_eval_set(path, name, limit, fallback_id=reserved_pmcid)
     started = time.perf_counter()
@@ -324,7 +323,8 @@ def run_answer_evaluation(
             data_dir = store_dir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="pmcqa-eval-"))
             )
-            settings = settings.model_copy(update={"data_dir": data_dir})
+            # A store of its own, whatever the user's library is on (evals never write the library).
+            settings = settings.model_copy(update={"data_dir": data_dir, "database_url": None})
         parts = open_library(settings, writable=True, embedder=embedder)
         library = Library(settings, parts.store, parts.embedder, parts.retriever, None)
         stack.callback(library.close)

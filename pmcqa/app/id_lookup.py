@@ -31,6 +31,7 @@ from cachetools import TTLCache
 from pmcqa.app.errors import UpstreamTimeout, UpstreamUnavailable
 from pmcqa.core.ids import PaperId
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import Status
 from pmcqa.ingest.entrez import EntrezClient
 from pmcqa.ingest.resolve import IdResolver, Resolution
 
@@ -126,7 +127,7 @@ class RequestResolver:
     def _finish(self, key: str, resolution: Resolution) -> str | None:
         if resolution.ok and resolution.pmcid:
             return resolution.pmcid
-        if resolution.status == "failed":
+        if resolution.status == Status.FAILED:
             why = resolution.error or "lookup failed"
             self._mark_unreachable(why)
             raise self._unavailable(why)
@@ -146,7 +147,7 @@ class RequestResolver:
             return self.resolver.resolve_many([text])[text]
         except Exception as exc:  # anything unexpected from the transport counts as "could not reach"
             log.warning("id lookup of %s failed: %s", text, exc)
-            return Resolution(requested=text, status="failed", error=f"{type(exc).__name__}: {exc}")
+            return Resolution(requested=text, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
 
     def _forget(self, key: str) -> None:
         with self._lock:

@@ -50,6 +50,7 @@ from pmcqa.core.status import BUSY, Status
 from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
 from pmcqa.index.retrieval import MODES, Mode
+from pmcqa.index.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,6 @@ class Library:
     def for_papers(cls, settings: Settings) -> Library:
         """The library for listing, showing, reading and deleting papers only: no embedding model is loaded
         (`pmcqa papers`); asking and searching need `create`."""
-        from pmcqa.index.store import open_store
-
         return cls(settings, open_store(settings), None, None, _make_resolver(settings))
 
     def close(self) -> None:

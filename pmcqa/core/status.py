@@ -12,6 +12,7 @@ not-found     not in PMC
 failed        something went wrong (transport, unusable reply, parse or store error)
 invalid       the id or file is malformed, not JATS, or carries no id
 pending       a job item no worker has finished yet (job items only)
+ok            a stage succeeded: an id resolved, an article fetched (stage results only; never stored)
 ============= =============================================================================================
 """
 
@@ -30,12 +31,16 @@ class Status(StrEnum):
     FAILED = "failed"
     INVALID = "invalid"
     PENDING = "pending"
+    SUCCESS = "ok"  # a stage result; not `OK` below, the set of stored-paper statuses
 
 
 # A stored paper record: it has at least a title and abstract.
 PaperStatus = Literal[Status.INGESTED, Status.NO_FULL_TEXT]
 # The final outcome of one requested id or file.
 OutcomeStatus = Literal[PaperStatus, Status.NOT_FOUND, Status.FAILED, Status.INVALID]
+# The result of resolving one requested id (ingest/resolve.py) and of fetching one article (ingest/fetch.py).
+ResolutionStatus = Literal[Status.SUCCESS, Status.INVALID, Status.NOT_FOUND, Status.FAILED]
+FetchStatus = Literal[Status.SUCCESS, Status.NO_FULL_TEXT, Status.NOT_FOUND, Status.FAILED]
 # One id of a job, as the jobs table holds it.
 ItemStatus = Literal[Status.PENDING, OutcomeStatus]
 # The store's per-paper ingest status, which the service reads (409 while busy).

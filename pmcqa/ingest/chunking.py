@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 from tokenizers import Tokenizer
 
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import Status
 from pmcqa.core.text import Span, split_sentences, strip_span
 from pmcqa.index.embedding import resolve_model_path
 from pmcqa.index.models import Chunk, ChunkingParams, ChunkKind, OutlineEntry, PaperRecord
@@ -663,7 +664,7 @@ def to_record(paper: Paper, paper_id: str, params: ChunkingParams, source: str |
         year=paper.year,
         license=paper.license,
         article_type=paper.article_type,
-        status="ingested" if paper.full_text else "no-full-text",
+        status=Status.INGESTED if paper.full_text else Status.NO_FULL_TEXT,
         text=paper.canonical_text,
         outline=list(_outline(paper.sections)),
         references=list(paper.references),

@@ -25,20 +25,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from lxml import etree
 
 from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import FetchStatus, Status
 from pmcqa.ingest.entrez import EntrezClient, EntrezError, PermanentHTTPError, RetriesExhausted
 from pmcqa.ingest.jats import article_pmcids, articleset_errors, find_articles, has_body, is_restricted, local
 from pmcqa.ingest.raw_store import RawStore, open_raw_store
 from pmcqa.ingest.xml import JatsError, parse_xml
 
 log = logging.getLogger(__name__)
-
-FetchStatus = Literal["ok", "no-full-text", "not-found", "failed"]
 
 
 class MalformedReply(ValueError):
@@ -67,10 +65,10 @@ def _parse_reply(data: bytes) -> etree._Element:
 
 def classify_article(article: etree._Element) -> tuple[FetchStatus, str | None]:
     if is_restricted(article):
-        return "no-full-text", "the publisher does not allow downloading the full text in XML form"
+        return Status.NO_FULL_TEXT, "the publisher does not allow downloading the full text in XML form"
     if not has_body(article):
-        return "no-full-text", "no <body> in the article (front matter only)"
-    return "ok", None
+        return Status.NO_FULL_TEXT, "no <body> in the article (front matter only)"
+    return Status.SUCCESS, None
 
 
 def classify_articleset(xml_bytes: bytes, requested: Sequence[str]) -> dict[str, FetchResult]:
@@ -92,9 +90,9 @@ def classify_articleset(xml_bytes: bytes, requested: Sequence[str]) -> dict[str,
     for error_id, message in articleset_errors(root):
         pmcid = canonical_pmcid(error_id)
         if pmcid in wanted and pmcid not in results:  # an article for the id wins over an error for it
-            results[pmcid] = FetchResult(pmcid, "not-found", f"{pmcid}: {message or 'not available'}")
+            results[pmcid] = FetchResult(pmcid, Status.NOT_FOUND, f"{pmcid}: {message or 'not available'}")
     for pmcid in wanted:
-        results.setdefault(pmcid, FetchResult(pmcid, "failed", "not in reply"))
+        results.setdefault(pmcid, FetchResult(pmcid, Status.FAILED, "not in reply"))
     return results
 
 
@@ -137,7 +135,7 @@ class Fetcher:
         for start in range(0, len(to_fetch), size):
             batch_results = self._fetch_batch(to_fetch[start : start + size], retry=True)
             for pmcid, result in batch_results.items():
-                if result.status in ("ok", "no-full-text") and result.xml is not None:
+                if result.status in (Status.SUCCESS, Status.NO_FULL_TEXT) and result.xml is not None:
                     self.cache.put(result.pmcid, result.xml)
                 results[pmcid] = self._deliver(result, on_result)
         return results
@@ -160,7 +158,7 @@ class Fetcher:
             if len(batch) > 1 and _ncbi_answered(exc):
                 log.warning("efetch of %d ids refused (%s): fetching them in halves", len(batch), exc)
                 return self._halves(batch)
-            return {pmcid: FetchResult(pmcid, "failed", f"efetch failed: {exc}") for pmcid in batch}
+            return {pmcid: FetchResult(pmcid, Status.FAILED, f"efetch failed: {exc}") for pmcid in batch}
         try:
             return classify_articleset(reply, batch)
         except MalformedReply as exc:
@@ -169,7 +167,7 @@ class Fetcher:
                 return self._fetch_batch(batch, retry=False)  # one more try of the same batch
             if len(batch) > 1:  # isolate the id that breaks the reply
                 return self._halves(batch)
-            return {batch[0]: FetchResult(batch[0], "failed", f"unusable efetch reply: {exc}")}
+            return {batch[0]: FetchResult(batch[0], Status.FAILED, f"unusable efetch reply: {exc}")}
 
     def _halves(self, batch: list[str]) -> dict[str, FetchResult]:
         middle = len(batch) // 2

@@ -215,13 +215,13 @@ class Ingestor:
         if pmcid in self._stored:
             return self._stored[pmcid].model_copy(update={"requested": resolution.requested})
         base = {"requested": resolution.requested, "paper_id": pmcid}
-        if result.status == "not-found":
+        if result.status == Status.NOT_FOUND:
             reason = result.reason or f"{pmcid} is not in PMC"
             if resolution.paper_id is not None and (hint := not_found_hint(resolution.paper_id)):
                 reason = f"{reason} ({hint})"
             outcome = IngestOutcome(**base, status=Status.NOT_FOUND, reason=reason)
             self._record_status(pmcid, Status.NOT_FOUND, reason)
-        elif result.status == "failed" or result.article is None:
+        elif result.status == Status.FAILED or result.article is None:
             outcome = IngestOutcome(**base, status=Status.FAILED, reason=result.reason or "fetch failed")
             self._record_status(pmcid, Status.FAILED, outcome.reason)
         else:
@@ -379,7 +379,7 @@ def _documents(path: Path, max_bytes: int) -> Iterator[_Document]:
         size = path.stat().st_size
         if size > max_bytes:
             reason = _too_large(size, max_bytes)
-            yield _Document(label, error=IngestOutcome(requested=label, status="invalid", reason=reason))
+            yield _Document(label, error=IngestOutcome(requested=label, status=Status.INVALID, reason=reason))
             return
         yield _Document(label, data=path.read_bytes())
     except OSError as exc:
@@ -406,7 +406,7 @@ def _tar_documents(path: Path, max_bytes: int) -> Iterator[_Document]:
             for count, member in enumerate(archive, start=1):
                 if count > MAX_PACKAGE_MEMBERS:
                     reason = f"bad package: more than {MAX_PACKAGE_MEMBERS} members; the rest is not read"
-                    outcome = IngestOutcome(requested=label, status="failed", reason=reason)
+                    outcome = IngestOutcome(requested=label, status=Status.FAILED, reason=reason)
                     yield _Document(label, error=outcome)
                     return
                 document = _tar_member(archive, member, f"{path}::{member.name}", max_bytes)
@@ -433,7 +433,7 @@ def _tar_member(
         )
     if member.size > max_bytes:  # the declared size, from the member's header: nothing is read
         reason = _too_large(member.size, max_bytes)
-        return _Document(label, error=IngestOutcome(requested=label, status="invalid", reason=reason))
+        return _Document(label, error=IngestOutcome(requested=label, status=Status.INVALID, reason=reason))
     handle = archive.extractfile(member)
     # tarfile reads at most the declared size, so the check above bounds what is held.
     return _Document(label, data=handle.read() if handle is not None else b"")

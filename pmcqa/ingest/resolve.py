@@ -22,11 +22,10 @@ from pydantic import BaseModel
 from pmcqa.core.db import connection_pool, ensure_postgres_schema, postgres_url
 from pmcqa.core.ids import IdKind, InvalidPaperId, PaperId, canonical_pmcid, not_found_hint, parse_id
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import ResolutionStatus, Status
 from pmcqa.ingest.entrez import EntrezClient
 
 log = logging.getLogger(__name__)
-
-ResolutionStatus = Literal["ok", "invalid", "not-found", "failed"]
 
 
 class Resolution(BaseModel):
@@ -41,7 +40,7 @@ class Resolution(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == Status.SUCCESS
 
 
 def _key(kind: IdKind, value: str) -> str:
@@ -149,18 +148,18 @@ class IdResolver:
             try:
                 pid = parse_id(text, self.settings.bare_digits)
             except InvalidPaperId as exc:
-                out[text] = Resolution(requested=text, status="invalid", error=str(exc))
+                out[text] = Resolution(requested=text, status=Status.INVALID, error=str(exc))
                 continue
             if pid.kind == "pmcid":
                 out[text] = Resolution(
-                    requested=text, status="ok", paper_id=pid, pmcid=pid.value, source="input"
+                    requested=text, status=Status.SUCCESS, paper_id=pid, pmcid=pid.value, source="input"
                 )
                 continue
             cached = self.cache.get(pid.kind, pid.value)
             if cached:
                 out[text] = Resolution(
                     requested=text,
-                    status="ok",
+                    status=Status.SUCCESS,
                     paper_id=pid,
                     pmcid=cached[0],
                     pmid=cached[1],
@@ -259,7 +258,7 @@ class IdResolver:
                     pmcid, pmid, doi, source = found[key]
                     out[text] = Resolution(
                         requested=text,
-                        status="ok",
+                        status=Status.SUCCESS,
                         paper_id=pid,
                         pmcid=pmcid,
                         pmid=pmid,
@@ -269,8 +268,8 @@ class IdResolver:
                     continue
                 label = "PMID" if kind == "pmid" else "DOI"
                 why = misses.get(key, "Identifier not found in PMC")
-                status: ResolutionStatus = "failed" if key in failed else "not-found"
-                if status == "failed":  # NCBI was not reached: nothing is known about the id
+                status: ResolutionStatus = Status.FAILED if key in failed else Status.NOT_FOUND
+                if status == Status.FAILED:  # NCBI was not reached: nothing is known about the id
                     message = f"{label} {pid.value}: the lookup failed, NCBI could not be reached ({why})"
                 else:
                     message = f"{label} {pid.value} is not in PMC ({why})"

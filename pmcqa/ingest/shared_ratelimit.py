@@ -24,6 +24,7 @@ import time
 import uuid
 from typing import Any
 
+from pmcqa.core.db import connection_pool, ensure_postgres_schema
 from pmcqa.core.extras import require_extra
 
 # KEYS[1] = the window's sorted set; ARGV = limit, window (µs), member.
@@ -128,8 +129,6 @@ class PostgresRateLimiter:
 
     @classmethod
     def for_settings(cls, settings: Any, key: str, rate: float) -> PostgresRateLimiter:
-        from pmcqa.core.db import connection_pool, ensure_postgres_schema
-
         ensure_postgres_schema(settings)  # the table comes with the library's migrations
         return cls(connection_pool(settings), key, rate)
 

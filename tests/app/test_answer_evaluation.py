@@ -93,9 +93,9 @@ def test_squad_file_end_to_end(tmp_path: Path, embedder: Any) -> None:
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(SQUAD))
     user = tmp_path / "user"
-    report = run_answer_evaluation(
-        path, Settings(data_dir=user, chunk_min_tokens=0), embedder=embedder, store_dir=tmp_path / "eval"
-    )
+    # The user's library is on a PostgreSQL server that does not answer: the eval must never touch it.
+    settings = Settings(data_dir=user, chunk_min_tokens=0, database_url="postgresql://127.0.0.1:1/library")
+    report = run_answer_evaluation(path, settings, embedder=embedder, store_dir=tmp_path / "eval")
     data = report.as_dict(details=True)
     metrics = data["metrics"]
     assert (metrics["questions"], data["papers"], metrics["errors"]) == (4, 2, 0)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+import httpx
 import pytest
+from fakes.serving import serve_app
 from fastapi.testclient import TestClient
 
 import pmcqa
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, CitedSpan, Draft, StepEvent
 from pmcqa.app.answering.extractive import ExtractiveBackend
 from pmcqa.app.main import create_app
+from pmcqa.core.logs import RequestIdFilter
 
 OWN_QUESTION = "What is the probability that a research claim is true?"
 FOREIGN_QUESTION = "Was XMRV detected in the blood of patients with chronic fatigue syndrome?"
@@ -412,6 +416,35 @@ def test_stream_that_cannot_finish_ends_with_an_error_event(make_library, backen
     error = messages[-1]
     assert error["error"] == code and error["detail"] and "secret" not in error["detail"]
     assert error["request_id"] == response.headers["x-request-id"]
+
+
+def test_a_broken_stream_over_a_socket_ends_with_an_error_event_and_logs_under_the_request_id(make_library):
+    """Over real HTTP: the SSE `error` event carries the client's request id, and so does the log line the
+    server writes about the failure (a log line from inside the request, not the access log)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(RequestIdFilter())
+    logger = logging.getLogger("pmcqa")
+    logger.addHandler(handler)
+    library = _library_with_backend(make_library, _BreaksWhileStreaming)
+    try:
+        with serve_app(create_app(library.settings, library_factory=lambda _s: library)) as url:
+            response = httpx.post(
+                f"{url}/ask",
+                json={"paper_id": "PMC1182327", "question": OWN_QUESTION, "stream": True},
+                headers={"X-Request-ID": "sse-broken-7"},
+                timeout=60,
+            )
+    finally:
+        logger.removeHandler(handler)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    messages = parse_messages(response.text)
+    assert [message["type"] for message in messages] == ["step", "error"]
+    assert messages[-1]["error"] == "internal_error" and "secret" not in messages[-1]["detail"]
+    assert {message["request_id"] for message in messages} == {"sse-broken-7"}
+    failures = [r for r in records if r.getMessage() == "streaming backend failed"]
+    assert failures and {r.request_id for r in failures} == {"sse-broken-7"}  # type: ignore[attr-defined]
 
 
 # --- health, metrics, OpenAPI -----------------------------------------------------------------------------

@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from pmcqa.app.commands.output import add_id_column, print_table
-
-if TYPE_CHECKING:
-    from pmcqa.app.service import Library
+from pmcqa.app.errors import ServiceError
+from pmcqa.app.schemas import PaperDetail, PaperList, PaperSummary
+from pmcqa.app.service import Library
+from pmcqa.core.settings import Settings
 
 papers = typer.Typer(help="List, show, read and delete the papers in the library.", no_args_is_help=True)
 
@@ -34,10 +34,6 @@ def register(cli: typer.Typer) -> None:
 
 @contextmanager
 def _library() -> Iterator[Library]:
-    from pmcqa.app.errors import ServiceError
-    from pmcqa.app.service import Library
-    from pmcqa.core.settings import Settings
-
     library = Library.for_papers(Settings())
     try:
         yield library
@@ -55,8 +51,6 @@ def list_papers(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (the body of GET /papers)."),
 ) -> None:
     """The stored papers, most recently stored first."""
-    from pmcqa.app.schemas import PaperList, PaperSummary
-
     with _library() as library:
         page = library.papers(offset, limit)
     listing = PaperList(
@@ -87,8 +81,6 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (the body of GET /papers/{id})."),
 ) -> None:
     """One paper: ids, title, ingest status, size and outline."""
-    from pmcqa.app.schemas import PaperDetail
-
     with _library() as library:
         detail = PaperDetail.from_view(library.paper(paper_id))
     if as_json:
