@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -76,13 +77,21 @@ class OnnxBackendUnavailable(RuntimeError):
     """onnxruntime / onnx / onnxscript (dependencies of pmcqa) are not installed."""
 
 
-def _require_onnx_packages() -> None:
-    missing = []
-    for module in ("onnxruntime", "onnx", "onnxscript"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
+# Running an export needs onnxruntime only; exporting also needs onnx and onnxscript (torch's exporter).
+RUNTIME_PACKAGES = ("onnxruntime",)
+EXPORT_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module blanked out in sys.modules
+        return False
+
+
+def _require_onnx_packages(modules: tuple[str, ...] = EXPORT_PACKAGES) -> None:
+    # Looked up, not imported: the export packages are imported by the export's child process only.
+    missing = [module for module in modules if not _installed(module)]
     if missing:
         raise OnnxBackendUnavailable(
             f"the ONNX embedding backend needs {', '.join(missing)} (dependencies of pmcqa: reinstall it), "
@@ -259,10 +268,10 @@ class OnnxEncoder:
     batches of 64 for int8), since padding is work too.
     """
 
-    def __init__(self, source: Path, model_file: Path) -> None:
+    def __init__(self, source: Path, model_file: Path, pipeline: Pipeline) -> None:
         from tokenizers import Tokenizer  # Rust, light; a dependency of pmcqa (the chunker counts with it)
 
-        self.pipeline = read_pipeline(source)
+        self.pipeline = pipeline
         self.tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.pipeline.max_length)
@@ -370,11 +379,14 @@ def load_onnx_model(model_name: str, source: str, variant: OnnxVariant, models_d
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            _require_onnx_packages()
-            source_fingerprint(source)  # a hub id fails here, before any download is tried
-            read_pipeline(Path(source))  # an unsupported model fails before the minute-long export
+            _require_onnx_packages(RUNTIME_PACKAGES)
+            # A hub id fails here (not a directory), before any download is tried.
+            exported = export_dir(models_dir, model_name, variant, source) / MODEL_FILE
+            if not exported.is_file():  # onnx and onnxscript: only where an export must run, not in the API
+                _require_onnx_packages(EXPORT_PACKAGES)
+            pipeline = read_pipeline(Path(source))  # an unsupported model fails before the long export
             model_file = export_in_child(model_name, source, variant, models_dir)
-            model = OnnxEncoder(Path(source), model_file)
+            model = OnnxEncoder(Path(source), model_file, pipeline)
             _MODELS[key] = model
         return model
 
