@@ -43,7 +43,7 @@ import numpy as np
 
 from pmcqa.app.answering.base import Answer
 from pmcqa.app.answering.citations import retrieved_chunks
-from pmcqa.app.answering.extractive import ExtractiveBackend
+from pmcqa.app.answering.extractive import ExtractiveBackend, find_answer_model
 from pmcqa.app.errors import ServiceError
 from pmcqa.app.evaluation import EvalQuestion, fill_store, load_eval_set, reserved_pmcid
 from pmcqa.app.service import Library
@@ -323,8 +323,13 @@ def run_answer_evaluation(
             data_dir = store_dir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="pmcqa-eval-"))
             )
-            # A store of its own, whatever the user's library is on (evals never write the library).
-            settings = settings.model_copy(update={"data_dir": data_dir, "database_url": None})
+            # A store of its own, whatever the user's library is on (evals never write the library); the
+            # answer model stays the one the user's settings find (`auto` looks under the data dir).
+            answer_model = find_answer_model(settings)
+            pinned = str(answer_model.scorer) if answer_model.scorer is not None else "hand-set"
+            settings = settings.model_copy(
+                update={"data_dir": data_dir, "database_url": None, "answer_model": pinned}
+            )
         parts = open_library(settings, writable=True, embedder=embedder)
         library = Library(settings, parts.store, parts.embedder, parts.retriever, None)
         stack.callback(library.close)

@@ -55,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pmcqa.app.commands.serve",
         "Serve the question-answering API (POST /ask, /search, /papers, /healthz, /readyz, /metrics).",
     ),
+    "train-answerer": (
+        "pmcqa.app.commands.train_answerer",
+        "Fine-tune the extractive answerer's sentence scorer; fit its ranker, confidence and threshold.",
+    ),
     "worker": (
         "pmcqa.app.commands.worker",
         "Run queued ingest jobs until stopped (SIGTERM finishes the running batches first).",

@@ -58,6 +58,8 @@ class EvalQuestion:
     paper_id: str
     question: str
     answers: list[str]
+    # Gold answer offsets [start, end) into the paper's canonical text (SQuAD files only; JSONL has none).
+    spans: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +113,15 @@ def _answer_texts(raw: Iterable[Any]) -> list[str]:
     return [a for a in answers if isinstance(a, str) and a.strip()]
 
 
+def _answer_spans(raw: Iterable[Any]) -> list[tuple[int, int]]:
+    # context_to_paper keeps the context as the canonical text, so SQuAD's offsets are the paper's.
+    return [
+        (a["answer_start"], a["answer_start"] + len(a["text"]))
+        for a in raw
+        if isinstance(a, dict) and isinstance(a.get("answer_start"), int) and a.get("text")
+    ]
+
+
 def covidqa_id(document_id: str, position: int) -> str:
     """The retrieval evaluation's id for an article without a PMCID of its own."""
     return f"COVIDQA-{document_id}"
@@ -147,7 +158,13 @@ def load_squad(
                 paper_id = fallback_id(str(document_id), position)
             seen.add(paper_id)
             qas = [
-                EvalQuestion(str(qa["id"]), paper_id, qa["question"], _answer_texts(qa["answers"]))
+                EvalQuestion(
+                    str(qa["id"]),
+                    paper_id,
+                    qa["question"],
+                    _answer_texts(qa["answers"]),
+                    _answer_spans(qa["answers"]),
+                )
                 for qa in paragraph["qas"]
                 if not qa.get("is_impossible") and _answer_texts(qa["answers"])
             ]

@@ -153,6 +153,13 @@ class Settings(BaseSettings):
         description="How long the OpenAI-compatible server's readiness (GET /models) is cached; an "
         "unreachable server is reported as such, and re-checked after this many seconds.",
     )
+    answer_model: str = Field(
+        "auto",
+        description="The extractive backend's sentence scorer, ranker and confidence model: `auto` (the "
+        "model `pmcqa train-answerer` trained into `<models_dir>/answer-scorer` when there is one, else "
+        "hand-set), `hand-set` (the constants in pmcqa/app/answering/extractive.py, dense score from the "
+        "embedding model), or the folder of a trained answer model.",
+    )
     min_confidence: float | None = Field(
         None,
         ge=0.0,

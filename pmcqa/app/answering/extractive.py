@@ -17,11 +17,12 @@ constants fitted offline by ``bench/fit_answer_models.py``; answering needs no s
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -96,6 +97,12 @@ CONFIDENCE_BIAS = -5.1246
 # threshold (in steps of 0.05) answering >= 80% of own-paper questions: 0.20 answers 86.7% and abstains on
 # 96.6% of wrong-paper ones (0.25 would answer 78.8%).
 DEFAULT_MIN_CONFIDENCE = 0.2
+
+# `pmcqa train-answerer` writes a fine-tuned sentence scorer (a sentence-transformers model) with the ranker,
+# confidence model and threshold fitted for it into this folder of `settings.models_dir`; `answer_model`
+# "auto" uses it when present.
+ANSWER_MODEL_DIR = "answer-scorer"
+ANSWER_MODEL_FILE = "answer-model.json"
 
 # Cache sizes: sentence vectors of a few dozen papers, and the idf tables of the papers asked about recently.
 SENTENCE_VECTOR_CACHE = 50_000
@@ -229,6 +236,91 @@ def feature_rows(
     return rows
 
 
+# --- the answer model: hand-set constants, or trained ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnswerModel:
+    """What turns sentence features into an answer: the ranker, the confidence model and its threshold, and
+    the encoder behind the `dense` feature (a fine-tuned scorer, or None: the retrieval embedder)."""
+
+    ranker_weights: dict[str, float]
+    ranker_bias: float
+    confidence_weights: dict[str, float]
+    confidence_bias: float
+    min_confidence: float
+    scorer: Path | None = None
+    name: str = "hand-set"
+    about: dict[str, object] = field(default_factory=dict)  # how it was trained (the training's record)
+
+
+def hand_set_model() -> AnswerModel:
+    """The module's constants (read now, so `bench/fit_answer_models.py` can try others)."""
+    return AnswerModel(
+        ranker_weights=dict(RANKER_WEIGHTS),
+        ranker_bias=RANKER_BIAS,
+        confidence_weights=dict(CONFIDENCE_WEIGHTS),
+        confidence_bias=CONFIDENCE_BIAS,
+        min_confidence=DEFAULT_MIN_CONFIDENCE,
+    )
+
+
+def read_answer_model(directory: Path) -> AnswerModel:
+    """The trained answer model in `directory` (its `ANSWER_MODEL_FILE`, and the scorer's files beside it)."""
+    path = directory / ANSWER_MODEL_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ranker, confidence = data["ranker"], data["confidence"]
+        model = AnswerModel(
+            ranker_weights={str(k): float(v) for k, v in ranker["weights"].items()},
+            ranker_bias=float(ranker["bias"]),
+            confidence_weights={str(k): float(v) for k, v in confidence["weights"].items()},
+            confidence_bias=float(confidence["bias"]),
+            min_confidence=float(data["min_confidence"]),
+            scorer=directory,
+            name=f"trained:{directory.name}",
+            about=dict(data.get("training", {})),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} is not a readable answer model ({error}); train it again") from error
+    unknown = (set(model.ranker_weights) - set(FEATURES)) | (
+        set(model.confidence_weights) - set(ANSWER_FEATURES)
+    )
+    if unknown:
+        raise ValueError(f"{path} names features this version does not compute: {sorted(unknown)}")
+    return model
+
+
+def find_answer_model(settings: Settings) -> AnswerModel:
+    """`settings.answer_model`: "hand-set"; a trained model's folder; or "auto" (the trained model under
+    `settings.models_dir` when there is one, else hand-set)."""
+    setting = settings.answer_model
+    if setting == "hand-set":
+        return hand_set_model()
+    directory = settings.models_dir / ANSWER_MODEL_DIR if setting == "auto" else Path(setting)
+    if (directory / ANSWER_MODEL_FILE).is_file():
+        return read_answer_model(directory)
+    if setting == "auto":
+        return hand_set_model()
+    raise ValueError(
+        f"answer model {str(directory)!r} has no {ANSWER_MODEL_FILE}; train one with `pmcqa train-answerer`, "
+        "or set PMCQA_ANSWER_MODEL=auto or hand-set"
+    )
+
+
+def scorer_settings(settings: Settings, scorer: Path) -> Settings:
+    """Settings whose embedder is the fine-tuned scorer (symmetric: no query model, no prefixes), on the
+    configured runtime (ONNX int8 on CPU by default, exported once into `models_dir`)."""
+    return settings.model_copy(
+        update={
+            "embedding_model": str(scorer),
+            "embedding_query_model": None,
+            "embedding_query_prefix": "",
+            "embedding_document_prefix": "",
+        }
+    )
+
+
 def _linear(weights: dict[str, float], bias: float, names: Sequence[str], rows: np.ndarray) -> np.ndarray:
     vector = np.array([weights.get(name, 0.0) for name in names], dtype=np.float64)
     return np.asarray(rows, dtype=np.float64) @ vector + bias
@@ -238,9 +330,10 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def rank_logits(rows: np.ndarray) -> np.ndarray:
-    """The sentence ranker's logit of each feature row."""
-    return _linear(RANKER_WEIGHTS, RANKER_BIAS, FEATURES, rows)
+def rank_logits(rows: np.ndarray, model: AnswerModel | None = None) -> np.ndarray:
+    """The sentence ranker's logit of each feature row (`model` None: the module's constants)."""
+    model = model or hand_set_model()
+    return _linear(model.ranker_weights, model.ranker_bias, FEATURES, rows)
 
 
 def select(sentences: Sequence[Sentence], logits: np.ndarray) -> list[int]:
@@ -286,8 +379,10 @@ def answer_features(rows: np.ndarray, logits: np.ndarray, chosen: Sequence[int])
     )
 
 
-def confidence_of(features: np.ndarray) -> float:
-    return float(sigmoid(_linear(CONFIDENCE_WEIGHTS, CONFIDENCE_BIAS, ANSWER_FEATURES, features[None, :]))[0])
+def confidence_of(features: np.ndarray, model: AnswerModel | None = None) -> float:
+    model = model or hand_set_model()
+    weights, bias = model.confidence_weights, model.confidence_bias
+    return float(sigmoid(_linear(weights, bias, ANSWER_FEATURES, features[None, :]))[0])
 
 
 def compose(sentences: Sequence[Sentence]) -> list[tuple[str, bool]]:
@@ -322,11 +417,18 @@ class ExtractiveBackend:
 
     name = "extractive"
 
-    def __init__(self, settings: Settings, embedder: _Embedder | None = None) -> None:
+    def __init__(
+        self, settings: Settings, embedder: _Embedder | None = None, answer_model: AnswerModel | None = None
+    ) -> None:
         self.settings = settings
         self._embedder = embedder
+        self.answer_model = answer_model or find_answer_model(settings)
+        self._scorer: _Embedder | None = None  # the trained model's sentence scorer, loaded on first use
+        self._scorer_lock = threading.Lock()
         self.min_confidence = (
-            settings.min_confidence if settings.min_confidence is not None else DEFAULT_MIN_CONFIDENCE
+            settings.min_confidence
+            if settings.min_confidence is not None
+            else self.answer_model.min_confidence
         )
         # Sentence vectors are reused across questions about the same paper (keyed by paper and offsets).
         # Request threads share the backend: every cache access holds the lock.
@@ -341,11 +443,28 @@ class ExtractiveBackend:
         return self._embedder
 
     @property
+    def scorer(self) -> _Embedder:
+        """The encoder behind the `dense` feature: the trained scorer, else the retrieval embedder."""
+        if self.answer_model.scorer is None:
+            return self.embedder
+        with self._scorer_lock:  # request threads and the background load: one load
+            if self._scorer is None:
+                self._scorer = Embedder(scorer_settings(self.settings, self.answer_model.scorer))
+        return self._scorer
+
+    @property
     def model(self) -> str:
+        if self.answer_model.scorer is not None:
+            return f"extractive/{self.answer_model.name}"
         return f"extractive/{getattr(self.embedder, 'model_name', 'embedder')}"
 
     def is_ready(self) -> bool:
-        return True
+        return self.answer_model.scorer is None or self._scorer is not None
+
+    def load(self) -> None:
+        """Load the trained scorer (the service calls this in the background: a first ONNX export takes a
+        minute); without one there is nothing to load."""
+        _ = self.scorer
 
     # --- scoring -------------------------------------------------------------------------------------------
     def _paper_idf(self, paper: PaperRecord) -> IdfTable:
@@ -364,7 +483,7 @@ class ExtractiveBackend:
         missing = [i for i, vector in enumerate(vectors) if vector is None]
         if missing:
             # Encoded outside the lock; kept from here rather than re-read, which eviction could have undone.
-            fresh = self.embedder.embed_documents([sentences[i].text for i in missing])
+            fresh = self.scorer.embed_documents([sentences[i].text for i in missing])
             with self._lock:
                 for i, vector in zip(missing, fresh, strict=True):
                     vectors[i] = self._vectors[keys[i]] = np.asarray(vector, dtype=np.float32)
@@ -381,7 +500,7 @@ class ExtractiveBackend:
             return 0
         keys = np.array([f"{paper_id}\t{start}\t{end}" for (paper_id, start, end), _ in items])
         vectors = np.stack([vector for _, vector in items])
-        model = np.array(getattr(self.embedder, "model_name", ""))
+        model = np.array(getattr(self.scorer, "model_name", ""))
         np.savez(path, keys=keys, vectors=vectors, model=model)
         return len(items)
 
@@ -390,7 +509,7 @@ class ExtractiveBackend:
         if not path.is_file():
             return 0
         with np.load(path) as saved:
-            if str(saved["model"]) != getattr(self.embedder, "model_name", ""):
+            if str(saved["model"]) != getattr(self.scorer, "model_name", ""):
                 return 0
             keys, vectors = saved["keys"], saved["vectors"]
         with self._lock:
@@ -401,7 +520,7 @@ class ExtractiveBackend:
 
     def dense_scores(self, question: str, sentences: Sequence[Sentence], paper: PaperRecord) -> np.ndarray:
         """Cosine of the question's vector (query encoder) with each sentence's (document encoder)."""
-        query = np.asarray(self.embedder.embed_queries([question]), dtype=np.float32)[0]
+        query = np.asarray(self.scorer.embed_queries([question]), dtype=np.float32)[0]
         return self._sentence_vectors(paper.paper_id, sentences) @ query
 
     def sentence_features(
@@ -417,9 +536,9 @@ class ExtractiveBackend:
         if not sentences:
             return None
         rows = self.sentence_features(question, sentences, paper, passages)
-        logits = rank_logits(rows)
+        logits = rank_logits(rows, self.answer_model)
         chosen = select(sentences, logits)
-        confidence = confidence_of(answer_features(rows, logits, chosen))
+        confidence = confidence_of(answer_features(rows, logits, chosen), self.answer_model)
         return Decision(sentences, rows, logits, chosen, confidence)
 
     # --- the backend protocol ------------------------------------------------------------------------------

@@ -1,0 +1,468 @@
+"""`pmcqa train-answerer`: fine-tune the extractive backend's sentence scorer, and fit what reads its scores.
+
+The hand-set extractive answerer scores a candidate sentence by its embedding cosine with the question plus
+term coverage. A general-purpose embedding model rewards sentences that *resemble* the question; the answer
+is usually the sentence that *answers* it. So the embedding model is fine-tuned, as a bi-encoder, on
+questions and the sentences that answer them, the way the extractive backend meets them:
+
+1. The training file's papers go into an evaluation store of their own (`pmcqa eval --answers` builds the
+   same one; `store_dir` keeps it). Each question is asked of its own paper as `/ask` does (hybrid
+   retrieval, top_k, neighbours); among the candidate sentences, one overlapping a gold answer span is the
+   positive and the best term-covering other one the hard negative.
+2. The papers are split by a hash of their id: `CALIBRATION_SHARE` of them are held out. The scorer is
+   fine-tuned on the rest's (question, answer sentence, hard negative) triples with sentence-transformers'
+   MultipleNegativesRankingLoss (every other sentence of the batch is a negative too).
+3. On the held-out papers, with the fine-tuned scorer on the runtime the service will use (ONNX int8 on CPU),
+   the ranker's dense weight is chosen (`DENSE_WEIGHTS`, best sentence overlapping gold) and the confidence
+   model fitted (logistic regression over `ANSWER_FEATURES`, each question asked of its own paper and of
+   another). In-sample scores of the fine-tuned papers would be overconfident; held-out ones are not.
+4. The minimum confidence is chosen on `dev` when given (else on the held-out papers): the highest step of
+   0.05 that still answers `TARGET_ANSWERED` of own-paper questions.
+5. Model files and `answer-model.json` are written to a staging folder and renamed into place, so a crash
+   never leaves a half-written model where the service looks for one.
+
+Needs torch and sentence-transformers (core dependencies); minutes on a 2-core CPU for COVID-QA train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pmcqa.app.answer_evaluation import contains_gold
+from pmcqa.app.answering import extractive
+from pmcqa.app.answering.extractive import (
+    ANSWER_FEATURES,
+    ANSWER_MODEL_DIR,
+    ANSWER_MODEL_FILE,
+    FEATURES,
+    AnswerModel,
+    ExtractiveBackend,
+    Sentence,
+)
+from pmcqa.app.evaluation import EvalQuestion, fill_store, load_squad, reserved_pmcid
+from pmcqa.core.settings import Settings
+from pmcqa.index.embedding import Embedder, resolve_model_path
+from pmcqa.index.library import LibraryParts, open_library
+from pmcqa.index.models import PaperRecord, Passage
+from pmcqa.index.onnx_backend import source_fingerprint
+
+# Share of papers held out of fine-tuning, to choose the ranker and fit the confidence model on.
+CALIBRATION_SHARE = 0.2
+# Dense weights tried in the ranker (lexical gets 1 - weight); the hand-set ranker uses 0.5.
+DENSE_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+# The minimum confidence answers at least this share of own-paper questions (the issue's target).
+TARGET_ANSWERED = 0.80
+THRESHOLD_STEP = 0.05
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    seed: int = 0
+    limit: int | None = None  # the first N questions of the training file only (quick trials, tests)
+
+
+@dataclass
+class Asked:
+    """One question asked of one paper: the candidates the extractive backend would rank."""
+
+    question: EvalQuestion
+    paper: PaperRecord
+    passages: list[Passage]
+    sentences: list[Sentence]
+    labels: np.ndarray  # per sentence: overlaps a gold answer span (own paper only)
+
+
+Progress = Callable[[str], None]
+
+
+def is_held_out(paper_id: str) -> bool:
+    """The paper is a calibration paper (a stable hash of its id, not the file's order)."""
+    digest = hashlib.sha256(paper_id.encode()).digest()
+    return digest[0] / 256 < CALIBRATION_SHARE
+
+
+def ask_all(
+    parts: LibraryParts, settings: Settings, questions: Sequence[EvalQuestion], own: bool
+) -> list[Asked]:
+    """Each question asked of its own paper (`own`) or of the next paper in the list, as /ask retrieves."""
+    order = list(dict.fromkeys(q.paper_id for q in questions))
+    other = {p: order[(i + 1) % len(order)] for i, p in enumerate(order)}
+    papers: dict[str, PaperRecord] = {}
+    asked: list[Asked] = []
+    for question in questions:
+        paper_id = question.paper_id if own else other[question.paper_id]
+        paper = papers.get(paper_id) or parts.store.get_paper(paper_id)
+        if paper is None:
+            raise ValueError(f"paper {paper_id} is missing from the training store")
+        papers[paper_id] = paper
+        passages = parts.retriever.retrieve(paper_id, question.question, settings.top_k, "hybrid")
+        sentences = extractive.candidates(passages)
+        labels = np.array(
+            [
+                own and any(s.start < end and start < s.end for start, end in question.spans)
+                for s in sentences
+            ],
+            dtype=bool,
+        )
+        asked.append(Asked(question, paper, passages, sentences, labels))
+    return asked
+
+
+def triples(asked: Sequence[Asked]) -> list[tuple[str, str, str]]:
+    """(question, gold sentence, hard negative) per question that has a gold candidate and another one.
+
+    The positive is the gold sentence covering most of the question's terms; the negative the best-covering
+    sentence that is not gold (found lexically: no encoder needed before the scorer exists)."""
+    out: list[tuple[str, str, str]] = []
+    for item in asked:
+        if not item.labels.any() or item.labels.all():
+            continue
+        rows = extractive.feature_rows(
+            item.question.question,
+            item.sentences,
+            np.zeros(len(item.sentences)),
+            extractive.paper_idf(item.paper.text),
+            item.passages,
+        )
+        lexical = rows[:, FEATURES.index("lexical")]
+        positive = max(np.flatnonzero(item.labels), key=lambda i: lexical[i])
+        negative = max(np.flatnonzero(~item.labels), key=lambda i: lexical[i])
+        out.append((item.question.question, item.sentences[positive].text, item.sentences[negative].text))
+    return out
+
+
+def fine_tune(
+    base: str,
+    examples: list[tuple[str, str, str]],
+    options: TrainingOptions,
+    target: Path,
+    progress: Progress,
+) -> None:
+    """Fine-tune the sentence-transformers model `base` on `examples` and save it to `target`."""
+    import torch  # heavy: only this command trains
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.util import batch_to_device
+    from transformers import get_linear_schedule_with_warmup
+
+    # A plain loop rather than SentenceTransformerTrainer: that one needs `datasets` and `accelerate`, which
+    # the service does not otherwise install, for what is here twenty lines.
+    torch.manual_seed(options.seed)
+    order = random.Random(options.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = SentenceTransformer(resolve_model_path(base), device=device)
+    loss = MultipleNegativesRankingLoss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate)
+    batches_per_epoch = math.ceil(len(examples) / options.batch_size)
+    total = options.epochs * batches_per_epoch
+    schedule = get_linear_schedule_with_warmup(optimizer, max(1, total // 10), total)
+    model.train()
+    step, started = 0, time.perf_counter()
+    for epoch in range(1, options.epochs + 1):
+        shuffled = list(examples)
+        order.shuffle(shuffled)
+        running = 0.0
+        for first in range(0, len(shuffled), options.batch_size):
+            batch = shuffled[first : first + options.batch_size]
+            columns = [[example[i] for example in batch] for i in range(3)]
+            # `tokenize` is deprecated for `preprocess` in newer sentence-transformers; both where present.
+            preprocess = getattr(model, "preprocess", None) or model.tokenize
+            features = [batch_to_device(preprocess(column), model.device) for column in columns]
+            value = loss(features, None)
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            running += value.item()
+            step += 1
+            if step % 10 == 0 or step == total:
+                mean = running / (first // options.batch_size + 1)
+                elapsed = time.perf_counter() - started
+                where = f"epoch {epoch}/{options.epochs} step {step}/{total}"
+                progress(f"  {where}: loss {mean:.3f}, {elapsed:.0f}s")
+    model.eval()
+    model.save(str(target))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression (scikit-learn's objective, C = `c`) by L-BFGS in torch, on
+    standardised features; returns weights on the raw features and the bias.
+
+    torch rather than scikit-learn: the one fit this command makes does not justify another dependency."""
+    import torch
+
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale == 0, 1.0, scale)
+    inputs = torch.tensor((x - mean) / scale, dtype=torch.float64)
+    targets = torch.tensor(y, dtype=torch.float64)
+    weights = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+    def objective() -> Any:
+        optimizer.zero_grad()
+        logits = inputs @ weights + bias
+        value = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+        value = value + 0.5 * (weights**2).sum() / c
+        value.backward()
+        return value
+
+    optimizer.step(objective)
+    raw = weights.detach().numpy() / scale
+    return raw, float(bias.detach()[0] - (raw * mean).sum())
+
+
+def ranker(dense_weight: float) -> tuple[dict[str, float], float]:
+    return {"dense": dense_weight, "lexical": 1.0 - dense_weight}, 0.0
+
+
+def with_ranker(model: AnswerModel, dense_weight: float) -> AnswerModel:
+    weights, bias = ranker(dense_weight)
+    return AnswerModel(weights, bias, model.confidence_weights, model.confidence_bias, model.min_confidence)
+
+
+def feature_table(backend: ExtractiveBackend, asked: Sequence[Asked]) -> list[np.ndarray]:
+    """Each asked question's sentence feature rows, with the backend's scorer."""
+    return [
+        backend.sentence_features(a.question.question, a.sentences, a.paper, a.passages)
+        if a.sentences
+        else np.zeros((0, len(FEATURES)))
+        for a in asked
+    ]
+
+
+def answer_of(item: Asked, rows: np.ndarray, model: AnswerModel) -> tuple[str, np.ndarray] | None:
+    if not item.sentences:
+        return None
+    logits = extractive.rank_logits(rows, model)
+    chosen = extractive.select(item.sentences, logits)
+    text = "".join(piece for piece, _ in extractive.compose([item.sentences[i] for i in chosen]))
+    return text, extractive.answer_features(rows, logits, chosen)
+
+
+def top1(asked: Sequence[Asked], rows: Sequence[np.ndarray], model: AnswerModel) -> float:
+    """Share of questions whose best-ranked sentence overlaps a gold answer."""
+    hits = [
+        bool(item.labels[int(np.argmax(extractive.rank_logits(r, model)))])
+        for item, r in zip(asked, rows, strict=True)
+        if item.sentences
+    ]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def confidence_data(
+    own: Sequence[Asked],
+    own_rows: Sequence[np.ndarray],
+    other: Sequence[Asked],
+    other_rows: Sequence[np.ndarray],
+    model: AnswerModel,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Answer features and whether the answer holds a gold answer (never, for another paper's answer)."""
+    x, y = [], []
+    for items, rows, own_paper in ((own, own_rows, True), (other, other_rows, False)):
+        for item, r in zip(items, rows, strict=True):
+            answered = answer_of(item, r, model)
+            if answered is None:
+                continue
+            x.append(answered[1])
+            y.append(own_paper and contains_gold(answered[0], item.question.answers))
+    return np.array(x), np.array(y, dtype=float)
+
+
+def choose_threshold(confidences: Sequence[float]) -> tuple[float, float]:
+    """The highest multiple of `THRESHOLD_STEP` answering at least `TARGET_ANSWERED` of the questions
+    (confidences of own-paper answers; no candidates counts as unanswered), and the share it answers."""
+    values = np.asarray(confidences, dtype=float)
+    best = (0.0, 1.0)
+    for step in range(1, int(1 / THRESHOLD_STEP)):
+        threshold = round(step * THRESHOLD_STEP, 2)
+        answered = float((values >= threshold).mean()) if len(values) else 0.0
+        if answered >= TARGET_ANSWERED:
+            best = (threshold, answered)
+    return best
+
+
+def own_confidences(backend: ExtractiveBackend, asked: Sequence[Asked], model: AnswerModel) -> list[float]:
+    rows = feature_table(backend, asked)
+    out = []
+    for item, r in zip(asked, rows, strict=True):
+        answered = answer_of(item, r, model)
+        out.append(-1.0 if answered is None else extractive.confidence_of(answered[1], model))
+    return out
+
+
+def train_answerer(
+    file: Path,
+    settings: Settings,
+    options: TrainingOptions = TrainingOptions(),
+    dev: Path | None = None,
+    store_dir: Path | None = None,
+    output: Path | None = None,
+    progress: Progress = lambda _message: None,
+) -> dict[str, Any]:
+    """Train the answer model from SQuAD-format `file` (and choose its threshold on `dev`); returns the
+    record written to `answer-model.json`."""
+    started = time.perf_counter()
+    target = output or settings.models_dir / ANSWER_MODEL_DIR
+    training = load_squad(file, limit=options.limit, fallback_id=reserved_pmcid)
+    if not training.questions:
+        raise ValueError(f"{file} holds no answerable questions")
+    if not any(q.spans for q in training.questions):
+        raise ValueError(f"{file} gives no answer offsets (answer_start); the scorer learns from them")
+    development = load_squad(dev, fallback_id=reserved_pmcid) if dev is not None else None
+    with tempfile.TemporaryDirectory(prefix="pmcqa-train-") as scratch:
+        store_settings = settings.model_copy(
+            update={"data_dir": store_dir or Path(scratch) / "store", "database_url": None}
+        )
+        embedder = Embedder(store_settings)
+        parts = open_library(store_settings, writable=True, embedder=embedder)
+        try:
+            sets = [training] + ([development] if development else [])
+            for eval_set in sets:
+                progress(f"storing {len(eval_set.papers)} papers of {eval_set.name}")
+                fill_store(parts.store, eval_set, store_settings, embedder, f"squad:{eval_set.name}")
+            tuning = [q for q in training.questions if not is_held_out(q.paper_id)]
+            held_out = [q for q in training.questions if is_held_out(q.paper_id)]
+            if not tuning or not held_out:
+                raise ValueError(
+                    f"{file} has too few papers to hold {CALIBRATION_SHARE:.0%} out for calibration "
+                    f"({len({q.paper_id for q in training.questions})} papers)"
+                )
+            progress(f"asking {len(tuning)} fine-tuning and {len(held_out)} held-out questions")
+            examples = triples(ask_all(parts, store_settings, tuning, own=True))
+            held_own = ask_all(parts, store_settings, held_out, own=True)
+            held_other = ask_all(parts, store_settings, held_out, own=False)
+            dev_own = ask_all(parts, store_settings, development.questions, own=True) if development else []
+        finally:
+            parts.close()
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_parent(target)))
+        try:
+            progress(f"fine-tuning {settings.embedding_model} on {len(examples)} question-sentence triples")
+            fine_tune(settings.embedding_model, examples, options, staging, progress)
+            # Fitted at its final path: the ONNX export the service will load is keyed by that path.
+            old = _move_aside(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        try:
+            record = _fit(settings, target, held_own, held_other, dev_own, progress)
+            record["training"] = {
+                "file": str(file),
+                "file_sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                "dev": str(dev) if dev else None,
+                "base_model": settings.embedding_model,
+                "questions": len(training.questions),
+                "triples": len(examples),
+                "held_out_questions": len(held_out),
+                "held_out_papers": len({q.paper_id for q in held_out}),
+                "epochs": options.epochs,
+                "batch_size": options.batch_size,
+                "learning_rate": options.learning_rate,
+                "seed": options.seed,
+                "seconds": round(time.perf_counter() - started, 1),
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                **record.pop("measured"),
+            }
+            # Written last, atomically: until it exists the folder is not an answer model ("auto" skips it).
+            partial = target / f".{ANSWER_MODEL_FILE}.tmp"
+            partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            os.replace(partial, target / ANSWER_MODEL_FILE)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            if old is not None:
+                os.rename(old, target)  # the previous model stays in service
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _remove_stale_exports(settings.models_dir, target)
+    return record
+
+
+def _fit(
+    settings: Settings,
+    scorer: Path,
+    held_own: list[Asked],
+    held_other: list[Asked],
+    dev_own: list[Asked],
+    progress: Progress,
+) -> dict[str, Any]:
+    """Choose the ranker, fit the confidence model and choose the threshold for the scorer at `scorer`."""
+    progress("scoring the held-out questions with the fine-tuned scorer")
+    hand_set = extractive.hand_set_model()
+    base = ExtractiveBackend(settings, answer_model=hand_set)
+    trained = ExtractiveBackend(settings, answer_model=dataclasses.replace(hand_set, scorer=scorer))
+    own_rows, other_rows = feature_table(trained, held_own), feature_table(trained, held_other)
+    measured: dict[str, Any] = {
+        "held_out_top1_hand_set": round(top1(held_own, feature_table(base, held_own), hand_set), 4)
+    }
+    scores = {w: top1(held_own, own_rows, with_ranker(hand_set, w)) for w in DENSE_WEIGHTS}
+    dense_weight = max(DENSE_WEIGHTS, key=lambda w: (round(scores[w], 4), -abs(w - 0.5)))
+    measured["held_out_top1_trained"] = round(scores[dense_weight], 4)
+    progress(
+        f"held-out best sentence overlaps gold: hand-set {measured['held_out_top1_hand_set']:.3f}, "
+        f"trained {scores[dense_weight]:.3f} (dense weight {dense_weight})"
+    )
+    model = with_ranker(hand_set, dense_weight)
+    x, y = confidence_data(held_own, own_rows, held_other, other_rows, model)
+    weights, bias = fit_logistic(x, y)
+    model = AnswerModel(
+        model.ranker_weights,
+        model.ranker_bias,
+        dict(zip(ANSWER_FEATURES, map(float, weights), strict=True)),
+        bias,
+        0.0,
+        scorer,
+    )
+    chosen_on = "dev" if dev_own else "held-out"
+    confidences = own_confidences(trained, dev_own or held_own, model)
+    threshold, answered = choose_threshold(confidences)
+    measured.update({"threshold_chosen_on": chosen_on, "answered_at_threshold": round(answered, 4)})
+    progress(f"minimum confidence {threshold} (answers {answered:.1%} of {chosen_on} questions)")
+    return {
+        "ranker": {"weights": model.ranker_weights, "bias": model.ranker_bias},
+        "confidence": {"weights": model.confidence_weights, "bias": model.confidence_bias},
+        "min_confidence": threshold,
+        "measured": measured,
+    }
+
+
+def _parent(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.parent
+
+
+def _move_aside(target: Path) -> Path | None:
+    """Move an earlier model at `target` aside (restored if this training fails, removed if it succeeds)."""
+    if not target.exists():
+        return None
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    return old
+
+
+def _remove_stale_exports(models_dir: Path, target: Path) -> None:
+    """ONNX exports of earlier scorers at `target` (other fingerprints) are never loaded again."""
+    current = source_fingerprint(target)
+    for export in models_dir.glob(f"{target.name}-onnx*-*"):
+        if export.is_dir() and not export.name.endswith(current):
+            shutil.rmtree(export, ignore_errors=True)
