@@ -340,6 +340,7 @@ def run_answer_evaluation(
             extractive = library.load_backend("extractive")
             if isinstance(extractive, ExtractiveBackend):
                 extractive.load_vectors(store_dir / SENTENCE_VECTORS)
+        library.wait_for_backend(backend)  # e.g. a trained scorer loading in the background
         setup = time.perf_counter() - started
         report = evaluate_answers(
             library,

@@ -59,7 +59,7 @@ from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import Embedder, resolve_model_path
 from pmcqa.index.library import LibraryParts, open_library
 from pmcqa.index.models import PaperRecord, Passage
-from pmcqa.index.onnx_backend import source_fingerprint
+from pmcqa.index.onnx_backend import MANIFEST_FILE, source_fingerprint
 
 # Share of papers held out of fine-tuning, to choose the ranker and fit the confidence model on.
 CALIBRATION_SHARE = 0.2
@@ -461,8 +461,14 @@ def _move_aside(target: Path) -> Path | None:
 
 
 def _remove_stale_exports(models_dir: Path, target: Path) -> None:
-    """ONNX exports of earlier scorers at `target` (other fingerprints) are never loaded again."""
-    current = source_fingerprint(target)
-    for export in models_dir.glob(f"{target.name}-onnx*-*"):
-        if export.is_dir() and not export.name.endswith(current):
+    """ONNX exports made from earlier scorers at `target` (same source folder, other fingerprint) are never
+    loaded again; exports of other folders, even of the same name, are left alone."""
+    current, source = source_fingerprint(target), str(target.resolve())
+    for manifest in models_dir.glob(f"{target.name}-onnx*-*/{MANIFEST_FILE}"):
+        export = manifest.parent
+        try:
+            made_from = json.loads(manifest.read_text(encoding="utf-8")).get("source")
+        except (OSError, ValueError):
+            continue
+        if made_from == source and not export.name.endswith(current):
             shutil.rmtree(export, ignore_errors=True)

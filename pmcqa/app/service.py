@@ -203,6 +203,20 @@ class Library:
                 self.backend_errors[name] = f"{type(exc).__name__}: {exc}"
                 self.backends.pop(name, None)
 
+    def wait_for_backend(self, name: str | None = None, poll_s: float = 0.05) -> None:
+        """Block while backend `name` (default: the configured one) loads in the background: in-process
+        callers (`pmcqa ask`, evaluations) wait for it where the API answers 503. A failed load returns at
+        once (`backend` then reports it); a backend that is up but not ready (an unreachable server) too."""
+        name = name or self.settings.answer_backend
+        backend = self.load_backend(name)
+        while (
+            backend is not None
+            and name not in self.backend_errors
+            and callable(getattr(backend, "load", None))
+            and not backend.is_ready()
+        ):
+            time.sleep(poll_s)
+
     def check_backend_allowed(self, name: str | None) -> None:
         """422 for a backend a request may not choose (`allowed_backends`): nothing is loaded for it."""
         allowed = self.settings.request_backends()

@@ -30,6 +30,7 @@ from pmcqa.app.answering.extractive import (
 )
 from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import Embedder
+from pmcqa.index.onnx_backend import MANIFEST_FILE, source_fingerprint
 
 CONTEXT_CHARS = 6000
 QUESTIONS_PER_PAPER = 6
@@ -234,3 +235,21 @@ def test_the_command_refuses_a_missing_file_before_loading_torch(tmp_path: Path)
     )
     assert done.stdout.split() == ["False", "2"], done.stderr
     assert "no such file" in done.stderr
+
+
+def test_retraining_removes_only_the_stale_exports_of_the_same_folder(tmp_path: Path) -> None:
+    target = tmp_path / "models" / ANSWER_MODEL_DIR
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    current = source_fingerprint(target)
+
+    def export(fingerprint: str, source: Path) -> Path:
+        folder = tmp_path / "models" / f"{ANSWER_MODEL_DIR}-onnx-int8-{fingerprint}"
+        folder.mkdir()
+        (folder / MANIFEST_FILE).write_text(json.dumps({"source": str(source.resolve())}))
+        return folder
+
+    stale, fresh = export("aaaaaaaaaaaa", target), export(current, target)
+    elsewhere = export("bbbbbbbbbbbb", tmp_path / "another" / ANSWER_MODEL_DIR)  # same name, other folder
+    answer_training._remove_stale_exports(tmp_path / "models", target)
+    assert not stale.exists() and fresh.exists() and elsewhere.exists()

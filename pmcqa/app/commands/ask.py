@@ -31,6 +31,7 @@ def ask(
         check_question(question, settings)
         library = Library.create(settings)
         try:
+            library.wait_for_backend()  # a model loading in the background: wait, as a server would not
             answer = library.ask(paper_id, question, top_k)
         finally:
             library.close()
