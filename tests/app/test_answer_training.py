@@ -185,6 +185,11 @@ def test_unusable_answer_models_are_named_clearly(tmp_path: Path) -> None:
     (folder / ANSWER_MODEL_FILE).write_text(json.dumps(record))
     with pytest.raises(ValueError, match="shoe_size"):
         read_answer_model(folder)
+    record["ranker"]["weights"] = {"dense": 1.0}
+    record["min_confidence"] = 1.5
+    (folder / ANSWER_MODEL_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="not a probability"):
+        read_answer_model(folder)
 
 
 def test_a_failed_training_leaves_the_earlier_model_in_place(trained, tmp_path: Path, monkeypatch) -> None:

@@ -3,16 +3,22 @@
 Retrieved passages (and the neighbours merged into them) are split into sentences with exact offsets into
 ``paper.text``. Each sentence gets a row of `FEATURES` (embedding cosine with the question, idf-weighted
 coverage of the question's terms, the retrieval rank of its passage, how much it says beyond the question,
-whether it holds the kind of token the question asks for, where it sits), and a linear sentence ranker
-(`RANKER_WEIGHTS`, a logistic regression fitted on COVID-QA train) scores them. The best sentence, with
-contiguous neighbours that score nearly as well, becomes the answer, in paper order, cited verbatim.
+whether it holds the kind of token the question asks for, where it sits), and a linear sentence ranker scores
+them. The best sentence, with contiguous neighbours that score nearly as well, becomes the answer, in paper
+order, cited verbatim.
 
 `confidence` — the estimated probability that the answer contains the right information — comes from a
-second logistic model over the answer's evidence (`CONFIDENCE_WEIGHTS`, fitted on COVID-QA train with each
+second logistic model over the answer's evidence (`ANSWER_FEATURES`, fitted on COVID-QA train with each
 question asked of its own paper and of a different one, checked for calibration on dev). Under
-``settings.min_confidence`` (default `DEFAULT_MIN_CONFIDENCE`, chosen on dev) the backend says the paper does
-not appear to answer the question, rather than quoting something loosely related. Both models are plain
-constants fitted offline by ``bench/fit_answer_models.py``; answering needs no scikit-learn.
+``settings.min_confidence`` (default: the answer model's, chosen on dev) the backend says the paper does not
+appear to answer the question, rather than quoting something loosely related.
+
+Ranker, confidence model and threshold make an `AnswerModel`. The hand-set one is this module's constants
+(`RANKER_WEIGHTS`: 0.5 cosine with the retrieval encoder + 0.5 term coverage; `CONFIDENCE_WEIGHTS`, fitted
+offline by ``bench/fit_answer_models.py``). `pmcqa train-answerer` (`app/answer_training.py`) makes a trained
+one: the embedding model fine-tuned to score answer sentences (the cosine), with the ranker weight, confidence
+model and threshold fitted for it, in a folder `find_answer_model` picks up (`settings.answer_model`).
+Answering needs no scikit-learn, and on CPU no torch (the scorer runs on ONNX Runtime like the encoder).
 """
 
 from __future__ import annotations
@@ -288,6 +294,8 @@ def read_answer_model(directory: Path) -> AnswerModel:
     )
     if unknown:
         raise ValueError(f"{path} names features this version does not compute: {sorted(unknown)}")
+    if not 0.0 <= model.min_confidence <= 1.0:
+        raise ValueError(f"{path}: min_confidence {model.min_confidence} is not a probability")
     return model
 
 
