@@ -26,9 +26,9 @@ from pmcqa.ingest.pipeline import Ingestor
 from pmcqa.ingest.worker import build_runtime, run_batch
 
 PMCID = "PMC7000001"  # the XMRV paper, served by the fake under an id no other test uses
-QUESTION = (
-    "What did the authors find when testing blood samples of chronic fatigue syndrome patients for XMRV?"
-)
+# Answered far above the extractive backend's minimum confidence (0.77 vs 0.20): these tests check the
+# service, not where the threshold falls. ("What did the authors find ... for XMRV?" sat at 0.198, on the edge.)
+QUESTION = "Did they detect XMRV in chronic fatigue syndrome patients?"
 
 
 def test_ask_while_the_worker_ingests_the_paper_is_409_then_200(
