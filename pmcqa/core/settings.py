@@ -165,8 +165,8 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="Answer only when the estimated probability that the answer holds the right information "
-        "is at least this (a target precision); below it the answer abstains. Default: the value chosen on "
-        "COVID-QA dev for the extractive backend.",
+        "is at least this (a target precision); below it the answer abstains. Default: the extractive answer "
+        "model's own, chosen on COVID-QA dev (`answer_model`).",
     )
     unsupported_claims: Literal["flag", "drop", "keep"] = Field(
         "flag",
