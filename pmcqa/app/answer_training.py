@@ -292,7 +292,7 @@ def choose_threshold(confidences: Sequence[float]) -> tuple[float, float]:
     """The highest multiple of `THRESHOLD_STEP` answering at least `TARGET_ANSWERED` of the questions
     (confidences of own-paper answers; no candidates counts as unanswered), and the share it answers."""
     values = np.asarray(confidences, dtype=float)
-    best = (0.0, 1.0)
+    best = (0.0, float((values >= 0.0).mean()) if len(values) else 0.0)
     for step in range(1, int(1 / THRESHOLD_STEP)):
         threshold = round(step * THRESHOLD_STEP, 2)
         answered = float((values >= threshold).mean()) if len(values) else 0.0

@@ -18,7 +18,14 @@ from conftest import shared_path
 
 from pmcqa.app import answer_training
 from pmcqa.app.answer_evaluation import run_answer_evaluation
-from pmcqa.app.answer_training import TrainingOptions, is_held_out, train_answerer
+from pmcqa.app.answer_training import (
+    TARGET_ANSWERED,
+    THRESHOLD_STEP,
+    TrainingOptions,
+    choose_threshold,
+    is_held_out,
+    train_answerer,
+)
 from pmcqa.app.answering.extractive import (
     ANSWER_FEATURES,
     ANSWER_MODEL_DIR,
@@ -258,3 +265,12 @@ def test_retraining_removes_only_the_stale_exports_of_the_same_folder(tmp_path: 
     elsewhere = export("bbbbbbbbbbbb", tmp_path / "another" / ANSWER_MODEL_DIR)  # same name, other folder
     answer_training._remove_stale_exports(tmp_path / "models", target)
     assert not stale.exists() and fresh.exists() and elsewhere.exists()
+
+
+def test_the_threshold_is_the_highest_step_still_answering_the_target_share() -> None:
+    assert (TARGET_ANSWERED, THRESHOLD_STEP) == (0.8, 0.05)
+    confidences = [0.9, 0.8, 0.7, 0.6, 0.5, 0.42, 0.41, 0.33, 0.1, -1.0]  # -1: no candidate sentence
+    assert choose_threshold(confidences) == (0.3, 0.8)  # 0.35 would answer 7 of 10
+    assert choose_threshold([-1.0, -1.0, 0.05]) == (0.0, 1 / 3), (
+        "nothing reaches the target: answer all it can"
+    )

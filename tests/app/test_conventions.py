@@ -19,7 +19,7 @@ from pmcqa.app.main import create_app
 from pmcqa.core.logs import ACCESS_LOGGER, JsonFormatter, RequestIdFilter, configure_logging
 
 # Answered far above the extractive backend's minimum confidence (0.77 vs 0.20): these tests check the
-# service, not where the threshold falls. ("What did the authors find ... for XMRV?" sat at 0.198, on the edge.)
+# service, not where the threshold falls ("What did the authors find ... for XMRV?" sat at 0.198: the edge).
 QUESTION = "Did they detect XMRV in chronic fatigue syndrome patients?"
 XMRV_DOI = "10.1371/journal.pone.0008519"
 

@@ -27,7 +27,7 @@ from pmcqa.ingest.worker import build_runtime, run_batch
 
 PMCID = "PMC7000001"  # the XMRV paper, served by the fake under an id no other test uses
 # Answered far above the extractive backend's minimum confidence (0.77 vs 0.20): these tests check the
-# service, not where the threshold falls. ("What did the authors find ... for XMRV?" sat at 0.198, on the edge.)
+# service, not where the threshold falls ("What did the authors find ... for XMRV?" sat at 0.198: the edge).
 QUESTION = "Did they detect XMRV in chronic fatigue syndrome patients?"
 
 

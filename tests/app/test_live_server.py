@@ -9,7 +9,7 @@ import httpx
 import pmcqa
 
 # Answered far above the extractive backend's minimum confidence (0.77 vs 0.20): these tests check the
-# service, not where the threshold falls. ("What did the authors find ... for XMRV?" sat at 0.198, on the edge.)
+# service, not where the threshold falls ("What did the authors find ... for XMRV?" sat at 0.198: the edge).
 OWN_QUESTION = "Did they detect XMRV in chronic fatigue syndrome patients?"
 FOREIGN_QUESTION = "What is the probability that a research claim is true given its pre-study odds?"
 
