@@ -25,9 +25,10 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pmcqa.core.extras import require_extra
@@ -141,6 +142,29 @@ def close_pools() -> None:
 
 
 # --- schema versions ----------------------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+def retry_when_locked(operation: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """`operation()`, run again while SQLite says the database is locked or busy (for up to `timeout_s`).
+
+    The busy timeout covers most waits but not all: SQLite answers SQLITE_BUSY at once, without calling the
+    busy handler, where waiting could deadlock (a statement that reads, then must write after another
+    connection committed, in WAL mode) or while another connection recovers the WAL index. Many threads
+    opening connections at once meet these on their first statements. `operation` must be idempotent."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            return operation()
+        except sqlite3.OperationalError as exc:
+            message = str(exc)
+            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def ensure_sqlite_schema(path: Path) -> None:

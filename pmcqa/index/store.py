@@ -36,7 +36,7 @@ from typing import Protocol, Self
 
 import numpy as np
 
-from pmcqa.core.db import ensure_sqlite_schema, postgres_url
+from pmcqa.core.db import ensure_sqlite_schema, postgres_url, retry_when_locked
 from pmcqa.core.ids import alias_key
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import IngestState, Status
@@ -442,20 +442,23 @@ class Store(StoreBase):
         if conn is None:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a paper is exactly one transaction.
             conn = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode never corrupts and keeps every commit across a process kill; only an OS
-            # crash / power cut may drop the last commits (they are re-ingested, never half-present).
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=60000")
-            if self.mmap_bytes:
-                # mmap reads skip a syscall per page (per-paper reads ~1.5-2x faster) but every page touched
-                # then counts in this process's RSS (shared, reclaimable), up to the cap: opt-in.
-                conn.execute(f"PRAGMA mmap_size={int(self.mmap_bytes)}")
+            retry_when_locked(lambda: self._set_pragmas(conn))  # threads opening at once: see its docstring
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
+
+    def _set_pragmas(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode never corrupts and keeps every commit across a process kill; only an OS
+        # crash / power cut may drop the last commits (they are re-ingested, never half-present).
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=60000")
+        if self.mmap_bytes:
+            # mmap reads skip a syscall per page (per-paper reads ~1.5-2x faster) but every page touched
+            # then counts in this process's RSS (shared, reclaimable), up to the cap: opt-in.
+            conn.execute(f"PRAGMA mmap_size={int(self.mmap_bytes)}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from pmcqa.core.db import connection_pool, ensure_postgres_schema, postgres_url
+from pmcqa.core.db import connection_pool, ensure_postgres_schema, postgres_url, retry_when_locked
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, ItemStatus, Status
 
@@ -190,6 +190,9 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        retry_when_locked(self._create_schema)  # every statement below is idempotent
+
+    def _create_schema(self) -> None:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.execute("pragma journal_mode=wal")  # persistent: readers never block the writer
@@ -406,9 +409,7 @@ class JobStore:
         return claim
 
     @staticmethod
-    def _lease(
-        conn: _Conn, job_id: str, batch: int, owner: str, until: float, attempts: int
-    ) -> Claim:
+    def _lease(conn: _Conn, job_id: str, batch: int, owner: str, until: float, attempts: int) -> Claim:
         conn.execute(
             "update job_batches set owner = ?, lease_until = ?, attempts = ? where job_id = ? and batch = ?",
             (owner, until, attempts, job_id, batch),

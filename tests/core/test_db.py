@@ -193,3 +193,31 @@ def test_database_url_must_be_postgres() -> None:
     assert Settings(database_url="").database_url is None  # empty = the embedded library
     assert Settings(database_url="postgres://u@h/db").database_url is not None
     assert db.redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+
+
+def test_retry_when_locked_retries_only_lock_errors_and_only_until_the_deadline() -> None:
+    import sqlite3
+
+    from pmcqa.core.db import retry_when_locked
+
+    calls: list[int] = []
+
+    def locked_twice() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+        return "done"
+
+    assert retry_when_locked(locked_twice) == "done" and len(calls) == 3
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("no such table: jobs")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_when_locked(broken)
+
+    def always_locked() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        retry_when_locked(always_locked, timeout_s=0.05)
