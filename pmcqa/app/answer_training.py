@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from pmcqa.app.answer_evaluation import contains_gold
+from pmcqa.app.answer_evaluation import contains_gold, other_papers
 from pmcqa.app.answering import extractive
 from pmcqa.app.answering.extractive import (
     ANSWER_FEATURES,
@@ -80,8 +80,8 @@ class TrainingOptions:
 
 
 @dataclass
-class Asked:
-    """One question asked of one paper: the candidates the extractive backend would rank."""
+class Candidates:
+    """One question asked of one paper: the candidate sentences the extractive backend would rank."""
 
     question: EvalQuestion
     paper: PaperRecord
@@ -100,15 +100,18 @@ def is_held_out(paper_id: str) -> bool:
 
 
 def ask_all(
-    parts: LibraryParts, settings: Settings, questions: Sequence[EvalQuestion], own: bool
-) -> list[Asked]:
-    """Each question asked of its own paper (`own`) or of the next paper in the list, as /ask retrieves."""
-    order = list(dict.fromkeys(q.paper_id for q in questions))
-    other = {p: order[(i + 1) % len(order)] for i, p in enumerate(order)}
+    parts: LibraryParts,
+    settings: Settings,
+    questions: Sequence[EvalQuestion],
+    other: dict[str, str] | None = None,
+) -> list[Candidates]:
+    """Each question asked, as /ask retrieves, of its own paper, or with `other` (paper -> a different one,
+    `answer_evaluation.other_papers`) of another paper."""
+    own = other is None
     papers: dict[str, PaperRecord] = {}
-    asked: list[Asked] = []
+    asked: list[Candidates] = []
     for question in questions:
-        paper_id = question.paper_id if own else other[question.paper_id]
+        paper_id = question.paper_id if other is None else other[question.paper_id]
         paper = papers.get(paper_id) or parts.store.get_paper(paper_id)
         if paper is None:
             raise ValueError(f"paper {paper_id} is missing from the training store")
@@ -122,24 +125,27 @@ def ask_all(
             ],
             dtype=bool,
         )
-        asked.append(Asked(question, paper, passages, sentences, labels))
+        asked.append(Candidates(question, paper, passages, sentences, labels))
     return asked
 
 
-def triples(asked: Sequence[Asked]) -> list[tuple[str, str, str]]:
+def triples(asked: Sequence[Candidates]) -> list[tuple[str, str, str]]:
     """(question, gold sentence, hard negative) per question that has a gold candidate and another one.
 
     The positive is the gold sentence covering most of the question's terms; the negative the best-covering
     sentence that is not gold (found lexically: no encoder needed before the scorer exists)."""
     out: list[tuple[str, str, str]] = []
+    idf: dict[str, extractive.IdfTable] = {}  # per paper, not per question
     for item in asked:
         if not item.labels.any() or item.labels.all():
             continue
+        if item.paper.paper_id not in idf:
+            idf[item.paper.paper_id] = extractive.paper_idf(item.paper.text)
         rows = extractive.feature_rows(
             item.question.question,
             item.sentences,
             np.zeros(len(item.sentences)),
-            extractive.paper_idf(item.paper.text),
+            idf[item.paper.paper_id],
             item.passages,
         )
         lexical = rows[:, FEATURES.index("lexical")]
@@ -231,16 +237,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np.ndarr
     return raw, float(bias.detach()[0] - (raw * mean).sum())
 
 
-def ranker(dense_weight: float) -> tuple[dict[str, float], float]:
-    return {"dense": dense_weight, "lexical": 1.0 - dense_weight}, 0.0
-
-
 def with_ranker(model: AnswerModel, dense_weight: float) -> AnswerModel:
-    weights, bias = ranker(dense_weight)
-    return AnswerModel(weights, bias, model.confidence_weights, model.confidence_bias, model.min_confidence)
+    """`model` with a ranker of `dense_weight` × cosine + (1 − `dense_weight`) × term coverage."""
+    return dataclasses.replace(model, ranker_weights={"dense": dense_weight, "lexical": 1.0 - dense_weight})
 
 
-def feature_table(backend: ExtractiveBackend, asked: Sequence[Asked]) -> list[np.ndarray]:
+def feature_table(backend: ExtractiveBackend, asked: Sequence[Candidates]) -> list[np.ndarray]:
     """Each asked question's sentence feature rows, with the backend's scorer."""
     return [
         backend.sentence_features(a.question.question, a.sentences, a.paper, a.passages)
@@ -250,16 +252,11 @@ def feature_table(backend: ExtractiveBackend, asked: Sequence[Asked]) -> list[np
     ]
 
 
-def answer_of(item: Asked, rows: np.ndarray, model: AnswerModel) -> tuple[str, np.ndarray] | None:
-    if not item.sentences:
-        return None
-    logits = extractive.rank_logits(rows, model)
-    chosen = extractive.select(item.sentences, logits)
-    text = "".join(piece for piece, _ in extractive.compose([item.sentences[i] for i in chosen]))
-    return text, extractive.answer_features(rows, logits, chosen)
+def answer_of(item: Candidates, rows: np.ndarray, model: AnswerModel) -> extractive.Decision | None:
+    return extractive.decide_on(item.sentences, rows, model) if item.sentences else None
 
 
-def top1(asked: Sequence[Asked], rows: Sequence[np.ndarray], model: AnswerModel) -> float:
+def top1(asked: Sequence[Candidates], rows: Sequence[np.ndarray], model: AnswerModel) -> float:
     """Share of questions whose best-ranked sentence overlaps a gold answer."""
     hits = [
         bool(item.labels[int(np.argmax(extractive.rank_logits(r, model)))])
@@ -270,9 +267,9 @@ def top1(asked: Sequence[Asked], rows: Sequence[np.ndarray], model: AnswerModel)
 
 
 def confidence_data(
-    own: Sequence[Asked],
+    own: Sequence[Candidates],
     own_rows: Sequence[np.ndarray],
-    other: Sequence[Asked],
+    other: Sequence[Candidates],
     other_rows: Sequence[np.ndarray],
     model: AnswerModel,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -280,11 +277,11 @@ def confidence_data(
     x, y = [], []
     for items, rows, own_paper in ((own, own_rows, True), (other, other_rows, False)):
         for item, r in zip(items, rows, strict=True):
-            answered = answer_of(item, r, model)
-            if answered is None:
+            decision = answer_of(item, r, model)
+            if decision is None:
                 continue
-            x.append(answered[1])
-            y.append(own_paper and contains_gold(answered[0], item.question.answers))
+            x.append(decision.features)
+            y.append(own_paper and contains_gold(decision.text, item.question.answers))
     return np.array(x), np.array(y, dtype=float)
 
 
@@ -301,13 +298,12 @@ def choose_threshold(confidences: Sequence[float]) -> tuple[float, float]:
     return best
 
 
-def own_confidences(backend: ExtractiveBackend, asked: Sequence[Asked], model: AnswerModel) -> list[float]:
-    rows = feature_table(backend, asked)
-    out = []
-    for item, r in zip(asked, rows, strict=True):
-        answered = answer_of(item, r, model)
-        out.append(-1.0 if answered is None else extractive.confidence_of(answered[1], model))
-    return out
+def own_confidences(
+    asked: Sequence[Candidates], rows: Sequence[np.ndarray], model: AnswerModel
+) -> list[float]:
+    """Each question's answer confidence (-1 where there is no candidate sentence)."""
+    decisions = [answer_of(item, r, model) for item, r in zip(asked, rows, strict=True)]
+    return [-1.0 if d is None else d.confidence for d in decisions]
 
 
 def train_answerer(
@@ -348,10 +344,11 @@ def train_answerer(
                     f"({len({q.paper_id for q in training.questions})} papers)"
                 )
             progress(f"asking {len(tuning)} fine-tuning and {len(held_out)} held-out questions")
-            examples = triples(ask_all(parts, store_settings, tuning, own=True))
-            held_own = ask_all(parts, store_settings, held_out, own=True)
-            held_other = ask_all(parts, store_settings, held_out, own=False)
-            dev_own = ask_all(parts, store_settings, development.questions, own=True) if development else []
+            examples = triples(ask_all(parts, store_settings, tuning))
+            held_own = ask_all(parts, store_settings, held_out)
+            # The wrong paper as evaluations pick it, among all the file's papers (a lone held-out one works).
+            held_other = ask_all(parts, store_settings, held_out, other_papers(training.questions))
+            dev_own = ask_all(parts, store_settings, development.questions) if development else []
         finally:
             parts.close()
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_parent(target)))
@@ -400,9 +397,9 @@ def train_answerer(
 def _fit(
     settings: Settings,
     scorer: Path,
-    held_own: list[Asked],
-    held_other: list[Asked],
-    dev_own: list[Asked],
+    held_own: list[Candidates],
+    held_other: list[Candidates],
+    dev_own: list[Candidates],
     progress: Progress,
 ) -> dict[str, Any]:
     """Choose the ranker, fit the confidence model and choose the threshold for the scorer at `scorer`."""
@@ -424,16 +421,14 @@ def _fit(
     model = with_ranker(hand_set, dense_weight)
     x, y = confidence_data(held_own, own_rows, held_other, other_rows, model)
     weights, bias = fit_logistic(x, y)
-    model = AnswerModel(
-        model.ranker_weights,
-        model.ranker_bias,
-        dict(zip(ANSWER_FEATURES, map(float, weights), strict=True)),
-        bias,
-        0.0,
-        scorer,
+    model = dataclasses.replace(
+        model,
+        confidence_weights=dict(zip(ANSWER_FEATURES, map(float, weights), strict=True)),
+        confidence_bias=bias,
     )
     chosen_on = "dev" if dev_own else "held-out"
-    confidences = own_confidences(trained, dev_own or held_own, model)
+    rows = feature_table(trained, dev_own) if dev_own else own_rows  # held-out rows: scored above
+    confidences = own_confidences(dev_own or held_own, rows, model)
     threshold, answered = choose_threshold(confidences)
     measured.update({"threshold_chosen_on": chosen_on, "answered_at_threshold": round(answered, 4)})
     progress(f"minimum confidence {threshold} (answers {answered:.1%} of {chosen_on} questions)")

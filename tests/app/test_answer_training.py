@@ -120,7 +120,7 @@ def test_the_fine_tuned_scorer_prefers_answer_sentences_more_than_the_base_model
         from pmcqa.app.evaluation import load_squad, reserved_pmcid
 
         questions = load_squad(squad, fallback_id=reserved_pmcid).questions
-        examples = answer_training.triples(answer_training.ask_all(parts, settings, questions, own=True))
+        examples = answer_training.triples(answer_training.ask_all(parts, settings, questions))
     finally:
         parts.close()
     assert len(examples) >= 10

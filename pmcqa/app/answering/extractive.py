@@ -417,7 +417,21 @@ class Decision:
     rows: np.ndarray
     logits: np.ndarray
     chosen: list[int]
+    features: np.ndarray  # the answer's `ANSWER_FEATURES`
     confidence: float
+
+    @property
+    def text(self) -> str:
+        """The answer as the backend words it (the chosen sentences, in paper order)."""
+        return "".join(piece for piece, _ in compose([self.sentences[i] for i in self.chosen]))
+
+
+def decide_on(sentences: list[Sentence], rows: np.ndarray, model: AnswerModel) -> Decision:
+    """Rank `sentences` by their feature `rows`, choose the answer and estimate its confidence."""
+    logits = rank_logits(rows, model)
+    chosen = select(sentences, logits)
+    features = answer_features(rows, logits, chosen)
+    return Decision(sentences, rows, logits, chosen, features, confidence_of(features, model))
 
 
 class ExtractiveBackend:
@@ -543,11 +557,9 @@ class ExtractiveBackend:
         sentences = candidates(passages)
         if not sentences:
             return None
-        rows = self.sentence_features(question, sentences, paper, passages)
-        logits = rank_logits(rows, self.answer_model)
-        chosen = select(sentences, logits)
-        confidence = confidence_of(answer_features(rows, logits, chosen), self.answer_model)
-        return Decision(sentences, rows, logits, chosen, confidence)
+        return decide_on(
+            sentences, self.sentence_features(question, sentences, paper, passages), self.answer_model
+        )
 
     # --- the backend protocol ------------------------------------------------------------------------------
     def _run(self, question: str, passages: list[Passage], paper: PaperRecord) -> Iterator[BackendEvent]:
