@@ -168,6 +168,20 @@ class Settings(BaseSettings):
         "is at least this (a target precision); below it the answer abstains. Default: the extractive answer "
         "model's own, chosen on COVID-QA dev (`answer_model`).",
     )
+    answer_form: Literal["span", "sentences"] = Field(
+        "span",
+        description="The extractive backend's answer text: `span`, the phrase of the chosen sentences that "
+        "answers the question, where the trained answer model has a span reader and it is confident enough "
+        "(the sentences stay cited in full); `sentences`, the chosen sentences whole.",
+    )
+    span_min_probability: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="With `answer_form` span: answer with the phrase only when the span reader's probability "
+        "is at least this, else with the sentences. Lower favours short answers (token F1), higher whole "
+        "sentences (gold contained); 0.5 was chosen on COVID-QA dev.",
+    )
     unsupported_claims: Literal["flag", "drop", "keep"] = Field(
         "flag",
         description="LLM answers: a claim not supported by the excerpts it cites is flagged (the answer says "

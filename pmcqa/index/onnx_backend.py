@@ -299,14 +299,23 @@ class OnnxEncoder:
             matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         return matrix
 
-    def _encode_one(self, encoding: Any) -> np.ndarray:
+    def token_states(self, first: str, second: str) -> tuple[np.ndarray, Any]:
+        """The last hidden state of each token of the pair (`first`, `second`), shape (tokens, dimension),
+        and the `tokenizers` Encoding (its `offsets` are into each text, `sequence_ids` say which)."""
+        encoding = self.tokenizer.encode(first, second)
+        return self._hidden(encoding), encoding
+
+    def _hidden(self, encoding: Any) -> np.ndarray:
         features = {
             "input_ids": np.asarray([encoding.ids], dtype=np.int64),
             "attention_mask": np.asarray([encoding.attention_mask], dtype=np.int64),
             "token_type_ids": np.asarray([encoding.type_ids], dtype=np.int64),
         }
         (hidden,) = self.session.run(None, {name: features[name] for name in self.input_names})
-        tokens = hidden[0]  # (sequence, dimension): one text, no padding
+        return hidden[0]  # (sequence, dimension): one text, no padding
+
+    def _encode_one(self, encoding: Any) -> np.ndarray:
+        tokens = self._hidden(encoding)
         return tokens[0] if self.pipeline.pooling == "cls" else tokens.mean(axis=0)
 
 

@@ -7,6 +7,7 @@ papers trimmed to their first characters, a few questions each, so one epoch tak
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from conftest import shared_path
 
 from pmcqa.app import answer_training
-from pmcqa.app.answer_evaluation import run_answer_evaluation
+from pmcqa.app.answer_evaluation import run_answer_evaluation, token_f1
 from pmcqa.app.answer_training import (
     TARGET_ANSWERED,
     THRESHOLD_STEP,
@@ -26,6 +27,7 @@ from pmcqa.app.answer_training import (
     is_held_out,
     train_answerer,
 )
+from pmcqa.app.answering import span_reader
 from pmcqa.app.answering.extractive import (
     ANSWER_FEATURES,
     ANSWER_MODEL_DIR,
@@ -85,7 +87,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
     record = train_answerer(
         squad,
         settings,
-        TrainingOptions(epochs=2, batch_size=8, learning_rate=1e-4),
+        TrainingOptions(epochs=2, batch_size=8, learning_rate=1e-4, reader_epochs=15),
         store_dir=root / "store",
         output=output,
     )
@@ -106,6 +108,61 @@ def test_training_writes_an_answer_model_with_its_record(trained) -> None:
     model = read_answer_model(output)
     assert model.scorer == output and model.min_confidence == record["min_confidence"]
     assert not list(output.parent.glob(f".{output.name}*")), "no staging or moved-aside folder is left"
+
+
+def _training_questions(squad: Path, settings: Settings) -> list[answer_training.Candidates]:
+    from pmcqa.app.evaluation import load_squad, reserved_pmcid
+    from pmcqa.index.library import open_library
+
+    parts = open_library(settings.model_copy(update={"data_dir": squad.parent / "store"}), writable=False)
+    try:
+        questions = load_squad(squad, fallback_id=reserved_pmcid).questions
+        return answer_training.ask_all(parts, settings, questions)
+    finally:
+        parts.close()
+
+
+def test_the_span_reader_is_saved_with_the_model_and_finds_answer_phrases(trained) -> None:
+    """The reader learns to point at the answer inside its sentences: on its training spans its phrases
+    overlap the gold better than the whole context does, and each phrase is a piece of the context."""
+    squad, output, record = trained
+    assert (output / span_reader.READER_DIR / span_reader.HEAD_FILE).is_file()
+    assert (output / span_reader.READER_DIR / "modules.json").is_file()  # exportable like any encoder
+    assert record["training"]["reader_examples"] > 0
+    settings = Settings(data_dir=squad.parent / "data", answer_model=str(output))
+    backend = ExtractiveBackend(settings)
+    assert backend.answer_model.reader == output / span_reader.READER_DIR
+    reader = backend.reader
+    assert reader is not None
+    tuning = [a for a in _training_questions(squad, settings) if not is_held_out(a.paper.paper_id)]
+    examples = answer_training.reader_examples(tuning)  # what it was trained on (seed 0 as in training)
+    assert len(examples) >= 10
+    span_f1, context_f1 = [], []
+    for question, context, start, end in examples:
+        span = reader.read(question, context)
+        assert span is not None and 0 <= span.start < span.end <= len(context)
+        assert 0.0 < span.probability <= 1.0
+        span_f1.append(token_f1(context[span.start : span.end], context[start:end]))
+        context_f1.append(token_f1(context, context[start:end]))
+    assert np.mean(span_f1) > np.mean(context_f1) + 0.1, (np.mean(span_f1), np.mean(context_f1))
+
+
+def test_answers_are_the_readers_phrase_with_the_sentences_cited_whole(trained) -> None:
+    squad, output, _ = trained
+    settings = Settings(data_dir=squad.parent / "data", answer_model=str(output), span_min_probability=0.0)
+    model = dataclasses.replace(read_answer_model(output), min_confidence=0.0)
+    spans = ExtractiveBackend(settings, answer_model=model)
+    whole = ExtractiveBackend(settings.model_copy(update={"answer_form": "sentences"}), answer_model=model)
+    assert whole.reader is None
+    asked = [a for a in _training_questions(squad, settings) if a.sentences][:5]
+    for item in asked:
+        short = spans.generate(item.question.question, item.passages, item.paper)
+        long = whole.generate(item.question.question, item.passages, item.paper)
+        assert short.cited == long.cited and short.cited
+        assert any(short.answer in c.quote for c in short.cited), (short.answer, short.cited)
+        assert len(short.answer) <= len(long.answer)
+        assert any("span reader" in step for step in short.steps)
+        assert not any("span reader" in step for step in long.steps)
 
 
 def test_the_fine_tuned_scorer_prefers_answer_sentences_more_than_the_base_model(trained) -> None:

@@ -35,6 +35,7 @@ from typing import Protocol
 import numpy as np
 from cachetools import LRUCache
 
+from pmcqa.app.answering import span_reader
 from pmcqa.app.answering.base import (
     ABSTAIN_ANSWER,
     AnswerDelta,
@@ -46,6 +47,7 @@ from pmcqa.app.answering.base import (
 )
 from pmcqa.core.settings import Settings
 from pmcqa.core.text import split_sentences, tokenize
+from pmcqa.index import onnx_backend
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.models import Chunk, PaperRecord, Passage
 
@@ -257,6 +259,7 @@ class AnswerModel:
     min_confidence: float
     scorer: Path | None = None
     name: str = "hand-set"
+    reader: Path | None = None  # the span reader's folder (`span_reader`), if trained
     about: dict[str, object] = field(default_factory=dict)  # how it was trained (the training's record)
 
 
@@ -274,6 +277,7 @@ def hand_set_model() -> AnswerModel:
 def read_answer_model(directory: Path) -> AnswerModel:
     """The trained answer model in `directory` (its `ANSWER_MODEL_FILE`, and the scorer's files beside it)."""
     path = directory / ANSWER_MODEL_FILE
+    reader = directory / span_reader.READER_DIR
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         ranker, confidence = data["ranker"], data["confidence"]
@@ -286,6 +290,7 @@ def read_answer_model(directory: Path) -> AnswerModel:
             scorer=directory,
             name=f"trained:{directory.name}",
             about=dict(data.get("training", {})),
+            reader=reader if (reader / span_reader.HEAD_FILE).is_file() else None,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is not a readable answer model ({error}); train it again") from error
@@ -447,6 +452,7 @@ class ExtractiveBackend:
         self.answer_model = answer_model or find_answer_model(settings)
         self._scorer: _Embedder | None = None  # the trained model's sentence scorer, loaded on first use
         self._scorer_lock = threading.Lock()
+        self._reader: span_reader.SpanReader | None = None  # its span reader, likewise
         self.min_confidence = (
             settings.min_confidence
             if settings.min_confidence is not None
@@ -480,13 +486,47 @@ class ExtractiveBackend:
             return f"extractive/{self.answer_model.name}"
         return f"extractive/{getattr(self.embedder, 'model_name', 'embedder')}"
 
+    @property
+    def reader(self) -> span_reader.SpanReader | None:
+        """The trained model's span reader when answers are spans (`settings.answer_form`), else None."""
+        folder = self.answer_model.reader
+        if folder is None or self.settings.answer_form != "span":
+            return None
+        with self._scorer_lock:
+            if self._reader is None:
+                # Always ONNX on the CPU: one short pass per answer, and no torch in the API process.
+                encoder = onnx_backend.load_onnx_model(
+                    str(folder), str(folder), span_reader.READER_VARIANT, self.settings.models_dir
+                )
+                self._reader = span_reader.SpanReader(encoder, *span_reader.read_head(folder))
+        return self._reader
+
     def is_ready(self) -> bool:
-        return self.answer_model.scorer is None or self._scorer is not None
+        scorer_ready = self.answer_model.scorer is None or self._scorer is not None
+        reader_wanted = self.answer_model.reader is not None and self.settings.answer_form == "span"
+        return scorer_ready and (not reader_wanted or self._reader is not None)
 
     def load(self) -> None:
-        """Load the trained scorer (the service calls this in the background: a first ONNX export takes a
-        minute); without one there is nothing to load."""
+        """Load the trained scorer and span reader (the service calls this in the background: a first ONNX
+        export takes a minute); without them there is nothing to load."""
         _ = self.scorer
+        _ = self.reader
+
+    def shorten(self, question: str, chosen: Sequence[Sentence]) -> tuple[str, float] | None:
+        """The phrase of the chosen sentences that answers `question`, with the reader's probability; None
+        without a reader, under its minimum probability, or for a span across sentences that are not
+        contiguous in the paper (the answer stays verbatim paper text)."""
+        reader = self.reader
+        if reader is None:
+            return None
+        context = "".join(piece for piece, _ in compose(chosen))
+        span = reader.read(question, context)
+        if span is None or span.probability < self.settings.span_min_probability:
+            return None
+        text = context[span.start : span.end].strip(" ,;:")
+        if not text or " … " in text:
+            return None
+        return text, span.probability
 
     # --- scoring -------------------------------------------------------------------------------------------
     def _paper_idf(self, paper: PaperRecord) -> IdfTable:
@@ -522,16 +562,22 @@ class ExtractiveBackend:
             return 0
         keys = np.array([f"{paper_id}\t{start}\t{end}" for (paper_id, start, end), _ in items])
         vectors = np.stack([vector for _, vector in items])
-        model = np.array(getattr(self.scorer, "model_name", ""))
+        model = np.array(self._vectors_identity())
         np.savez(path, keys=keys, vectors=vectors, model=model)
         return len(items)
+
+    def _vectors_identity(self) -> str:
+        """What made the cached vectors: the scorer's name, and when it was trained (a retrained scorer
+        lives in the same folder, under the same name)."""
+        trained = self.answer_model.about.get("finished", "")
+        return f"{getattr(self.scorer, 'model_name', '')}|{trained}"
 
     def load_vectors(self, path: Path) -> int:
         """Cache the sentence vectors saved by `save_vectors` (only if the same model made them)."""
         if not path.is_file():
             return 0
         with np.load(path) as saved:
-            if str(saved["model"]) != getattr(self.scorer, "model_name", ""):
+            if str(saved["model"]) != self._vectors_identity():
                 return 0
             keys, vectors = saved["keys"], saved["vectors"]
         with self._lock:
@@ -591,11 +637,18 @@ class ExtractiveBackend:
             f"{decision.confidence:.0%} chance that they hold the right information "
             f"(answering at {self.min_confidence:.0%} or more).",
         )
+        short = self.shorten(question, chosen)
+        if short is not None:
+            yield StepEvent(
+                data=f"4) The answer is the phrase of the quoted text that answers the question (span "
+                f"reader: {short[1]:.0%} probability); the sentences are cited whole."
+            )
         parts: list[str] = []
         cited: list[CitedSpan] = []
         for sentence, (delta, contiguous) in zip(chosen, compose(chosen), strict=True):
             parts.append(delta)
-            yield AnswerDelta(data=delta)
+            if short is None:
+                yield AnswerDelta(data=delta)
             if contiguous and cited and cited[-1].start is not None:
                 # Merge contiguous sentences into one span; the text between them is the paper's own.
                 start = cited[-1].start
@@ -614,6 +667,9 @@ class ExtractiveBackend:
                         end=sentence.end,
                     )
                 )
+        if short is not None:
+            parts = [short[0]]
+            yield AnswerDelta(data=short[0])
         draft = Draft(
             answer="".join(parts),
             cited=cited,

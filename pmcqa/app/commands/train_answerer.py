@@ -41,6 +41,9 @@ def train_answerer_command(
     learning_rate: float = typer.Option(
         2e-5, "--learning-rate", min=1e-7, max=1e-2, help="AdamW learning rate."
     ),
+    reader_epochs: int = typer.Option(
+        5, "--reader-epochs", min=0, max=20, help="Passes of the span reader over the answer spans (0: none)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffling and of torch."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Train on the first N questions only."),
     store_dir: Path | None = typer.Option(
@@ -58,7 +61,7 @@ def train_answerer_command(
             err.print(f"[bold red]error:[/] no such file: {escape(str(path))}")
             raise typer.Exit(USAGE_ERROR)
     settings = get_settings()
-    options = TrainingOptions(epochs, batch_size, learning_rate, seed, limit)
+    options = TrainingOptions(epochs, batch_size, learning_rate, seed, limit, reader_epochs)
     try:
         record = train_answerer(
             file,
