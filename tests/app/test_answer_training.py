@@ -220,6 +220,7 @@ def test_auto_finds_a_trained_model_under_the_models_dir(tmp_path: Path) -> None
     (folder / ANSWER_MODEL_FILE).write_text(json.dumps(record))
     found = find_answer_model(settings)
     assert found.scorer == folder and found.ranker_weights == {"dense": 0.6, "lexical": 0.4}
+    assert found.reader is None, "a model trained without a span reader answers with sentences"
     backend = ExtractiveBackend(settings, embedder=object())  # type: ignore[arg-type]
     assert backend.min_confidence == 0.35 and not backend.is_ready()  # its scorer loads in the background
     assert (
