@@ -39,7 +39,9 @@ class Draft(BaseModel):
         None, description="Estimated probability that the answer holds the right information, if known."
     )
     verbatim: bool = Field(
-        False, description="The answer is the cited spans themselves (extractive): each quote is a claim."
+        False,
+        description="The answer is verbatim paper text (extractive): the cited spans, or a phrase of one; "
+        "each quote is a claim.",
     )
 
 
