@@ -514,8 +514,8 @@ class ExtractiveBackend:
 
     def shorten(self, question: str, chosen: Sequence[Sentence]) -> tuple[str, float] | None:
         """The phrase of the chosen sentences that answers `question`, with the reader's probability; None
-        without a reader, under its minimum probability, or for a span across sentences that are not
-        contiguous in the paper (the answer stays verbatim paper text)."""
+        without a reader, under its minimum probability, or for a span across sentences (the answer stays
+        verbatim paper text)."""
         reader = self.reader
         if reader is None:
             return None
@@ -524,7 +524,8 @@ class ExtractiveBackend:
         if span is None or span.probability < self.settings.span_min_probability:
             return None
         text = context[span.start : span.end].strip(" ,;:")
-        if not text or " … " in text:
+        # Within one sentence: the joins between sentences are the answer's, not the paper's text.
+        if not text or not any(text in sentence.text for sentence in chosen):
             return None
         return text, span.probability
 

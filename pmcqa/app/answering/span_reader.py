@@ -37,7 +37,7 @@ MAX_SPAN_TOKENS = 40
 # COVID-QA dev (trained answer model at its minimum confidence 0.25; README "Answer quality" has the sweep):
 # a phrase only when the reader is fairly sure. 0.5 answers 18% of questions with a phrase: token F1
 # 0.301 -> 0.331, gold contained 0.660 -> 0.640; lower thresholds trade containment for F1 (0.1: F1 0.370,
-# gold contained 0.414).
+# gold contained 0.419).
 # The reader's ONNX export: fp32. int8 (the encoder's CPU default) costs the reader 0.018 span F1 on dev
 # (0.381 vs 0.399 always using the span), and the reader runs once per answer on a short text.
 READER_VARIANT: onnx_backend.OnnxVariant = "onnx"
