@@ -18,7 +18,9 @@ questions and the sentences that answer them, the way the extractive backend mee
    another). In-sample scores of the fine-tuned papers would be overconfident; held-out ones are not.
 4. The minimum confidence is chosen on `dev` when given (else on the held-out papers): the highest step of
    0.05 that still answers `TARGET_ANSWERED` of own-paper questions.
-5. Model files and `answer-model.json` are written to a staging folder and renamed into place, so a crash
+5. The span reader (`answering.span_reader`: a start/end head on the same base model) is trained on the
+   fine-tuning papers' answer spans within their sentences, and saved inside the model folder.
+6. Model files and `answer-model.json` are written to a staging folder and renamed into place, so a crash
    never leaves a half-written model where the service looks for one.
 
 Needs torch and sentence-transformers (core dependencies); minutes on a 2-core CPU for COVID-QA train.
@@ -252,12 +254,12 @@ def train_span_reader(
     folder and the head beside it (`span_reader`)."""
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     torch.manual_seed(options.seed)
     order = random.Random(options.seed)
     source = Path(resolve_model_path(base))
-    from transformers.utils import logging as transformers_logging
-
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(source)
     # The base checkpoint has a pooler and no QA head: transformers' report of both is expected, not news.
     verbosity = transformers_logging.get_verbosity()
@@ -266,6 +268,7 @@ def train_span_reader(
         model = AutoModelForQuestionAnswering.from_pretrained(source)
     finally:
         transformers_logging.set_verbosity(verbosity)
+    model.to(device)
     # A constant learning rate, as measured on COVID-QA (5 epochs of batch 16 at 5e-5).
     optimizer = torch.optim.AdamW(model.parameters(), lr=READER_LEARNING_RATE)
     model.train()
@@ -293,9 +296,11 @@ def train_span_reader(
                 ),
                 strict=True,
             )
-            value = model(
-                **encoded, start_positions=torch.tensor(starts), end_positions=torch.tensor(ends)
-            ).loss
+            positions = {
+                "start_positions": torch.tensor(starts, device=device),
+                "end_positions": torch.tensor(ends, device=device),
+            }
+            value = model(**encoded.to(device), **positions).loss
             value.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -305,7 +310,7 @@ def train_span_reader(
         progress(
             f"  span reader epoch {epoch}/{options.reader_epochs}: loss {running / steps:.3f}, {elapsed:.0f}s"
         )
-    model.eval()
+    model.eval().to("cpu")
     target.mkdir(parents=True)
     # The base folder's sentence-transformers files (modules, pooling, tokenizer), then the tuned encoder.
     for path in source.iterdir():
