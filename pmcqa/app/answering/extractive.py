@@ -451,7 +451,7 @@ class ExtractiveBackend:
         self._embedder = embedder
         self.answer_model = answer_model or find_answer_model(settings)
         self._scorer: _Embedder | None = None  # the trained model's sentence scorer, loaded on first use
-        self._scorer_lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._reader: span_reader.SpanReader | None = None  # its span reader, likewise
         self.min_confidence = (
             settings.min_confidence
@@ -475,7 +475,7 @@ class ExtractiveBackend:
         """The encoder behind the `dense` feature: the trained scorer, else the retrieval embedder."""
         if self.answer_model.scorer is None:
             return self.embedder
-        with self._scorer_lock:  # request threads and the background load: one load
+        with self._load_lock:  # request threads and the background load: one load
             if self._scorer is None:
                 self._scorer = Embedder(scorer_settings(self.settings, self.answer_model.scorer))
         return self._scorer
@@ -486,13 +486,17 @@ class ExtractiveBackend:
             return f"extractive/{self.answer_model.name}"
         return f"extractive/{getattr(self.embedder, 'model_name', 'embedder')}"
 
+    def _reader_folder(self) -> Path | None:
+        """The trained model's span reader folder when answers are spans (`settings.answer_form`)."""
+        return self.answer_model.reader if self.settings.answer_form == "span" else None
+
     @property
     def reader(self) -> span_reader.SpanReader | None:
         """The trained model's span reader when answers are spans (`settings.answer_form`), else None."""
-        folder = self.answer_model.reader
-        if folder is None or self.settings.answer_form != "span":
+        folder = self._reader_folder()
+        if folder is None:
             return None
-        with self._scorer_lock:
+        with self._load_lock:
             if self._reader is None:
                 # Always ONNX on the CPU: one short pass per answer, and no torch in the API process.
                 encoder = onnx_backend.load_onnx_model(
@@ -503,8 +507,7 @@ class ExtractiveBackend:
 
     def is_ready(self) -> bool:
         scorer_ready = self.answer_model.scorer is None or self._scorer is not None
-        reader_wanted = self.answer_model.reader is not None and self.settings.answer_form == "span"
-        return scorer_ready and (not reader_wanted or self._reader is not None)
+        return scorer_ready and (self._reader_folder() is None or self._reader is not None)
 
     def load(self) -> None:
         """Load the trained scorer and span reader (the service calls this in the background: a first ONNX
@@ -512,20 +515,20 @@ class ExtractiveBackend:
         _ = self.scorer
         _ = self.reader
 
-    def shorten(self, question: str, chosen: Sequence[Sentence]) -> tuple[str, float] | None:
-        """The phrase of the chosen sentences that answers `question`, with the reader's probability; None
+    def shorten(self, question: str, decision: Decision) -> tuple[str, float] | None:
+        """The phrase of the decision's answer that answers `question`, with the reader's probability; None
         without a reader, under its minimum probability, or for a span across sentences (the answer stays
         verbatim paper text)."""
         reader = self.reader
         if reader is None:
             return None
-        context = "".join(piece for piece, _ in compose(chosen))
+        context = decision.text
         span = reader.read(question, context)
         if span is None or span.probability < self.settings.span_min_probability:
             return None
         text = context[span.start : span.end].strip(" ,;:")
         # Within one sentence: the joins between sentences are the answer's, not the paper's text.
-        if not text or not any(text in sentence.text for sentence in chosen):
+        if not text or not any(text in decision.sentences[i].text for i in decision.chosen):
             return None
         return text, span.probability
 
@@ -638,7 +641,7 @@ class ExtractiveBackend:
             f"{decision.confidence:.0%} chance that they hold the right information "
             f"(answering at {self.min_confidence:.0%} or more).",
         )
-        short = self.shorten(question, chosen)
+        short = self.shorten(question, decision)
         if short is not None:
             yield StepEvent(
                 data=f"4) The answer is the phrase of the quoted text that answers the question (span "
@@ -669,10 +672,9 @@ class ExtractiveBackend:
                     )
                 )
         if short is not None:
-            parts = [short[0]]
             yield AnswerDelta(data=short[0])
         draft = Draft(
-            answer="".join(parts),
+            answer="".join(parts) if short is None else short[0],
             cited=cited,
             model=self.model,
             confidence=round(decision.confidence, 4),
