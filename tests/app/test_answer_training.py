@@ -134,9 +134,14 @@ def test_the_span_reader_is_saved_with_the_model_and_finds_answer_phrases(traine
     assert backend.answer_model.reader == output / span_reader.READER_DIR
     reader = backend.reader
     assert reader is not None
-    tuning = [a for a in _training_questions(squad, settings) if not is_held_out(a.paper.paper_id)]
-    examples = answer_training.reader_examples(tuning)  # what it was trained on (seed 0 as in training)
-    assert len(examples) >= 10
+    asked = _training_questions(squad, settings)
+    tuning = [a for a in asked if not is_held_out(a.paper.paper_id)]
+    held_out = [a for a in asked if is_held_out(a.paper.paper_id)]
+    # What it was trained on: every paper's spans, held-out ones too (seed 0 as in training).
+    examples = answer_training.reader_examples([*tuning, *held_out])
+    assert record["training"]["reader_examples"] == len(examples) >= 10
+    held_questions = {a.question.question for a in held_out}
+    assert any(question in held_questions for question, *_ in examples), "held-out papers' spans are used"
     span_f1, context_f1 = [], []
     for question, context, start, end in examples:
         span = reader.read(question, context)
