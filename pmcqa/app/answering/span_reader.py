@@ -35,9 +35,11 @@ HEAD_FILE = "span-head.json"
 MAX_SPAN_TOKENS = 40
 # The span is used when its probability reaches `settings.span_min_probability` (default 0.5), chosen on
 # COVID-QA dev (trained answer model at its minimum confidence 0.25; README "Answer quality" has the sweep):
-# a phrase only when the reader is fairly sure. 0.5 answers 18% of questions with a phrase: token F1
-# 0.301 -> 0.331, gold contained 0.660 -> 0.640; lower thresholds trade containment for F1 (0.1: F1 0.370,
-# gold contained 0.419).
+# a phrase only when the reader is fairly sure. 0.5 answers 27% of the answered questions with a phrase:
+# token F1 0.280 -> 0.353, gold contained 0.650 -> 0.616; lower thresholds trade containment for F1 (0.1:
+# F1 0.414, gold contained 0.424); the sweep is flat in the sum of the two shortfalls from 0.4 to 0.7.
+# Tried and not used: the span maximising expected token F1 (plus a weight on containment) under the
+# reader's start/end distributions, +0.01 F1 at equal containment on dev (noise at 203 questions).
 # The reader's ONNX export: fp32. int8 (the encoder's CPU default) costs the reader 0.018 span F1 on dev
 # (0.381 vs 0.399 always using the span), and the reader runs once per answer on a short text.
 READER_VARIANT: onnx_backend.OnnxVariant = "onnx"
