@@ -83,8 +83,11 @@ def test_two_workers_share_the_ncbi_limit(tmp_path: Path, workers_factory, redis
             cleanup_redis(redis_url, settings.queue_name)
         assert done.state == "done", procs.logs()
         assert done.counts == {"ingested": 27, "not-found": 3}
-        arrivals = [r.time for r in fake.requests_to("efetch")]
-    assert len(arrivals) == len(ids)
+        fetches = fake.requests_to("efetch")
+        arrivals = [r.time for r in fetches]
+    fetched = [pmcid for r in fetches for pmcid in r.ids()]
+    repeated = sorted({pmcid for pmcid in fetched if fetched.count(pmcid) > 1})
+    assert len(arrivals) == len(ids), (repeated, [(r.time, r.ids()) for r in fetches])
     assert max_in_any_window(arrivals) <= RATE, sorted(arrivals)
     with sqlite3.connect(fake_db(settings.data_dir)) as conn:
         per_worker = dict(conn.execute("select pid, count(*) from requests group by pid").fetchall())
