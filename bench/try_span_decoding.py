@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pmcqa.app.answer_evaluation import SENTENCE_VECTORS, contains_gold, token_f1  # noqa: E402
-from pmcqa.app.answering import span_reader  # noqa: E402
-from pmcqa.app.answering.extractive import ExtractiveBackend, find_answer_model  # noqa: E402
+from pmcqa.app.answering import extractive, span_reader  # noqa: E402
+from pmcqa.app.answering.extractive import Decision, ExtractiveBackend, find_answer_model  # noqa: E402
 from pmcqa.app.evaluation import load_eval_set, reserved_pmcid  # noqa: E402
 from pmcqa.app.service import Library  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
@@ -55,17 +55,16 @@ class Read:
     start: np.ndarray
     end: np.ndarray
 
-    def text(self, first: int, last: int) -> str:
-        return self.context[self.offsets[first][0] : self.offsets[last][1]].strip(" ,;:")
+    def span(self, first: int, last: int) -> tuple[int, int]:
+        """Character offsets into the context of tokens first..last."""
+        return self.offsets[first][0], self.offsets[last][1]
 
 
 @dataclass
 class Question:
     answers: list[str]
-    confidence: float
-    chosen_sentences: list[str]
-    answer: str  # the chosen sentences as the backend words them
-    chosen: Read
+    decision: Decision  # the backend's: its `text` is the answer in sentences
+    chosen: Read  # the reader on that text
     top_logits: list[float]  # ranker logits of the top sentences, in paper order
     top_sentences: list[str]
     top: Read
@@ -76,16 +75,7 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def read(reader: span_reader.SpanReader, question: str, context: str) -> Read:
-    hidden, encoding = reader.encoder.token_states(question, context)
-    tokens = [
-        i
-        for i, (sequence, (begin, finish)) in enumerate(
-            zip(encoding.sequence_ids, encoding.offsets, strict=True)
-        )
-        if sequence == 1 and finish > begin
-    ]
-    logits = hidden[tokens] @ reader.weight.T + reader.bias
-    offsets = [encoding.offsets[i] for i in tokens]
+    offsets, logits = reader.token_logits(question, context)
     return Read(context, offsets, log_softmax(logits[:, 0]), log_softmax(logits[:, 1]))
 
 
@@ -119,9 +109,7 @@ def ask_all(path: Path, store: Path) -> list[Question | None]:
             out.append(
                 Question(
                     answers=item.answers,
-                    confidence=decision.confidence,
-                    chosen_sentences=[sentences[i].text for i in decision.chosen],
-                    answer=decision.text,
+                    decision=decision,
                     chosen=read(reader, item.question, decision.text),
                     top_logits=[float(decision.logits[i]) for i in top],
                     top_sentences=top_texts,
@@ -169,11 +157,11 @@ def score(
 ) -> None:
     f1 = contained = answered = phrases = 0.0
     for q in questions:
-        if q is None or q.confidence < floor:
+        if q is None or q.decision.confidence < floor:
             continue
         text = answer(q)
         answered += 1
-        phrases += text != q.answer
+        phrases += text != q.decision.text
         f1 += max(token_f1(text, gold) for gold in q.answers)
         contained += contains_gold(text, q.answers)
     n = len(questions)
@@ -183,9 +171,9 @@ def score(
     )
 
 
-def within_one_sentence(q: Question, text: str) -> str:
-    """The backend's rule: a phrase must lie within one chosen sentence, else the sentences stay."""
-    return text if text and any(text in sentence for sentence in q.chosen_sentences) else q.answer
+def phrase_or_sentences(q: Question, first: int, last: int) -> str:
+    """The backend's rule (`extractive.phrase_of`): the phrase, if it lies within one chosen sentence."""
+    return extractive.phrase_of(q.decision, *q.chosen.span(first, last)) or q.decision.text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,12 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{len(questions)} questions, minimum confidence {floor}\n")
     print("| answer | token F1 | gold contained | answered | selective accuracy | phrases |")
     print("|---|---:|---:|---:|---:|---:|")
-    score("sentences", questions, lambda q: q.answer, floor)
+    score("sentences", questions, lambda q: q.decision.text, floor)
 
     def phrase_at(p: float) -> Callable[[Question], str]:
         def answer(q: Question) -> str:
             first, last, probability = span_reader.best_span(q.chosen.start, q.chosen.end)
-            return within_one_sentence(q, q.chosen.text(first, last)) if probability >= p else q.answer
+            return phrase_or_sentences(q, first, last) if probability >= p else q.decision.text
 
         return answer
 
@@ -214,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         for weight in (0.0, 0.25, 0.5, 0.75):
 
             def expected(q: Question, t: float = temperature, w: float = weight) -> str:
-                return within_one_sentence(q, q.chosen.text(*expected_f1_span(q.chosen, w, t)))
+                return phrase_or_sentences(q, *expected_f1_span(q.chosen, w, t))
 
             score(
                 f"expected-F1 span, T {temperature}, containment weight {weight}", questions, expected, floor

@@ -431,6 +431,16 @@ class Decision:
         return "".join(piece for piece, _ in compose([self.sentences[i] for i in self.chosen]))
 
 
+def phrase_of(decision: Decision, start: int, end: int) -> str | None:
+    """The characters [start, end) of the decision's answer text as a phrase (trimmed of edge punctuation);
+    None when empty or not inside one chosen sentence (the joins between sentences are the answer's, not the
+    paper's text, and an answer stays verbatim paper text)."""
+    text = decision.text[start:end].strip(" ,;:")
+    if not text or not any(text in decision.sentences[i].text for i in decision.chosen):
+        return None
+    return text
+
+
 def decide_on(sentences: list[Sentence], rows: np.ndarray, model: AnswerModel) -> Decision:
     """Rank `sentences` by their feature `rows`, choose the answer and estimate its confidence."""
     logits = rank_logits(rows, model)
@@ -522,15 +532,11 @@ class ExtractiveBackend:
         reader = self.reader
         if reader is None:
             return None
-        context = decision.text
-        span = reader.read(question, context)
+        span = reader.read(question, decision.text)
         if span is None or span.probability < self.settings.span_min_probability:
             return None
-        text = context[span.start : span.end].strip(" ,;:")
-        # Within one sentence: the joins between sentences are the answer's, not the paper's text.
-        if not text or not any(text in decision.sentences[i].text for i in decision.chosen):
-            return None
-        return text, span.probability
+        text = phrase_of(decision, span.start, span.end)
+        return None if text is None else (text, span.probability)
 
     # --- scoring -------------------------------------------------------------------------------------------
     def _paper_idf(self, paper: PaperRecord) -> IdfTable:
@@ -647,10 +653,8 @@ class ExtractiveBackend:
                 data=f"4) The answer is the phrase of the quoted text that answers the question (span "
                 f"reader: {short[1]:.0%} probability); the sentences are cited whole."
             )
-        parts: list[str] = []
         cited: list[CitedSpan] = []
         for sentence, (delta, contiguous) in zip(chosen, compose(chosen), strict=True):
-            parts.append(delta)
             if short is None:
                 yield AnswerDelta(data=delta)
             if contiguous and cited and cited[-1].start is not None:
@@ -674,7 +678,7 @@ class ExtractiveBackend:
         if short is not None:
             yield AnswerDelta(data=short[0])
         draft = Draft(
-            answer="".join(parts) if short is None else short[0],
+            answer=decision.text if short is None else short[0],
             cited=cited,
             model=self.model,
             confidence=round(decision.confidence, 4),

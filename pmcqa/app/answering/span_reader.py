@@ -103,8 +103,8 @@ class SpanReader:
         self.encoder = encoder
         self.weight, self.bias = weight, bias
 
-    def read(self, question: str, context: str) -> Span | None:
-        """The best span of `context` for `question` (None: no context token survived truncation)."""
+    def token_logits(self, question: str, context: str) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """Offsets into `context` of its tokens, and their (start, end) logits, shape (tokens, 2)."""
         hidden, encoding = self.encoder.token_states(question, context)
         # Context tokens only: sequence id 1, and not the special tokens around it (empty offsets).
         tokens = [
@@ -114,8 +114,12 @@ class SpanReader:
             )
             if sequence == 1 and finish > begin
         ]
-        if not tokens:
+        return [encoding.offsets[i] for i in tokens], hidden[tokens] @ self.weight.T + self.bias
+
+    def read(self, question: str, context: str) -> Span | None:
+        """The best span of `context` for `question` (None: no context token survived truncation)."""
+        offsets, logits = self.token_logits(question, context)
+        if not offsets:
             return None
-        logits = hidden[tokens] @ self.weight.T + self.bias  # (tokens, 2): start, end
         first, last, probability = best_span(logits[:, 0], logits[:, 1])
-        return Span(encoding.offsets[tokens[first]][0], encoding.offsets[tokens[last]][1], probability)
+        return Span(offsets[first][0], offsets[last][1], probability)
