@@ -15,6 +15,9 @@ the confidence model reads `ANSWER_FEATURES` of the chosen answer. This asks whe
    question-kind match, and the number of candidates. Printed on dev: AUC of confidence for own-paper
    answers holding the gold, and selective accuracy and wrong-paper abstention at the threshold that
    answers 80% of own-paper questions.
+3. longer answers: the served answer plus the ranker's next 1 or 2 best sentences not in it, with the
+   served confidence and threshold: would quoting more reach the gold-contained and selective-accuracy
+   targets (at the cost of token F1)?
 
     PMCQA_DATA_DIR=DIR .venv/bin/python bench/try_ranker_features.py ../shared/data/covid-qa/train.json \\
         ../shared/data/covid-qa/dev.json --store-dir STORE
@@ -40,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pmcqa.app import answer_training as training  # noqa: E402
-from pmcqa.app.answer_evaluation import contains_gold, other_papers  # noqa: E402
+from pmcqa.app.answer_evaluation import contains_gold, other_papers, token_f1  # noqa: E402
 from pmcqa.app.answering import extractive  # noqa: E402
 from pmcqa.app.answering.extractive import FEATURES, ExtractiveBackend, find_answer_model  # noqa: E402
 from pmcqa.app.evaluation import load_squad, reserved_pmcid  # noqa: E402
@@ -225,6 +228,32 @@ def confidence_table(held: tuple, dev: tuple, answered_questions: int) -> Table:
     return table
 
 
+def longer_answers_table(dev: Sequence[Asked], model: extractive.AnswerModel, questions: int) -> Table:
+    table = Table(title=f"Longer answers on dev (served confidence, minimum {model.min_confidence})")
+    for column in ("sentences", "gold contained", "answered", "selective accuracy", "token F1"):
+        table.add_column(column, justify="right")
+    for most in (1, 2, 3):
+        contained, f1, answered = [], [], []
+        for a in dev:
+            decision = extractive.decide_on(a.item.sentences, a.rows, model)
+            more = [i for i in np.argsort(-decision.logits) if i not in decision.chosen][: most - 1]
+            chosen = sorted({*decision.chosen, *more}, key=lambda i: a.item.sentences[i].start)
+            text = "".join(piece for piece, _ in extractive.compose([a.item.sentences[i] for i in chosen]))
+            answers = a.item.question.answers
+            answered.append(decision.confidence >= model.min_confidence)
+            contained.append(answered[-1] and contains_gold(text, answers))
+            f1.append(max(token_f1(text, gold) for gold in answers) if answered[-1] else 0.0)
+        label = "served" if most == 1 else f"served + next {most - 1} best"
+        table.add_row(
+            label,
+            f"{sum(contained) / questions:.3f}",
+            f"{sum(answered) / questions:.3f}",
+            f"{sum(contained) / max(sum(answered), 1):.3f}",
+            f"{sum(f1) / questions:.3f}",
+        )
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("train", type=Path)
@@ -258,6 +287,7 @@ def main() -> None:
     console.print(
         confidence_table((held_x, held_y, held_other_x), (dev_x, dev_y, dev_other_x), len(dev.questions))
     )
+    console.print(longer_answers_table(dev_own, model, len(dev.questions)))
     console.print(
         f"held-out: {len(held)} questions ({len({a.item.paper.paper_id for a in held})} papers); "
         f"dev: {len(dev_own)}"
