@@ -59,12 +59,14 @@ ANSWERED = 0.80
 
 @dataclasses.dataclass
 class Asked:
-    """One question asked of one paper, with the served rows, the retrieval encoder's cosines and the extra
-    sentence features (columns of `SENTENCE_EXTRAS`)."""
+    """One question asked of one paper: the served rows and decision, the retrieval encoder's cosines and
+    the hand-set ranker's logits, and the extra sentence features (columns of `SENTENCE_EXTRAS`)."""
 
     item: training.Candidates
     rows: np.ndarray
+    decision: extractive.Decision
     base_dense: np.ndarray
+    base_logits: np.ndarray
     extras: np.ndarray
 
 
@@ -92,17 +94,13 @@ def coverage(item: training.Candidates, texts: Sequence[str], idf: extractive.Id
     return rows[:, LEXICAL]
 
 
-def follows(a: extractive.Sentence, b: extractive.Sentence) -> bool:
-    return a.chunk.chunk_id == b.chunk.chunk_id and a.index + 1 == b.index
-
-
 def extras_of(
     item: training.Candidates, rows: np.ndarray, base_dense: np.ndarray, idf: extractive.IdfTable
 ) -> np.ndarray:
     sentences = item.sentences
     n = len(sentences)
     with_previous = [
-        f"{sentences[i - 1].text} {s.text}" if i and follows(sentences[i - 1], s) else s.text
+        f"{sentences[i - 1].text} {s.text}" if i and extractive.follows(sentences[i - 1], s) else s.text
         for i, s in enumerate(sentences)
     ]
     neighbours = [
@@ -110,7 +108,11 @@ def extras_of(
             [
                 rows[j, DENSE]
                 for j in (i - 1, i + 1)
-                if 0 <= j < n and (follows(sentences[j], sentences[i]) or follows(sentences[i], sentences[j]))
+                if 0 <= j < n
+                and (
+                    extractive.follows(sentences[j], sentences[i])
+                    or extractive.follows(sentences[i], sentences[j])
+                )
             ]
             or [0.0]
         )
@@ -133,50 +135,66 @@ def ask(
     asked = [a for a in training.ask_all(parts, settings, questions, other) if a.sentences]
     rows = training.feature_table(trained, asked)
     base_rows = training.feature_table(base, asked)
-    idf: dict[str, extractive.IdfTable] = {}
+    idf: dict[str, extractive.IdfTable] = {}  # per paper, not per question
     out = []
     for item, r, b in zip(asked, rows, base_rows, strict=True):
-        table = idf.setdefault(item.paper.paper_id, extractive.paper_idf(item.paper.text))
-        out.append(Asked(item, r, b[:, DENSE], extras_of(item, r, b[:, DENSE], table)))
+        if item.paper.paper_id not in idf:
+            idf[item.paper.paper_id] = extractive.paper_idf(item.paper.text)
+        out.append(
+            Asked(
+                item,
+                r,
+                extractive.decide_on(item.sentences, r, trained.answer_model),
+                b[:, DENSE],
+                extractive.rank_logits(b, base.answer_model),
+                extras_of(item, r, b[:, DENSE], idf[item.paper.paper_id]),
+            )
+        )
     return out
 
 
-def top1(asked: Sequence[Asked], dense: float, extra: int | None, weight: float) -> float:
+def top1(
+    asked: Sequence[Asked], model: extractive.AnswerModel, dense: float, extra: int | None, weight: float
+) -> float:
+    """Share of questions whose best sentence overlaps gold, ranked by `model` with dense weight `dense`
+    (lexical 1 - `dense`) plus `weight` x the extra feature."""
+    ranker = training.with_ranker(model, dense)
     hits = []
     for a in asked:
-        score = dense * a.rows[:, DENSE] + (1 - dense) * a.rows[:, LEXICAL]
+        score = extractive.rank_logits(a.rows, ranker)
         if extra is not None:
             score = score + weight * a.extras[:, extra]
         hits.append(bool(a.item.labels[int(np.argmax(score))]))
     return float(np.mean(hits))
 
 
-def ranker_table(held: Sequence[Asked], dev: Sequence[Asked], served: float) -> Table:
+def ranker_table(held: Sequence[Asked], dev: Sequence[Asked], model: extractive.AnswerModel) -> Table:
+    served = model.ranker_weights["dense"]
     table = Table(title="Ranker: best sentence overlaps gold (weights chosen on held-out train papers)")
     for column in ("extra feature", "dense / extra weight", "held-out", "dev"):
         table.add_column(column, justify="left" if column == "extra feature" else "right")
     table.add_row(
         "none (served)",
         f"{served} / -",
-        f"{top1(held, served, None, 0):.3f}",
-        f"{top1(dev, served, None, 0):.3f}",
+        f"{top1(held, model, served, None, 0):.3f}",
+        f"{top1(dev, model, served, None, 0):.3f}",
     )
     for k, name in enumerate(SENTENCE_EXTRAS):
         grid = [(d, w) for d in DENSE_WEIGHTS for w in EXTRA_WEIGHTS]
-        d, w = max(grid, key=lambda g: (round(top1(held, g[0], k, g[1]), 4), -g[1]))
-        table.add_row(name, f"{d} / {w}", f"{top1(held, d, k, w):.3f}", f"{top1(dev, d, k, w):.3f}")
+        d, w = max(grid, key=lambda g: (round(top1(held, model, g[0], k, g[1]), 4), -g[1]))
+        table.add_row(
+            name, f"{d} / {w}", f"{top1(held, model, d, k, w):.3f}", f"{top1(dev, model, d, k, w):.3f}"
+        )
     return table
 
 
-def answer_rows(
-    asked: Sequence[Asked], model: extractive.AnswerModel, own: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def answer_rows(asked: Sequence[Asked], own: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per question: the served ANSWER_FEATURES then `ANSWER_EXTRAS`, and whether the answer holds gold."""
     x, y = [], []
     for a in asked:
-        decision = extractive.decide_on(a.item.sentences, a.rows, model)
+        decision = a.decision
         best = int(np.argmax(decision.logits))
-        base_best = int(np.argmax(0.5 * a.base_dense + 0.5 * a.rows[:, LEXICAL]))
+        base_best = int(np.argmax(a.base_logits))
         r = a.rows[best]
         kind = r[FEATURES.index("number_match")] + r[FEATURES.index("time_match")]
         extra = [
@@ -235,10 +253,10 @@ def longer_answers_table(dev: Sequence[Asked], model: extractive.AnswerModel, qu
     for most in (1, 2, 3):
         contained, f1, answered = [], [], []
         for a in dev:
-            decision = extractive.decide_on(a.item.sentences, a.rows, model)
+            decision = a.decision
             more = [i for i in np.argsort(-decision.logits) if i not in decision.chosen][: most - 1]
             chosen = sorted({*decision.chosen, *more}, key=lambda i: a.item.sentences[i].start)
-            text = "".join(piece for piece, _ in extractive.compose([a.item.sentences[i] for i in chosen]))
+            text = dataclasses.replace(decision, chosen=chosen).text
             answers = a.item.question.answers
             answered.append(decision.confidence >= model.min_confidence)
             contained.append(answered[-1] and contains_gold(text, answers))
@@ -279,11 +297,11 @@ def main() -> None:
     finally:
         parts.close()
     console = Console(width=140)
-    console.print(ranker_table(held, dev_own, model.ranker_weights["dense"]))
-    held_x, held_y = answer_rows(held, model, True)
-    held_other_x, _ = answer_rows(held_other, model, False)
-    dev_x, dev_y = answer_rows(dev_own, model, True)
-    dev_other_x, _ = answer_rows(dev_other, model, False)
+    console.print(ranker_table(held, dev_own, model))
+    held_x, held_y = answer_rows(held, True)
+    held_other_x, _ = answer_rows(held_other, False)
+    dev_x, dev_y = answer_rows(dev_own, True)
+    dev_other_x, _ = answer_rows(dev_other, False)
     console.print(
         confidence_table((held_x, held_y, held_other_x), (dev_x, dev_y, dev_other_x), len(dev.questions))
     )

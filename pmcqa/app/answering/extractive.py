@@ -349,6 +349,11 @@ def rank_logits(rows: np.ndarray, model: AnswerModel | None = None) -> np.ndarra
     return _linear(model.ranker_weights, model.ranker_bias, FEATURES, rows)
 
 
+def follows(first: Sentence, second: Sentence) -> bool:
+    """`second` is the sentence right after `first` in the same chunk."""
+    return first.chunk.chunk_id == second.chunk.chunk_id and first.index + 1 == second.index
+
+
 def select(sentences: Sequence[Sentence], logits: np.ndarray) -> list[int]:
     """Indices of the best sentence plus contiguous neighbours that score nearly as well, in paper order."""
     probabilities = sigmoid(logits)
@@ -357,8 +362,7 @@ def select(sentences: Sequence[Sentence], logits: np.ndarray) -> list[int]:
     chosen = [best]
 
     def adjacent(i: int, j: int) -> bool:
-        a, b = sentences[i], sentences[j]
-        return a.chunk.chunk_id == b.chunk.chunk_id and abs(a.index - b.index) == 1
+        return follows(sentences[i], sentences[j]) or follows(sentences[j], sentences[i])
 
     while len(chosen) < MAX_SENTENCES:
         edge = [
@@ -403,11 +407,7 @@ def compose(sentences: Sequence[Sentence]) -> list[tuple[str, bool]]:
     pieces: list[tuple[str, bool]] = []
     previous: Sentence | None = None
     for sentence in sentences:
-        contiguous = (
-            previous is not None
-            and previous.chunk.chunk_id == sentence.chunk.chunk_id
-            and previous.index + 1 == sentence.index
-        )
+        contiguous = previous is not None and follows(previous, sentence)
         lead = "" if previous is None else " " if contiguous else " … "
         pieces.append((lead + sentence.text, contiguous))
         previous = sentence
