@@ -43,7 +43,9 @@ _PMC_URL_RE = re.compile(r"^https?://[^/]*ncbi\.nlm\.nih\.gov/(?:pmc/)?articles/
 _PUBMED_URL_RE = re.compile(r"^https?://pubmed\.ncbi\.nlm\.nih\.gov/(\d+)/?$", re.IGNORECASE)
 
 USAGE = "expected PMC1234567, pmid:12345678 or a DOI such as 10.1000/xyz"
-NO_OWN_ID = "the file carries no PMCID or DOI usable as its id; give one with --id"
+NO_OWN_ID = (
+    "the file carries no PMCID or DOI usable as its id; give one (--id on the command line, ?id= over HTTP)"
+)
 MAX_ID_CHARS = 300  # the longest id text read at all (a DOI URL included)
 MAX_DOI_CHARS = 200
 

@@ -96,7 +96,9 @@ class PaperRecord(BaseModel):
     outline: list[OutlineEntry] = Field(default_factory=list)
     references: list[ReferenceInfo] = Field(default_factory=list)
     chunking: ChunkingParams | None = None
-    source: str | None = Field(None, description="Where it came from: 'efetch' or a file path.")
+    source: str | None = Field(
+        None, description="Where it came from: 'efetch', 'upload' (POST /papers) or a file path."
+    )
 
 
 class Passage(BaseModel):

@@ -67,6 +67,14 @@ MAX_PACKAGE_MEMBERS = 10_000
 Progress = Callable[["IngestOutcome"], None]
 
 
+NO_BODY = "the article has no body text (front matter only)"
+
+
+def _holds_full_text(store: PaperStore, paper_id: str) -> bool:
+    stored = store.get_paper(paper_id)
+    return stored is not None and stored.status == Status.INGESTED
+
+
 class IngestOutcome(BaseModel):
     requested: str  # the id as given, or the file (``package.tar.gz::member.nxml`` for package members)
     paper_id: str | None = None
@@ -249,6 +257,12 @@ class Ingestor:
         try:
             record, chunks = self.chunker.chunk(paper, paper_id, "efetch" if source == "cache" else source)
             store, encoder = self._writer()
+            if record.status == Status.NO_FULL_TEXT and _holds_full_text(store, paper_id):
+                # A copy without body (a stub upload, a file cut short, a withdrawn PMC text) must not
+                # replace the full text a researcher already asks questions of: it fails like any re-ingest.
+                reason = f"{reason or NO_BODY}; the full text already stored under {paper_id} is kept"
+                self._record_status(paper_id, Status.FAILED, reason)
+                return IngestOutcome(**base, status=Status.FAILED, reason=reason, title=paper.title)
             store.put_paper(record, chunks, encoder)
             self._in_flight.discard(paper_id)  # put_paper wrote the final status with the paper
         except Exception as exc:
@@ -259,7 +273,7 @@ class Ingestor:
             )
         status: OutcomeStatus = record.status
         if status == Status.NO_FULL_TEXT and not reason:
-            reason = "the article has no body text (front matter only)"
+            reason = NO_BODY
         return IngestOutcome(
             **base,
             status=status,
@@ -294,6 +308,18 @@ class Ingestor:
             self._fail_in_flight(exc)
             raise
         return outcomes
+
+    def ingest_bytes(self, data: bytes, label: str, id_override: str | None = None) -> list[IngestOutcome]:
+        """Ingest one JATS document held in memory (an upload); `label` names it in the outcomes and as the
+        stored paper's source, where a file's path would."""
+        if len(data) > self.settings.max_article_bytes:
+            reason = _too_large(len(data), self.settings.max_article_bytes)
+            return [IngestOutcome(requested=label, status=Status.INVALID, reason=reason)]
+        try:
+            return self._ingest_document(_Document(label, data=data, override=id_override))
+        except BaseException as exc:
+            self._fail_in_flight(exc)
+            raise
 
     def _ingest_document(self, document: _Document) -> list[IngestOutcome]:
         if document.error is not None:

@@ -159,6 +159,29 @@ def test_local_files_dirs_and_packages(ingestor: Ingestor, shared_data: Path, tm
     assert override[0].paper_id == "PMC9999999" and ingestor.store.get_paper("PMC9999999") is not None
 
 
+BODILESS = (
+    b"<article><front><article-meta><title-group><article-title>Stub</article-title></title-group>"
+    b"<abstract><p>Only an abstract.</p></abstract></article-meta></front></article>"
+)
+
+
+def test_a_copy_without_body_never_replaces_stored_full_text(ingestor: Ingestor, shared_data: Path) -> None:
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    (full,) = ingestor.ingest_files([plos], id_override="PMC9999998")
+    chunks = [c.text for c in ingestor.store.get_chunks("PMC9999998")]
+    assert full.status == "ingested" and len(chunks) > 5
+
+    (stub,) = ingestor.ingest_bytes(BODILESS, "upload", id_override="PMC9999998")
+    assert stub.status == "failed" and "full text already stored under PMC9999998 is kept" in str(stub.reason)
+    assert ingestor.store.get_paper("PMC9999998").status == "ingested"
+    assert [c.text for c in ingestor.store.get_chunks("PMC9999998")] == chunks
+
+    (new,) = ingestor.ingest_bytes(BODILESS, "upload", id_override="PMC9999997")  # nothing to keep: stored
+    assert new.status == "no-full-text" and new.reason == "the article has no body text (front matter only)"
+    record = ingestor.store.get_paper("PMC9999997")
+    assert record.status == "no-full-text" and record.source == "upload"
+
+
 def test_cli_ingest_json_and_exit_codes(
     eutils_settings: Settings, fake_eutils: FakeEutils, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

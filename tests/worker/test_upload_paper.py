@@ -42,3 +42,38 @@ def test_upload_rejects_what_is_not_an_article(server: str) -> None:
     assert empty.status_code == 422 and empty.json()["error"] == "empty_body"
     junk = httpx.post(f"{server}/papers", content=b"<not-jats>hello</not-jats>", timeout=60)
     assert junk.status_code == 422 and junk.json()["error"] == "not_ingested", junk.text
+
+
+BODILESS = (
+    b"<article><front><article-meta><title-group><article-title>Stub</article-title></title-group>"
+    b"<abstract><p>Only an abstract.</p></abstract></article-meta></front></article>"
+)
+
+
+def test_upload_without_body_is_stored_as_no_full_text_but_never_over_full_text(
+    server: str, shared_data: Path
+) -> None:
+    post = lambda paper_id, body: httpx.post(  # noqa: E731
+        f"{server}/papers", params={"id": paper_id}, content=body,
+        headers={"Content-Type": "application/xml"}, timeout=120,
+    )
+    stub = post("PMC7000002", BODILESS)
+    assert stub.status_code == 200, stub.text
+    assert stub.json()["status"] == "no-full-text" and "no body text" in stub.json()["reason"]
+    assert httpx.get(f"{server}/papers/PMC7000002", timeout=30).json()["source"] == "upload"  # no server path
+
+    full = post("PMC7000003", (shared_data / ARTICLE).read_bytes())
+    assert full.status_code == 200, full.text
+    kept = post("PMC7000003", BODILESS)
+    assert kept.status_code == 422 and kept.json()["error"] == "not_ingested"
+    assert "full text already stored under PMC7000003 is kept" in kept.json()["detail"]
+    stored = httpx.get(f"{server}/papers/PMC7000003", timeout=30).json()
+    assert stored["status"] == "ingested" and stored["chunks"] == full.json()["chunks"]
+
+
+def test_upload_id_errors_say_what_is_wrong_in_words(server: str) -> None:
+    reply = httpx.post(f"{server}/papers", params={"id": "bogus"}, content=BODILESS, timeout=30)
+    assert reply.status_code == 422 and reply.json()["error"] == "invalid_id", reply.text
+    assert "(?" not in reply.json()["detail"] and len(reply.json()["detail"]) < 200  # not the regex
+    no_id = httpx.post(f"{server}/papers", content=b"<article><body><p>Hi.</p></body></article>", timeout=60)
+    assert no_id.status_code == 422 and "?id=" in no_id.json()["detail"], no_id.text

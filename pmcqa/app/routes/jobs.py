@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -28,10 +26,10 @@ from pmcqa.app.deps import get_library, get_settings, require_api_key
 from pmcqa.app.errors import BackendNotReady, InvalidInput, JobNotFound, PayloadTooLarge
 from pmcqa.app.schemas import error_responses
 from pmcqa.app.service import Library
-from pmcqa.core.ids import PAPER_ID_PATTERN, InvalidPaperId, given_paper_id, parse_id
+from pmcqa.core.ids import MAX_ID_CHARS, PAPER_ID_PATTERN, InvalidPaperId, given_paper_id, parse_id
 from pmcqa.core.logs import OUTCOME_LOGGER
 from pmcqa.core.settings import Settings
-from pmcqa.core.status import Status
+from pmcqa.core.status import OK, Status
 from pmcqa.index.models import OutlineEntry
 from pmcqa.ingest.jobs import IdempotencyConflict, Job, JobStore
 from pmcqa.ingest.pipeline import Ingestor
@@ -112,7 +110,10 @@ class JobDetail(Job):
 
 class PaperIngested(BaseModel):
     paper_id: str
-    status: str
+    status: str = Field(
+        description="`ingested`, or `no-full-text` (an article without body: title and abstract are stored)"
+    )
+    reason: str | None = Field(None, description="Why the article was stored without full text.")
     title: str | None = None
     chunks: int | None = None
     outline: list[OutlineEntry] = Field(default_factory=list)
@@ -288,22 +289,17 @@ def _upload_lane(request: Request) -> UploadLane:
     return lane
 
 
+UPLOAD_SOURCE = "upload"  # an uploaded paper's `source` (where a file's path would be)
+
+
 def _ingest_upload(request: Request, library: Library, data: bytes, id_override: str | None) -> Any:
     settings: Settings = request.app.state.settings
-    uploads = settings.data_dir / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
     # One ingestor per app, made on first use, only ever used on the upload lane's one thread.
     ingestor = getattr(request.app.state, "ingestor", None)
     if ingestor is None:
         ingestor = Ingestor(settings, store=library.store, encoder=library.embedder)
         request.app.state.ingestor = ingestor
-    with tempfile.NamedTemporaryFile(dir=uploads, suffix=".xml", delete=False) as handle:
-        handle.write(data)
-        path = Path(handle.name)
-    try:
-        outcomes = ingestor.ingest_files([path], id_override=id_override)
-    finally:
-        path.unlink(missing_ok=True)
+    outcomes = ingestor.ingest_bytes(data, UPLOAD_SOURCE, id_override=id_override)
     return outcomes[0] if outcomes else None
 
 
@@ -337,8 +333,10 @@ async def upload_paper(
     id: str | None = Query(
         None,
         description="Store under this id, a PMCID or a DOI (needed when the file carries neither).",
-        max_length=300,
-        pattern=PAPER_ID_PATTERN,
+        max_length=MAX_ID_CHARS,
+        # The grammar is published (OpenAPI) but checked by `given_paper_id`, whose error says what is wrong
+        # in words; FastAPI's own check would answer with the whole regular expression.
+        json_schema_extra={"pattern": PAPER_ID_PATTERN},
     ),
     library: Library = Depends(get_library),
 ) -> Any:
@@ -365,9 +363,9 @@ async def upload_paper(
             outcome.requested,
             outcome.status,
             extra={"requested": outcome.requested, "status": outcome.status, "paper_id": outcome.paper_id,
-                   "reason": outcome.reason, "chunks": outcome.chunks, "source": "upload"},
+                   "reason": outcome.reason, "chunks": outcome.chunks, "source": UPLOAD_SOURCE},
         )
-    if outcome is None or outcome.status != Status.INGESTED:
+    if outcome is None or outcome.status not in OK:  # no-full-text is stored (title, abstract), as by a job
         reason = getattr(outcome, "reason", None) or "the file could not be ingested"
         status_text = getattr(outcome, "status", Status.FAILED)
         raise InvalidInput(f"{status_text}: {reason}", code="not_ingested")
@@ -375,6 +373,7 @@ async def upload_paper(
     return PaperIngested(
         paper_id=outcome.paper_id,
         status=outcome.status,
+        reason=outcome.reason,
         title=outcome.title or (record.title if record else None),
         chunks=outcome.chunks,
         outline=record.outline if record else [],
