@@ -11,6 +11,7 @@ before a command has checked its arguments and needs the model or the index.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import click
@@ -116,12 +117,37 @@ def _group(
     """The group itself only answers --version; its commands come from `COMMANDS`."""
 
 
+def settings_errors(exc: BaseException) -> list[str] | None:
+    """One line per invalid setting, named as the environment spells it (a flag or config file sets the same
+    value); None when `exc` is not a settings validation error."""
+    if "pydantic" not in sys.modules:  # never imported: cannot be one (and `--help` stays light)
+        return None
+    from pydantic import ValidationError
+
+    from pmcqa.core.settings import Settings
+
+    if not isinstance(exc, ValidationError) or exc.title != Settings.__name__:
+        return None
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"invalid setting PMCQA_{name.upper()} ({name}): {error['msg']}")
+    return lines
+
+
 def main() -> None:
     try:
         cli()
     except MissingExtra as missing:  # one line naming the extra to install, not a traceback
         typer.echo(f"pmcqa: {missing}", err=True)
         raise SystemExit(1) from None
+    except Exception as exc:
+        lines = settings_errors(exc)  # a bad PMCQA_* value, config entry or flag: a usage error
+        if lines is None:
+            raise
+        for line in lines:
+            typer.echo(f"pmcqa: {line}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ class Settings(BaseSettings):
 
     # --- service -------------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `pmcqa serve` binds.")
-    port: int = Field(8080, description="Port `pmcqa serve` binds.")
+    port: int = Field(8080, ge=0, le=65535, description="Port `pmcqa serve` binds (0: any free one).")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated bearer tokens; when set every endpoint requires one but /healthz, "
@@ -202,11 +202,16 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(
         None,
+        ge=0,
+        le=65535,
         description="Serve the API's Prometheus metrics on this separate port, without a key (for a scraper "
         "inside the cluster); unset: GET /metrics on the API port, behind the API key.",
     )
     worker_metrics_port: int | None = Field(
-        None, description="`pmcqa worker` serves its Prometheus metrics on this port (unset: none)."
+        None,
+        ge=0,
+        le=65535,
+        description="`pmcqa worker` serves its Prometheus metrics on this port (unset: none).",
     )
     log_format: Literal["text", "json"] = Field(
         "text",

@@ -22,7 +22,9 @@ need neither.
 from __future__ import annotations
 
 import logging
+import lzma
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -438,7 +440,7 @@ def _tar_documents(path: Path, max_bytes: int) -> Iterator[_Document]:
                 document = _tar_member(archive, member, f"{path}::{member.name}", max_bytes)
                 if document is not None:
                     yield document
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # gzip, xz: their own
         yield _Document(
             label, error=IngestOutcome(requested=label, status=Status.FAILED, reason=f"bad package: {exc}")
         )

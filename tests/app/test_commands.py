@@ -40,3 +40,28 @@ def test_serve_prints_where_the_api_is(monkeypatch, tmp_path):
     assert "http://127.0.0.1:8765" in result.stdout and "pmcqa ingest PMC" in result.stdout
     assert calls["port"] == 8765 and calls["host"] == "127.0.0.1"
     assert {"/ask", "/healthz", "/metrics"} <= set(calls["app"].openapi()["paths"])
+
+
+def test_a_bad_setting_or_flag_is_a_usage_error_naming_it(monkeypatch, tmp_path, capsys):
+    """`main` (the installed `pmcqa`) turns an invalid PMCQA_* value or flag into one line and exit 2."""
+    import sys
+
+    import pytest
+
+    from pmcqa.app.cli import main
+
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("served on a bad port"))
+    for argv, env, named in [
+        (["pmcqa", "serve", "--port", "99999", "--no-worker"], {}, "PMCQA_PORT"),
+        (["pmcqa", "papers", "list"], {"PMCQA_TOP_K": "abc"}, "PMCQA_TOP_K"),
+    ]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as stop:
+            main()
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"invalid setting {named}" in err and "Traceback" not in err, err
+    offset = runner.invoke(cli, ["papers", "list", "--offset", "99999999999999999999"])
+    assert offset.exit_code == 2 and "--offset" in offset.output  # not SQLite's OverflowError

@@ -574,3 +574,19 @@ def test_cli_batch_reports_bad_lines_and_goes_on(cli_store: MemoryStore, tmp_pat
     assert lines[2]["line"] == 3 and "not in the library" in lines[2]["error"]
     assert lines[3]["line"] == 4 and "query" in lines[3]["error"]
     assert lines[4]["paper_id"] is None and lines[4]["passages"]
+
+
+def test_cli_batch_goes_on_past_text_no_utf8_can_carry(cli_store: MemoryStore, tmp_path: Path) -> None:
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(
+        b'{"query": "\\ud800 lone surrogate"}\n'  # valid JSON naming a lone surrogate
+        b'{"query": "fever \xff curves"}\n'  # a byte that is not UTF-8
+        b'{"query": "fever curves of the three groups"}\n'
+    )
+    code, out = run_cli("--queries", str(queries), "--json")
+    assert code == 0, out
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line.get("line") for line in lines] == [1, 2, None]
+    assert all("not valid Unicode" in line["error"] for line in lines[:2])
+    assert lines[2]["passages"]
+

@@ -243,3 +243,30 @@ def test_a_new_chunker_version_is_detected_and_reingest_rechunks(
     assert after is not None and after.chunking == upgraded.chunker.params
     new_ids = {c.chunk_id for c in store.get_chunks("PMC8435807")}
     assert new_ids and not new_ids & old_ids  # ids hash the params: every chunk was replaced
+
+
+def test_cli_ingest_ids_file_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_bytes(b"PMC1\n\xff\n")
+    result = CliRunner().invoke(cli, ["ingest", "--ids-file", str(ids_file)])
+    assert result.exit_code == 2 and "not UTF-8" in result.output, result.output
+
+
+def test_a_corrupt_package_is_one_failed_outcome_not_a_crash(
+    ingestor: Ingestor, shared_data: Path, tmp_path: Path
+) -> None:
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    package = tmp_path / "pkg.tar.gz"
+    with tarfile.open(package, "w:gz") as tar:
+        for n in range(3):
+            tar.add(plos, arcname=f"pkg/article{n}.nxml")
+    data = bytearray(package.read_bytes())
+    seen = set()
+    for offset in range(200, len(data) - 200, max(1, (len(data) - 400) // 60)):  # corrupt the deflate stream
+        broken = tmp_path / f"broken{offset}.tar.gz"
+        broken.write_bytes(bytes(data[:offset]) + bytes(b ^ 0x5A for b in data[offset : offset + 8])
+                           + bytes(data[offset + 8 :]))
+        outcomes = ingestor.ingest_files([broken, plos], id_override=[None, "PMC9999996"])
+        assert outcomes[-1].paper_id == "PMC9999996" and outcomes[-1].status == "ingested"
+        seen.update(o.reason.split(":")[0] for o in outcomes[:-1] if o.status == "failed" and o.reason)
+    assert "bad package" in seen  # some corruption is only found mid-stream (zlib.error), and is reported

@@ -125,7 +125,12 @@ def ingest(
         if not ids_file.is_file():
             Console(stderr=True).print(f"[red]error:[/] no such file: {escape(str(ids_file))}")
             raise typer.Exit(2)
-        all_ids += read_ids_file(ids_file)
+        try:
+            all_ids += read_ids_file(ids_file)
+        except UnicodeDecodeError as exc:
+            where = f"byte {exc.start}"
+            Console(stderr=True).print(f"[red]error:[/] {escape(str(ids_file))} is not UTF-8 text ({where})")
+            raise typer.Exit(2) from None
     if not all_ids and not xml:
         Console(stderr=True).print("[red]error:[/] give paper ids, --ids-file or --xml PATH")
         raise typer.Exit(2)

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from pmcqa.app.commands.output import add_id_column, print_table
 from pmcqa.app.errors import ServiceError
+from pmcqa.app.routes.papers import MAX_OFFSET
 from pmcqa.app.schemas import PaperDetail, PaperList, PaperSummary
 from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
@@ -46,7 +47,7 @@ def _library() -> Iterator[Library]:
 
 @papers.command("list")
 def list_papers(
-    offset: int = typer.Option(0, "--offset", min=0, help="Papers to skip."),
+    offset: int = typer.Option(0, "--offset", min=0, max=MAX_OFFSET, help="Papers to skip."),
     limit: int = typer.Option(50, "--limit", min=1, max=500, help="Papers to show."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (the body of GET /papers)."),
 ) -> None:
@@ -57,7 +58,7 @@ def list_papers(
         total=page.total,
         offset=offset,
         limit=limit,
-        papers=[PaperSummary.from_record(r) for r in page.papers],
+        papers=[PaperSummary.from_record(r, page.statuses.get(r.paper_id)) for r in page.papers],
     )
     if as_json:
         typer.echo(listing.model_dump_json(indent=2))

@@ -13,6 +13,7 @@ is not in the library, 4: it is being ingested, 2: invalid input).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Iterator
@@ -76,6 +77,17 @@ def read_queries(lines: Iterator[str]) -> Iterator[tuple[int, dict[str, Any] | s
         yield number, item
 
 
+def json_line(result: dict[str, Any]) -> str:
+    """`result` as one JSON line: readable UTF-8, or \\u escapes where it holds text no UTF-8 can carry (a
+    refused query echoed back with its lone surrogate)."""
+    line = json.dumps(result, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(result)
+    return line
+
+
 def run_batch(library: Library, lines: Iterator[str], k: int | None, mode: str) -> Iterator[dict[str, Any]]:
     for number, item in read_queries(lines):
         if isinstance(item, str):
@@ -129,9 +141,12 @@ def search(
     library = open_library()
     try:
         if queries is not None:
-            with sys.stdin if str(queries) == "-" else queries.open(encoding="utf-8") as handle:
+            # Bytes that are not UTF-8 stay in the line as lone surrogates, so that line (only) answers
+            # "not valid Unicode text" and the batch goes on.
+            source = sys.stdin.buffer if str(queries) == "-" else queries.open("rb")
+            with io.TextIOWrapper(source, encoding="utf-8", errors="surrogateescape") as handle:
                 for result in run_batch(library, iter(handle), k, mode):
-                    sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+                    sys.stdout.write(json_line(result) + "\n")
                     sys.stdout.flush()
             return
         assert query is not None
@@ -142,6 +157,6 @@ def search(
     finally:
         library.close()
     if as_json:
-        sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_line(result) + "\n")
     else:
         print_table(Console(), result)
