@@ -73,6 +73,11 @@ def _describe_validation(exc: RequestValidationError) -> str:
     """One readable line per problem, e.g. "body.question: Field required"."""
     parts = []
     for problem in exc.errors():
+        if problem.get("type") == "json_invalid":  # loc is ("body", character offset)
+            offset = problem.get("loc", ("body", "?"))[-1]
+            reason = problem.get("ctx", {}).get("error", "invalid")
+            parts.append(f"the body is not valid JSON: {reason} (character {offset})")
+            continue
         where = ".".join(str(p) for p in problem.get("loc", ()))
         parts.append(f"{where}: {problem.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
@@ -95,9 +100,12 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-            # FastAPI's 400 for a body it could not decode (e.g. not UTF-8): malformed input, a 422 as any.
-            return error(InvalidInput.http_status, InvalidInput.code, "the body is not UTF-8 encoded JSON")
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's 400 for a body it could not decode: malformed input, a 422 as any.
+            problem = (
+                "nested too deeply" if isinstance(exc.__cause__, RecursionError) else "not UTF-8 encoded JSON"
+            )
+            return error(InvalidInput.http_status, InvalidInput.code, f"the body is {problem}")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pmcqa.app.answering.base import Answer
+from pmcqa.core.ids import MAX_ID_CHARS
 from pmcqa.core.settings import AnswerBackendName
 from pmcqa.core.status import IngestState, Status
 from pmcqa.index.models import OutlineEntry, PaperRecord, Passage
@@ -39,7 +40,7 @@ class ErrorResponse(BaseModel):
 
 
 class AskRequest(BaseModel):
-    paper_id: str = Field(description=PAPER_ID_DESCRIPTION, min_length=1, max_length=200)
+    paper_id: str = Field(description=PAPER_ID_DESCRIPTION, min_length=1, max_length=MAX_ID_CHARS)
     question: str = Field(description="The question, answered from this paper only.")
     top_k: int | None = Field(
         None, ge=1, le=100, description="Passages to retrieve (default: settings.top_k)."

@@ -318,3 +318,24 @@ def test_openapi_documents_what_the_handlers_enforce(client, library) -> None:
 def test_a_body_that_is_not_utf8_is_422(client) -> None:  # found by the schema fuzzer
     reply = client.post("/ask", content=b"\x1a\xff\t1\xfe", headers={"Content-Type": "application/json"})
     assert reply.status_code == 422 and reply.json()["error"] == "invalid_request", reply.text
+
+
+@pytest.mark.parametrize("path", ["/ask", "/search"])
+def test_json_too_deep_or_cut_short_is_422_saying_so(client, path: str) -> None:
+    headers = {"Content-Type": "application/json"}
+    deep = b'{"paper_id": ' + b"[" * 100_000 + b"]" * 100_000 + b', "question": "x"}'
+    reply = client.post(path, content=deep, headers=headers)
+    assert reply.status_code == 422 and reply.json()["error"] == "invalid_request", reply.text
+    assert reply.json()["detail"] == "the body is nested too deeply"
+    cut = client.post(path, content=b'{"paper_id": "PMC1182327", "question": "wha', headers=headers)
+    assert cut.status_code == 422 and cut.json()["detail"].startswith("the body is not valid JSON: ")
+
+
+def test_every_route_takes_ids_of_the_same_length(client) -> None:
+    long_doi = "https://doi.org/10.1234/" + "a" * 190  # 214 characters: under MAX_ID_CHARS
+    for reply in (
+        client.post("/ask", json={"paper_id": long_doi, "question": "What was found?"}),
+        client.post("/search", json={"paper_id": long_doi, "query": "What was found?"}),
+        client.get(f"/papers/{long_doi}"),
+    ):
+        assert reply.status_code == 404, reply.text  # not in the library; never a 422 for its length
