@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -67,7 +68,6 @@ class RequestResolver:
         self._in_flight: dict[str, concurrent.futures.Future[Resolution]] = {}
         self._misses: TTLCache[str, str] = TTLCache(MAX_MISSES, MISS_TTL_S, timer=clock)
         self._unreachable_until = 0.0
-        self._unreachable_why = ""
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -88,8 +88,8 @@ class RequestResolver:
             future.cancel()  # not started yet: it never will be; running: it finishes in the background
             raise self._timed_out(paper_id) from None
         except concurrent.futures.CancelledError:  # another request's deadline cancelled the shared lookup
-            raise self._unavailable(self._unreachable_why or "lookup cancelled") from None
-        return self._finish(key, resolution)
+            raise self._unavailable(paper_id) from None
+        return self._finish(paper_id, key, resolution)
 
     async def pmcid_async(self, paper_id: PaperId) -> str | None:
         """`pmcid` for async handlers: the wait is the request's own, it holds no server thread."""
@@ -105,8 +105,8 @@ class RequestResolver:
         except asyncio.CancelledError:
             if not future.cancelled():
                 raise  # this request itself was cancelled (client gone, shutdown)
-            raise self._unavailable(self._unreachable_why or "lookup cancelled") from None
-        return self._finish(key, resolution)
+            raise self._unavailable(paper_id) from None
+        return self._finish(paper_id, key, resolution)
 
     def _start(self, paper_id: PaperId) -> tuple[str, concurrent.futures.Future[Resolution] | None]:
         """The lookup's key and its (shared) future; None for a remembered miss. Raises while NCBI counts
@@ -116,7 +116,7 @@ class RequestResolver:
             if key in self._misses:
                 return key, None
             if self._clock() < self._unreachable_until:
-                raise self._unavailable(self._unreachable_why)
+                raise self._unavailable(paper_id)
             future = self._in_flight.get(key)
             if future is None:
                 future = self._pool.submit(self._lookup, paper_id.raw)
@@ -124,19 +124,19 @@ class RequestResolver:
                 future.add_done_callback(lambda _done, key=key: self._forget(key))
         return key, future
 
-    def _finish(self, key: str, resolution: Resolution) -> str | None:
+    def _finish(self, paper_id: PaperId, key: str, resolution: Resolution) -> str | None:
         if resolution.ok and resolution.pmcid:
             return resolution.pmcid
         if resolution.status == Status.FAILED:
             why = resolution.error or "lookup failed"
-            self._mark_unreachable(why)
-            raise self._unavailable(why)
+            self._mark_unreachable()
+            raise self._unavailable(paper_id, why)
         with self._lock:
             self._misses[key] = resolution.error or "not in PMC"
         return None
 
     def _timed_out(self, paper_id: PaperId) -> UpstreamTimeout:
-        self._mark_unreachable(f"no answer within {self.deadline_s:g}s")
+        self._mark_unreachable()
         return UpstreamTimeout(
             f"NCBI did not answer the lookup of {paper_id} within {self.deadline_s:g}s "
             "(PMCQA_RESOLVE_TIMEOUT_S); retry later, or ask by PMCID."
@@ -153,13 +153,16 @@ class RequestResolver:
         with self._lock:
             self._in_flight.pop(key, None)
 
-    def _mark_unreachable(self, why: str) -> None:
+    def _mark_unreachable(self) -> None:
         with self._lock:
             self._unreachable_until = self._clock() + UNREACHABLE_S
-            self._unreachable_why = why
 
-    @staticmethod
-    def _unavailable(why: str) -> UpstreamUnavailable:
+    def _unavailable(self, paper_id: PaperId, why: str | None = None) -> UpstreamUnavailable:
+        """The 503 of this request. `why` is this lookup's own failure; during an outage another request
+        found, the reason is generic (that request's error names its id, which is not this client's)."""
+        left = max(1, math.ceil(self._unreachable_until - self._clock()))
+        reason = why or f"a lookup failed moments ago; NCBI counts as unreachable for {left}s more"
         return UpstreamUnavailable(
-            f"NCBI could not be reached to resolve this PMID/DOI ({why}); retry later, or ask by PMCID."
+            f"NCBI could not be reached to resolve {paper_id} ({reason}); retry later, or ask by PMCID.",
+            retry_after_s=left,
         )
