@@ -142,6 +142,10 @@ def main() -> None:
         typer.echo(f"pmcqa: {missing}", err=True)
         raise SystemExit(1) from None
     except Exception as exc:
+        store = sys.modules.get("pmcqa.index.store")
+        if store is not None and isinstance(exc, store.StoreError):  # a library this model cannot use
+            typer.echo(f"pmcqa: {exc}", err=True)
+            raise SystemExit(1) from None
         lines = settings_errors(exc)  # a bad PMCQA_* value, config entry or flag: a usage error
         if lines is None:
             raise

@@ -75,6 +75,20 @@ class StoreError(RuntimeError):
     pass
 
 
+class ReindexUnfinished(StoreError):
+    """A `pmcqa reindex` stopped part way: the library holds vectors of two models, so nothing but the
+    reindex itself may use it."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        model = target.partition("@")[0]
+        super().__init__(
+            f"a `pmcqa reindex` to embedding model {target!r} did not finish, so the library holds vectors "
+            f"of two models; run `pmcqa reindex` again with PMCQA_EMBEDDING_MODEL={model!r} to finish it "
+            "(papers already re-embedded are kept)"
+        )
+
+
 class EmbeddingModelMismatch(StoreError):
     """The index was built with another embedding model than the configured one."""
 
@@ -247,9 +261,16 @@ class StoreBase:
     def embedding_info(self) -> EmbeddingInfo | None:
         raise NotImplementedError
 
+    def _meta(self, key: str) -> str | None:
+        raise NotImplementedError
+
     def check_model(self, encoder: DocumentEncoder) -> None:
         """Raise `EmbeddingModelMismatch` unless the stored vectors come from `encoder`'s model (or there are
-        none yet). Writes check this themselves; a process that will write calls it once at start."""
+        none yet), `ReindexUnfinished` while a reindex has not finished. Writes check this themselves; a
+        process that will write or search calls it once at start."""
+        target = self._meta("reindex_target")
+        if target is not None:
+            raise ReindexUnfinished(target)
         check_same_model(self.embedding_info(), encoder)
 
     # --- writes -----------------------------------------------------------------------------------------

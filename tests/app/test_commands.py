@@ -65,3 +65,25 @@ def test_a_bad_setting_or_flag_is_a_usage_error_naming_it(monkeypatch, tmp_path,
         assert stop.value.code == 2 and f"invalid setting {named}" in err and "Traceback" not in err, err
     offset = runner.invoke(cli, ["papers", "list", "--offset", "99999999999999999999"])
     assert offset.exit_code == 2 and "--offset" in offset.output  # not SQLite's OverflowError
+
+
+def test_a_library_left_mid_reindex_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
+    import sys
+
+    import pytest
+
+    from pmcqa.app.cli import main
+    from pmcqa.core.settings import Settings
+    from pmcqa.index.store import Store
+
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    store = Store(Settings())
+    with store._transaction() as conn:  # what a reindex cut short leaves behind
+        store._set_meta(conn, "reindex_target", "other-model")
+    store.close()
+    monkeypatch.setattr(sys, "argv", ["pmcqa", "ask", "PMC1182327", "What is true?"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err  # log lines (an earlier test may have configured logging), then ours
+    assert stop.value.code == 1 and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("pmcqa: a `pmcqa reindex` to embedding model"), err

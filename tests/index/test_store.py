@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pmcqa.core.status import Status
-from pmcqa.index.store import EmbeddingModelMismatch, PaperStore, Store, StoreError
+from pmcqa.index.store import EmbeddingModelMismatch, PaperStore, ReindexUnfinished, Store, StoreError
 
 FakeEmbedder = Any  # the conftest double (tests/ is not a package, so it comes through fixtures)
 
@@ -232,6 +232,45 @@ def test_reindex_reembeds_every_paper(
     assert reopened.integrity_check() == []
     with pytest.raises(EmbeddingModelMismatch):
         open_store().check_model(fake)
+
+
+class _DiesOnSecondCall:
+    """An encoder that re-embeds one paper, then fails (a crash, Ctrl-C, OOM part way through a reindex)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder, self.calls = encoder, 0
+        self.model_name, self.dimension = encoder.model_name, encoder.dimension
+        self.document_prefix = encoder.document_prefix
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self.encoder.embed_documents(texts)
+
+
+def test_an_unfinished_reindex_refuses_every_use_but_a_reindex(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+    make_fake: Callable[..., Any],
+) -> None:
+    store = open_store()
+    for n in range(3):
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 4)), fake)
+    other = make_fake("other-model", dimension=8)
+    with pytest.raises(KeyboardInterrupt):
+        open_store().reindex(_DiesOnSecondCall(other))
+    for encoder in (fake, other):  # two models' vectors now: neither may search nor write
+        with pytest.raises(ReindexUnfinished, match="pmcqa reindex` again with PMCQA_EMBEDDING_MODEL='other"):
+            open_store().check_model(encoder)
+        with pytest.raises(ReindexUnfinished):
+            open_store().put_paper(*paper("PMC9", texts("PMC9", 2)), encoder)
+    assert open_store().reindex(other) == 3  # run again, it finishes
+    finished = open_store()
+    finished.check_model(other)
+    assert finished.integrity_check() == [] and finished.paper_ids() == ["PMC0", "PMC1", "PMC2"]
 
 
 def test_reader_sees_writer_without_restart(

@@ -3,7 +3,9 @@
 Run it after changing `PMCQA_EMBEDDING_MODEL` (or the document prefix): the store refuses to mix vectors of
 two models and says so (`EmbeddingModelMismatch`). Each paper is re-embedded in its own transaction, so an
 interrupted reindex resumes where it stopped (vectors already computed with the new model are reused).
-Stop the service and the worker while it runs: until it finishes, the library holds vectors of both models.
+Stop the service and the worker while it runs: until it finishes, the library holds vectors of both models,
+and every other use of it (serve, ingest, ask, search) is refused (`ReindexUnfinished`) until it is run
+again.
 """
 
 from __future__ import annotations
