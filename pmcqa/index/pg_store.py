@@ -54,6 +54,8 @@ from pmcqa.index.store import (
     check_same_model,
     content_hash,
     paper_row,
+    repoint_aliases,
+    write_aliases,
 )
 
 log = logging.getLogger(__name__)
@@ -347,23 +349,16 @@ class PostgresStore(StoreBase):
 
     @staticmethod
     def _write_aliases(conn: psycopg.Connection[Any], record: PaperRecord) -> None:
-        aliases = {alias_key(record.paper_id)}
-        if record.pmid:
-            aliases.add(alias_key("pmid:" + record.pmid))
-        if record.doi:
-            aliases.add(alias_key("doi:" + record.doi))
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO aliases(alias, paper_id) VALUES (%s, %s)"
-                " ON CONFLICT (alias) DO UPDATE SET paper_id = excluded.paper_id",
-                [(alias, record.paper_id) for alias in sorted(aliases)],
-            )
+        write_aliases(conn, record, "%s")
 
     def delete_paper(self, paper_id: str) -> bool:
         """Remove a paper with its chunks, vectors, aliases and status. False when it was not stored."""
         with self._transaction() as conn:
             self._lock_papers(conn, [paper_id])
+            ids = conn.execute("SELECT pmid, doi FROM papers WHERE paper_id = %s", (paper_id,)).fetchone()
             deleted = conn.execute("DELETE FROM papers WHERE paper_id = %s", (paper_id,)).rowcount > 0
+            if ids is not None:
+                repoint_aliases(conn, ids[0], ids[1], "%s")
             conn.execute("DELETE FROM ingest_status WHERE paper_id = %s", (paper_id,))
             if deleted and not self.pgvector:
                 self._bump_generation(conn)

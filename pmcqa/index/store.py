@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -595,20 +595,15 @@ class Store(StoreBase):
 
     @staticmethod
     def _write_aliases(conn: sqlite3.Connection, record: PaperRecord) -> None:
-        aliases = {alias_key(record.paper_id)}
-        if record.pmid:
-            aliases.add(alias_key("pmid:" + record.pmid))
-        if record.doi:
-            aliases.add(alias_key("doi:" + record.doi))
-        conn.executemany(
-            "INSERT OR REPLACE INTO aliases(alias, paper_id) VALUES (?, ?)",
-            [(alias, record.paper_id) for alias in aliases],
-        )
+        write_aliases(conn, record, "?")
 
     def delete_paper(self, paper_id: str) -> bool:
         """Remove a paper with its chunks, vectors, aliases and status. False when it was not stored."""
         with self._transaction() as conn:
+            ids = conn.execute("SELECT pmid, doi FROM papers WHERE paper_id = ?", (paper_id,)).fetchone()
             deleted = conn.execute("DELETE FROM papers WHERE paper_id = ?", (paper_id,)).rowcount > 0
+            if ids is not None:
+                repoint_aliases(conn, ids[0], ids[1], "?")
             conn.execute("DELETE FROM ingest_status WHERE paper_id = ?", (paper_id,))
             if deleted:
                 self._bump_generation(conn)
@@ -853,6 +848,49 @@ def _vector_batches(rows: sqlite3.Cursor, size: int) -> Iterator[tuple[np.ndarra
         ids = np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch))
         matrix = np.frombuffer(b"".join(row[1] for row in batch), dtype=np.float32).reshape(len(batch), -1)
         yield ids, matrix
+
+
+def write_aliases(conn: Any, record: PaperRecord, mark: str) -> None:
+    """Point the record's aliases (its own id, PMID, DOI) at it, inside a write (`mark`: the driver's
+    placeholder). Its own id always; a PMID or DOI it shares with another paper too (the newest copy
+    answers), unless that alias is the other paper's own id (a paper stored under its DOI): taking that
+    over would leave the other paper unreachable once this one is deleted."""
+    own = alias_key(record.paper_id)
+    others = {alias_key("pmid:" + record.pmid)} if record.pmid else set()
+    if record.doi:
+        others.add(alias_key("doi:" + record.doi))
+    others.discard(own)
+    upsert = (
+        f"INSERT INTO aliases(alias, paper_id) VALUES ({mark}, {mark})"
+        " ON CONFLICT (alias) DO UPDATE SET paper_id = excluded.paper_id"
+    )
+    conn.execute(upsert, (own, record.paper_id))
+    if not others:
+        return
+    wanted = sorted(others)
+    held = dict(
+        conn.execute(
+            f"SELECT alias, paper_id FROM aliases WHERE alias IN ({', '.join([mark] * len(wanted))})", wanted
+        ).fetchall()
+    )
+    for alias in wanted:
+        owner = held.get(alias)
+        if owner is None or owner == record.paper_id or alias_key(owner) != alias:
+            conn.execute(upsert, (alias, record.paper_id))
+
+
+def repoint_aliases(conn: Any, pmid: str | None, doi: str | None, mark: str) -> None:
+    """After a delete (its aliases went with it): a PMID or DOI another stored paper also carries points at
+    that paper again (the most recently stored), so it stays reachable by them."""
+    insert = f"INSERT INTO aliases(alias, paper_id) VALUES ({mark}, {mark}) ON CONFLICT (alias) DO NOTHING"
+    for alias, column, value in (("pmid:", "pmid", pmid), ("doi:", "lower(doi)", doi and doi.lower())):
+        if not value:
+            continue
+        row = conn.execute(
+            f"SELECT paper_id FROM papers WHERE {column} = {mark} ORDER BY updated_at DESC LIMIT 1", (value,)
+        ).fetchone()
+        if row is not None:
+            conn.execute(insert, (alias_key(alias + value), row[0]))
 
 
 def check_same_model(info: EmbeddingInfo | None, encoder: DocumentEncoder) -> None:

@@ -73,6 +73,27 @@ def test_listing_aliases_and_status(
     assert store.get_status("PMC404") is None
 
 
+def test_a_shared_pmid_or_doi_never_strands_a_paper(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store()
+    doi = "10.1371/journal.pbio.2002399"
+    store.put_paper(*paper(doi, texts(doi, 2), pmid="555", doi=doi), fake)  # stored under its DOI
+    store.put_paper(*paper("PMC5", texts("PMC5", 2), pmid="555", doi=doi), fake)  # the same article again
+    assert store.resolve_alias(doi) == doi  # its own id is never taken over
+    assert store.resolve_alias("pmid:555") == "PMC5"  # a shared PMID: the newest copy answers
+    assert store.delete_paper("PMC5")
+    assert store.resolve_alias(doi) == doi and store.resolve_alias("pmid:555") == doi  # reachable still
+
+    store.put_paper(*paper("PMC6", texts("PMC6", 2), pmid="777"), fake)
+    store.put_paper(*paper("PMC7", texts("PMC7", 2), pmid="777"), fake)
+    assert store.delete_paper("PMC7") and store.resolve_alias("777") == "PMC6"
+    assert store.delete_paper("PMC6") and store.resolve_alias("777") is None
+
+
 def test_reingest_replaces_chunks_and_embeds_only_changed_text(
     open_store: OpenStore,
     fake: FakeEmbedder,
