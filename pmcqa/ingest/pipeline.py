@@ -140,6 +140,14 @@ class Ingestor:
             self._store, self._encoder = library.store, library.embedder
         return self._store, self._encoder
 
+    def _reader(self) -> PaperStore:
+        """The store, without loading the embedding model: for statuses and for what is stored already."""
+        if self._store is not None:
+            return self._store
+        if self._status_store is None:
+            self._status_store = open_store(self.settings)
+        return self._status_store
+
     def _record_status(self, paper_id: str, status: IngestState, reason: str | None) -> None:
         """Best effort: note an id's state in the store's ingest status, which the service reads.
 
@@ -151,12 +159,7 @@ class Ingestor:
         else:
             self._in_flight.discard(paper_id)
         try:
-            if self._store is not None:
-                self._store.set_status(paper_id, status, reason)
-                return
-            if self._status_store is None:
-                self._status_store = open_store(self.settings)
-            self._status_store.set_status(paper_id, status, reason)
+            self._reader().set_status(paper_id, status, reason)
         except Exception as exc:  # the outcome is what matters; the status table is a convenience
             log.warning("could not record status of %s: %s", paper_id, exc)
 
@@ -191,6 +194,14 @@ class Ingestor:
                     progress(done[resolution.requested])
 
         self._stored = {}
+        if not refresh:
+            for pmcid in list(by_pmcid):
+                if (kept := self._kept_local_copy(pmcid)) is not None:
+                    for resolution in by_pmcid.pop(pmcid):
+                        text = resolution.requested
+                        done[text] = kept.model_copy(update={"requested": text})
+                        if progress:
+                            progress(done[text])
         # What the service reads: while a paper is `ingesting`, /ask and DELETE on it answer 409.
         for pmcid in by_pmcid:
             self._record_status(pmcid, Status.INGESTING, None)
@@ -208,6 +219,24 @@ class Ingestor:
                 outcome = IngestOutcome(requested=text, status=Status.FAILED, reason="no fetch result")
             outcomes.append(outcome.model_copy(update={"requested": text}))
         return outcomes
+
+    def _kept_local_copy(self, pmcid: str) -> IngestOutcome | None:
+        """The outcome for a paper stored from a file or an upload, which an ingest by id without refresh
+        keeps: there is no raw XML cached to re-read, and fetching PMC's copy would replace the one the user
+        gave (and take the paper offline while NCBI is slow or out of reach). None for anything else."""
+        try:
+            record = self._reader().get_paper(pmcid)
+        except Exception as exc:  # an unreadable store: fetch as usual, the write will say what is wrong
+            log.warning("could not read stored %s: %s", pmcid, exc)
+            return None
+        if record is None or record.source in (None, "efetch", "cache"):
+            return None
+        reason = f"already in the library from {record.source}; ingest with refresh to fetch PMC's copy"
+        chunks = len(self._reader().get_chunks(pmcid))
+        return IngestOutcome(
+            requested=pmcid, paper_id=pmcid, status=record.status, reason=reason, title=record.title,
+            chunks=chunks, source="library",
+        )
 
     def _fail_in_flight(self, exc: BaseException) -> None:
         """An exception (or Ctrl-C) stops the run: a paper left `ingesting` would refuse questions until a

@@ -270,3 +270,18 @@ def test_a_corrupt_package_is_one_failed_outcome_not_a_crash(
         assert outcomes[-1].paper_id == "PMC9999996" and outcomes[-1].status == "ingested"
         seen.update(o.reason.split(":")[0] for o in outcomes[:-1] if o.status == "failed" and o.reason)
     assert "bad package" in seen  # some corruption is only found mid-stream (zlib.error), and is reported
+
+
+def test_an_ingest_by_id_keeps_a_copy_the_user_gave_unless_refresh(
+    ingestor: Ingestor, fake_eutils: FakeEutils, shared_data: Path
+) -> None:
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    (given,) = ingestor.ingest_files([plos], id_override="PMC8435807")
+    title = ingestor.store.get_paper("PMC8435807").title
+    (kept,) = ingestor.ingest_ids(["PMC8435807"])
+    assert kept.status == "ingested" and kept.source == "library" and kept.chunks == given.chunks
+    assert "refresh" in str(kept.reason) and fake_eutils.requests_to("efetch") == []
+    assert ingestor.store.get_paper("PMC8435807").title == title  # the file's copy, not PMC's
+    (fetched,) = ingestor.ingest_ids(["PMC8435807"], refresh=True)
+    assert fetched.source == "efetch" and len(fake_eutils.requests_to("efetch")) == 1
+    assert ingestor.store.get_paper("PMC8435807").title != title

@@ -109,7 +109,9 @@ def ingest(
     paper_id: list[str] = typer.Option(None, "--id", help="Paper id for --xml files without one (per path)."),
     ids_file: Path | None = typer.Option(None, "--ids-file", help="File with one id per line; '#' comments."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcomes as a JSON list."),
-    refresh: bool = typer.Option(False, "--refresh", help="Fetch again even if the raw XML is cached."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Fetch from PMC again, even if the raw XML is cached or it came from a file."
+    ),
     inline: bool = typer.Option(False, "--inline", help="Ingest ids in this process, not on the job queue."),
     wait: bool | None = typer.Option(
         None, "--wait/--no-wait", help="Queue a job and follow it to the end / only print its id "

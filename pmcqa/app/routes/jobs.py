@@ -67,7 +67,11 @@ _JOB_EXAMPLE = {
 
 class IngestRequest(BaseModel):
     ids: list[str] = Field(description="PMCIDs, PMIDs or DOIs; repeated ids are ingested once.")
-    refresh: bool = Field(False, description="Re-fetch and re-index papers already in the library.")
+    refresh: bool = Field(
+        False,
+        description="Fetch from PMC again even where a copy is held (the raw XML cache, or a paper stored "
+        "from a file or upload, which an ingest without refresh keeps as it is).",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
