@@ -50,6 +50,10 @@ class VectorSource(Protocol):
         """Bumped by every committed write."""
         ...
 
+    def library_id(self) -> str:
+        """The database's identity, recorded with the file: a file of another database is never used."""
+        ...
+
     def count_vectors_after(self, chunk_row: int) -> int:
         """How many stored vectors have an id above `chunk_row`."""
         ...
@@ -74,6 +78,7 @@ class LibraryIndex:
         self._index: Any = None
         self._stamp: tuple[int, int, int] | None = None
         self._max_id = 0
+        self._library_id: str | None = None
 
     def close(self) -> None:
         """Forget the loaded index (unmaps it); the next search loads the file again."""
@@ -113,6 +118,8 @@ class LibraryIndex:
     def _load(self) -> Any:
         """The FAISS index, memory-mapped and reloaded whenever another process replaced the file."""
         stamp = self._file_stamp()
+        if stamp is not None and not self._matches_source():
+            stamp = None  # as if there were no file: every search is exact until a writer rebuilds it
         with self._lock:
             if stamp == self._stamp:
                 return self._index
@@ -132,9 +139,22 @@ class LibraryIndex:
     # --- freshness -------------------------------------------------------------------------------------
 
     def lag(self) -> int:
-        """How many committed writes the file is behind the store (0 = current)."""
-        built = self._sidecar().get("generation", -1) if self._file_stamp() else -1
+        """How many committed writes the file is behind the store (0 = current); a file that does not match
+        the store (`_matches_source`) counts as none."""
+        built = self._sidecar().get("generation", -1) if self._file_stamp() and self._matches_source() else -1
         return self.source.generation() - int(built)
+
+    def _matches_source(self) -> bool:
+        """Whether the file was built from this database at a state it has reached. Chunk ids are only
+        unique within one database's history: the file of a database since recreated, or of a later state
+        than a restored backup holds, maps ids that are (or will be) reused to other chunks' vectors."""
+        sidecar = self._sidecar()
+        built_from = sidecar.get("library_id")
+        if self._library_id is None:  # fixed for a database's life: read once
+            self._library_id = self.source.library_id()
+        if built_from is not None and built_from != self._library_id:
+            return False
+        return int(sidecar.get("generation", -1)) <= self.source.generation()
 
     def _sidecar(self) -> dict[str, Any]:
         try:
@@ -178,10 +198,10 @@ class LibraryIndex:
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(snapshot.dimension))
                 for ids, vectors in snapshot.batches:
                     index.add_with_ids(vectors, ids)
-            self._write(index, snapshot.generation, time.perf_counter() - started)
+            self._write(index, snapshot.generation, time.perf_counter() - started, self.source.library_id())
             return int(index.ntotal)
 
-    def _write(self, index: Any, generation: int, build_s: float) -> None:
+    def _write(self, index: Any, generation: int, build_s: float, library_id: str) -> None:
         import faiss  # heavy native library (see rebuild)
 
         tmp = self.path.with_name(f".{FAISS_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -189,7 +209,14 @@ class LibraryIndex:
         _fsync(tmp)
         sidecar_tmp = tmp.with_name(tmp.name + ".json.tmp")
         sidecar_tmp.write_text(
-            json.dumps({"generation": generation, "ntotal": int(index.ntotal), "build_s": build_s})
+            json.dumps(
+                {
+                    "generation": generation,
+                    "library_id": library_id,
+                    "ntotal": int(index.ntotal),
+                    "build_s": build_s,
+                }
+            )
         )
         # The index first: a reader trusts the file itself (its largest id), the sidecar only says how fresh.
         os.replace(tmp, self.path)

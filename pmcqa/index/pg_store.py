@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -284,6 +285,18 @@ class PostgresStore(StoreBase):
     @staticmethod
     def _bump_generation(conn: psycopg.Connection[Any]) -> None:
         conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation'")
+
+    def library_id(self) -> str:
+        """This database's random identity (made on first use); see `Store.library_id`."""
+        found = self._meta("library_id")
+        if found is None:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('library_id', %s) ON CONFLICT (key) DO NOTHING",
+                    (uuid.uuid4().hex,),
+                )
+            found = self._meta("library_id")
+        return str(found)
 
     # --- writes -----------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import hashlib
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -543,6 +544,18 @@ class Store(StoreBase):
     @staticmethod
     def _bump_generation(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    def library_id(self) -> str:
+        """This database's random identity (made on first use): a FAISS file built from another database
+        (one recreated, or copied in) is told apart by it."""
+        found = self._meta("library_id")
+        if found is None:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('library_id', ?)", (uuid.uuid4().hex,)
+                )
+            found = self._meta("library_id")
+        return str(found)
 
     # --- writes -----------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -292,6 +293,47 @@ def test_an_unfinished_reindex_refuses_every_use_but_a_reindex(
     finished = open_store()
     finished.check_model(other)
     assert finished.integrity_check() == [] and finished.paper_ids() == ["PMC0", "PMC1", "PMC2"]
+
+
+def _own_chunk_found(store: Store, paper_id: str) -> bool:
+    _, vectors = store.get_vectors(paper_id)
+    chunks = store.get_chunks(paper_id)
+    found = [store.search_library(vector, k=1)[0][0].chunk_id for vector in vectors]
+    return found == [chunk.chunk_id for chunk in chunks]
+
+
+def test_a_faiss_file_of_another_database_state_is_never_used(
+    open_sqlite_store: OpenSqliteStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_sqlite_store()
+    store.put_paper(*paper("PMC1", texts("PMC1", 4)), fake)
+    backup = store.db_path.with_name("backup.sqlite3")
+    with sqlite3.connect(backup) as copy:  # a nightly backup, taken here
+        sqlite3.connect(store.db_path).backup(copy)
+    for n in (2, 3):
+        store.put_paper(*paper(f"PMC{n}", texts(f"PMC{n}", 4)), fake)
+    assert store.library_index.rebuild() == 12
+    store.close()
+
+    for suffix in ("", "-wal", "-shm"):  # the backup restored (service stopped), the FAISS file kept
+        Path(f"{store.db_path}{suffix}").unlink(missing_ok=True)
+    backup.rename(store.db_path)
+    restored = open_sqlite_store()
+    restored.put_paper(*paper("PMC4", texts("PMC4", 4)), fake)  # its chunk ids were PMC2's in the file
+    assert _own_chunk_found(restored, "PMC4") and _own_chunk_found(restored, "PMC1")
+    restored.close()
+    reopened = open_sqlite_store()
+    assert reopened.library_index.lag() == 0 and _own_chunk_found(reopened, "PMC4")  # rebuilt on close
+
+    reopened.close()
+    for suffix in ("", "-wal", "-shm"):  # the database deleted (a reset), the FAISS file kept
+        Path(f"{reopened.db_path}{suffix}").unlink(missing_ok=True)
+    fresh = open_sqlite_store()
+    fresh.put_paper(*paper("PMC9", texts("PMC9", 4)), fake)
+    assert _own_chunk_found(fresh, "PMC9") and fresh.count_chunks() == 4
 
 
 def test_reader_sees_writer_without_restart(
