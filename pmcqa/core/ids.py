@@ -48,6 +48,7 @@ NO_OWN_ID = (
 )
 MAX_ID_CHARS = 300  # the longest id text read at all (a DOI URL included)
 MAX_DOI_CHARS = 200
+TEXT_ROUTE_SUFFIX = "/text"  # GET /papers/{id}/text: no stored id may end so
 
 # The accepted forms in outline (case-insensitive prefixes spelled out: JSON Schema patterns have no flags).
 _CI_PMC = "[Pp][Mm][Cc]"
@@ -207,6 +208,11 @@ def check_storable_id(paper_id: str) -> str:
     parsed = parse_id(paper_id, bare_digits="pmcid")
     if parsed.kind == "pmid" or parsed.bare or parsed.value != paper_id:
         raise InvalidPaperId(f"{paper_id!r} is not a canonical PMCID or DOI; papers are stored under one")
+    if paper_id.endswith(TEXT_ROUTE_SUFFIX):  # GET /papers/{id}/text would take it for that route
+        raise InvalidPaperId(
+            f"a paper cannot be stored under {paper_id!r}: an id ending in {TEXT_ROUTE_SUFFIX!r} cannot be "
+            "named in a URL (GET /papers/{id}/text); give it another id (its PMCID)"
+        )
     return paper_id
 
 

@@ -269,6 +269,8 @@ def test_every_stored_id_can_be_read_and_deleted_again(make_scratch_library, sha
         for paper_id in listed:  # whatever is listed can be read and deleted again
             assert client.get(f"/papers/{quote(paper_id, safe='/')}").status_code == 200, paper_id
         assert client.delete(f"/papers/{quote(odd, safe='/')}").json() == {"deleted": odd}
+        text_route = client.post("/papers", params={"id": "10.1234/text"}, content=article)
+        assert text_route.status_code == 422 and "cannot be named in a URL" in text_route.json()["detail"]
         assert client.get(f"/papers/{quote(odd, safe='/')}").status_code == 404
 
 

@@ -157,6 +157,9 @@ def test_storable_ids_are_canonical_pmcids_and_valid_dois() -> None:
     for text in ("pmc8026465", "PMC8026465.1", "8026465", "pmid:123", "doi:10.1000/x", "banana"):
         with pytest.raises(InvalidPaperId):
             check_storable_id(text)
+    with pytest.raises(InvalidPaperId, match="cannot be named in a URL"):  # GET /papers/{id}/text takes it
+        check_storable_id("10.1234/text")
+    assert check_storable_id("10.1234/texts") == "10.1234/texts"
 
 
 @pytest.mark.parametrize(
