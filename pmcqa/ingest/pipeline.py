@@ -35,6 +35,8 @@ from pydantic import BaseModel
 from pmcqa.core.ids import (
     NO_OWN_ID,
     InvalidPaperId,
+    alias_key,
+    canonical_pmcid,
     check_storable_id,
     given_paper_id,
     not_found_hint,
@@ -220,6 +222,19 @@ class Ingestor:
             outcomes.append(outcome.model_copy(update={"requested": text}))
         return outcomes
 
+    def _stored_spelling(self, paper_id: str) -> str:
+        """The id a paper is already stored under when `paper_id` names it in another case: DOIs are
+        case-insensitive, so `10.1/ABC` and `10.1/abc` are one paper (stored twice, one copy would shadow the
+        other's id and could no longer be read or deleted)."""
+        if canonical_pmcid(paper_id):
+            return paper_id
+        try:
+            stored = self._reader().resolve_alias(paper_id)
+        except Exception as exc:  # unreadable store: the write will say what is wrong
+            log.warning("could not look up %s: %s", paper_id, exc)
+            return paper_id
+        return stored if stored is not None and alias_key(stored) == alias_key(paper_id) else paper_id
+
     def _kept_local_copy(self, pmcid: str) -> IngestOutcome | None:
         """The outcome for a paper stored from a file or an upload, which an ingest by id without refresh
         keeps: there is no raw XML cached to re-read, and fetching PMC's copy would replace the one the user
@@ -277,6 +292,7 @@ class Ingestor:
             check_storable_id(paper_id)
         except InvalidPaperId as exc:
             return IngestOutcome(requested=requested, status=Status.INVALID, reason=str(exc), source=source)
+        paper_id = self._stored_spelling(paper_id)
         base = {"requested": requested, "paper_id": paper_id, "source": source}
         self._record_status(paper_id, Status.INGESTING, None)  # put_paper (or a failure) supersedes it
         try:

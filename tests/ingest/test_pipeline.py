@@ -285,3 +285,11 @@ def test_an_ingest_by_id_keeps_a_copy_the_user_gave_unless_refresh(
     (fetched,) = ingestor.ingest_ids(["PMC8435807"], refresh=True)
     assert fetched.source == "efetch" and len(fake_eutils.requests_to("efetch")) == 1
     assert ingestor.store.get_paper("PMC8435807").title != title
+
+
+def test_a_doi_in_another_case_names_the_paper_already_stored(ingestor: Ingestor, shared_data: Path) -> None:
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    (first,) = ingestor.ingest_files([plos], id_override="10.1234/ABC.x")
+    (again,) = ingestor.ingest_files([plos], id_override="10.1234/abc.X")  # DOIs are case-insensitive
+    assert first.paper_id == again.paper_id == "10.1234/ABC.x" and again.status == "ingested"
+    assert ingestor.store.paper_ids() == ["10.1234/ABC.x"]
