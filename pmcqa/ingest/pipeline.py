@@ -199,6 +199,7 @@ class Ingestor:
         if not refresh:
             for pmcid in list(by_pmcid):
                 if (kept := self._kept_local_copy(pmcid)) is not None:
+                    self._record_status(pmcid, kept.status, None)  # a job marked it `queued`: it is not
                     for resolution in by_pmcid.pop(pmcid):
                         text = resolution.requested
                         done[text] = kept.model_copy(update={"requested": text})

@@ -278,7 +278,9 @@ def test_an_ingest_by_id_keeps_a_copy_the_user_gave_unless_refresh(
     plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
     (given,) = ingestor.ingest_files([plos], id_override="PMC8435807")
     title = ingestor.store.get_paper("PMC8435807").title
+    ingestor.store.set_status("PMC8435807", "queued")  # as a job's submit marks it
     (kept,) = ingestor.ingest_ids(["PMC8435807"])
+    assert ingestor.store.get_status("PMC8435807").status == "ingested"  # not left `queued` (409 forever)
     assert kept.status == "ingested" and kept.source == "library" and kept.chunks == given.chunks
     assert "refresh" in str(kept.reason) and fake_eutils.requests_to("efetch") == []
     assert ingestor.store.get_paper("PMC8435807").title == title  # the file's copy, not PMC's
