@@ -511,12 +511,18 @@ class JobStore:
         now = time.time()
         with self._tx() as conn:
             stale = conn.execute(
-                "select job_id, batch from job_batches where done = 0 and ("
+                "select job_id, batch, lease_until from job_batches where done = 0 and ("
                 "(lease_until is not null and lease_until < ?) "
                 "or (lease_until is null and (enqueued is null or enqueued < ?)))",
                 (now, now - requeue_after_s),
             ).fetchall()
-            found = {(row[0], row[1]) for row in stale}
+            # A never-started batch the queue visibly holds is waiting its turn behind a backlog, not lost:
+            # enqueueing it again would only add a copy per scan.
+            found = {
+                (job_id, batch)
+                for job_id, batch, lease_until in stale
+                if lease_until is not None or in_queue is None or (job_id, batch) not in in_queue
+            }
             if in_queue is not None:
                 unleased = conn.execute(
                     "select job_id, batch from job_batches where done = 0 and lease_until is null "

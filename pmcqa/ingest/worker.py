@@ -426,7 +426,10 @@ def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = 
     _RUNTIME = build_runtime(settings, factory)
     huey = get_huey(settings)
     name = f"{socket.gethostname()}:{os.getpid()}"
-    requeue_stale(settings, _RUNTIME.jobs)  # batches a killed worker was running before this start
+    try:  # batches a killed worker was running before this start
+        requeue_stale(settings, _RUNTIME.jobs)
+    except Exception:  # the queue or database is down: the recovery loop retries, as it does later
+        log.exception("stale-batch scan at start failed; retrying every %.0fs", recovery_interval(settings))
     stop = threading.Event()
     threading.Thread(target=_recovery_loop, args=(_RUNTIME, stop, name), name="requeue", daemon=True).start()
     consumer = huey.create_consumer(

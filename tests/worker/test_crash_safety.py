@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from worker_fakes import DELAY_ENV, fake_db
-from worker_helpers import cleanup_redis, fake_worker_settings, wait_for
+from worker_helpers import cleanup_redis, fake_worker_settings, free_port, wait_for
 
 from pmcqa.core.settings import Settings
 from pmcqa.index.store import open_store
@@ -131,6 +131,32 @@ def test_a_batch_missing_from_the_queue_is_reclaimed_after_a_lease(job_store: Jo
     # A leased batch is never "lost", whatever the queue holds; nor is one the queue still holds.
     assert jobs.reclaim_stale(requeue_after_s=600, in_queue=set(), lost_after_s=10) == []
     assert jobs.reclaim_stale(requeue_after_s=600, in_queue=None, lost_after_s=0) == []
+
+
+def test_a_backlog_the_queue_holds_is_never_enqueued_again(job_store: JobStore) -> None:
+    """Batches behind a long backlog pass the never-started age, but a scan that sees them in the queue
+    leaves them there (it re-enqueued all of them at every scan: the queue grew by the backlog each time)."""
+    jobs = job_store
+    job = jobs.create(["PMC1", "PMC2"], batch_size=1)
+    queued = {(job.job_id, 0), (job.job_id, 1)}
+    assert jobs.reclaim_stale(requeue_after_s=0, in_queue=queued, lost_after_s=0) == []
+    assert jobs.reclaim_stale(requeue_after_s=0, in_queue=queued - {(job.job_id, 1)}) == [(job.job_id, 1)]
+    assert jobs.reclaim_stale(requeue_after_s=0, in_queue=None) == [(job.job_id, 0), (job.job_id, 1)]
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it(tmp_path: Path, workers_factory) -> None:  # type: ignore[no-untyped-def]
+    """A lapsed lease to re-queue at start, and Redis unreachable: the worker says so and stays up (it exited
+    1, so a supervised worker restart-looped for the whole outage)."""
+    settings = fake_worker_settings(tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    jobs = JobStore.for_settings(settings)
+    job = jobs.create(["PMC11", "PMC12"], batch_size=5)
+    jobs.claim(job.job_id, 0, "ghost:1:1", lease_s=0.01)  # a worker that died holding the batch
+    time.sleep(0.05)
+    procs = workers_factory(settings, ingestor="slow")
+    worker = procs.start()
+    wait_for(lambda: "stale-batch scan at start failed" in procs.logs() or worker.poll() is not None, 60,
+             "the worker to try its start-up scan")
+    assert worker.poll() is None, procs.logs()
 
 
 def test_poison_batch_gives_up(job_store: JobStore) -> None:
