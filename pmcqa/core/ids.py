@@ -219,6 +219,16 @@ def check_storable_id(paper_id: str) -> str:
 _DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "http://dx.doi.org/", "doi:")
 
 
+def paper_key(text: str, bare_digits: BareDigits = "pmcid") -> str:
+    """What every spelling of one requested paper shares (PMC5, pmc5, its URL, a bare 5 read per
+    `bare_digits`; a DOI in any case or with a resolver prefix): for telling repeated requests apart. A
+    malformed id keys as its stripped text."""
+    try:
+        return alias_key(str(parse_id(text, bare_digits)))
+    except InvalidPaperId:
+        return text.strip()
+
+
 def alias_key(value: str) -> str:
     """The store's alias key: ``pmid:<digits>`` (a bare number is a PMID here: aliases are PMIDs and DOIs),
     ``doi:<lower-case DOI>`` without a resolver prefix, a PMCID canonical, anything else upper-case.

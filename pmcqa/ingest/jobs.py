@@ -253,16 +253,23 @@ class JobStore:
         batch_size: int = 25,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        same_paper: Callable[[str], str] | None = None,
     ) -> tuple[Job, bool]:
         """(job, created): with `idempotency_key`, a key seen before returns its job and False (nothing is
-        created); the same key for other ids or `refresh` raises `IdempotencyConflict`."""
-        unique = list(dict.fromkeys(ids))  # a repeated id is ingested once
+        created); the same key for other ids or `refresh` raises `IdempotencyConflict`.
+
+        `same_paper` keys the spellings of one paper alike (`core.ids.paper_key`; default: the text itself):
+        a paper asked for twice is one item, under its first spelling, and a retry may spell it otherwise."""
+        firsts: dict[str, str] = {}
+        for text in ids:  # a repeated id is ingested once
+            firsts.setdefault(same_paper(text) if same_paper else text, text)
+        unique = list(firsts.values())
         if not unique:
             raise ValueError("a job needs at least one id")
         job_id = uuid.uuid4().hex
         now = time.time()
         batches = split_batches(unique, batch_size)
-        request = fingerprint(unique, refresh)
+        request = fingerprint(list(firsts), refresh)
         with self._tx() as conn:  # begin immediate: two requests with one key serialize here
             if idempotency_key is not None:
                 seen = conn.execute(

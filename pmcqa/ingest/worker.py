@@ -50,6 +50,7 @@ from huey import Huey, PostgresHuey, RedisHuey, SqliteHuey
 
 from pmcqa.core.db import connection_pool, postgres_url, redact
 from pmcqa.core.extras import MissingExtra, require_extra
+from pmcqa.core.ids import paper_key
 from pmcqa.core.logs import OUTCOME_LOGGER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FINAL, IngestState, Status
@@ -154,7 +155,12 @@ def submit_job(
     nothing and gives False; the same key for another request raises `IdempotencyConflict`."""
     jobs = jobs or JobStore.for_settings(settings)
     job, created = jobs.create_once(
-        ids, refresh, settings.job_batch_size, idempotency_key=idempotency_key, request_id=request_id.get()
+        ids,
+        refresh,
+        settings.job_batch_size,
+        idempotency_key=idempotency_key,
+        request_id=request_id.get(),
+        same_paper=lambda text: paper_key(text, settings.bare_digits),
     )
     if created:
         record_status(settings, ids, Status.QUEUED)

@@ -78,3 +78,19 @@ def test_ingest_location_idempotency_iso_times_worker_metrics_and_outcome_logs(
     first_job = [line for line in outcomes if line["job_id"] == job_id]
     assert {line["request_id"] for line in first_job} == {"ingest-req-1"}
     assert {line["requested"]: line["status"] for line in first_job}["PMC4009"] == "not-found"
+
+
+def test_one_paper_spelled_several_ways_is_one_item_and_one_request(backend_settings: Settings) -> None:
+    with LiveServer(create_app(backend_settings, library_factory=_stub_library)) as server:
+        http = httpx.Client(base_url=server.url, timeout=30)
+        spellings = ["PMC4101", "pmc4101", " PMC4101 ", "https://pmc.ncbi.nlm.nih.gov/articles/PMC4101/",
+                     "10.1234/ABC", "doi:10.1234/abc"]
+        created = http.post("/ingest", json={"ids": spellings}, headers={"Idempotency-Key": "spelled"})
+        assert created.status_code == 202 and created.json()["total"] == 2, created.text
+        job = http.get(created.headers["location"]).json()
+        assert [item["id"] for item in job["items"]] == ["PMC4101", "10.1234/ABC"]  # first spellings
+        retried = http.post("/ingest", json={"ids": ["pmc4101", "10.1234/abc"]},
+                            headers={"Idempotency-Key": "spelled"})
+        assert retried.status_code == 202 and retried.json()["job_id"] == created.json()["job_id"]
+        empty = http.post("/ingest", json={"ids": ["PMC4102"]}, headers={"Idempotency-Key": ""})
+        assert empty.status_code == 422 and "idempotency" in empty.text.lower(), empty.text

@@ -222,6 +222,7 @@ async def ingest(
     settings: Settings = Depends(get_settings),
     idempotency_key: str | None = Header(
         None,
+        min_length=1,  # an empty key would be one key shared by every client that sends it empty
         max_length=255,
         description="Any unique string (e.g. a UUID); a retried request with this key returns the same job.",
     ),
