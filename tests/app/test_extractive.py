@@ -81,6 +81,17 @@ def test_abstains_on_a_question_about_another_paper(library, ingested):
     assert not own.abstained and own.cited
 
 
+def test_a_lone_candidate_sentence_is_no_evidence_of_certainty(library, ingested):
+    """One passage holding one sentence: nothing to compare it with is not a wide margin (it answered an
+    unrelated question with confidence 1.0)."""
+    paper, question = ingested["ioannidis"], "What is the recipe for chocolate cake?"
+    backend = library.backend("extractive")
+    passages = library.retriever.retrieve(paper.paper_id, question, 20, "hybrid")
+    lone = next(p for p in passages if len(chunk_sentences(p.chunk)) == 1)
+    draft = backend.generate(question, [lone.model_copy(update={"rank": 1})], paper)
+    assert draft.abstained and draft.confidence is not None and draft.confidence < 0.5, draft.steps
+
+
 def test_threshold_setting_overrides_the_calibrated_default(library, embedder):
     assert ExtractiveBackend(library.settings, embedder).min_confidence == DEFAULT_MIN_CONFIDENCE
     strict = ExtractiveBackend(library.settings.model_copy(update={"min_confidence": 1.0}), embedder)

@@ -381,7 +381,9 @@ def answer_features(rows: np.ndarray, logits: np.ndarray, chosen: Sequence[int])
     column = {name: i for i, name in enumerate(FEATURES)}
     best = int(np.argmax(logits))
     ordered = np.sort(logits)[::-1]
-    margin = float(ordered[0] - ordered[1]) if len(ordered) > 1 else 5.0
+    # A lone candidate has no runner-up: that is no evidence it stands out (a wide margin made one
+    # unrelated sentence certain), so its margin is the narrowest there is.
+    margin = float(ordered[0] - ordered[1]) if len(ordered) > 1 else 0.0
     dense, lexical = float(rows[best, column["dense"]]), float(rows[best, column["lexical"]])
     return np.array(
         [
