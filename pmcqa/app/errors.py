@@ -101,6 +101,14 @@ class GenerationTimeout(ServiceError, TimeoutError):
     exit_code = 6
 
 
+class ModelServerError(ServiceError):
+    """The model server (the `openai` backend's) answered with an error or a reply that cannot be read."""
+
+    code = "model_server_error"
+    http_status = 502
+    exit_code = 7
+
+
 class JobNotFound(ServiceError):
     code = "job_not_found"
     http_status = 404

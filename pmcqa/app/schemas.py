@@ -361,6 +361,8 @@ _ERROR_TEXT = {
     413: "The request body is larger than the limit.",
     422: "Malformed paper id, empty or over-long question, or an invalid field.",
     500: "An internal error; the detail carries no trace, the server log has it (find it by request_id).",
+    502: "The model server (openai backend) answered with an error, or with a reply that is not a chat "
+    "completion; the detail names its HTTP status.",
     503: "The answer backend (or the index) is not ready, e.g. the OpenAI-compatible server is unreachable.",
     504: "Generation ran past PMCQA_GENERATION_TIMEOUT_S.",
 }

@@ -374,6 +374,22 @@ def test_stream_sends_steps_answer_deltas_then_done(client, library):
     _assert_verbatim(client, library, final)
 
 
+def test_a_stream_that_fails_after_it_opened_ends_with_an_error_event(client, library, monkeypatch):
+    """Once the 200 is sent, a failure (here: building the final answer) is the stream's last event, not a
+    connection that simply stops."""
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug while checking the answer")
+
+    monkeypatch.setattr(type(library), "answer", broken)
+    with client.stream(
+        "POST", "/ask", json={"paper_id": "PMC1182327", "question": OWN_QUESTION, "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        messages = parse_messages(response.read().decode())
+    assert messages[-1]["type"] == "error" and messages[-1]["error"] == "internal_error", messages[-1]
+
+
 def test_stream_errors_before_the_stream_opens_keep_their_status(client):
     response = client.post("/ask", json={"paper_id": "PMC424242", "question": OWN_QUESTION, "stream": True})
     assert response.status_code == 404

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import openai
 import pytest
 from fakes.openai_server import FakeOpenAIServer, ScriptedReply
 from fakes.tiny_gpt_oss import sample_paper
@@ -12,7 +11,7 @@ from fakes.tiny_gpt_oss import sample_paper
 from pmcqa.app.answering import prompts
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, Draft
 from pmcqa.app.answering.openai_backend import OpenAIBackend, split_reply
-from pmcqa.app.errors import GenerationTimeout
+from pmcqa.app.errors import GenerationTimeout, ModelServerError
 from pmcqa.core.settings import Settings
 
 QUESTION = "How do the kidney organoid protocols compare?"
@@ -128,11 +127,42 @@ def test_stream_raises_server_errors_and_timeouts(server: FakeOpenAIServer) -> N
     # The service turns exceptions from stream() into `error` events (TimeoutError → generation_timeout).
     paper, passages = sample_paper()
     server.script(*[ScriptedReply(status=500)] * 2)
-    with pytest.raises(openai.InternalServerError):
+    with pytest.raises(ModelServerError, match="answered HTTP 500: .*scripted failure"):
         list(backend_for(server).stream(QUESTION, passages, paper))
     server.script(*[ScriptedReply(content=ANSWER, delay_s=1.5)] * 2)
     with pytest.raises(GenerationTimeout):
         list(backend_for(server, generation_timeout_s=0.3).stream(QUESTION, passages, paper))
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        (ScriptedReply(status=429), "answered HTTP 429"),
+        (ScriptedReply(status=400), "answered HTTP 400"),  # e.g. a prompt over the server's context
+        (ScriptedReply(raw='{"object": "chat.completion", "choices": []}'), "not a chat completion"),
+        (ScriptedReply(raw="<html>busy</html>"), "not a chat completion"),
+        (ScriptedReply(raw='{"choices": [{"index": 0, "message": null}]}'), "not a chat completion"),
+    ],
+)
+def test_a_failed_or_unreadable_reply_is_a_model_server_error(
+    server: FakeOpenAIServer, reply: ScriptedReply, says: str
+) -> None:
+    paper, passages = sample_paper()
+    server.script(*[reply] * 2)  # the client's one retry sees the same
+    with pytest.raises(ModelServerError, match=says) as raised:
+        backend_for(server).generate(QUESTION, passages, paper)
+    assert raised.value.http_status == 502 and raised.value.code == "model_server_error"
+
+
+def test_a_stream_cut_short_is_truncated_and_unencodable_text_is_replaced(server: FakeOpenAIServer) -> None:
+    paper, passages = sample_paper()
+    server.script(ScriptedReply(content=ANSWER, reasoning=REASONING, cut_short=True))
+    events = list(backend_for(server).stream(QUESTION, passages, paper))
+    assert events[-1].data.truncated  # the server closed the stream mid-answer: not a complete answer
+    lone = '{"choices": [{"index": 0, "message": {"role": "assistant", "content": "Cut \\ud800 [1]."}, '
+    server.script(ScriptedReply(raw=lone + '"finish_reason": "stop"}]}'))
+    draft = backend_for(server).generate(QUESTION, passages, paper)
+    assert draft.answer.encode("utf-8") and "?" in draft.answer
 
 
 def test_is_ready_checks_the_model_list(server: FakeOpenAIServer) -> None:

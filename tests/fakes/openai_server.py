@@ -27,6 +27,8 @@ class ScriptedReply:
     status: int = 200
     chunk_size: int = 7  # characters per streamed delta
     chunk_delay_s: float = 0.0  # pause before each streamed chunk (a slow model)
+    raw: str | None = None  # sent verbatim as the body (with `status`): a reply that is not a completion
+    cut_short: bool = False  # a stream that ends mid-answer (no finish_reason, no [DONE])
 
 
 @dataclass
@@ -100,7 +102,9 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return
             reply = fake.replies.popleft() if fake.replies else ScriptedReply(content="(no scripted reply)")
             time.sleep(reply.delay_s)
-            if reply.status != 200:
+            if reply.raw is not None:
+                self._raw(reply.status, reply.raw.encode())
+            elif reply.status != 200:
                 self._json(reply.status, {"error": {"message": "scripted failure", "type": "server_error"}})
             elif body.get("stream"):
                 self._stream(body, reply)
@@ -108,7 +112,9 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._json(200, _completion(body, reply))
 
         def _json(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
+            self._raw(status, json.dumps(payload).encode())
+
+        def _raw(self, status: int, data: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -122,10 +128,13 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.close_connection = True
             try:
-                for chunk in _chunks(body, reply):
+                chunks = _chunks(body, reply)
+                for chunk in chunks[: len(chunks) // 2] if reply.cut_short else chunks:
                     time.sleep(reply.chunk_delay_s)
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
+                if reply.cut_short:
+                    return
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):  # the client closed the stream

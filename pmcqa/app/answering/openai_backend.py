@@ -27,7 +27,7 @@ from openai import OpenAI
 from pmcqa.app.answering import harmony
 from pmcqa.app.answering.base import BackendEvent, Draft
 from pmcqa.app.answering.postprocess import StreamAssembler, build_draft
-from pmcqa.app.errors import BackendNotReady, GenerationTimeout
+from pmcqa.app.errors import BackendNotReady, GenerationTimeout, ModelServerError
 from pmcqa.core.logs import REQUEST_ID_HEADER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import PaperRecord, Passage
@@ -47,6 +47,10 @@ def reasoning_of(message: Any) -> str:
     return ""
 
 
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _has_harmony_tags(content: str) -> bool:
     return "<|" in content or content.lstrip().startswith("analysis")
 
@@ -54,9 +58,11 @@ def _has_harmony_tags(content: str) -> bool:
 def split_reply(
     reasoning: str, content: str | None, finish_reason: str | None, *, partial: bool = False
 ) -> tuple[str, str | None, bool]:
-    """(analysis, final, truncated) of a server reply; finish_reason "length" means cut by max_tokens."""
-    content = content or ""
-    cut = finish_reason == "length"
+    """(analysis, final, truncated) of a server reply. Cut: finish_reason "length" (max_tokens), or none at
+    all once the reply is over (a stream the server closed mid-answer). Text no UTF-8 can carry (a lone
+    surrogate) becomes "?": it could be neither embedded for the claim check nor sent as JSON."""
+    reasoning, content = _encodable(reasoning), _encodable(content or "")
+    cut = finish_reason == "length" or (finish_reason is None and not partial)
     if content and _has_harmony_tags(content):
         parsed = (harmony.parse_partial if partial else harmony.parse_completion)(content)
         analysis = "\n".join(part for part in (reasoning, parsed.analysis) if part)
@@ -155,11 +161,29 @@ class OpenAIBackend:
             ) from error
         except openai.APIConnectionError as error:
             raise self._unreachable(error) from error
-        choice = response.choices[0]
-        analysis, final, truncated = split_reply(
-            reasoning_of(choice.message), choice.message.content, choice.finish_reason
-        )
+        except openai.APIStatusError as error:
+            raise self._failed(error) from error
+        except (openai.OpenAIError, ValueError) as error:  # a body that is not a chat completion's JSON
+            raise self._unreadable(error) from error
+        try:
+            choice = response.choices[0]
+            message_text, reasoning = choice.message.content, reasoning_of(choice.message)
+        except (AttributeError, IndexError, TypeError) as error:  # no choices, no message, not an object
+            raise self._unreadable(error) from error
+        if message_text is not None and not isinstance(message_text, str):
+            raise self._unreadable(TypeError(f"content is {type(message_text).__name__}"))
+        analysis, final, truncated = split_reply(reasoning, message_text, choice.finish_reason)
         return build_draft(analysis, final, passages, self.model, truncated=truncated)
+
+    def _failed(self, error: openai.APIStatusError) -> ModelServerError:
+        detail = str(getattr(error, "message", "") or error)[:300]
+        return ModelServerError(f"{self.base_url} answered HTTP {error.status_code}: {detail}")
+
+    def _unreadable(self, error: BaseException) -> ModelServerError:
+        log.warning("unusable reply from %s: %s: %s", self.base_url, type(error).__name__, error)
+        return ModelServerError(
+            f"{self.base_url} sent a reply that is not a chat completion ({type(error).__name__})"
+        )
 
     def stream(
         self,
@@ -184,11 +208,14 @@ class OpenAIBackend:
                         return  # leaving the `with` closes the connection
                     if time.monotonic() > deadline:  # the client's timeout is per read, not per answer
                         raise GenerationTimeout(self._timeout_message())
-                    if not chunk.choices:
-                        continue
-                    choice = chunk.choices[0]
-                    reasoning += reasoning_of(choice.delta)
-                    content += choice.delta.content or ""
+                    try:
+                        if not chunk.choices:
+                            continue
+                        choice = chunk.choices[0]
+                        reasoning += reasoning_of(choice.delta)
+                        content += choice.delta.content or ""
+                    except (AttributeError, TypeError) as error:  # a chunk that is not a completion delta
+                        raise self._unreadable(error) from error
                     finish = choice.finish_reason or finish
                     analysis, final, _ = split_reply(reasoning, content, None, partial=True)
                     yield from assembler.update(analysis, final)
@@ -196,6 +223,10 @@ class OpenAIBackend:
             raise GenerationTimeout(self._timeout_message()) from error
         except openai.APIConnectionError as error:
             raise self._unreachable(error) from error
+        except openai.APIStatusError as error:
+            raise self._failed(error) from error
+        except (openai.OpenAIError, ValueError) as error:
+            raise self._unreadable(error) from error
         analysis, final, truncated = split_reply(reasoning, content, finish)
         yield from assembler.update(analysis, final, finished=True)
         yield StreamAssembler.done(build_draft(analysis, final, passages, self.model, truncated=truncated))

@@ -8,6 +8,7 @@ then `done` with the whole Answer, or `error`) and which carries the request id 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -15,12 +16,14 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
-from pmcqa.app.answering.base import Answer, AnswerDone, AnswerEvent
+from pmcqa.app.answering.base import Answer, AnswerDone, AnswerEvent, ErrorEvent
 from pmcqa.app.deps import AnswerMetrics, get_library, get_metrics, require_api_key
+from pmcqa.app.errors import InternalError
 from pmcqa.app.schemas import ANSWER_EXAMPLE, AskRequest, error_responses
 from pmcqa.app.service import Library
 from pmcqa.core.logs import request_id
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["answering"], dependencies=[Depends(require_api_key)])
 
 _STREAM_DOC = (
@@ -50,7 +53,7 @@ _STREAM_SCHEMA = {
             "description": "The Answer; with `stream: true`, Server-Sent Events whose data are StreamMessage "
             "objects: steps, answer deltas, then `done` (the Answer) or `error`.",
         },
-        **error_responses(401, 404, 409, 422, 503, 504),
+        **error_responses(401, 404, 409, 422, 502, 503, 504),
     },
 )
 async def ask(
@@ -81,13 +84,19 @@ async def _sse(
 ) -> AsyncIterator[dict[str, str]]:
     try:
         while True:
-            # Each step of the sync generator runs in a worker thread; the loop never blocks on the backend.
-            event = await asyncio.to_thread(next, events, None)
-            if event is None:
+            try:
+                # Each step of the sync generator runs in a worker thread; the loop never blocks on it.
+                event = await asyncio.to_thread(next, events, None)
+                if event is None:
+                    return
+                message = event.sse(rid)
+            except Exception:  # a 200 is already sent: the stream still ends with an event saying so
+                log.exception("answer stream failed")
+                yield ErrorEvent.of(InternalError("generation failed")).sse(rid)
                 return
             if isinstance(event, AnswerDone):
                 metrics.observe(event.data)
-            yield event.sse(rid)
+            yield message
     finally:
         # Normal end, or the client disconnected (the response cancels this generator): stop generating.
         cancelled.set()
