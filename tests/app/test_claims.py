@@ -28,7 +28,13 @@ def test_numbers_units_and_names() -> None:
         ("21", "%", "21 %"),
         ("1000", "patient", "1,000 patients"),
         ("3", None, "3"),
+        ("4", "week", "4 weeks"),  # both ends of a range; the 19 of COVID-19 is a name's, not a number
         ("5", "mg/kg", "5 mg/kg"),
+    ]
+    assert quantities("stored at −80 °C, age range 19–70") == [
+        ("-80", "°c", "−80 °C"),
+        ("19", None, "19"),
+        ("70", None, "70"),
     ]
     assert names("The SARS-CoV-2 virus binds ACE2 in Wuhan. However Spo0A matters.") == [
         "SARS-CoV-2",
@@ -47,6 +53,14 @@ def test_numbers_units_and_names() -> None:
         ("1,000 samples were tested.", "1000 samples were tested", None),
         ("Cases rose in Wuhan.", "cases rose in the city", "Wuhan"),
         ("ACE2 is the receptor.", "the receptor is ace2", None),
+        ("Patients were aged 19-90.", "the age range was 19–70 years", "number 90"),  # a range's far end
+        ("Patients were aged 19-70.", "the age range was 19–70 years", None),
+        ("It took 3-6 weeks.", "recovery took 3-4 weeks", "number 6 weeks"),
+        ("Samples were kept at -80 °C.", "samples were kept at 80 °C", "number -80 °C"),  # the sign counts
+        ("Samples were kept at −80 °C.", "samples were kept at -80 °C", None),
+        ("CD4 cells fell.", "CD45 cells fell", "CD4"),  # a whole word, not part of a longer one
+        ("H1N1 spread.", "H1N10 spread", "H1N1"),
+        ("COVID-19 patients recovered.", "most COVID-19 cases recovered", None),
     ],
 )
 def test_missing_facts(claim: str, cited: str, problem: str | None) -> None:

@@ -46,7 +46,14 @@ _UNITS = (
     r"µm|μm|km|m|kda|bp|kb|iu|°c|h|hr|hrs|hours?|min|minutes?|s|sec|seconds?|days?|weeks?|months?|years?|"
     r"fold|copies|cells|patients|cases|deaths"
 )
-_NUMBER = re.compile(r"(?<![\w.-])(\d+(?:[.,]\d+)*)(?:\s*(" + _UNITS + r")(?![\w/]))?", re.IGNORECASE)
+# Both ends of a range are numbers ("19-90": a hyphen after a digit), the digits of a name are not
+# ("COVID-19", "IL-6": a hyphen after a letter); a minus sign (ASCII or U+2212) counts where it starts a word
+# ("-80 °C" is not "80 °C").
+_NUMBER = re.compile(
+    r"(?:(?<![\w.\-\u2212])([-\u2212]))?(?<![\w.])(?<![^\W\d_][-\u2212])(\d+(?:[.,]\d+)*)"
+    r"(?:\s*(" + _UNITS + r")(?![\w/]))?",
+    re.IGNORECASE,
+)
 _WORD = re.compile(r"[A-Za-z\u00C0-\u024F][\w\u00C0-\u024F-]*")
 
 
@@ -123,7 +130,11 @@ def _canonical_unit(unit: str | None) -> str | None:
 def quantities(text: str) -> list[tuple[str, str | None, str]]:
     """(number, unit or None, as written) of every number in `text`."""
     return [
-        (_canonical_number(match.group(1)), _canonical_unit(match.group(2)), match.group(0).strip())
+        (
+            ("-" if match.group(1) else "") + _canonical_number(match.group(2)),
+            _canonical_unit(match.group(3)),
+            match.group(0).strip(),
+        )
         for match in _NUMBER.finditer(text)
     ]
 
@@ -153,8 +164,10 @@ def missing_facts(claim: str, cited_text: str) -> str | None:
         if unit is not None and (number, unit) not in pairs:
             return f"{written} is not in the cited text (the number appears with another unit)"
     folded = cited_text.casefold()
+    # Where a word ends counts ("CD4" is not in "CD45", "H1N1" not in "H1N10"); a name may start after digits
+    # ("103.5X"), as `names` reads it.
     for name in names(claim):
-        if name.casefold() not in folded:
+        if not re.search(rf"(?<![^\W\d_]){re.escape(name.casefold())}(?!\w)", folded):
             return f"{name} is not in the cited text"
     return None
 
