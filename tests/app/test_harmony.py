@@ -84,6 +84,15 @@ def test_user_message_labels_excerpts_by_number_and_section() -> None:
     assert user.endswith(prompts.CITATION_INSTRUCTION)
 
 
+def test_the_papers_own_reference_markers_never_read_as_excerpt_labels() -> None:
+    paper, passages = sample_paper()
+    chunk = passages[0].chunk
+    quoted = chunk.model_copy(update={"text": "Lombardi et al. [1] found XMRV [2, 3]; others did not [4–6]."})
+    text = harmony.format_excerpts([passages[0].model_copy(update={"chunk": quoted})])
+    assert text.startswith("[1] (") and text.count("[") == 1  # the excerpt label is the only bracketed number
+    assert "Lombardi et al. (ref. 1) found XMRV (ref. 2, 3); others did not (ref. 4–6)." in text
+
+
 def test_neighbours_are_joined_in_document_order() -> None:
     paper, passages = sample_paper()
     first, second = passages

@@ -108,10 +108,21 @@ def neutralize(text: str) -> str:
     return text.replace("<|", "<" + _LOOKALIKE_BAR).replace("|>", _LOOKALIKE_BAR + ">")
 
 
+# The paper's own reference markers ("[3]", "[1, 2]", "[4–6]") read exactly like the excerpt labels the model
+# cites: a model copying the paper's wording cited excerpt 3 for the paper's reference 3.
+_PAPER_MARKER = re.compile(r"\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
+
+
+def paper_markers(text: str) -> str:
+    """`text` with the paper's bracketed reference numbers written "(ref. 3)", so that in an excerpt only the
+    excerpt labels are bracketed numbers."""
+    return _PAPER_MARKER.sub(r"(ref. \1)", text)
+
+
 def _passage_text(passage: Passage) -> str:
     # Neighbours are adjacent chunks merged in for context; keep document order so sentences read on.
     chunks: list[Chunk] = sorted([passage.chunk, *passage.neighbours], key=lambda chunk: chunk.ordinal)
-    return " ".join(" ".join(chunk.text.split()) for chunk in chunks)
+    return paper_markers(" ".join(" ".join(chunk.text.split()) for chunk in chunks))
 
 
 def _section_label(chunk: Chunk) -> str:
