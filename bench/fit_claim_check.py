@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pmcqa.app.answering import claims  # noqa: E402
+from pmcqa.app.answering import claims, harmony  # noqa: E402
 from pmcqa.core.settings import Settings  # noqa: E402
 from pmcqa.core.text import split_sentences, tokenize  # noqa: E402
 from pmcqa.index.embedding import Embedder  # noqa: E402
@@ -41,12 +41,12 @@ WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def excerpt_text(passage: Any) -> str:
-    return " ".join(chunk.text for chunk in claims.excerpt_chunks(passage))
+    return " ".join(chunk.text for chunk in harmony.excerpt_chunks(passage))
 
 
 def excerpt_sentences(passage: Any) -> list[str]:
     out = []
-    for chunk in claims.excerpt_chunks(passage):
+    for chunk in harmony.excerpt_chunks(passage):
         out.extend(chunk.text[s:e] for s, e in split_sentences(chunk.text))
     return out
 
@@ -67,7 +67,7 @@ def main() -> None:
         gold = row["answers"][0].strip()
         start, end, _ = row["gold"][0]
         holding = [
-            p for p in passages if any(c.start <= start and end <= c.end for c in claims.excerpt_chunks(p))
+            p for p in passages if any(c.start <= start and end <= c.end for c in harmony.excerpt_chunks(p))
         ]
         others = [p for p in passages if p not in holding]
         if not holding or not others or not tokenize(gold):

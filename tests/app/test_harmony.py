@@ -230,6 +230,14 @@ def test_build_draft_cites_whole_chunks_of_given_passages() -> None:
     assert not draft.abstained and not draft.truncated and draft.model == "m"
 
 
+def test_citing_an_excerpt_cites_the_neighbours_merged_into_it() -> None:
+    """The model saw the neighbour's text as part of excerpt [1]: a claim drawn from it finds it quoted."""
+    paper, (first, second) = sample_paper()
+    merged = second.model_copy(update={"neighbours": [first.chunk]})
+    draft = build_draft("1) Read [1].", "Both protocols differ [1].", [merged], "m")
+    assert [span.chunk_id for span in draft.cited] == [first.chunk.chunk_id, second.chunk.chunk_id]
+
+
 @pytest.mark.parametrize(
     "final",
     [

@@ -26,8 +26,9 @@ from typing import Protocol
 import numpy as np
 
 from pmcqa.app.answering.base import Citation, Claim, Draft
+from pmcqa.app.answering.harmony import excerpt_chunks
 from pmcqa.core.text import split_sentences, tokenize
-from pmcqa.index.models import Chunk, Passage
+from pmcqa.index.models import Passage
 
 # Wording support: SIMILARITY_WEIGHT * cosine + (1 - SIMILARITY_WEIGHT) * term overlap >= SUPPORT_THRESHOLD.
 # Tuned with bench/fit_claim_check.py on COVID-QA dev: each gold answer against the retrieved excerpt holding
@@ -184,11 +185,6 @@ def support_score(claim_vector: np.ndarray, sentence_vectors: np.ndarray, overla
     return SIMILARITY_WEIGHT * cosine + (1 - SIMILARITY_WEIGHT) * overlap
 
 
-def excerpt_chunks(passage: Passage) -> list[Chunk]:
-    """The chunks of one excerpt as the model saw it: the passage and its neighbours, in paper order."""
-    return sorted([passage.chunk, *passage.neighbours], key=lambda chunk: chunk.ordinal)
-
-
 def check_claims(
     draft: Draft, citations: Sequence[Citation], passages: Sequence[Passage], embedder: _Embedder
 ) -> list[Claim]:
@@ -212,10 +208,9 @@ def check_claims(
         for number in claim.excerpts:
             if not 1 <= number <= len(passages):
                 continue
-            passage = passages[number - 1]
-            if passage.chunk.chunk_id in position and position[passage.chunk.chunk_id] not in indexes:
-                indexes.append(position[passage.chunk.chunk_id])
-            for chunk in excerpt_chunks(passage):
+            for chunk in excerpt_chunks(passages[number - 1]):  # the excerpt's citations are its chunks
+                if chunk.chunk_id in position and position[chunk.chunk_id] not in indexes:
+                    indexes.append(position[chunk.chunk_id])
                 texts.append(chunk.text)
                 sentences.extend(chunk.text[s:e] for s, e in split_sentences(chunk.text))
         cited.append((indexes, " ".join(texts), sentences))

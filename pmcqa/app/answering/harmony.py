@@ -119,10 +119,14 @@ def paper_markers(text: str) -> str:
     return _PAPER_MARKER.sub(r"(ref. \1)", text)
 
 
+def excerpt_chunks(passage: Passage) -> list[Chunk]:
+    """The chunks of one excerpt as the model sees it: the passage and the neighbours merged in for context,
+    in paper order (so sentences read on). Citing the excerpt cites them all."""
+    return sorted([passage.chunk, *passage.neighbours], key=lambda chunk: chunk.ordinal)
+
+
 def _passage_text(passage: Passage) -> str:
-    # Neighbours are adjacent chunks merged in for context; keep document order so sentences read on.
-    chunks: list[Chunk] = sorted([passage.chunk, *passage.neighbours], key=lambda chunk: chunk.ordinal)
-    return paper_markers(" ".join(" ".join(chunk.text.split()) for chunk in chunks))
+    return paper_markers(" ".join(" ".join(chunk.text.split()) for chunk in excerpt_chunks(passage)))
 
 
 def _section_label(chunk: Chunk) -> str:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, AnswerDelta, CitedSpan, Draft, DraftDone, StepEvent
-from pmcqa.app.answering.harmony import numbered_steps, split_steps
+from pmcqa.app.answering.harmony import excerpt_chunks, numbered_steps, split_steps
 from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Passage
 
@@ -84,13 +84,14 @@ def build_draft(
         answer, truncated = (steps[-1] if steps else ""), True
     if not answer or is_abstention(answer):
         return Draft(answer=ABSTAIN_ANSWER, steps=steps, abstained=True, model=model, truncated=truncated)
-    cited = [_whole_chunk(passages[number - 1]) for number in cited_numbers(answer)]
+    # An excerpt is the passage with the neighbours merged in for context: its citations are all of them,
+    # so every claim's supporting text is in a citation's quote.
+    cited = [
+        CitedSpan(chunk_id=chunk.chunk_id, start=chunk.start, end=chunk.end)
+        for number in cited_numbers(answer)
+        for chunk in excerpt_chunks(passages[number - 1])
+    ]
     return Draft(answer=answer, steps=steps, cited=cited, model=model, truncated=truncated)
-
-
-def _whole_chunk(passage: Passage) -> CitedSpan:
-    chunk = passage.chunk
-    return CitedSpan(chunk_id=chunk.chunk_id, start=chunk.start, end=chunk.end)
 
 
 class StreamAssembler:
