@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 # What a refusal tells a client to wait (HTTP `Retry-After`) while something is still loading.
 RETRY_AFTER_S = 5
+GENERATION_THREADS = 4  # generations of one backend at a time (each waits at most generation_timeout_s)
 
 
 @dataclass
@@ -130,10 +131,10 @@ class Library:
     backends: dict[str, AnswerBackend] = field(default_factory=dict)
     backend_errors: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    # Generation runs here so a request can stop waiting after generation_timeout_s.
-    _pool: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pmcqa-gen")
-    )
+    # Generation runs in a pool per backend, so a request can stop waiting after generation_timeout_s; a
+    # backend whose timed-out generations still hold their threads (a hung model server) then cannot starve
+    # another (the extractive answers went 504 behind four hung OpenAI calls).
+    _pools: dict[str, concurrent.futures.ThreadPoolExecutor] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -163,7 +164,8 @@ class Library:
         return cls(settings, open_store(settings), None, None, _make_resolver(settings))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         if self.id_resolver is not None:
             self.id_resolver.close()
         close = getattr(self.store, "close", None)
@@ -426,12 +428,21 @@ class Library:
             timings=prepared.timings,
         )
 
+    def _pool(self, backend: str) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            pool = self._pools.get(backend)
+            if pool is None:
+                pool = self._pools[backend] = concurrent.futures.ThreadPoolExecutor(
+                    GENERATION_THREADS, thread_name_prefix=f"pmcqa-gen-{backend}"
+                )
+            return pool
+
     def ask(
         self, paper_id: str, question: str, top_k: int | None = None, backend: str | None = None
     ) -> Answer:
         prepared = self.prepare(paper_id, question, top_k, backend)
         started = time.perf_counter()
-        future = self._pool.submit(
+        future = self._pool(prepared.backend.name).submit(
             contextvars.copy_context().run,  # the request id travels with the generation
             prepared.backend.generate,
             prepared.question,
@@ -482,7 +493,7 @@ class Library:
 
         started = time.perf_counter()
         # The copied context carries the request id into the backend (logs, X-Request-ID to the server).
-        self._pool.submit(contextvars.copy_context().run, produce)
+        self._pool(prepared.backend.name).submit(contextvars.copy_context().run, produce)
         steps: list[str] = []
         while True:
             try:

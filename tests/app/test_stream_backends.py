@@ -198,3 +198,21 @@ def test_unreachable_openai_server_is_reported_as_such(make_library) -> None:
             time.sleep(0.6)
             assert http.get("/readyz").status_code == 200
             assert http.post("/ask", json=ask).status_code == 200
+
+
+def test_a_hung_model_server_never_starves_the_extractive_answers(
+    make_library, fake_server: FakeOpenAIServer
+) -> None:
+    """Timed-out generations keep their threads until the server answers; they are the openai backend's
+    own: an extractive question asked meanwhile is answered (it went 504 behind four hung calls)."""
+    library = openai_library(make_library, fake_server.base_url, generation_timeout_s=0.5)
+    fake_server.script(*[ScriptedReply(content="Late [1].", delay_s=4.0)] * 8)
+    hung = {"paper_id": "PMC2795199", "question": QUESTION, "backend": "openai"}
+    with (
+        serve_app(create_app(library.settings, library_factory=lambda _s: library)) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+        for _ in range(4):
+            assert http.post("/ask", json=hung).status_code == 504
+        extractive = http.post("/ask", json={**hung, "backend": "extractive"})
+        assert extractive.status_code == 200, extractive.text
