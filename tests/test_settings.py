@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from pmcqa.core.settings import Settings
+from pmcqa.core.settings import ConfigFileError, Settings
 from pmcqa.core.settings_doc import END, START, render_into, settings_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -50,6 +51,34 @@ def test_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.top_k == 5 and settings.answer_backend == "openai"
     monkeypatch.setenv("PMCQA_TOP_K", "7")
     assert Settings().top_k == 7  # the environment wins over the file
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "no such file"),
+        ("topk = 9\n", "unknown setting(s) topk"),  # a typo would leave the default in force
+        ("top_k = \n", "not a readable TOML file"),
+    ],
+)
+def test_a_config_file_that_would_be_ignored_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None, says: str
+) -> None:
+    config = tmp_path / "pmcqa.toml"
+    if content is not None:
+        config.write_text(content)
+    monkeypatch.setenv("PMCQA_CONFIG_FILE", str(config))
+    with pytest.raises(ConfigFileError, match=re.escape(says)) as raised:
+        Settings()
+    assert str(config) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "setting", ["ncbi_requests_per_second", "ncbi_timeout_s", "generation_timeout_s", "ncbi_backoff_s"]
+)
+def test_times_and_rates_must_be_usable(setting: str) -> None:
+    with pytest.raises(ValueError, match=setting):
+        Settings(**{setting: -1})
 
 
 def test_bad_value_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

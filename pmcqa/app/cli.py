@@ -117,6 +117,13 @@ def _group(
     """The group itself only answers --version; its commands come from `COMMANDS`."""
 
 
+def _is_library_error(exc: BaseException) -> bool:
+    store, db = sys.modules.get("pmcqa.index.store"), sys.modules.get("pmcqa.core.db")
+    return (store is not None and isinstance(exc, store.StoreError)) or (
+        db is not None and isinstance(exc, db.DatabaseError)
+    )
+
+
 def settings_errors(exc: BaseException) -> list[str] | None:
     """One line per invalid setting, named as the environment spells it (a flag or config file sets the same
     value); None when `exc` is not a settings validation error."""
@@ -124,7 +131,10 @@ def settings_errors(exc: BaseException) -> list[str] | None:
         return None
     from pydantic import ValidationError
 
-    from pmcqa.core.settings import Settings
+    from pmcqa.core.settings import ConfigFileError, Settings
+
+    if isinstance(exc, ConfigFileError):
+        return [str(exc)]
 
     if not isinstance(exc, ValidationError) or exc.title != Settings.__name__:
         return None
@@ -142,8 +152,7 @@ def main() -> None:
         typer.echo(f"pmcqa: {missing}", err=True)
         raise SystemExit(1) from None
     except Exception as exc:
-        store = sys.modules.get("pmcqa.index.store")
-        if store is not None and isinstance(exc, store.StoreError):  # a library this model cannot use
+        if _is_library_error(exc):  # a library this process cannot use: its message says why and what to do
             typer.echo(f"pmcqa: {exc}", err=True)
             raise SystemExit(1) from None
         lines = settings_errors(exc)  # a bad PMCQA_* value, config entry or flag: a usage error

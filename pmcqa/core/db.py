@@ -168,7 +168,22 @@ def retry_when_locked(operation: Callable[[], T], timeout_s: float = 30.0) -> T:
 
 
 def ensure_sqlite_schema(path: Path) -> None:
-    """Bring the SQLite file at `path` (created when absent) to `SCHEMA_REVISION`; `SchemaTooNew` if newer."""
+    """Bring the SQLite file at `path` (created when absent) to `SCHEMA_REVISION`; `SchemaTooNew` if newer,
+    `DatabaseError` naming the file when it cannot be opened (not writable, not a database)."""
+    try:
+        _ensure_sqlite_schema(path)
+    except (sqlite3.Error, PermissionError) as exc:
+        text = str(exc)
+        hint = (
+            " (PMCQA_DATA_DIR must be a writable folder: SQLite writes its -wal and -shm files beside the "
+            "database, even to read it)"
+            if isinstance(exc, PermissionError) or "readonly" in text or "unable to open" in text
+            else ""
+        )
+        raise DatabaseError(f"cannot use the library database {path}: {text}{hint}") from exc
+
+
+def _ensure_sqlite_schema(path: Path) -> None:
     where = str(path)
     if _sqlite_revision(path) == SCHEMA_REVISION:
         return
@@ -177,7 +192,7 @@ def ensure_sqlite_schema(path: Path) -> None:
         if found == SCHEMA_REVISION:
             return
         _refuse_newer(where, found)
-        _upgrade(f"sqlite:///{path.resolve()}", where, found)
+        _upgrade(path.resolve(), where, found)
 
 
 def ensure_postgres_schema(settings: Settings) -> None:
@@ -222,8 +237,9 @@ def _refuse_newer(where: str, found: str | None) -> None:
         raise SchemaTooNew(where, found)
 
 
-def _upgrade(url: str, where: str, found: str | None) -> None:
-    """Run alembic's upgrade to head on `url` (heavy imports happen here, only when a migration is due)."""
+def _upgrade(target: Path | str, where: str, found: str | None) -> None:
+    """Run alembic's upgrade to head on the SQLite file `target` or the PostgreSQL URL `target` (heavy
+    imports happen here, only when a migration is due)."""
     import sqlalchemy
     from alembic import command
     from alembic.config import Config
@@ -232,15 +248,30 @@ def _upgrade(url: str, where: str, found: str | None) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    if found is not None:
-        try:
-            ScriptDirectory.from_config(config).get_revision(found)
-        except CommandError as exc:
-            raise SchemaTooNew(where, found) from exc
-    engine_url = sqlalchemy.engine.make_url(url)
-    if engine_url.drivername.startswith("postgres"):
-        engine_url = engine_url.set(drivername="postgresql+psycopg")
-    engine = sqlalchemy.create_engine(engine_url, poolclass=sqlalchemy.pool.NullPool)
+    scripts = ScriptDirectory.from_config(config)
+
+    def refuse_unknown(revision: str | None) -> None:
+        _refuse_newer(where, revision)
+        if revision is not None:
+            try:
+                scripts.get_revision(revision)
+            except CommandError as exc:
+                raise SchemaTooNew(where, revision) from exc
+
+    refuse_unknown(found)
+    if isinstance(target, Path):
+        # Built, not parsed: a path holding "?" or "%" is a path (parsed, it opened another file).
+        url = sqlalchemy.engine.URL.create("sqlite", database=str(target))
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    else:
+        import psycopg
+
+        # psycopg connects, as the pool does: any URL it takes (several hosts, for failover) migrates too.
+        engine = sqlalchemy.create_engine(
+            "postgresql+psycopg://",
+            creator=lambda: psycopg.connect(target),
+            poolclass=sqlalchemy.pool.NullPool,
+        )
     try:
         # NullPool: closing this connection ends the session, which also releases the advisory lock.
         with engine.connect() as conn:
@@ -255,6 +286,7 @@ def _upgrade(url: str, where: str, found: str | None) -> None:
                 conn.commit()
                 if current == SCHEMA_REVISION:  # another host migrated while we waited for the lock
                     return
+                refuse_unknown(current)  # ... or a newer pmcqa did
             log.info("migrating the library database %s from %s to %s", where, found or "-", SCHEMA_REVISION)
             config.attributes["connection"] = conn
             command.upgrade(config, "head")

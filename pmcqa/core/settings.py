@@ -9,6 +9,7 @@ keeps in sync with this class.
 from __future__ import annotations
 
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,6 +24,27 @@ from pydantic_settings import (
 )
 
 AnswerBackendName = Literal["extractive", "transformers", "openai"]
+
+
+class ConfigFileError(ValueError):
+    """`PMCQA_CONFIG_FILE` names no readable TOML file, or one with a key that is no setting."""
+
+
+def check_config_file(path: Path, fields: set[str]) -> None:
+    """Refuse a config file that would be silently ignored: missing, not TOML, or with unknown keys (a typo
+    such as `topk = 9` would leave the default in force)."""
+    where = f"PMCQA_CONFIG_FILE={str(path)!r}"
+    if not path.is_file():
+        raise ConfigFileError(f"{where}: no such file")
+    try:
+        keys = set(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigFileError(f"{where}: not a readable TOML file ({exc})") from None
+    unknown = sorted(keys - fields)
+    if unknown:
+        raise ConfigFileError(
+            f"{where}: unknown setting(s) {', '.join(unknown)} (keys are the settings' names)"
+        )
 
 
 class Settings(BaseSettings):
@@ -68,12 +90,16 @@ class Settings(BaseSettings):
         description="NCBI API key (also read from `NCBI_API_KEY`); raises the rate limit from 3/s to 10/s.",
     )
     ncbi_requests_per_second: float | None = Field(
-        None, description="Override the NCBI rate limit (default 3/s without a key, 10/s with one)."
+        None, gt=0, description="Override the NCBI rate limit (default 3/s without a key, 10/s with one)."
     )
-    ncbi_timeout_s: float = Field(30.0, description="Connect/read timeout of one E-utilities request.")
-    ncbi_max_tries: int = Field(6, description="Tries per E-utilities request (429, 5xx and timeouts retry).")
-    ncbi_backoff_s: float = Field(1.0, description="First backoff delay; doubles per try, with full jitter.")
-    ncbi_backoff_max_s: float = Field(60.0, description="Cap on one backoff delay.")
+    ncbi_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout of one E-utilities request.")
+    ncbi_max_tries: int = Field(
+        6, ge=1, description="Tries per E-utilities request (429, 5xx and timeouts retry)."
+    )
+    ncbi_backoff_s: float = Field(
+        1.0, ge=0, description="First backoff delay; doubles per try, with full jitter."
+    )
+    ncbi_backoff_max_s: float = Field(60.0, ge=0, description="Cap on one backoff delay.")
     efetch_batch_size: int = Field(50, ge=1, le=200, description="PMC ids per efetch request (POST).")
     bare_digits: Literal["pmcid", "pmid"] = Field(
         "pmcid",
@@ -143,7 +169,9 @@ class Settings(BaseSettings):
     load_in_4bit: bool = Field(True, description="Quantize to 4-bit nf4 with bitsandbytes.")
     reasoning_effort: Literal["low", "medium", "high"] = Field("low", description="gpt-oss reasoning effort.")
     max_new_tokens: int = Field(768, ge=16, description="Generation budget (analysis + final).")
-    generation_timeout_s: float = Field(120.0, description="Wall-clock limit of one answer; 504 beyond it.")
+    generation_timeout_s: float = Field(
+        120.0, gt=0, description="Wall-clock limit of one answer; 504 beyond it."
+    )
     openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL.")
     openai_model: str = Field("bio-gpt-oss-20b", description="Model name on the OpenAI-compatible server.")
     openai_api_key: SecretStr = Field(SecretStr("EMPTY"), description="Key for the OpenAI-compatible server.")
@@ -262,6 +290,7 @@ class Settings(BaseSettings):
     def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
+        value = SecretStr(value.get_secret_value().strip())  # a secret file's trailing newline, say
         scheme = value.get_secret_value().split("://", 1)[0].lower()
         if scheme not in ("postgresql", "postgres"):
             raise ValueError(
@@ -289,6 +318,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
         config_file = os.environ.get("PMCQA_CONFIG_FILE")
         if config_file:
+            check_config_file(Path(config_file), set(settings_cls.model_fields))
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 

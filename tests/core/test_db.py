@@ -177,6 +177,35 @@ def test_concurrent_first_opens_of_a_postgres_database_migrate_once(
     assert _pg_query(pg, "SELECT version_num FROM alembic_version") == [(db.SCHEMA_REVISION,)]
 
 
+def test_a_multi_host_url_migrates_as_it_connects(
+    settings: Settings, scratch_postgres_database: Callable[[str], str]
+) -> None:
+    """libpq's failover form (several host:port pairs) connects; its migration ran into SQLAlchemy's URL
+    parser, which cannot read it."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
+    url = scratch_postgres_database("hosts")
+    server, database = url.rsplit("/", 1)
+    failover = _pg_settings(settings, f"{server},{server.rsplit('@', 1)[1]}/{database}")
+    db.ensure_postgres_schema(failover)
+    assert _pg_query(failover, "SELECT version_num FROM alembic_version") == [(db.SCHEMA_REVISION,)]
+
+
+def test_a_data_dir_whose_name_holds_url_characters_is_a_path(tmp_path: Path) -> None:
+    for name in ("dq?x=1", "d%41", "d#1"):
+        path = tmp_path / name / "index" / "pmcqa.sqlite3"
+        path.parent.mkdir(parents=True)
+        db.ensure_sqlite_schema(path)
+        assert _sqlite_revision(path) == db.SCHEMA_REVISION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d#1", "d%41", "dq?x=1"]  # no stray database
+
+
+def test_a_library_file_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
+    not_a_file = tmp_path / "pmcqa.sqlite3"
+    not_a_file.mkdir()  # as a folder where the database should be: SQLite cannot open it
+    with pytest.raises(db.DatabaseError, match=f"cannot use the library database {not_a_file}"):
+        db.ensure_sqlite_schema(not_a_file)
+
+
 def test_an_unreachable_database_is_a_clear_error(settings: Settings) -> None:
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
@@ -192,6 +221,8 @@ def test_database_url_must_be_postgres() -> None:
         Settings(database_url="mysql://user@host/db")
     assert Settings(database_url="").database_url is None  # empty = the embedded library
     assert Settings(database_url="postgres://u@h/db").database_url is not None
+    spaced = Settings(database_url=" postgresql://u@h/db\n").database_url  # a secret file's newline, say
+    assert spaced is not None and spaced.get_secret_value() == "postgresql://u@h/db"
     assert db.redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
 
 
