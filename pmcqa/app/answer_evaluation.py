@@ -316,6 +316,8 @@ def run_answer_evaluation(
     """
     # The /ask path accepts only real id forms: articles without a PMCID get a reserved one.
     eval_set = load_eval_set(path, name, limit, fallback_id=reserved_pmcid)
+    if backend is not None:  # the evaluated backend is this run's own, whatever a request may choose
+        settings = settings.model_copy(update={"answer_backend": backend})
     started = time.perf_counter()
     embedder = embedder or Embedder(settings)
     with ExitStack() as stack:
@@ -341,6 +343,7 @@ def run_answer_evaluation(
             if isinstance(extractive, ExtractiveBackend):
                 extractive.load_vectors(store_dir / SENTENCE_VECTORS)
         library.wait_for_backend(backend)  # e.g. a trained scorer loading in the background
+        library.backend(backend)  # one that failed to load or cannot answer stops the run, saying why
         setup = time.perf_counter() - started
         report = evaluate_answers(
             library,

@@ -25,6 +25,7 @@ Matching normalises whitespace (and case): COVID-QA answers carry stray spaces a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from pmcqa.core.ids import InvalidPaperId, parse_id
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.library import open_library
 from pmcqa.index.models import Chunk
@@ -177,21 +179,37 @@ def load_squad(
 
 
 def load_jsonl(path: Path, name: str | None = None, limit: int | None = None) -> EvalSet:
-    """Questions on papers already in the library: one ``{"paper_id", "question", "answers"}`` a line."""
+    """Questions on papers already in the library: one ``{"paper_id", "question", "answers"}`` a line.
+
+    `answers` is a list of strings (or SQuAD answer objects), or one string; `paper_id` any id form the
+    service accepts, kept canonical (``pmc123`` and ``PMC123`` are one paper). A malformed line is a
+    ValueError naming the file and line."""
     questions: list[EvalQuestion] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        item = json.loads(line)
-        answers = item.get("answers") or ([item["answer"]] if item.get("answer") else [])
-        questions.append(
-            EvalQuestion(
-                str(item.get("id", number)), item["paper_id"], item["question"], _answer_texts(answers)
-            )
-        )
+        try:
+            questions.append(_jsonl_question(json.loads(line), number))
+        except (ValueError, InvalidPaperId) as exc:
+            raise ValueError(f"{path.name} line {number}: {exc}") from None
         if limit is not None and len(questions) >= limit:
             break
     return EvalSet(name or path.stem, questions)
+
+
+def _jsonl_question(item: Any, number: int) -> EvalQuestion:
+    if not isinstance(item, dict):
+        raise ValueError(f"expected a JSON object, got {type(item).__name__}")
+    for key in ("paper_id", "question"):
+        if not isinstance(item.get(key), str) or not item[key].strip():
+            raise ValueError(f"{key!r} must be a non-empty string")
+    answers = item.get("answers", item.get("answer", []))
+    if isinstance(answers, str):  # one answer (iterated, each character would count as a gold answer)
+        answers = [answers]
+    if not isinstance(answers, list):
+        raise ValueError("'answers' must be a list of strings (or one string)")
+    paper_id = str(parse_id(item["paper_id"]))
+    return EvalQuestion(str(item.get("id", number)), paper_id, item["question"], _answer_texts(answers))
 
 
 def load_eval_set(
@@ -200,9 +218,13 @@ def load_eval_set(
     limit: int | None = None,
     fallback_id: Callable[[str, int], str] = covidqa_id,
 ) -> EvalSet:
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
         return load_jsonl(path, name, limit)
-    return load_squad(path, name, limit, fallback_id)
+    try:
+        return load_squad(path, name, limit, fallback_id)
+    except (TypeError, AttributeError, KeyError) as exc:  # JSON, but not SQuAD's {"data": [{"paragraphs"...
+        kind = type(exc).__name__
+        raise ValueError(f"not a SQuAD file ({kind}: {exc}); a question per line needs .jsonl") from None
 
 
 # --- metrics ---------------------------------------------------------------------------------------------
@@ -278,12 +300,14 @@ class EvalReport:
     modes: dict[str, ModeResult]
     setup_seconds: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # paper ids asked about that the library lacks
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "questions": self.questions,
             "papers": self.papers,
+            "missing_papers": self.missing,
             "chunks": self.chunks,
             "answer_in_a_chunk": self.in_a_chunk,
             "answer_crosses_chunks": self.questions - self.in_a_chunk,
@@ -323,6 +347,7 @@ def evaluate(
 ) -> EvalReport:
     """Rank every question's paper in each mode and score the rankings (see the module docstring)."""
     cache = _ChunkCache(retriever.store, retriever.count_tokens)
+    questions = [_stored_under(retriever.store, cache, q) for q in questions]  # a PMID or DOI names one too
     known = [q for q in questions if cache.get(q.paper_id)]
     vectors = (
         retriever.embedder.embed_queries([q.question for q in known])
@@ -348,7 +373,15 @@ def evaluate(
             result.add(None, dict.fromkeys(budgets, False))
     papers = {q.paper_id for q in known}
     chunks = sum(len(cache.get(p)) for p in papers)
-    return EvalReport(name, len(questions), len(papers), chunks, in_a_chunk, results)
+    missing = sorted({q.paper_id for q in questions} - papers)
+    return EvalReport(name, len(questions), len(papers), chunks, in_a_chunk, results, missing=missing)
+
+
+def _stored_under(store: Any, cache: _ChunkCache, question: EvalQuestion) -> EvalQuestion:
+    if cache.get(question.paper_id):
+        return question
+    paper_id = store.resolve_alias(question.paper_id)
+    return question if paper_id is None else dataclasses.replace(question, paper_id=paper_id)
 
 
 # --- building the evaluation store -----------------------------------------------------------------------

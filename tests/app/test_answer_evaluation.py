@@ -157,3 +157,27 @@ def test_eval_command_prints_the_answer_table(tmp_path: Path, monkeypatch: pytes
     assert table.exit_code == 0, table.output
     assert "selective accuracy" in table.stdout and "citations valid" in table.stdout
     assert not (tmp_path / "user").exists()
+
+
+def test_eval_refuses_what_would_waste_or_fake_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pmcqa.app.cli import cli
+    from pmcqa.core.settings import get_settings
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(SQUAD))
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path / "user"))
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    def said(result: Any) -> str:
+        return " ".join(result.output.split())  # rich wraps long lines
+
+    nowhere = runner.invoke(cli, ["eval", str(path), "--answers", "--details", str(tmp_path / "no" / "d")])
+    assert nowhere.exit_code == 2 and "no folder" in said(nowhere)  # before the run, not after it
+    alone = runner.invoke(cli, ["eval", str(path), "--details", str(tmp_path / "d.json")])
+    assert alone.exit_code == 2 and "--details needs --answers" in said(alone)
+    # A backend that cannot answer stops the run (it scored every question 0 and exited 0).
+    monkeypatch.setenv("PMCQA_OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    get_settings.cache_clear()
+    down = runner.invoke(cli, ["eval", str(path), "--answers", "--limit", "1", "--backend", "openai"])
+    assert down.exit_code == 5 and "not ready" in said(down), down.output

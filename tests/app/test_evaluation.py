@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,39 @@ def test_load_jsonl(tmp_path: Path) -> None:
     eval_set = load_eval_set(path)
     assert [(q.paper_id, q.answers) for q in eval_set.questions] == [("PMC1", ["x", "y"]), ("PMC2", ["z"])]
     assert eval_set.papers == []
+
+
+def test_jsonl_ids_are_canonical_and_answers_a_list(tmp_path: Path) -> None:
+    path = tmp_path / "q.JSONL"  # any case of the suffix
+    path.write_text(json.dumps({"paper_id": "pmc1790863", "question": "a?", "answers": "zebrafish liver"}))
+    (question,) = load_eval_set(path).questions
+    assert question.paper_id == "PMC1790863"  # one paper, however spelled
+    assert question.answers == ["zebrafish liver"]  # one answer, not one per character
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('["PMC1", "q"]', "line 2: expected a JSON object"),
+        ('{"paper_id": "PMC1"}', "line 2: 'question' must be a non-empty string"),
+        ('{"paper_id": "PMC1", "question": "q", "answers": 3}', "line 2: 'answers' must be a list"),
+        ('{"paper_id": "banana!", "question": "q"}', "line 2: not a paper id"),
+        ('{"paper_id": "PMC1", "question": "q"', "line 2: Expecting"),
+    ],
+)
+def test_a_malformed_jsonl_line_names_the_line(tmp_path: Path, line: str, says: str) -> None:
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"paper_id": "PMC1", "question": "ok?"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"q.jsonl {says}")):
+        load_eval_set(path)
+
+
+@pytest.mark.parametrize("content", ["[]", '{"data": null}', '{"data": [{"no": "paragraphs"}]}'])
+def test_json_that_is_not_squad_is_a_value_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "q.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="not a SQuAD file"):
+        load_eval_set(path)
 
 
 def chunk(cid: str, text: str) -> Chunk:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pmcqa.app.answer_evaluation import answer_table, reliability_table, run_answer_evaluation
+from pmcqa.app.errors import ServiceError
 from pmcqa.app.evaluation import report_table, run_evaluation
 from pmcqa.core.settings import AnswerBackendName, Settings, get_settings
 from pmcqa.index.retrieval import MODES
@@ -69,6 +70,10 @@ def eval_command(
         err.print(f"[bold red]error:[/] no such file: {escape(str(file))}")
         raise typer.Exit(USAGE_ERROR)
     chosen = parse_modes(modes)
+    problem = _unusable_paths(answers, details, store_dir)
+    if problem:
+        err.print(f"[bold red]error:[/] {escape(problem)}")
+        raise typer.Exit(USAGE_ERROR)
     settings = get_settings()
     try:
         if answers:
@@ -87,6 +92,13 @@ def eval_command(
     except (ValueError, KeyError) as exc:  # malformed input file
         err.print(f"[bold red]error:[/] cannot evaluate {escape(str(file))}: {escape(str(exc))}")
         raise typer.Exit(USAGE_ERROR) from None
+    except ServiceError as exc:  # the backend cannot answer (not allowed, failed to load, not ready)
+        err.print(f"[bold red]error:[/] {escape(exc.detail)}")
+        raise typer.Exit(exc.exit_code) from None
+    if report.missing:
+        shown = ", ".join(report.missing[:10]) + (" ..." if len(report.missing) > 10 else "")
+        count = len(report.missing)
+        err.print(f"[yellow]warning:[/] {count} paper(s) not in the library (misses): {escape(shown)}")
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
@@ -118,12 +130,28 @@ def _answers(
     report = run_answer_evaluation(
         file, settings, name=name, backend=backend, limit=limit, store_dir=store_dir, progress=progress
     )
-    if details is not None:
-        details.write_text(json.dumps(report.as_dict(details=True), indent=1) + "\n", encoding="utf-8")
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
-        return
-    console = Console()
-    console.print(answer_table(report))
-    if report.calibration()["reliability"]:
-        console.print(reliability_table(report))
+    else:
+        console = Console()
+        console.print(answer_table(report))
+        if report.calibration()["reliability"]:
+            console.print(reliability_table(report))
+    if details is not None:  # after the report: a run is never lost to where its details go
+        try:
+            details.write_text(json.dumps(report.as_dict(details=True), indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            where = escape(str(details))
+            err.print(f"[bold red]error:[/] cannot write --details {where}: {escape(str(exc))}")
+            raise typer.Exit(USAGE_ERROR) from None
+
+
+def _unusable_paths(answers: bool, details: Path | None, store_dir: Path | None) -> str | None:
+    """Why --details / --store-dir cannot be used, checked before a long run; None when they can."""
+    if details is not None and not answers:
+        return "--details needs --answers (it holds every question's answers)"
+    if details is not None and not details.parent.is_dir():
+        return f"--details {details}: no folder {details.parent}"
+    if store_dir is not None and store_dir.exists() and not store_dir.is_dir():
+        return f"--store-dir {store_dir} is a file, not a folder"
+    return None
