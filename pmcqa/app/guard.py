@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import CollectorRegistry, Counter
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -54,9 +55,18 @@ def is_public(path: str, settings: Settings) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.app = app
         self.settings = settings
+        # The guard answers before the request reaches the HTTP metrics (they sit inside it): its refusals
+        # are counted here, so a scraper sees a client failing auth or sending oversized bodies.
+        self.refused = Counter(
+            "pmcqa_requests_refused",
+            "Requests refused before routing, by reason (unauthorized: no or a wrong API key; "
+            "payload_too_large: a declared body over its limit).",
+            ["reason"],
+            registry=registry if registry is not None else CollectorRegistry(),  # never the global one
+        )
 
     def body_limit(self, method: str, path: str) -> int:
         if method == "POST" and path.rstrip("/") == UPLOAD_PATH:
@@ -71,12 +81,14 @@ class RequestGuard:
         if self.settings.api_keys and not is_public(scope["path"], self.settings):
             problem = auth_problem(headers.get("authorization"), self.settings.api_keys)
             if problem is not None:
+                self.refused.labels("unauthorized").inc()
                 await _reply(scope, receive, send, 401, "unauthorized", problem, BEARER_CHALLENGE)
                 return
         limit = self.body_limit(scope["method"], scope["path"])
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             detail = f"the body is {declared} bytes; the limit is {limit}"
+            self.refused.labels(PayloadTooLarge.code).inc()
             await _reply(scope, receive, send, 413, PayloadTooLarge.code, detail)
             return
 

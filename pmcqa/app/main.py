@@ -183,7 +183,7 @@ def create_app(
     install_openapi(api, settings)
     # Outermost last: slashes are stripped before the request id middleware sees the route, and the request
     # has its id before the guard (key check and body cap, before any body is read) may refuse it.
-    api.add_middleware(RequestGuard, settings=settings)
+    api.add_middleware(RequestGuard, settings=settings, registry=registry)
     api.add_middleware(RequestIdMiddleware)
     api.add_middleware(TrailingSlashMiddleware)
     return api

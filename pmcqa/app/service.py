@@ -363,8 +363,8 @@ class Library:
             raise InvalidInput("start and context must not be negative")
         if start > chars:
             raise InvalidInput(f"start={start} is past the end of the text ({chars} characters)")
-        if end is None:
-            end = min(chars, start + MAX_TEXT_WINDOW)
+        if end is None:  # as far as one window reaches with its context
+            end = min(chars, start + max(0, MAX_TEXT_WINDOW - min(context, start) - context))
         if end < start:
             raise InvalidInput(f"end={end} is before start={start}")
         end = min(end, chars)

@@ -234,6 +234,17 @@ def test_text_endpoint_shows_a_citation_in_context(live_server, library):
         assert http.get("/papers/PMC2795199/text", params={"start": -1}).status_code == 422
 
 
+def test_a_text_window_without_end_leaves_room_for_its_context(library, monkeypatch):
+    """The default end is as far as one window reaches *with* its context (it overshot the limit by the
+    context, so `start` with `context` alone was a 422 on any paper longer than one window)."""
+    import pmcqa.app.service as service
+
+    monkeypatch.setattr(service, "MAX_TEXT_WINDOW", 1000)  # a paper longer than one window
+    window = library.text("PMC2795199", start=100, context=10)
+    assert window.context_end - window.context_start == 1000 and window.context_start == 90
+    assert window.end == 100 + 1000 - 20
+
+
 # --- auth matrix ------------------------------------------------------------------------------------------
 
 KEY = {"Authorization": "Bearer k-one"}
@@ -270,7 +281,10 @@ def test_auth_matrix(library, docs_access):
 def test_metrics_on_the_api_port_need_the_key_and_count_the_library(library):
     with serve_app(app_for(library, api_keys=["k-one"])) as url, httpx.Client(base_url=url) as http:
         assert _status(http, "/metrics") == 401
+        assert _status(http, "/papers") == 401
         text = http.get("/metrics", headers=KEY).text
+    # Refused before routing, so not in the HTTP metrics: counted by the guard itself.
+    assert 'pmcqa_requests_refused_total{reason="unauthorized"} 2.0' in text
     papers = float(re.search(r"^pmcqa_library_papers (\S+)$", text, re.M).group(1))
     chunks = float(re.search(r"^pmcqa_library_chunks (\S+)$", text, re.M).group(1))
     last = float(re.search(r"^pmcqa_library_last_ingest_timestamp_seconds (\S+)$", text, re.M).group(1))

@@ -89,6 +89,15 @@ def test_jobs_accepts_a_unique_prefix_and_prints_ids_whole(tmp_path, monkeypatch
     assert everything.exit_code == 2  # the empty prefix is no job id
 
 
+def test_a_job_whose_ids_look_like_markup_prints(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    store = JobStore.for_settings(type("S", (), {"data_dir": tmp_path})())
+    job = store.create(["doi:10.1000/x[/y]", "PMC[bold]1"])  # as any API client may post them
+    table = runner.invoke(cli, ["jobs", job.job_id])
+    assert table.exit_code == 0, table.output  # it was a MarkupError traceback
+    assert "doi:10.1000/x[/y]" in table.stdout and "PMC[bold]1" in table.stdout
+
+
 def test_ambiguous_job_prefix_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "300")  # the error box on one line

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from pmcqa.app.commands.output import add_id_column, print_table
 from pmcqa.core.settings import Settings
@@ -95,6 +96,7 @@ def print_job_table(job: Job, console: Console) -> None:
         table.add_column(column)
     for item in items:
         detail = item.title if item.status == Status.INGESTED else (item.reason or "")
-        table.add_row(item.id, item.paper_id or "", item.status, str(item.chunks or ""), (detail or "")[:70])
+        cells = (item.id, item.paper_id or "", item.status, str(item.chunks or ""), (detail or "")[:70])
+        table.add_row(*(Text(cell) for cell in cells))  # ids and reasons are data, never rich markup
     print_table(table, console)
     console.print(", ".join(f"{status}: {count}" for status, count in sorted(job.counts.items())))

@@ -55,7 +55,10 @@ async def paper_text(
     paper_id: str,
     start: int = Query(0, ge=0, description="Start of the span (a citation's `start`)."),
     end: int | None = Query(
-        None, ge=0, description=f"End of the span, exclusive (default: start + {MAX_TEXT_WINDOW}, clipped)."
+        None,
+        ge=0,
+        description=f"End of the span, exclusive (default: as far as one {MAX_TEXT_WINDOW}-character window "
+        "reaches with its context, clipped to the text).",
     ),
     context: int = Query(0, ge=0, le=MAX_TEXT_WINDOW, description="Characters added on either side."),
     library: Library = Depends(get_library),
