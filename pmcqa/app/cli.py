@@ -127,16 +127,14 @@ def _is_library_error(exc: BaseException) -> bool:
 def settings_errors(exc: BaseException) -> list[str] | None:
     """One line per invalid setting, named as the environment spells it (a flag or config file sets the same
     value); None when `exc` is not a settings validation error."""
-    if "pydantic" not in sys.modules:  # never imported: cannot be one (and `--help` stays light)
+    settings = sys.modules.get("pmcqa.core.settings")
+    if settings is None:  # never imported: cannot be one (and `--help` stays light)
         return None
-    from pydantic import ValidationError
-
-    from pmcqa.core.settings import ConfigFileError, Settings
-
-    if isinstance(exc, ConfigFileError):
+    if isinstance(exc, settings.ConfigFileError):
         return [str(exc)]
+    from pydantic import ValidationError  # loaded with the settings module
 
-    if not isinstance(exc, ValidationError) or exc.title != Settings.__name__:
+    if not isinstance(exc, ValidationError) or exc.title != settings.Settings.__name__:
         return None
     lines = []
     for error in exc.errors():
