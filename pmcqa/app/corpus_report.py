@@ -239,6 +239,10 @@ def report(folder: Path, console: Console | None = None) -> int:
         Console(stderr=True).print(f"error: not a folder: {folder}", markup=False, highlight=False)
         return 2
     files = corpus_files(folder)
+    if not files:
+        message = f"error: no JATS files ({', '.join(sorted(SUFFIXES))}) in {folder}"
+        Console(stderr=True).print(message, markup=False, highlight=False)
+        return 2
     console.print(render(corpus_report(files), f"JATS corpus report: {folder} ({len(files)} files)"))
     if not pubmed_parser_installed():
         console.print(PUBMED_PARSER_MISSING, markup=False, highlight=False)

@@ -83,6 +83,9 @@ def test_pmcqa_report_command_prints_the_table(corpus: Path) -> None:
 
     missing = CliRunner().invoke(cli, ["report", str(corpus / "nope")])
     assert missing.exit_code == 2 and "not a folder" in missing.stderr
+    (corpus / "empty").mkdir()
+    empty = CliRunner().invoke(cli, ["report", str(corpus / "empty")])  # a table of zeros was no report
+    assert empty.exit_code == 2 and "no JATS files" in empty.stderr
 
 
 def test_without_pubmed_parser_the_report_names_the_extra(

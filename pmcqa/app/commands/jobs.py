@@ -18,6 +18,7 @@ from pmcqa.app.commands.output import add_id_column, print_table
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
 from pmcqa.ingest.jobs import AmbiguousJobId, Job, JobStore
+from pmcqa.ingest.worker import live_workers
 
 
 def register(cli: typer.Typer) -> None:
@@ -56,6 +57,12 @@ def jobs(
         raise typer.BadParameter(str(exc), param_hint="JOB_ID") from None
     if found is None:
         raise typer.BadParameter(f"no job {job_id}", param_hint="JOB_ID")
+    if wait and not found.finished and not live_workers(settings, store):
+        # Nothing would ever move it: say so rather than show a bar that never advances.
+        console.print(
+            f"[yellow]warning:[/] no worker serves this queue: start one (`pmcqa worker`) to run job "
+            f"{found.job_id}; waiting for one"
+        )
     job = follow_job(settings, found.job_id, console) if wait else found
     if as_json:
         typer.echo(json.dumps(job.model_dump(mode="json"), indent=2))
