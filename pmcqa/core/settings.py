@@ -283,6 +283,9 @@ class Settings(BaseSettings):
         60.0, gt=0, description="A worker's lease on a batch; a batch whose lease lapses is re-run."
     )
     job_max_ids: int = Field(1000, ge=1, description="Most ids one POST /ingest job accepts.")
+    job_retention_days: float = Field(
+        30.0, ge=0, description="Workers delete finished jobs not updated for this long (0: keep them all)."
+    )
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest JATS body POST /papers accepts.")
 
     @field_validator("database_url")

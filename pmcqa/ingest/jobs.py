@@ -374,6 +374,17 @@ class JobStore:
             ids = [r[0] for r in conn.execute("select id from jobs order by created desc limit ?", (limit,))]
         return [job for job in (self.get(job_id, items=False) for job_id in ids) if job is not None]
 
+    def prune(self, older_than_s: float) -> int:
+        """Delete finished jobs (done, failed) last updated more than `older_than_s` ago, with their items
+        and batches (and so their idempotency keys): the tables would otherwise grow with every job ever run.
+        Returns how many jobs went."""
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "delete from jobs where state in ('done', 'failed') and updated < ?",
+                (time.time() - older_than_s,),
+            )
+            return int(cursor.rowcount or 0)
+
     # --- the worker's side -------------------------------------------------------------------------------
     def claim(
         self,

@@ -403,12 +403,21 @@ def queue_id(settings: Settings) -> str:
     return f"postgres:{settings.queue_name}" if postgres_url(settings) else f"sqlite:{settings.queue_name}"
 
 
+PRUNE_EVERY_S = 600.0  # how often a worker deletes jobs past their retention (job_retention_days)
+
+
 def _recovery_loop(runtime: WorkerRuntime, stop: threading.Event, name: str) -> None:
     queue = queue_id(runtime.settings)
+    pruned_at = 0.0
     while True:
         try:
             runtime.jobs.worker_seen(name, queue)
             requeue_stale(runtime.settings, runtime.jobs)
+            retention_s = runtime.settings.job_retention_days * 86_400
+            if retention_s > 0 and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                if pruned := runtime.jobs.prune(retention_s):
+                    log.info("deleted %d finished job(s) older than %g days", pruned, retention_s / 86_400)
         except Exception:  # a locked database or a Redis blip must not kill the loop
             log.exception("stale-batch scan failed")
         if stop.wait(recovery_interval(runtime.settings)):

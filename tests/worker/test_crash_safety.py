@@ -159,6 +159,18 @@ def test_a_worker_started_while_redis_is_down_waits_for_it(tmp_path: Path, worke
     assert worker.poll() is None, procs.logs()
 
 
+def test_finished_jobs_past_their_retention_are_pruned(job_store: JobStore) -> None:
+    jobs = job_store
+    old, running = jobs.create(["PMC1"], batch_size=1), jobs.create(["PMC2"], batch_size=1)
+    jobs.claim(old.job_id, 0, "w", lease_s=60)
+    jobs.record(old.job_id, "PMC1", "ingested")
+    jobs.finish(old.job_id, 0, "w")
+    time.sleep(0.05)
+    assert jobs.prune(older_than_s=60) == 0  # finished, but recently
+    assert jobs.prune(older_than_s=0.01) == 1  # finished long enough ago: gone, with its items
+    assert jobs.get(old.job_id) is None and jobs.get(running.job_id) is not None  # unfinished ones stay
+
+
 def test_poison_batch_gives_up(job_store: JobStore) -> None:
     jobs = job_store
     job = jobs.create(["PMC1"], batch_size=1)
