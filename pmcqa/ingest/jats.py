@@ -26,7 +26,10 @@ Parsing rules (also in the README):
   ["Abstract (<abstract-type>)"] for the others; trans-abstracts are kept too.
 - Back matter (ack, notes, fn-group, app-group/app, glossary, back/sec): paragraph-like text becomes kind
   "back" under its title (or "Acknowledgements", "Notes", "Footnotes", ...); the ref-list becomes
-  `Paper.references`, not text. floats-group content gets part "floats".
+  `Paper.references`, not text. floats-group content gets part "floats". The front matter's author notes
+  (competing interests, contributions, correspondence; under "Author notes" and the note's kind) and funding
+  statements ("Funding") are kind "back", part "front": PLOS keeps there what eLife puts in <back>.
+- An image-only table (no <table>) is a caption block with its table-wrap-foot lines.
 - Sub-articles (decision letters, author responses, peer reviews) are kept apart: kind and part
   "sub-article", `sub_article` set, section_path starting with the sub-article title.
 - Restricted (publisher comment) or body-less articles: `full_text=False`, title/abstract blocks kept.
@@ -102,6 +105,7 @@ _SEPARATED = frozenset(
         "td", "th", "tr", "row", "entry", "break", "sec", "fn", "disp-quote", "table-wrap-foot", "attrib",
         "disp-formula", "boxed-text", "fig", "table-wrap", "statement", "speech", "speaker", "verse-line",
         "fn-group",
+        "mspace", "mtr", "mtd",  # MathML: a space, a table row, a cell (or pseudo-code glues into one word)
     }
 )  # fmt: skip
 # Block-level elements that may sit inside <p>: they are split out into their own blocks.
@@ -1386,8 +1390,9 @@ def _tables(wrap: etree._Element) -> list[etree._Element]:
 def _walk_table(wrap: etree._Element, ctx: _Ctx, out: _Out) -> None:
     label, caption = _caption_text(wrap)
     tables = _tables(wrap)
-    if not tables:  # an image-only table: all we have is its caption
-        out.emit(ctx, "caption", caption, label=label, xml_id=wrap.get("id"))
+    if not tables:  # an image-only table: its caption and footnotes are all the text there is
+        text = _joined([caption, *_table_footer(wrap)], "\n")
+        out.emit(ctx, "caption", text, label=label, xml_id=wrap.get("id"))
         return
     lines = [caption]
     for table in tables:
@@ -1586,6 +1591,40 @@ def _abstract_blocks(meta: etree._Element | None, out: _Out) -> None:
         _walk(abstract, ctx, out)
 
 
+# What an author note says, by its `fn-type`: the heading its block is filed under.
+_AUTHOR_NOTE_HEADINGS = {
+    "conflict": "Competing interests",
+    "coi-statement": "Competing interests",
+    "con": "Author contributions",
+    "financial-disclosure": "Funding",
+    "supported-by": "Funding",
+    "present-address": "Current address",
+    "current-aff": "Current address",
+    "equal": "Equal contribution",
+    "deceased": "Deceased",
+    "corresp": "Correspondence",
+}
+
+
+def _front_note_blocks(meta: etree._Element | None, out: _Out) -> None:
+    """Author notes (competing interests, contributions, correspondence) and the funding statement: many
+    publishers (PLOS) keep them in the front matter, others (eLife) in <back>, which is walked anyway."""
+    if meta is None:
+        return
+    ctx = _Ctx(path=("Author notes",), part="front", para_kind="back")
+    for notes in _children(meta, "author-notes"):
+        for note in _children(notes, "fn", "corresp", "p"):
+            kind = "corresp" if local(note) == "corresp" else note.get("fn-type") or ""
+            inner = ctx.deeper(_AUTHOR_NOTE_HEADINGS.get(kind, ""))
+            if local(note) == "fn":
+                _walk(note, inner, out)  # its paragraphs
+            else:
+                out.emit(inner, "back", _text_and_refs(note), xml_id=note.get("id"))
+    funding = replace(ctx, path=("Funding",))
+    for statement in _descendants(meta, "funding-statement"):
+        out.emit(funding, "back", _text_and_refs(statement), xml_id=statement.get("id"))
+
+
 def _sub_article_blocks(article: etree._Element, out: _Out, prefix: tuple[str, ...] = ()) -> None:
     """Decision letters, author responses, reviews: apart from the paper's own claims, tagged as such."""
     for sub in _children(article, "sub-article", "response"):
@@ -1625,6 +1664,7 @@ def parse_article(article: etree._Element) -> Paper:
     out = _Out()
     out.emit(_Ctx(part="front"), "title", _article_title(meta), xml_id=None)
     _abstract_blocks(meta, out)
+    _front_note_blocks(meta, out)
     sections: list[Section] = []
     body = _child(article, "body")
     n_before_body = len(out.blocks)

@@ -485,9 +485,14 @@ def test_restricted_efetch_reply() -> None:
     )
     assert paper.pmcid == "PMC2647976"
     assert paper.restricted and not paper.full_text
-    assert [(b.kind, b.text) for b in paper.blocks][1:] == [
-        ("abstract", "Abstract Text.")
-    ]  # still answerable
+    assert [(b.kind, b.text) for b in paper.blocks][1:] == [  # still answerable
+        ("abstract", "Abstract Text."),
+        (  # the front matter's author notes are kept too
+            "back",
+            "²To whom correspondence may be addressed. E-mail: wade.winkler@utsouthwestern.edu or "
+            "danielle.a.garsin@uth.tmc.edu",
+        ),
+    ]
 
 
 def test_restricted_comment_alone_marks_not_full_text() -> None:
@@ -918,3 +923,25 @@ def test_real_citation_mentions_point_at_their_xrefs() -> None:
             checked += 1
         assert {rid for _, rid in block.ref_mentions} <= set(block.ref_ids)
     assert checked > 50
+
+
+def test_real_front_matter_author_notes_and_funding_are_kept() -> None:
+    # PLOS keeps competing interests, contributions and funding in the front matter (eLife in <back>): they
+    # were dropped, so "who funded this?" had no answer in a PLOS paper.
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pmed.1001300.xml")
+    notes = {tuple(b.section_path): b for b in paper.blocks if b.part == "front" and b.kind == "back"}
+    assert "JR is a Consultant for bioMérieux" in notes[("Author notes", "Competing interests")].text
+    assert notes[("Author notes", "Author contributions")].text.startswith("Performed the experiments")
+    assert notes[("Funding",)].text.startswith("Partial funding for the assembly of individual patient data")
+    assert paper.full_text  # front notes are not body text
+
+
+def test_real_image_only_table_keeps_its_footnotes() -> None:
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pbio.0020334.xml")
+    table = next(b for b in paper.blocks if b.xml_id == "pbio-0020334-t001")
+    assert table.kind == "caption" and "Vulval induction was scored using Nomarski optics" in table.text
+
+
+def test_real_mathml_spaces_and_rows_do_not_glue_words() -> None:
+    paper = parse_shared("jats/elife-tools/elife-14093-v1.xml")
+    assert "Begin t←0 Generate the first primordium randomly on the periphery" in paper.canonical_text
