@@ -40,6 +40,8 @@ from pmcqa.app.middleware import RequestIdMiddleware, TrailingSlashMiddleware
 from pmcqa.app.openapi import install_openapi
 from pmcqa.app.routes import ask, health, jobs, papers, search
 from pmcqa.app.schemas import error_responses
+from pmcqa.app.service import RETRY_AFTER_S
+from pmcqa.core.db import DatabaseUnavailable, postgres_url
 from pmcqa.core.extras import MissingExtra
 from pmcqa.core.logs import REQUEST_ID_HEADER, request_id
 from pmcqa.core.settings import Settings, get_settings
@@ -108,6 +110,20 @@ def install_error_handlers(api: FastAPI) -> None:
             return error(InvalidInput.http_status, InvalidInput.code, f"the body is {problem}")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    async def database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The library's database went away (restart, network): a temporary refusal, not our bug.
+        log.error("database unavailable: %s: %s", type(exc).__name__, exc)
+        detail = f"the library's database is unavailable ({type(exc).__name__}); retry shortly"
+        return error(503, "database_unavailable", detail, {"Retry-After": str(RETRY_AFTER_S)})
+
+    api.add_exception_handler(DatabaseUnavailable, database_down)
+    if postgres_url(api.state.settings) is not None:  # psycopg is only there with a PostgreSQL library
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        api.add_exception_handler(psycopg.OperationalError, database_down)
+        api.add_exception_handler(PoolTimeout, database_down)
 
     # Any other exception is answered by `RequestGuard` (a handler for `Exception` here would run in
     # Starlette's outermost middleware, which re-raises to uvicorn, which then drops the connection).

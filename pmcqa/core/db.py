@@ -107,7 +107,9 @@ def connection_pool(settings: Settings) -> ConnectionPool[Any]:
         try:  # one plain connection first: the pool would only say "timed out", this says why
             psycopg.connect(url, connect_timeout=max(1, round(settings.database_connect_timeout_s))).close()
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            # All of psycopg's lines: the last is often only a hint ("Is the server running ..."), the cause
+            # ("Connection refused") is before it.
+            reason = " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
             raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL at {redact(url)}: {reason} (check PMCQA_DATABASE_URL)"
             ) from exc
@@ -118,6 +120,10 @@ def connection_pool(settings: Settings) -> ConnectionPool[Any]:
             kwargs={"autocommit": True},
             open=False,
             name=f"pmcqa-{os.getpid()}",
+            # A call waits this long for a connection during an outage (psycopg_pool's default is 30 s),
+            # and a connection the server dropped (a restart) is replaced, not handed to one request to fail.
+            timeout=settings.database_connect_timeout_s,
+            check=ConnectionPool.check_connection,
         )
         try:
             pool.open(wait=True, timeout=settings.database_connect_timeout_s)

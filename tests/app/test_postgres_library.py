@@ -73,3 +73,34 @@ def test_the_api_answers_lists_searches_and_deletes_on_postgres(pg_client, inges
     assert client.get("/papers/PMC2795199").status_code == 404
     again = client.post("/search", json={"query": "retrovirus in chronic fatigue syndrome", "k": 2})
     assert all(hit["paper_id"] != "PMC2795199" for hit in again.json()["passages"])
+
+
+def _terminate_backends(url: str) -> None:
+    import psycopg
+
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+
+
+def test_a_database_restart_costs_no_request_and_an_outage_is_a_503(pg_client, monkeypatch) -> None:
+    client, library = pg_client
+    assert client.get("/papers").status_code == 200
+    url = library.settings.database_url.get_secret_value()
+    _terminate_backends(url)  # what a server restart does to the pool's connections
+    for _ in range(3):  # each dropped connection is replaced, not handed to a request to fail (a 500 each)
+        assert client.get("/papers").status_code == 200
+
+    import psycopg
+
+    def down(*_args: object, **_kwargs: object) -> None:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(type(library.store), "list_papers", down)  # the database is gone mid-request
+    refused = client.get("/papers")
+    assert refused.status_code == 503 and refused.json()["error"] == "database_unavailable", refused.text
+    assert refused.headers["Retry-After"]
