@@ -392,10 +392,14 @@ class StoreBase:
         # A handful of papers: exact search over their own vectors, independent of the library size.
         hits: list[tuple[Chunk, float]] = []
         for paper_id in dict.fromkeys(paper_ids):
-            _, matrix = self.get_vectors(paper_id)
+            chunk_ids, matrix = self.get_vectors(paper_id)
             if len(matrix):
-                chunks = self.get_chunks(paper_id)
-                hits.extend(zip(chunks, (matrix @ query).tolist(), strict=True))
+                # Two reads: a re-store committing between them changes the chunks. Ids are content hashes
+                # (chunking.chunk_id), so pairing by id keeps each score with its own text, and a chunk of the
+                # other version is left out (zipping by position mixed versions, or failed on their lengths).
+                by_id = {chunk.chunk_id: chunk for chunk in self.get_chunks(paper_id)}
+                scores = (matrix @ query).tolist()
+                hits.extend((by_id[cid], s) for cid, s in zip(chunk_ids, scores, strict=True) if cid in by_id)
         hits.sort(key=lambda hit: -hit[1])
         return hits[:k]
 

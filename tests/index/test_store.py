@@ -336,6 +336,29 @@ def test_a_faiss_file_of_another_database_state_is_never_used(
     assert _own_chunk_found(fresh, "PMC9") and fresh.count_chunks() == 4
 
 
+def test_a_paper_search_racing_a_restore_pairs_scores_with_their_own_text(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store()
+    store.put_paper(*paper("PMC1", texts("PMC1", 4)), fake)
+    other_version = [f"revised {text}" for text in texts("PMC1", 3)]  # another text, fewer chunks
+    read_vectors = store.get_vectors
+
+    def vectors_then_a_restore(paper_id: str) -> Any:
+        found = read_vectors(paper_id)
+        store.put_paper(*paper("PMC1", other_version), fake)  # commits between the two reads
+        return found
+
+    store.get_vectors = vectors_then_a_restore  # type: ignore[method-assign]
+    query = fake.vector(texts("PMC1", 4)[2])
+    hits = store.search_library(query, k=10, paper_ids=["PMC1"])
+    for chunk, score in hits:  # each score is its chunk's own (versions were zipped together)
+        assert score == pytest.approx(float(fake.vector(chunk.text) @ query), abs=1e-5)
+
+
 def test_reader_sees_writer_without_restart(
     open_sqlite_store: OpenSqliteStore,
     fake: FakeEmbedder,
