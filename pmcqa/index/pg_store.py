@@ -51,6 +51,7 @@ from pmcqa.index.store import (
     EmbeddingInfo,
     IngestStatus,
     PreparedPaper,
+    ReindexUnfinished,
     StoreBase,
     check_same_model,
     content_hash,
@@ -238,6 +239,11 @@ class PostgresStore(StoreBase):
         ).fetchall()
         if recorded and self.pgvector:
             self._ensure_vector_index(conn, encoder.dimension)
+        # A reindex may have begun while this writer embedded (it checked the model before): refuse, rather
+        # than commit vectors of the model being replaced.
+        target = self._meta("reindex_target", conn)
+        if target is not None:
+            raise ReindexUnfinished(target)
         check_same_model(self._embedding_info(conn), encoder)
 
     @staticmethod

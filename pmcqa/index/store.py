@@ -530,7 +530,11 @@ class Store(StoreBase):
         )
 
     def _claim_model(self, conn: sqlite3.Connection, encoder: DocumentEncoder) -> None:
-        """Inside a write: record `encoder`'s model when none is, refuse it when another one is."""
+        """Inside a write: record `encoder`'s model when none is, refuse it when another one is, or while a
+        reindex runs (a writer that checked before the reindex began must not commit old-model vectors)."""
+        target = self._meta("reindex_target", conn)
+        if target is not None:
+            raise ReindexUnfinished(target)
         if self._meta("embedding_model", conn) is None:
             self._record_model(conn, encoder)
         else:

@@ -295,6 +295,34 @@ def test_an_unfinished_reindex_refuses_every_use_but_a_reindex(
     assert finished.integrity_check() == [] and finished.paper_ids() == ["PMC0", "PMC1", "PMC2"]
 
 
+def test_a_write_that_began_before_a_reindex_is_refused_at_commit(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    """The model is checked before embedding (seconds to minutes); a reindex starting meanwhile must stop
+    the commit (it went through: old-model vectors in a library the reindex had switched)."""
+    store = open_store()
+    store.put_paper(*paper("PMC1", texts("PMC1", 2)), fake)
+    other = open_store()
+
+    class ReindexBeginsWhileEmbedding:
+        model_name, dimension, document_prefix = fake.model_name, fake.dimension, fake.document_prefix
+
+        def embed_documents(self, batch: list[str]) -> np.ndarray:
+            with other._transaction() as conn:  # another process runs `pmcqa reindex`
+                if isinstance(other, Store):
+                    other._set_meta(conn, "reindex_target", "new-model")
+                else:
+                    conn.execute("INSERT INTO meta(key, value) VALUES ('reindex_target', 'new-model')")
+            return fake.embed_documents(batch)
+
+    with pytest.raises(ReindexUnfinished):
+        store.put_paper(*paper("PMC2", texts("PMC2", 2)), ReindexBeginsWhileEmbedding())
+    assert store.paper_ids() == ["PMC1"]
+
+
 def _own_chunk_found(store: Store, paper_id: str) -> bool:
     _, vectors = store.get_vectors(paper_id)
     chunks = store.get_chunks(paper_id)
