@@ -4,8 +4,10 @@ Loading the library (embedding model, index, default answer backend) takes secon
 its port first and loads it in a background thread. `stage` says where loading is: "starting", "loading
 embedding model", "loading index", "loading backend", "ready", or "failed: <reason>". Meanwhile `/healthz`
 answers, `/readyz` reports the stage with 503, and every route that needs the library answers 503 with
-`Retry-After` (`pmcqa.app.deps.get_library`). A failed load is not retried: the reason stays in `/readyz` and
-the log until the process is restarted.
+`Retry-After` (`pmcqa.app.deps.get_library`). A database that cannot be reached yet (a PostgreSQL library
+starting after the API, as after a host restart) is waited for, with backoff up to `DATABASE_RETRY_MAX_S`, and
+`/readyz` says so; any other failed load is not retried: the reason stays in `/readyz` and the log until the
+process is restarted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from pmcqa.app.service import Library
+from pmcqa.core.db import DatabaseUnavailable
 from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import limit_torch_threads
 
@@ -24,6 +27,8 @@ LibraryFactory = Callable[[Settings], Library]
 
 READY = "ready"
 FAILED = "failed"
+DATABASE_RETRY_FIRST_S = 1.0
+DATABASE_RETRY_MAX_S = 30.0
 
 
 class LibraryLoader:
@@ -41,6 +46,7 @@ class LibraryLoader:
         self._closed = False
         self._lock = threading.Lock()
         self._finished = threading.Event()
+        self._stopping = threading.Event()  # set by close(): a load waiting for the database gives up
 
     @property
     def library(self) -> Library | None:
@@ -63,20 +69,24 @@ class LibraryLoader:
         threading.Thread(target=self.load, name="pmcqa-library-loader", daemon=True).start()
 
     def load(self) -> None:
-        """Build the library here; a failure is logged and kept in `stage`, never raised."""
-        try:
-            if self._factory is not None:
-                self._report("loading library")
-                library = self._factory(self.settings)
-            else:
-                # Before the model loads and before any request thread runs torch (see the setting).
-                limit_torch_threads(self.settings.api_torch_threads)
-                library = Library.create(self.settings, progress=self._report)
-        except Exception as exc:  # missing model files, a store of another embedding model, ...
-            log.exception("the library failed to load")
-            self._report(f"{FAILED}: {type(exc).__name__}: {exc}")
-            self._finished.set()
-            return
+        """Build the library here; a failure is logged and kept in `stage`, never raised. An unreachable
+        database is waited for (it may still be starting); anything else fails the load."""
+        delay = DATABASE_RETRY_FIRST_S
+        while True:
+            try:
+                library = self._build()
+                break
+            except DatabaseUnavailable as exc:
+                self._report(f"waiting for the database, retrying in {delay:g}s: {exc}")
+                if self._stopping.wait(delay):
+                    self._finished.set()
+                    return
+                delay = min(delay * 2, DATABASE_RETRY_MAX_S)
+            except Exception as exc:  # missing model files, a store of another embedding model, ...
+                log.exception("the library failed to load")
+                self._report(f"{FAILED}: {type(exc).__name__}: {exc}")
+                self._finished.set()
+                return
         with self._lock:
             closed = self._closed
             if not closed:
@@ -86,12 +96,21 @@ class LibraryLoader:
             library.close()
         self._finished.set()
 
+    def _build(self) -> Library:
+        if self._factory is not None:
+            self._report("loading library")
+            return self._factory(self.settings)
+        # Before the model loads and before any request thread runs torch (see the setting).
+        limit_torch_threads(self.settings.api_torch_threads)
+        return Library.create(self.settings, progress=self._report)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading has finished (ready or failed); False if `timeout` ran out first."""
         return self._finished.wait(timeout)
 
     def close(self) -> None:
         """At shutdown: close the library if this loader built it; a load still running closes its own."""
+        self._stopping.set()
         with self._lock:
             self._closed = True
             library, self._library = self._library, None

@@ -242,3 +242,33 @@ def test_backend_still_loading_is_503_with_retry_after(make_library) -> None:
         asked = client.post("/ask", json={"paper_id": "PMC1182327", "question": QUESTION})
         assert asked.status_code == 503 and asked.json()["error"] == "backend_not_ready"
         assert asked.headers["Retry-After"].isdigit()
+
+
+def test_a_library_whose_database_comes_up_late_is_waited_for(monkeypatch) -> None:
+    """A PostgreSQL library still starting (after a host restart, containers start unordered): the API waits
+    for it and becomes ready (the load failed for good, /readyz 503 until someone restarted the API)."""
+    import threading
+
+    import pmcqa.app.loader as loader_module
+    from pmcqa.core.db import DatabaseUnavailable
+    from pmcqa.core.settings import Settings
+
+    monkeypatch.setattr(loader_module, "DATABASE_RETRY_FIRST_S", 0.01)
+    attempts: list[int] = []
+    stages: list[str] = []
+    ready = object()
+
+    def factory(_settings: Settings) -> object:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise DatabaseUnavailable("cannot connect to PostgreSQL at postgresql://db/pmcqa: refused")
+        return ready
+
+    loader = loader_module.LibraryLoader(Settings(), factory)  # type: ignore[arg-type]
+    report = loader._report
+    monkeypatch.setattr(loader, "_report", lambda stage: (stages.append(stage), report(stage)))
+    thread = threading.Thread(target=loader.load)
+    thread.start()
+    assert loader.wait(10) and loader.library is ready and loader.stage == loader_module.READY
+    thread.join()
+    assert len(attempts) == 3 and any(stage.startswith("waiting for the database") for stage in stages)
