@@ -267,10 +267,10 @@ class JobStore:
         if not unique:
             raise ValueError("a job needs at least one id")
         job_id = uuid.uuid4().hex
-        now = time.time()
         batches = split_batches(unique, batch_size)
         request = fingerprint(list(firsts), refresh)
         with self._tx() as conn:  # begin immediate: two requests with one key serialize here
+            now = self._now(conn)
             if idempotency_key is not None:
                 seen = conn.execute(
                     "select id, fingerprint from jobs where idempotency_key = ?", (idempotency_key,)
@@ -381,7 +381,7 @@ class JobStore:
         with self._tx() as conn:
             cursor = conn.execute(
                 "delete from jobs where state in ('done', 'failed') and updated < ?",
-                (time.time() - older_than_s,),
+                (self._now(conn) - older_than_s,),
             )
             return int(cursor.rowcount or 0)
 
@@ -399,11 +399,11 @@ class JobStore:
         A batch past `MAX_ATTEMPTS` is given up: its pending ids fail, and `on_give_up(ids, reason)` is told
         which (after the commit), so the caller can supersede what it recorded elsewhere about them.
         """
-        now = time.time()
         claim: Claim | None = None
         failed: list[str] | None = None
         reason = ""
         with self._tx() as conn:
+            now = self._now(conn)  # the database's clock: hosts' clocks may disagree by more than a lease
             row = conn.execute(
                 "select done, owner, lease_until, attempts, last_error from job_batches "
                 "where job_id = ? and batch = ?",
@@ -453,7 +453,7 @@ class JobStore:
             cursor = conn.execute(
                 "update job_batches set lease_until = ? "
                 "where job_id = ? and batch = ? and owner = ? and done = 0",
-                (time.time() + lease_s, job_id, batch, owner),
+                (self._now(conn) + lease_s, job_id, batch, owner),
             )
             return cursor.rowcount == 1
 
@@ -470,8 +470,8 @@ class JobStore:
         """Store one id's outcome; only a pending id changes, so a re-delivered batch cannot overwrite it."""
         if status not in FINAL:
             raise ValueError(f"not a final status: {status}")
-        now = time.time()
         with self._tx() as conn:
+            now = self._now(conn)
             cursor = conn.execute(
                 "update job_items set status = ?, paper_id = ?, reason = ?, title = ?, chunks = ?, "
                 "finished = ? "
@@ -483,8 +483,8 @@ class JobStore:
 
     def finish(self, job_id: str, batch: int, owner: str) -> None:
         """Close a batch if none of its ids is pending, and the job if all its batches are closed."""
-        now = time.time()
         with self._tx() as conn:
+            now = self._now(conn)
             pending = conn.execute(
                 "select count(*) from job_items where job_id = ? and batch = ? and status = ?",
                 (job_id, batch, Status.PENDING),
@@ -526,8 +526,8 @@ class JobStore:
         The update marks them re-enqueued in the same transaction, so two workers scanning at once do not
         both enqueue the same batch (and a duplicate would be harmless anyway: `claim` filters it).
         """
-        now = time.time()
         with self._tx() as conn:
+            now = self._now(conn)
             stale = conn.execute(
                 "select job_id, batch, lease_until from job_batches where done = 0 and ("
                 "(lease_until is not null and lease_until < ?) "
@@ -594,7 +594,7 @@ class JobStore:
             conn.execute(
                 "insert into workers (name, queue, last_seen) values (?, ?, ?) "
                 "on conflict(name) do update set queue = excluded.queue, last_seen = excluded.last_seen",
-                (name, queue, time.time()),
+                (name, queue, self._now(conn)),
             )
 
     def worker_gone(self, name: str) -> None:
@@ -605,14 +605,18 @@ class JobStore:
         with self._read() as conn:
             rows = conn.execute(
                 "select name from workers where queue = ? and last_seen > ? order by name",
-                (queue, time.time() - within_s),
+                (queue, self._now(conn) - within_s),
             )
             return [row[0] for row in rows]
 
     # --- internals ---------------------------------------------------------------------------------------
+    def _now(self, conn: _Conn) -> float:
+        """The time leases and ages are measured on: this host's clock (one SQLite file, one host)."""
+        return time.time()
+
     def _give_up(self, conn: _Conn, job_id: str, batch: int, reason: str) -> list[str]:
         """Fail the batch's pending ids and close it; returns those ids."""
-        now = time.time()
+        now = self._now(conn)
         failed = conn.execute(
             "update job_items set status = ?, reason = ?, finished = ? "
             "where job_id = ? and batch = ? and status = ? returning requested",
@@ -695,3 +699,8 @@ class PostgresJobStore(JobStore):
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield _PostgresConn(conn)
+
+    def _now(self, conn: _Conn) -> float:
+        # The database server's clock, which every host shares: one whose own clock runs a lease ahead would
+        # take live leases for lapsed ones, and two hosts would run one batch.
+        return float(conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])

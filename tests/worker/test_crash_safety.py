@@ -14,7 +14,7 @@ from worker_helpers import cleanup_redis, fake_worker_settings, free_port, wait_
 
 from pmcqa.core.settings import Settings
 from pmcqa.index.store import open_store
-from pmcqa.ingest.jobs import MAX_ATTEMPTS, JobStore
+from pmcqa.ingest.jobs import MAX_ATTEMPTS, JobStore, PostgresJobStore
 from pmcqa.ingest.worker import build_runtime, enqueue_job, run_batch
 
 IDS = [f"PMC{1000 + n}" for n in range(30)]
@@ -169,6 +169,29 @@ def test_finished_jobs_past_their_retention_are_pruned(job_store: JobStore) -> N
     assert jobs.prune(older_than_s=60) == 0  # finished, but recently
     assert jobs.prune(older_than_s=0.01) == 1  # finished long enough ago: gone, with its items
     assert jobs.get(old.job_id) is None and jobs.get(running.job_id) is not None  # unfinished ones stay
+
+
+def test_leases_are_timed_on_the_database_clock(job_store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts sharing a PostgreSQL library: one whose clock runs two minutes ahead took a live 60 s lease for a
+    lapsed one, and two hosts ran the same batch."""
+    import pmcqa.ingest.jobs as jobs_module
+
+    if not isinstance(job_store, PostgresJobStore):
+        pytest.skip("one SQLite file is used by one host, on one clock")
+    job = job_store.create(["PMC1"], batch_size=1)
+    assert job_store.claim(job.job_id, 0, "host-a", lease_s=60) is not None
+
+    class AheadBy120s:  # host B's clock
+        def __getattr__(self, name: str) -> object:
+            return getattr(time, name)
+
+        def time(self) -> float:
+            return time.time() + 120
+
+    monkeypatch.setattr(jobs_module, "time", AheadBy120s())
+    assert job_store.reclaim_stale(requeue_after_s=600) == []  # host A's lease is live
+    assert job_store.claim(job.job_id, 0, "host-b", lease_s=60) is None
+    assert job_store.heartbeat(job.job_id, 0, "host-a", lease_s=60)  # and still host A's
 
 
 def test_poison_batch_gives_up(job_store: JobStore) -> None:
