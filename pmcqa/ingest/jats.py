@@ -1353,6 +1353,27 @@ def _walk_caption(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
             _walk_element(child, ctx, out)
 
 
+# What an author note says, by its `fn-type`: the heading its block is filed under.
+_AUTHOR_NOTE_HEADINGS = {
+    "conflict": "Competing interests",
+    "coi-statement": "Competing interests",
+    "con": "Author contributions",
+    "financial-disclosure": "Funding",
+    "supported-by": "Funding",
+    "present-address": "Current address",
+    "current-aff": "Current address",
+    "equal": "Equal contribution",
+    "deceased": "Deceased",
+    "corresp": "Correspondence",
+}
+
+
+def _walk_fn(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
+    """A footnote walked as a block (fn-group, author notes): its kind (`fn-type`: competing interests,
+    contributions, ...) names it, so "Competing interests" is not lost behind "Footnotes"."""
+    _walk(el, ctx.deeper(_AUTHOR_NOTE_HEADINGS.get(el.get("fn-type") or "", "")), out)
+
+
 def _walk_supplementary(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
     label = element_text(_child(el, "label"))
     text = _joined([_Text(label), _text_and_refs(el, skip=frozenset({"label"}))], " ")
@@ -1455,6 +1476,7 @@ _HANDLERS: dict[str, Callable[[etree._Element, _Ctx, _Out], None]] = {
     "ack": _titled("Acknowledgements"),
     "notes": _titled("Notes"),
     "fn-group": _titled("Footnotes"),
+    "fn": _walk_fn,
     "glossary": _titled("Glossary"),
     "app-group": _titled(""),
     "app": _titled("Appendix"),
@@ -1591,21 +1613,6 @@ def _abstract_blocks(meta: etree._Element | None, out: _Out) -> None:
         _walk(abstract, ctx, out)
 
 
-# What an author note says, by its `fn-type`: the heading its block is filed under.
-_AUTHOR_NOTE_HEADINGS = {
-    "conflict": "Competing interests",
-    "coi-statement": "Competing interests",
-    "con": "Author contributions",
-    "financial-disclosure": "Funding",
-    "supported-by": "Funding",
-    "present-address": "Current address",
-    "current-aff": "Current address",
-    "equal": "Equal contribution",
-    "deceased": "Deceased",
-    "corresp": "Correspondence",
-}
-
-
 def _front_note_blocks(meta: etree._Element | None, out: _Out) -> None:
     """Author notes (competing interests, contributions, correspondence) and the funding statement: many
     publishers (PLOS) keep them in the front matter, others (eLife) in <back>, which is walked anyway."""
@@ -1614,12 +1621,11 @@ def _front_note_blocks(meta: etree._Element | None, out: _Out) -> None:
     ctx = _Ctx(path=("Author notes",), part="front", para_kind="back")
     for notes in _children(meta, "author-notes"):
         for note in _children(notes, "fn", "corresp", "p"):
-            kind = "corresp" if local(note) == "corresp" else note.get("fn-type") or ""
-            inner = ctx.deeper(_AUTHOR_NOTE_HEADINGS.get(kind, ""))
             if local(note) == "fn":
-                _walk(note, inner, out)  # its paragraphs
+                _walk_fn(note, ctx, out)
             else:
-                out.emit(inner, "back", _text_and_refs(note), xml_id=note.get("id"))
+                heading = _AUTHOR_NOTE_HEADINGS["corresp"] if local(note) == "corresp" else ""
+                out.emit(ctx.deeper(heading), "back", _text_and_refs(note), xml_id=note.get("id"))
     funding = replace(ctx, path=("Funding",))
     for statement in _descendants(meta, "funding-statement"):
         out.emit(funding, "back", _text_and_refs(statement), xml_id=statement.get("id"))

@@ -293,7 +293,7 @@ def test_back_matter(sink: Paper) -> None:
     assert back == [
         ("back", ["Acknowledgements"], "We thank the reviewers."),
         ("back", ["Data Availability"], "All data are in the paper."),
-        ("back", ["Footnotes"], "No conflicts."),
+        ("back", ["Footnotes", "Competing interests"], "No conflicts."),  # named by its fn-type
         ("back", ["Appendix A"], "Appendix text."),
     ]
     assert not blocks_with(sink, "First paper")  # the reference list is data, not text blocks
@@ -945,3 +945,10 @@ def test_real_image_only_table_keeps_its_footnotes() -> None:
 def test_real_mathml_spaces_and_rows_do_not_glue_words() -> None:
     paper = parse_shared("jats/elife-tools/elife-14093-v1.xml")
     assert "Begin t←0 Generate the first primordium randomly on the periphery" in paper.canonical_text
+
+
+def test_real_back_footnotes_are_named_by_their_kind() -> None:
+    # eLife's competing interests: an fn-group of fn-type "conflict" footnotes, the label on the first only.
+    paper = parse_shared("jats/elife-tools/elife00270.xml")
+    note = next(b for b in paper.blocks if "Howard Hughes Medical Institute" in b.text and b.part == "back")
+    assert note.section_path == ["Footnotes", "Competing interests"]
