@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from pmcqa.core.ids import InvalidPaperId, parse_id
+from pmcqa.core.ids import parse_id
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.library import open_library
 from pmcqa.index.models import Chunk
@@ -190,7 +190,7 @@ def load_jsonl(path: Path, name: str | None = None, limit: int | None = None) ->
             continue
         try:
             questions.append(_jsonl_question(json.loads(line), number))
-        except (ValueError, InvalidPaperId) as exc:
+        except ValueError as exc:  # bad JSON, a bad field, or `InvalidPaperId` (a ValueError)
             raise ValueError(f"{path.name} line {number}: {exc}") from None
         if limit is not None and len(questions) >= limit:
             break

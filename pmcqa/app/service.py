@@ -47,6 +47,7 @@ from pmcqa.app.id_lookup import RequestResolver
 from pmcqa.core.ids import InvalidPaperId, PaperId, parse_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, Status
+from pmcqa.core.text import has_unencodable
 from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
 from pmcqa.index.retrieval import MODES, Mode
@@ -558,7 +559,7 @@ def check_question(question: str, settings: Settings, what: str = "question") ->
         raise InvalidInput(
             f"{what} is {len(question)} characters; the limit is {limit} (PMCQA_MAX_QUESTION_CHARS)"
         )
-    if not question.isprintable() and _has_unencodable(question):
+    if not question.isprintable() and has_unencodable(question):
         # JSON may carry a lone surrogate ("\ud800"); no tokenizer or database can take one.
         raise InvalidInput(f"{what} is not valid Unicode text (it holds a lone surrogate)")
     return question
@@ -580,14 +581,6 @@ def _as_service_error(error: BaseException) -> ServiceError:
         return GenerationTimeout(str(error) or "generation timed out")
     log.error("streaming backend failed", exc_info=error)
     return InternalError("generation failed")
-
-
-def _has_unencodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _make_resolver(settings: Settings) -> RequestResolver | None:

@@ -147,3 +147,12 @@ def strip_span(text: str, start: int, end: int) -> Span:
     while end > start and text[end - 1].isspace():
         end -= 1
     return start, end
+
+
+def has_unencodable(text: str) -> bool:
+    """Whether `text` holds what no UTF-8 can carry (a lone surrogate, e.g. from JSON's "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

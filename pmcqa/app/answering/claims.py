@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from pmcqa.app.answering.base import Citation, Claim, Draft
-from pmcqa.app.answering.harmony import excerpt_chunks
+from pmcqa.app.answering.harmony import CITATION_MARKER, excerpt_chunks
 from pmcqa.core.text import split_sentences, tokenize
 from pmcqa.index.models import Passage
 
@@ -40,8 +40,8 @@ from pmcqa.index.models import Passage
 SIMILARITY_WEIGHT = 0.25
 SUPPORT_THRESHOLD = 0.65
 
-_MARKER = re.compile(r"\s*\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
-_LEADING_MARKERS = re.compile(r"(?:\s*\[\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*\])+")
+_MARKER = re.compile(r"\s*" + CITATION_MARKER)
+_LEADING_MARKERS = re.compile(r"(?:\s*" + CITATION_MARKER + ")+")
 _UNITS = (
     r"%|percent|per cent|mg/kg|mg/ml|mg|µg|μg|ug|ng|pg|kg|g|ml|µl|μl|ul|l|mmol|µmol|μmol|nmol|mol|mm|cm|nm|"
     r"µm|μm|km|m|kda|bp|kb|iu|°c|h|hr|hrs|hours?|min|minutes?|s|sec|seconds?|days?|weeks?|months?|years?|"

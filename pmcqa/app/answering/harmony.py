@@ -108,9 +108,12 @@ def neutralize(text: str) -> str:
     return text.replace("<|", "<" + _LOOKALIKE_BAR).replace("|>", _LOOKALIKE_BAR + ">")
 
 
-# The paper's own reference markers ("[3]", "[1, 2]", "[4–6]") read exactly like the excerpt labels the model
-# cites: a model copying the paper's wording cited excerpt 3 for the paper's reference 3.
-_PAPER_MARKER = re.compile(r"\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
+# A bracketed list of numbers ("[3]", "[1, 2]", "[4–6]"), its numbers in group 1: how the model cites
+# excerpts, and how papers write their own references. The one pattern of both (postprocess, claims).
+CITATION_MARKER = r"\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]"
+# The paper's own reference markers read exactly like the excerpt labels the model cites: a model copying
+# the paper's wording cited excerpt 3 for the paper's reference 3.
+_PAPER_MARKER = re.compile(CITATION_MARKER)
 
 
 def paper_markers(text: str) -> str:

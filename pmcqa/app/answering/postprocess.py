@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterator
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, AnswerDelta, CitedSpan, Draft, DraftDone, StepEvent
-from pmcqa.app.answering.harmony import excerpt_chunks, numbered_steps, split_steps
+from pmcqa.app.answering.harmony import CITATION_MARKER, excerpt_chunks, numbered_steps, split_steps
 from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Passage
 
-_CITATION_RE = re.compile(r"\s?\[(\d{1,3}(?:\s*[,;\u2013-]\s*\d{1,3})*)\]")
+_CITATION_RE = re.compile(r"\s?" + CITATION_MARKER)
 _ABSTAIN_RE = re.compile(
     r"does not appear to answer|do(?:es)? not answer|not stated in the (?:paper|excerpts?|text)"
     r"|cannot (?:be )?answer|can't answer|unable to answer"

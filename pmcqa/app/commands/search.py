@@ -29,6 +29,7 @@ from pmcqa.app.errors import ServiceError
 from pmcqa.app.schemas import SearchHit
 from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
+from pmcqa.core.text import has_unencodable
 from pmcqa.index.models import Passage
 from pmcqa.index.retrieval import MODES
 
@@ -81,11 +82,7 @@ def json_line(result: dict[str, Any]) -> str:
     """`result` as one JSON line: readable UTF-8, or \\u escapes where it holds text no UTF-8 can carry (a
     refused query echoed back with its lone surrogate)."""
     line = json.dumps(result, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(result)
-    return line
+    return json.dumps(result) if has_unencodable(line) else line
 
 
 def run_batch(library: Library, lines: Iterator[str], k: int | None, mode: str) -> Iterator[dict[str, Any]]:
