@@ -118,7 +118,7 @@ class LibraryIndex:
     def _load(self) -> Any:
         """The FAISS index, memory-mapped and reloaded whenever another process replaced the file."""
         stamp = self._file_stamp()
-        if stamp is not None and not self._matches_source():
+        if stamp is not None and self._built_generation(self.source.generation()) is None:
             stamp = None  # as if there were no file: every search is exact until a writer rebuilds it
         with self._lock:
             if stamp == self._stamp:
@@ -140,21 +140,23 @@ class LibraryIndex:
 
     def lag(self) -> int:
         """How many committed writes the file is behind the store (0 = current); a file that does not match
-        the store (`_matches_source`) counts as none."""
-        built = self._sidecar().get("generation", -1) if self._file_stamp() and self._matches_source() else -1
-        return self.source.generation() - int(built)
+        the store (`_built_generation`) counts as none."""
+        current = self.source.generation()
+        built = self._built_generation(current) if self._file_stamp() else None
+        return current - (-1 if built is None else built)
 
-    def _matches_source(self) -> bool:
-        """Whether the file was built from this database at a state it has reached. Chunk ids are only
-        unique within one database's history: the file of a database since recreated, or of a later state
-        than a restored backup holds, maps ids that are (or will be) reused to other chunks' vectors."""
+    def _built_generation(self, current: int) -> int | None:
+        """The generation the file was built from (-1 when its sidecar does not say), or None when it was not
+        built from this database at a state it has reached (`current`). Chunk ids are only unique within one
+        database's history: the file of a database since recreated, or of a later state than a restored
+        backup holds, maps ids that are (or will be) reused to other chunks' vectors."""
         sidecar = self._sidecar()
-        built_from = sidecar.get("library_id")
         if self._library_id is None:  # fixed for a database's life: read once
             self._library_id = self.source.library_id()
-        if built_from is not None and built_from != self._library_id:
-            return False
-        return int(sidecar.get("generation", -1)) <= self.source.generation()
+        if sidecar.get("library_id") not in (None, self._library_id):
+            return None
+        built = int(sidecar.get("generation", -1))
+        return built if built <= current else None
 
     def _sidecar(self) -> dict[str, Any]:
         try:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -51,7 +50,6 @@ from pmcqa.index.store import (
     EmbeddingInfo,
     IngestStatus,
     PreparedPaper,
-    ReindexUnfinished,
     StoreBase,
     check_same_model,
     content_hash,
@@ -239,11 +237,7 @@ class PostgresStore(StoreBase):
         ).fetchall()
         if recorded and self.pgvector:
             self._ensure_vector_index(conn, encoder.dimension)
-        # A reindex may have begun while this writer embedded (it checked the model before): refuse, rather
-        # than commit vectors of the model being replaced.
-        target = self._meta("reindex_target", conn)
-        if target is not None:
-            raise ReindexUnfinished(target)
+        self._refuse_while_reindexing(conn)
         check_same_model(self._embedding_info(conn), encoder)
 
     @staticmethod
@@ -292,17 +286,11 @@ class PostgresStore(StoreBase):
     def _bump_generation(conn: psycopg.Connection[Any]) -> None:
         conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation'")
 
-    def library_id(self) -> str:
-        """This database's random identity (made on first use); see `Store.library_id`."""
-        found = self._meta("library_id")
-        if found is None:
-            with self._transaction() as conn:
-                conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('library_id', %s) ON CONFLICT (key) DO NOTHING",
-                    (uuid.uuid4().hex,),
-                )
-            found = self._meta("library_id")
-        return str(found)
+    def _add_meta(self, key: str, value: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, value)
+            )
 
     # --- writes -----------------------------------------------------------------------------------------
 

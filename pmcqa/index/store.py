@@ -262,16 +262,34 @@ class StoreBase:
     def embedding_info(self) -> EmbeddingInfo | None:
         raise NotImplementedError
 
-    def _meta(self, key: str) -> str | None:
+    def _meta(self, key: str, conn: Any = None) -> str | None:
         raise NotImplementedError
+
+    def _add_meta(self, key: str, value: str) -> None:
+        """Record `key` unless some process already has (the first writer wins)."""
+        raise NotImplementedError
+
+    def library_id(self) -> str:
+        """This database's random identity (made on first use): a FAISS file built from another database
+        (one recreated, or copied in) is told apart by it."""
+        found = self._meta("library_id")
+        if found is None:
+            self._add_meta("library_id", uuid.uuid4().hex)
+            found = self._meta("library_id")
+        return str(found)
+
+    def _refuse_while_reindexing(self, conn: Any = None) -> None:
+        """`ReindexUnfinished` while a reindex has not finished (read inside a write's transaction with
+        `conn`: a writer that checked before the reindex began must not commit old-model vectors)."""
+        target = self._meta("reindex_target", conn)
+        if target is not None:
+            raise ReindexUnfinished(target)
 
     def check_model(self, encoder: DocumentEncoder) -> None:
         """Raise `EmbeddingModelMismatch` unless the stored vectors come from `encoder`'s model (or there are
         none yet), `ReindexUnfinished` while a reindex has not finished. Writes check this themselves; a
         process that will write or search calls it once at start."""
-        target = self._meta("reindex_target")
-        if target is not None:
-            raise ReindexUnfinished(target)
+        self._refuse_while_reindexing()
         check_same_model(self.embedding_info(), encoder)
 
     # --- writes -----------------------------------------------------------------------------------------
@@ -530,11 +548,9 @@ class Store(StoreBase):
         )
 
     def _claim_model(self, conn: sqlite3.Connection, encoder: DocumentEncoder) -> None:
-        """Inside a write: record `encoder`'s model when none is, refuse it when another one is, or while a
-        reindex runs (a writer that checked before the reindex began must not commit old-model vectors)."""
-        target = self._meta("reindex_target", conn)
-        if target is not None:
-            raise ReindexUnfinished(target)
+        """Inside a write: record `encoder`'s model when none is, refuse it when another one is or while a
+        reindex runs."""
+        self._refuse_while_reindexing(conn)
         if self._meta("embedding_model", conn) is None:
             self._record_model(conn, encoder)
         else:
@@ -553,17 +569,9 @@ class Store(StoreBase):
     def _bump_generation(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
-    def library_id(self) -> str:
-        """This database's random identity (made on first use): a FAISS file built from another database
-        (one recreated, or copied in) is told apart by it."""
-        found = self._meta("library_id")
-        if found is None:
-            with self._transaction() as conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('library_id', ?)", (uuid.uuid4().hex,)
-                )
-            found = self._meta("library_id")
-        return str(found)
+    def _add_meta(self, key: str, value: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # --- writes -----------------------------------------------------------------------------------------
 
