@@ -1364,7 +1364,6 @@ _AUTHOR_NOTE_HEADINGS = {
     "current-aff": "Current address",
     "equal": "Equal contribution",
     "deceased": "Deceased",
-    "corresp": "Correspondence",
 }
 
 
@@ -1372,6 +1371,10 @@ def _walk_fn(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
     """A footnote walked as a block (fn-group, author notes): its kind (`fn-type`: competing interests,
     contributions, ...) names it, so "Competing interests" is not lost behind "Footnotes"."""
     _walk(el, ctx.deeper(_AUTHOR_NOTE_HEADINGS.get(el.get("fn-type") or "", "")), out)
+
+
+def _walk_corresp(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
+    out.emit(ctx.deeper("Correspondence"), ctx.para_kind, _text_and_refs(el), xml_id=el.get("id"))
 
 
 def _walk_supplementary(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
@@ -1477,6 +1480,7 @@ _HANDLERS: dict[str, Callable[[etree._Element, _Ctx, _Out], None]] = {
     "notes": _titled("Notes"),
     "fn-group": _titled("Footnotes"),
     "fn": _walk_fn,
+    "corresp": _walk_corresp,  # in author notes
     "glossary": _titled("Glossary"),
     "app-group": _titled(""),
     "app": _titled("Appendix"),
@@ -1620,12 +1624,7 @@ def _front_note_blocks(meta: etree._Element | None, out: _Out) -> None:
         return
     ctx = _Ctx(path=("Author notes",), part="front", para_kind="back")
     for notes in _children(meta, "author-notes"):
-        for note in _children(notes, "fn", "corresp", "p"):
-            if local(note) == "fn":
-                _walk_fn(note, ctx, out)
-            else:
-                heading = _AUTHOR_NOTE_HEADINGS["corresp"] if local(note) == "corresp" else ""
-                out.emit(ctx.deeper(heading), "back", _text_and_refs(note), xml_id=note.get("id"))
+        _walk(notes, ctx, out)  # footnotes filed by kind (`_walk_fn`), correspondence, paragraphs
     funding = replace(ctx, path=("Funding",))
     for statement in _descendants(meta, "funding-statement"):
         out.emit(funding, "back", _text_and_refs(statement), xml_id=statement.get("id"))
