@@ -704,3 +704,24 @@ class PostgresJobStore(JobStore):
         # The database server's clock, which every host shares: one whose own clock runs a lease ahead would
         # take live leases for lapsed ones, and two hosts would run one batch.
         return float(conn.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
+
+
+# --- which workers serve a queue: what workers record, the CLI reads (without the worker's code) -----------
+def recovery_interval(settings: Settings) -> float:
+    return min(max(settings.job_lease_s / 2, 0.5), 30.0)
+
+
+def queue_id(settings: Settings) -> str:
+    """Which queue a worker serves, as recorded in the workers table."""
+    if settings.redis_url:
+        return f"redis:{settings.queue_name}"
+    return f"postgres:{settings.queue_name}" if postgres_url(settings) else f"sqlite:{settings.queue_name}"
+
+
+def live_workers(settings: Settings, jobs: JobStore | None = None) -> list[str]:
+    if jobs is None:
+        if postgres_url(settings) is None and not (settings.data_dir / "jobs.sqlite3").exists():
+            return []  # no worker ever ran here; do not create the database just to ask
+        jobs = JobStore.for_settings(settings)
+    return jobs.live_workers(queue_id(settings), within_s=recovery_interval(settings) * 3 + 5)
+

@@ -57,7 +57,7 @@ from pmcqa.core.status import FINAL, IngestState, Status
 from pmcqa.index.library import LibraryParts, open_library
 from pmcqa.index.store import open_store
 from pmcqa.ingest.entrez import ncbi_limiter
-from pmcqa.ingest.jobs import QUEUE_BACK, QUEUE_DOWN, Claim, Job, JobStore
+from pmcqa.ingest.jobs import QUEUE_BACK, QUEUE_DOWN, Claim, Job, JobStore, queue_id, recovery_interval
 from pmcqa.ingest.metrics import BATCH_SECONDS, PAPERS_INGESTED, serve_worker_metrics
 from pmcqa.ingest.pipeline import Ingestor
 from pmcqa.ingest.resolve import IdResolver
@@ -392,23 +392,12 @@ def build_runtime(settings: Settings, factory: IngestorFactory = default_ingesto
     )
 
 
-def recovery_interval(settings: Settings) -> float:
-    return min(max(settings.job_lease_s / 2, 0.5), 30.0)
-
-
-def queue_id(settings: Settings) -> str:
-    """Which queue a worker serves, as recorded in the workers table."""
-    if settings.redis_url:
-        return f"redis:{settings.queue_name}"
-    return f"postgres:{settings.queue_name}" if postgres_url(settings) else f"sqlite:{settings.queue_name}"
-
-
 PRUNE_EVERY_S = 600.0  # how often a worker deletes jobs past their retention (job_retention_days)
 
 
 def _recovery_loop(runtime: WorkerRuntime, stop: threading.Event, name: str) -> None:
     queue = queue_id(runtime.settings)
-    pruned_at = 0.0
+    pruned_at = float("-inf")  # never yet
     while True:
         try:
             runtime.jobs.worker_seen(name, queue)
@@ -424,14 +413,6 @@ def _recovery_loop(runtime: WorkerRuntime, stop: threading.Event, name: str) -> 
             return
 
 
-def live_workers(settings: Settings, jobs: JobStore | None = None) -> list[str]:
-    if jobs is None:
-        if postgres_url(settings) is None and not (settings.data_dir / "jobs.sqlite3").exists():
-            return []  # no worker ever ran here; do not create the database just to ask
-        jobs = JobStore.for_settings(settings)
-    return jobs.live_workers(queue_id(settings), within_s=recovery_interval(settings) * 3 + 5)
-
-
 def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = default_ingestor) -> None:
     """Consume the queue in this process until SIGINT/SIGTERM (the `pmcqa worker` command).
 
@@ -441,10 +422,8 @@ def run_worker(settings: Settings, workers: int = 1, factory: IngestorFactory = 
     _RUNTIME = build_runtime(settings, factory)
     huey = get_huey(settings)
     name = f"{socket.gethostname()}:{os.getpid()}"
-    try:  # batches a killed worker was running before this start
-        requeue_stale(settings, _RUNTIME.jobs)
-    except Exception:  # the queue or database is down: the recovery loop retries, as it does later
-        log.exception("stale-batch scan at start failed; retrying every %.0fs", recovery_interval(settings))
+    # The recovery loop's first pass, at once, re-queues the batches a killed worker was running before this
+    # start; a queue or database that is down then fails that pass only (logged), not the worker.
     stop = threading.Event()
     threading.Thread(target=_recovery_loop, args=(_RUNTIME, stop, name), name="requeue", daemon=True).start()
     consumer = huey.create_consumer(

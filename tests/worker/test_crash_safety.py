@@ -154,7 +154,7 @@ def test_a_worker_started_while_redis_is_down_waits_for_it(tmp_path: Path, worke
     time.sleep(0.05)
     procs = workers_factory(settings, ingestor="slow")
     worker = procs.start()
-    wait_for(lambda: "stale-batch scan at start failed" in procs.logs() or worker.poll() is not None, 60,
+    wait_for(lambda: "stale-batch scan failed" in procs.logs() or worker.poll() is not None, 60,
              "the worker to try its start-up scan")
     assert worker.poll() is None, procs.logs()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from worker_helpers import fake_worker_command, fake_worker_settings, wait_for
 
-from pmcqa.ingest.jobs import JobStore
-from pmcqa.ingest.worker import enqueue_job, live_workers, serve_with_worker, settings_env
+from pmcqa.ingest.jobs import JobStore, live_workers
+from pmcqa.ingest.worker import enqueue_job, serve_with_worker, settings_env
 
 
 def test_embedded_worker_drains_the_sqlite_queue(tmp_path: Path) -> None:

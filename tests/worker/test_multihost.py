@@ -25,8 +25,8 @@ from worker_helpers import WorkerProcesses, fake_worker_settings, free_port, wai
 
 from pmcqa.core.settings import Settings
 from pmcqa.index.store import open_store
-from pmcqa.ingest.jobs import JobStore
-from pmcqa.ingest.worker import live_workers, settings_env
+from pmcqa.ingest.jobs import JobStore, live_workers
+from pmcqa.ingest.worker import settings_env
 
 PAPERS = [f"PMC{7300 + n}" for n in range(30)]
 RATE = 4.0  # NCBI requests per second, shared by every process

@@ -19,8 +19,8 @@ from worker_helpers import fake_worker_settings, wait_for
 
 from pmcqa.index.store import open_store
 from pmcqa.ingest import worker
-from pmcqa.ingest.jobs import JobStore, PostgresJobStore
-from pmcqa.ingest.worker import describe_queue, enqueue_job, get_huey, live_workers
+from pmcqa.ingest.jobs import JobStore, PostgresJobStore, live_workers
+from pmcqa.ingest.worker import describe_queue, enqueue_job, get_huey
 
 PMCIDS = [f"PMC{7100 + n}" for n in range(5)]
 BY_PMID = ("PMC7200", "71007200")  # requested as pmid:…, resolved through the ID Converter (the id map)

@@ -11,8 +11,8 @@ from pathlib import Path
 from worker_helpers import fake_worker_settings, wait_for
 
 from pmcqa.core.settings import Settings
-from pmcqa.ingest.jobs import JobStore
-from pmcqa.ingest.worker import queue_id, settings_env
+from pmcqa.ingest.jobs import JobStore, queue_id
+from pmcqa.ingest.worker import settings_env
 
 
 def check(settings: Settings) -> subprocess.CompletedProcess[str]:

@@ -28,9 +28,9 @@ from pmcqa.app.commands.output import add_id_column
 from pmcqa.app.commands.output import print_table as print_wide_table
 from pmcqa.core.settings import Settings, get_settings
 from pmcqa.core.status import Status
-from pmcqa.ingest.jobs import Job
+from pmcqa.ingest.jobs import Job, live_workers
 from pmcqa.ingest.pipeline import Ingestor, IngestOutcome
-from pmcqa.ingest.worker import enqueue_job, live_workers
+from pmcqa.ingest.worker import enqueue_job
 
 PROGRESS_MIN = 5  # show a progress bar from this many ids/paths on
 

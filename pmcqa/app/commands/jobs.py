@@ -17,8 +17,7 @@ from rich.text import Text
 from pmcqa.app.commands.output import add_id_column, print_table
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
-from pmcqa.ingest.jobs import AmbiguousJobId, Job, JobStore
-from pmcqa.ingest.worker import live_workers
+from pmcqa.ingest.jobs import AmbiguousJobId, Job, JobStore, live_workers
 
 
 def register(cli: typer.Typer) -> None:

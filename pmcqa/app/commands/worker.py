@@ -13,7 +13,8 @@ import typer
 
 from pmcqa.core.logs import configure_logging
 from pmcqa.core.settings import Settings
-from pmcqa.ingest.worker import describe_queue, live_workers, run_worker
+from pmcqa.ingest.jobs import live_workers
+from pmcqa.ingest.worker import describe_queue, run_worker
 
 
 def register(cli: typer.Typer) -> None:
