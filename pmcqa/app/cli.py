@@ -117,11 +117,17 @@ def _group(
     """The group itself only answers --version; its commands come from `COMMANDS`."""
 
 
-def _is_library_error(exc: BaseException) -> bool:
+def _library_error_code(exc: BaseException) -> int | None:
+    """The exit code of an error about the library this process was pointed at, None when `exc` is none: 2
+    (a usage error) for one that is not there (a mistyped PMCQA_DATA_DIR), 1 for one it cannot use."""
     store, db = sys.modules.get("pmcqa.index.store"), sys.modules.get("pmcqa.core.db")
-    return (store is not None and isinstance(exc, store.StoreError)) or (
+    if db is not None and isinstance(exc, db.LibraryNotFound):
+        return 2
+    if (store is not None and isinstance(exc, store.StoreError)) or (
         db is not None and isinstance(exc, db.DatabaseError)
-    )
+    ):
+        return 1
+    return None
 
 
 def settings_errors(exc: BaseException) -> list[str] | None:
@@ -150,9 +156,10 @@ def main() -> None:
         typer.echo(f"pmcqa: {missing}", err=True)
         raise SystemExit(1) from None
     except Exception as exc:
-        if _is_library_error(exc):  # a library this process cannot use: its message says why and what to do
+        code = _library_error_code(exc)
+        if code is not None:  # a library missing or unusable here: its message says why and what to do
             typer.echo(f"pmcqa: {exc}", err=True)
-            raise SystemExit(1) from None
+            raise SystemExit(code) from None
         lines = settings_errors(exc)  # a bad PMCQA_* value, config entry or flag: a usage error
         if lines is None:
             raise

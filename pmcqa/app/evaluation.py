@@ -212,13 +212,18 @@ def _jsonl_question(item: Any, number: int) -> EvalQuestion:
     return EvalQuestion(str(item.get("id", number)), paper_id, item["question"], _answer_texts(answers))
 
 
+def is_jsonl(path: Path) -> bool:
+    """Whether `path` holds a question per line (asked of the user's library), not a SQuAD file."""
+    return path.suffix.lower() in (".jsonl", ".ndjson")
+
+
 def load_eval_set(
     path: Path,
     name: str | None = None,
     limit: int | None = None,
     fallback_id: Callable[[str, int], str] = covidqa_id,
 ) -> EvalSet:
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
+    if is_jsonl(path):
         return load_jsonl(path, name, limit)
     try:
         return load_squad(path, name, limit, fallback_id)

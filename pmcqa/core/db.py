@@ -66,6 +66,17 @@ class SchemaTooNew(DatabaseError):
         )
 
 
+class LibraryNotFound(DatabaseError):
+    """A command that only reads was pointed at an embedded library that is not there (a mistyped
+    `PMCQA_DATA_DIR`, or nothing ingested yet): it refuses rather than create an empty one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"no library at {path}: check PMCQA_DATA_DIR, or ingest papers first (`pmcqa ingest` creates it)"
+        )
+
+
 def redact(url: str) -> str:
     """`url` without its password, for messages and logs."""
     parts = urlsplit(url)
@@ -79,6 +90,18 @@ def redact(url: str) -> str:
 def postgres_url(settings: Settings) -> str | None:
     """The PostgreSQL URL of the library, or None for the embedded SQLite library."""
     return settings.database_url.get_secret_value() if settings.database_url else None
+
+
+def require_existing(settings: Settings, *paths: Path) -> None:
+    """For commands that only read: `LibraryNotFound` naming the first of `data_dir` and `paths` (files under
+    it) that does not exist, before anything is created. A PostgreSQL library lives in its database (papers,
+    jobs, queue); what `data_dir` holds beside it on a host (a FAISS copy, model exports) is a cache rebuilt
+    on use, so nothing is required there, and a mistyped database URL fails to connect, saying so."""
+    if postgres_url(settings) is not None:
+        return
+    for path in (Path(settings.data_dir), *paths):
+        if not path.exists():
+            raise LibraryNotFound(path)
 
 
 # --- PostgreSQL connections ---------------------------------------------------------------------------------

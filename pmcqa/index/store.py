@@ -37,7 +37,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from pmcqa.core.db import ensure_sqlite_schema, postgres_url, retry_when_locked
+from pmcqa.core.db import ensure_sqlite_schema, postgres_url, require_existing, retry_when_locked
 from pmcqa.core.ids import alias_key
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import IngestState, Status
@@ -227,6 +227,12 @@ def open_store(settings: Settings, **options: float) -> PaperStore:
 
         return PostgresStore(settings, **options)
     return Store(settings, **options)
+
+
+def require_library(settings: Settings) -> None:
+    """For commands that only read the library (ask, search, papers): `core.db.LibraryNotFound` where the
+    embedded one is not there, before a model loads or `open_store` creates an empty one."""
+    require_existing(settings, Path(settings.index_dir) / DB_NAME)
 
 
 class StoreBase:

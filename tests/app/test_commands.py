@@ -87,3 +87,63 @@ def test_a_library_left_mid_reindex_is_one_line_not_a_traceback(monkeypatch, tmp
     err = capsys.readouterr().err  # log lines (an earlier test may have configured logging), then ours
     assert stop.value.code == 1 and "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("pmcqa: a `pmcqa reindex` to embedding model"), err
+
+
+def test_read_only_commands_refuse_a_missing_library_and_create_nothing(
+    monkeypatch, tmp_path, capsys, request
+):
+    """A mistyped PMCQA_DATA_DIR: ask, search, papers, jobs and eval of JSONL questions exit 2 with one line
+    naming the path, where they created an empty library and answered "not found" or nothing."""
+    import sys
+
+    import pytest
+
+    from pmcqa.app.cli import main
+    from pmcqa.core.settings import get_settings
+
+    missing = tmp_path / "dtaa"
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(missing))
+    get_settings.cache_clear()  # eval reads the process-wide settings: these, and none cached after
+    request.addfinalizer(get_settings.cache_clear)
+    questions = tmp_path / "questions.jsonl"  # JSONL questions are asked of the library
+    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
+    commands = [
+        ["ask", "PMC1182327", "What is true?"],
+        ["search", "research claims"],
+        ["papers", "list"],
+        ["papers", "show", "PMC1182327"],
+        ["jobs"],
+        ["eval", str(questions)],
+    ]
+    for args in commands:
+        monkeypatch.setattr(sys, "argv", ["pmcqa", *args])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and err[-1] == (
+            f"pmcqa: no library at {missing}: check PMCQA_DATA_DIR, or ingest papers first "
+            "(`pmcqa ingest` creates it)"
+        ), (args, err)
+        assert not missing.exists(), args
+
+    # A data dir without the library's database (nothing ingested into it): refused, naming the file.
+    missing.mkdir()
+    monkeypatch.setattr(sys, "argv", ["pmcqa", "papers", "list"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert (
+        stop.value.code == 2
+        and f"no library at {missing / 'index' / 'pmcqa.sqlite3'}" in capsys.readouterr().err
+    )
+    assert list(missing.iterdir()) == []
+
+
+def test_ingest_creates_a_missing_data_dir(monkeypatch, tmp_path, shared_data):
+    fresh = tmp_path / "fresh" / "data"
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(fresh))
+    article = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"
+    result = runner.invoke(cli, ["ingest", "--xml", str(article), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["status"] == "ingested"
+    listed = runner.invoke(cli, ["papers", "list", "--json"])  # and the read-only commands then find it
+    assert listed.exit_code == 0 and json.loads(listed.stdout)["total"] == 1, listed.output

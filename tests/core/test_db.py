@@ -206,6 +206,22 @@ def test_a_library_file_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
         db.ensure_sqlite_schema(not_a_file)
 
 
+def test_require_existing_names_what_is_missing_and_needs_no_files_with_postgres(tmp_path: Path) -> None:
+    missing = tmp_path / "dtaa"
+    embedded = Settings(data_dir=missing)
+    with pytest.raises(db.LibraryNotFound, match=f"no library at {missing}: check PMCQA_DATA_DIR"):
+        db.require_existing(embedded, missing / "index" / "pmcqa.sqlite3")  # the dir is named first
+    missing.mkdir()
+    with pytest.raises(db.LibraryNotFound) as raised:
+        db.require_existing(embedded, missing / "jobs.sqlite3")
+    assert raised.value.path == missing / "jobs.sqlite3"
+    db.require_existing(embedded)
+    # The library is the database: data_dir holds only this host's caches, so nothing there is required.
+    shared = Settings(data_dir=tmp_path / "nowhere", database_url="postgresql://pmcqa@127.0.0.1:9/pmcqa")
+    db.require_existing(shared, tmp_path / "nowhere" / "index" / "pmcqa.sqlite3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dtaa"]
+
+
 def test_an_unreachable_database_is_a_clear_error(settings: Settings) -> None:
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
     # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.

@@ -12,6 +12,7 @@ from pmcqa.app.answering.registry import BACKENDS
 from pmcqa.app.errors import ServiceError
 from pmcqa.app.service import Library, check_paper_id, check_question
 from pmcqa.core.settings import Settings
+from pmcqa.index.store import require_library
 
 
 def ask(
@@ -29,6 +30,7 @@ def ask(
         # The id and the question are checked before the library (the embedding model) loads.
         check_paper_id(paper_id, settings)
         check_question(question, settings)
+        require_library(settings)  # a mistyped PMCQA_DATA_DIR: refused, not created empty
         library = Library.create(settings)
         try:
             library.wait_for_backend()  # a model loading in the background: wait, as a server would not

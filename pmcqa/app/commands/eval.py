@@ -22,9 +22,10 @@ from rich.markup import escape
 
 from pmcqa.app.answer_evaluation import answer_table, reliability_table, run_answer_evaluation
 from pmcqa.app.errors import ServiceError
-from pmcqa.app.evaluation import report_table, run_evaluation
+from pmcqa.app.evaluation import is_jsonl, report_table, run_evaluation
 from pmcqa.core.settings import AnswerBackendName, Settings, get_settings
 from pmcqa.index.retrieval import MODES
+from pmcqa.index.store import require_library
 
 USAGE_ERROR = 2
 
@@ -75,6 +76,8 @@ def eval_command(
         err.print(f"[bold red]error:[/] {escape(problem)}")
         raise typer.Exit(USAGE_ERROR)
     settings = get_settings()
+    if is_jsonl(file):  # asked of the user's library: a mistyped PMCQA_DATA_DIR is refused, not created empty
+        require_library(settings)
     try:
         if answers:
             _answers(file, settings, split_name, backend, min_confidence, limit, store_dir, as_json, details)

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pmcqa.app.commands.output import add_id_column, print_table
+from pmcqa.core.db import require_existing
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
 from pmcqa.ingest.jobs import AmbiguousJobId, Job, JobStore, live_workers
@@ -34,6 +35,7 @@ def jobs(
 ) -> None:
     """Show ingest jobs: recent ones, or one job's per-id outcomes."""
     settings, console = Settings(), Console(stderr=as_json)
+    require_existing(settings)  # a mistyped PMCQA_DATA_DIR: refused, not created with an empty jobs table
     store = JobStore.for_settings(settings)
     if job_id is None:
         recent = store.list(limit)

@@ -25,6 +25,7 @@ from pmcqa.app.routes.papers import MAX_OFFSET
 from pmcqa.app.schemas import PaperDetail, PaperList, PaperSummary
 from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
+from pmcqa.index.store import require_library
 
 papers = typer.Typer(help="List, show, read and delete the papers in the library.", no_args_is_help=True)
 
@@ -35,7 +36,9 @@ def register(cli: typer.Typer) -> None:
 
 @contextmanager
 def _library() -> Iterator[Library]:
-    library = Library.for_papers(Settings())
+    settings = Settings()
+    require_library(settings)  # a mistyped PMCQA_DATA_DIR: refused, not created empty
+    library = Library.for_papers(settings)
     try:
         yield library
     except ServiceError as exc:  # its exit code tells "not in the library" from "being ingested"

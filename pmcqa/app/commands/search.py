@@ -32,6 +32,7 @@ from pmcqa.core.settings import Settings
 from pmcqa.core.text import has_unencodable
 from pmcqa.index.models import Passage
 from pmcqa.index.retrieval import MODES
+from pmcqa.index.store import require_library
 
 USAGE_ERROR = 2
 
@@ -41,8 +42,11 @@ def register(cli: typer.Typer) -> None:
 
 
 def open_library() -> Library:
-    """The user's library, without an answer backend (the embedding model loads here)."""
-    return Library.create(Settings(), with_backend=False)
+    """The user's library, without an answer backend (the embedding model loads here); `LibraryNotFound`
+    where there is none (nothing is created)."""
+    settings = Settings()
+    require_library(settings)
+    return Library.create(settings, with_backend=False)
 
 
 def run_query(library: Library, query: str, paper_id: str | None, k: int | None, mode: str) -> dict[str, Any]:
