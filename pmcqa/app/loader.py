@@ -6,8 +6,8 @@ embedding model", "loading index", "loading backend", "ready", or "failed: <reas
 answers, `/readyz` reports the stage with 503, and every route that needs the library answers 503 with
 `Retry-After` (`pmcqa.app.deps.get_library`). A database that cannot be reached yet (a PostgreSQL library
 starting after the API, as after a host restart) is waited for, with backoff up to `DATABASE_RETRY_MAX_S`, and
-`/readyz` says so; any other failed load is not retried: the reason stays in `/readyz` and the log until the
-process is restarted.
+`/readyz` says so; only the database part is retried (the embedding model loads once, before it). Any other
+failed load is not retried: the reason stays in `/readyz` and the log until the process is restarted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pmcqa.app.service import Library
 from pmcqa.core.db import DatabaseUnavailable
 from pmcqa.core.settings import Settings
-from pmcqa.index.embedding import limit_torch_threads
+from pmcqa.index.embedding import Embedder, limit_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,15 @@ class LibraryLoader:
     def load(self) -> None:
         """Build the library here; a failure is logged and kept in `stage`, never raised. An unreachable
         database is waited for (it may still be starting); anything else fails the load."""
+        try:
+            embedder = self._load_embedder()
+        except Exception as exc:  # missing model files, an unknown backend, ...
+            self._fail(exc)
+            return
         delay = DATABASE_RETRY_FIRST_S
         while True:
             try:
-                library = self._build()
+                library = self._build(embedder)
                 break
             except DatabaseUnavailable as exc:
                 self._report(f"waiting for the database, retrying in {delay:g}s: {exc}")
@@ -82,10 +87,8 @@ class LibraryLoader:
                     self._finished.set()
                     return
                 delay = min(delay * 2, DATABASE_RETRY_MAX_S)
-            except Exception as exc:  # missing model files, a store of another embedding model, ...
-                log.exception("the library failed to load")
-                self._report(f"{FAILED}: {type(exc).__name__}: {exc}")
-                self._finished.set()
+            except Exception as exc:  # a store of another embedding model, a schema too new, ...
+                self._fail(exc)
                 return
         with self._lock:
             closed = self._closed
@@ -96,13 +99,27 @@ class LibraryLoader:
             library.close()
         self._finished.set()
 
-    def _build(self) -> Library:
+    def _fail(self, exc: Exception) -> None:
+        log.exception("the library failed to load")
+        self._report(f"{FAILED}: {type(exc).__name__}: {exc}")
+        self._finished.set()
+
+    def _load_embedder(self) -> Embedder | None:
+        """The embedding model, loaded once before the database is tried, so that waiting for the database
+        retries the database alone; None with a supplied factory, which builds everything itself."""
         if self._factory is not None:
-            self._report("loading library")
-            return self._factory(self.settings)
+            return None
         # Before the model loads and before any request thread runs torch (see the setting).
         limit_torch_threads(self.settings.api_torch_threads)
-        return Library.create(self.settings, progress=self._report)
+        self._report("loading embedding model")
+        return Embedder(self.settings)
+
+    def _build(self, embedder: Embedder | None) -> Library:
+        if embedder is None:
+            assert self._factory is not None
+            self._report("loading library")
+            return self._factory(self.settings)
+        return Library.create(self.settings, progress=self._report, embedder=embedder)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until loading has finished (ready or failed); False if `timeout` ran out first."""

@@ -48,6 +48,7 @@ from pmcqa.core.ids import InvalidPaperId, PaperId, parse_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, Status
 from pmcqa.core.text import has_unencodable
+from pmcqa.index.embedding import Embedder
 from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
 from pmcqa.index.retrieval import MODES, Mode
@@ -144,13 +145,14 @@ class Library:
         *,
         with_backend: bool = True,
         progress: Callable[[str], None] | None = None,
+        embedder: Embedder | None = None,
     ) -> Library:
-        """Load the real components once: embedder, store, retriever, id resolver and (unless
+        """Load the real components once: embedder (unless given), store, retriever, id resolver and (unless
         `with_backend` is False, e.g. to search only) the default answer backend. `progress` hears each
         step as it starts ("loading embedding model", "loading index", "loading backend")."""
         # Writable: the service stores uploaded papers and deletes papers, and its query vectors must come
         # from the stored vectors' model (checked).
-        parts = open_library(settings, writable=True, progress=progress)
+        parts = open_library(settings, writable=True, embedder=embedder, progress=progress)
         library = cls(settings, parts.store, parts.embedder, parts.retriever, _make_resolver(settings))
         if with_backend:
             if progress is not None:

@@ -272,3 +272,45 @@ def test_a_library_whose_database_comes_up_late_is_waited_for(monkeypatch) -> No
     assert loader.wait(10) and loader.library is ready and loader.stage == loader_module.READY
     thread.join()
     assert len(attempts) == 3 and any(stage.startswith("waiting for the database") for stage in stages)
+
+
+def test_waiting_for_the_database_loads_the_embedding_model_once(monkeypatch, tmp_path: Path) -> None:
+    """Only the database part is retried: the embedding model is not built again at each try."""
+    from conftest import make_settings
+
+    import pmcqa.app.loader as loader_module
+    import pmcqa.index.library as library_module
+    from pmcqa.core.db import DatabaseUnavailable
+    from pmcqa.index.embedding import Embedder
+
+    monkeypatch.setattr(loader_module, "DATABASE_RETRY_FIRST_S", 0.01)
+    loads: list[int] = []
+    build_embedder = Embedder.__init__
+
+    def counted(self: Embedder, settings: object) -> None:
+        loads.append(1)
+        build_embedder(self, settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Embedder, "__init__", counted)
+    tries: list[int] = []
+    open_store = library_module.open_store
+
+    def database_up_at_third_try(settings: object) -> object:
+        tries.append(1)
+        if len(tries) < 3:
+            raise DatabaseUnavailable("cannot connect to PostgreSQL at postgresql://db/pmcqa: refused")
+        return open_store(settings)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(library_module, "open_store", database_up_at_third_try)
+    # hand-set: the extractive backend uses the library's embedder, no scorer of its own
+    loader = loader_module.LibraryLoader(make_settings(tmp_path, answer_model="hand-set"))
+    stages: list[str] = []
+    report = loader._report
+    monkeypatch.setattr(loader, "_report", lambda stage: (stages.append(stage), report(stage)))
+    try:
+        loader.load()
+        assert loader.stage == loader_module.READY and loader.library is not None, loader.stage
+        assert len(tries) == 3 and len(loads) == 1, (tries, loads)
+        assert stages.count("loading embedding model") == 1 and stages[-1] == loader_module.READY
+    finally:
+        loader.close()
