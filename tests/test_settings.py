@@ -53,6 +53,25 @@ def test_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert Settings().top_k == 7  # the environment wins over the file
 
 
+def test_the_config_file_is_read_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The check that refuses an ignored file hands its parsed values to the settings (it was read and
+    parsed again by pydantic-settings' TOML source)."""
+    config = tmp_path / "pmcqa.toml"
+    config.write_text("top_k = 5\n")
+    monkeypatch.setenv("PMCQA_CONFIG_FILE", str(config))
+    opened: list[Path] = []
+    open_path = Path.open
+
+    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
+        if self == config:
+            opened.append(self)
+        return open_path(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    assert Settings().top_k == 5
+    assert len(opened) == 1
+
+
 @pytest.mark.parametrize(
     ("content", "says"),
     [

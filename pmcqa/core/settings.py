@@ -12,15 +12,15 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 AnswerBackendName = Literal["extractive", "transformers", "openai"]
@@ -30,21 +30,23 @@ class ConfigFileError(ValueError):
     """`PMCQA_CONFIG_FILE` names no readable TOML file, or one with a key that is no setting."""
 
 
-def check_config_file(path: Path, fields: set[str]) -> None:
-    """Refuse a config file that would be silently ignored: missing, not TOML, or with unknown keys (a typo
-    such as `topk = 9` would leave the default in force)."""
+def read_config_file(path: Path, fields: set[str]) -> dict[str, Any]:
+    """The settings of the TOML file at `path`, read and parsed once. Refuses a config file that would be
+    silently ignored: missing, not TOML, or with unknown keys (a typo such as `topk = 9` would leave the
+    default in force)."""
     where = f"PMCQA_CONFIG_FILE={str(path)!r}"
     if not path.is_file():
         raise ConfigFileError(f"{where}: no such file")
     try:
-        keys = set(tomllib.loads(path.read_text(encoding="utf-8")))
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigFileError(f"{where}: not a readable TOML file ({exc})") from None
-    unknown = sorted(keys - fields)
+    unknown = sorted(set(values) - fields)
     if unknown:
         raise ConfigFileError(
             f"{where}: unknown setting(s) {', '.join(unknown)} (keys are the settings' names)"
         )
+    return values
 
 
 class Settings(BaseSettings):
@@ -321,8 +323,9 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
         config_file = os.environ.get("PMCQA_CONFIG_FILE")
         if config_file:
-            check_config_file(Path(config_file), set(settings_cls.model_fields))
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            values = read_config_file(Path(config_file), set(settings_cls.model_fields))
+            # The values parsed above (what pydantic-settings' TOML source is, minus reading the file again).
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=values))
         return tuple(sources)
 
     # Derived locations, so every process agrees on the layout of `data_dir`.
