@@ -9,7 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pmcqa.app.cli import cli
-from pmcqa.ingest.jobs import JobStore
+from pmcqa.app.commands import jobs as jobs_command
+from pmcqa.core.settings import Settings
+from pmcqa.ingest.jobs import JobStore, queue_id
 
 runner = CliRunner()
 XMRV_DOI = "10.1371/journal.pone.0008519"
@@ -107,3 +109,26 @@ def test_ambiguous_job_prefix_is_refused(tmp_path, monkeypatch):
     shared = next(job_id[0] for job_id in ids if sum(j.startswith(job_id[0]) for j in ids) > 1)
     result = runner.invoke(cli, ["jobs", shared])
     assert result.exit_code == 2 and "give more of the id" in result.output
+
+
+def test_jobs_wait_warns_only_when_no_worker_serves_the_queue(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")  # the warning on one line
+    settings = Settings()
+    store = JobStore.for_settings(settings)
+    job = store.create(["PMC1"])
+    # follow_job polls until a worker ends the job: here it returns the job as it stands.
+    monkeypatch.setattr(jobs_command, "follow_job", lambda _settings, job_id, _console: store.get(job_id))
+    warning = "warning: no worker serves this queue: start one (`pmcqa worker`)"
+
+    alone = runner.invoke(cli, ["jobs", job.job_id, "--wait"])
+    assert alone.exit_code == 0 and warning in alone.stdout, alone.output
+
+    store.worker_seen("host-a:4242", queue_id(settings))
+    served = runner.invoke(cli, ["jobs", job.job_id, "--wait"])
+    assert served.exit_code == 0 and f"job {job.job_id}" in served.stdout, served.output
+    assert "no worker" not in served.output
+
+    store.worker_seen("elsewhere:1", "redis:pmcqa")  # a worker of another queue serves not this one
+    store.worker_gone("host-a:4242")
+    assert warning in runner.invoke(cli, ["jobs", job.job_id, "--wait"]).stdout
