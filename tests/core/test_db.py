@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,6 +152,44 @@ def test_an_older_postgres_schema_is_migrated_and_a_newer_one_refused(
     _pg_query(pg, "UPDATE alembic_version SET version_num = '0099' RETURNING 1")
     with pytest.raises(db.SchemaTooNew, match="schema revision 0099"):
         PostgresStore(pg)
+
+
+def test_a_newer_postgres_schema_seen_only_under_the_migration_lock_is_refused(
+    settings: Settings, scratch_postgres_database: Callable[[str], str]
+) -> None:
+    """A host reads an older revision, then waits for the migration lock while a newer pmcqa migrates: once
+    it holds the lock it must refuse the newer revision (SchemaTooNew), not hand it to alembic."""
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[postgres]'")
+    url = scratch_postgres_database("late")
+    _alembic_upgrade(url, "0001")
+    pg = _pg_settings(settings, url)
+    raised: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            db.ensure_postgres_schema(pg)
+        except BaseException as exc:
+            raised.append(exc)
+
+    with psycopg.connect(url, autocommit=True) as newer:  # the newer pmcqa, migrating
+        newer.execute("SELECT pg_advisory_lock(%s)", (db._MIGRATION_LOCK_KEY,))
+        opener = threading.Thread(target=open_it)
+        opener.start()
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        deadline = time.monotonic() + 30
+        while not newer.execute(waiting, (db._MIGRATION_LOCK_KEY,)).fetchone()[0]:
+            assert opener.is_alive() and time.monotonic() < deadline, raised or "never waited for the lock"
+            time.sleep(0.02)
+        # The opener read 0001 before the lock (its cheap check passed); the newer pmcqa now finishes.
+        newer.execute("UPDATE alembic_version SET version_num = '0099'")
+        newer.execute("SELECT pg_advisory_unlock(%s)", (db._MIGRATION_LOCK_KEY,))
+        opener.join(30)
+    assert len(raised) == 1 and isinstance(raised[0], db.SchemaTooNew), raised
+    assert raised[0].found == "0099"
+    assert _pg_query(pg, "SELECT version_num FROM alembic_version") == [("0099",)]  # untouched
 
 
 def test_concurrent_first_opens_of_a_postgres_database_migrate_once(
