@@ -16,7 +16,8 @@ Parsing rules (also in the README):
 - Tables: caption line, then rowspan/colspan (and OASIS namest/nameend/spanname/colname) expanded into a full
   grid, multi-row headers joined per column with " / ", one line per body row as `header: value; header:
   value`, then table-wrap-foot lines. Group rows, header rows inside the body and row labels written once
-  are carried down to the rows they govern (`_BodyLines`).
+  are carried down to the rows they govern (`_BodyLines`); header rows right below the head, before any
+  data row, are the rest of the head: their labels go under the head's, which are never dropped.
 - Each bibr citation is kept with its offset in its block's text (`Block.ref_mentions`), so a split block's
   pieces cite only their own references.
 - A subtitle joins its title ("Title: Subtitle").
@@ -856,6 +857,10 @@ class _BodyLines:
       outside the first column: a bold "Total" row with numbers is data), is a header row inside the body:
       its texts head their columns for the rows below ("Sex: Female; n: 1,891"), in place of the table
       head's, until the next such row, a group row or a blank row. Consecutive header rows stack (" / ").
+    - Except header rows right below the table head (above the first data row) that label more than the
+      first column: they are the rest of the head, typeset in the body, so their labels go under the head's,
+      for every row of the table ("GLVs / (Z)-Hexen-3-ol / Day: 0.99%"): the real head is never dropped.
+      (Later ones start a new panel of the table, with column headings of its own.)
     - An empty first cell in a data row repeats the first cell of the data row above ("Oral health status"
       written once for its five categories).
     Group and header rows that govern no data row are kept as lines of their own, as any row would be.
@@ -871,6 +876,8 @@ class _BodyLines:
         self.unused: list[tuple[int, list[_Cell | None]]] = []
         self.stub: _Cell | None = None
         self.last_kind = ""
+        # Below the table head, before any data row: header rows here may be the rest of the head.
+        self.under_head = any(headers)
         self.work = 0  # grid slots and header parts handled: the caller bounds it by the table's size
         self.text_size = 0  # characters of the lines so far: bounded likewise
 
@@ -904,6 +911,9 @@ class _BodyLines:
             self.unused.append((index, row))
             self.last_kind = "header"
             return
+        if self._continues_head():  # part of the head: it heads every row below, across groups and blanks
+            self.headers = self.effective
+        self.under_head = False
         first = row[0] if row else None
         if self.stub is not None and (first is None or not first.text) and len(row) >= 2:
             row = [self.stub, *row[1:]]  # the row's label is the one written above it
@@ -933,10 +943,23 @@ class _BodyLines:
             return False
         return not any(_DIGIT.search(cell.text) for cell, cols in cells.values() if 0 not in cols)
 
+    def _continues_head(self) -> bool:
+        return self.under_head and any(len(row) > 1 for row in self.body_head)
+
     def _effective_headers(self) -> list[list[str]]:
+        """The column headers for the rows below the header rows in `body_head`: under the head's when they
+        continue the head, else in place of the head's in the columns they label."""
         width = max(len(self.headers), max(map(len, self.body_head)))
         body = _column_headers(self.body_head, width)
-        return [body[c] or (self.headers[c] if c < len(self.headers) else []) for c in range(width)]
+        continues_head = self._continues_head()
+        effective: list[list[str]] = []
+        for col, labels in enumerate(body):
+            head = self.headers[col] if col < len(self.headers) else []
+            if continues_head:
+                effective.append(head + [label for label in labels if label not in head])
+            else:
+                effective.append(labels or head)
+        return effective
 
     def _flush_unused(self, keep_groups: bool = False) -> None:
         """Group/header rows that governed no data row become lines of their own (a kept group stays

@@ -831,6 +831,44 @@ def test_real_table_body_header_rows_and_full_width_groups() -> None:
     assert "Burning mouth syndrome; Yes; n: 22; OHIP-NL: 58.2" in lines
 
 
+def test_body_header_row_right_below_the_head_keeps_the_head() -> None:
+    # A bold header row opening the body is the rest of the head: its labels go under the head's, for every
+    # row (across groups too). It replaced them: "Day: 1", and "Weight (kg)" was lost.
+    table = etree.fromstring(
+        "<table><thead><tr><th/><th colspan='2'>Weight (kg)</th></tr></thead><tbody>"
+        "<tr><td><bold>Group</bold></td><td><bold>Day</bold></td><td><bold>Night</bold></td></tr>"
+        "<tr><td>A</td><td>1</td><td>2</td></tr>"
+        "<tr><td colspan='3'>Women</td></tr>"
+        "<tr><td>B</td><td>3</td><td>4</td></tr>"
+        "<tr><td/><td/><td/></tr>"
+        "<tr><td><bold>Stage</bold></td><td><bold>Early</bold></td><td><bold>Late</bold></td></tr>"
+        "<tr><td>C</td><td>5</td><td>6</td></tr>"
+        "</tbody></table>"
+    )
+    assert linearize_table(table) == [
+        "Group: A; Weight (kg) / Day: 1; Weight (kg) / Night: 2",
+        "Women > Group: B; Weight (kg) / Day: 3; Weight (kg) / Night: 4",  # a full-width row is a group
+        "Stage: C; Early: 5; Late: 6",  # after data rows: a new panel with headings of its own
+    ]
+
+
+@pytest.mark.parametrize("relative", ["elife-tools/elife-00666.xml", "elife-tools/elife04490.xml"])
+def test_real_body_header_row_right_below_the_head_keeps_the_head(relative: str) -> None:
+    # The same volatiles table in both: a bold "Genotype | Day n | Night n | Day | Night | ..." row opens the
+    # body under a two-row head ("GLVs (percent IS plant⁻¹)" over "(Z)-Hexen-3-ol"). It replaced the head,
+    # so no line said which compound a percentage is of.
+    paper = parse_shared(f"jats/{relative}")
+    lines = [line for b in paper.blocks if b.kind == "table" for line in b.text.split("\n")]
+    wild_type = [line for line in lines if line.startswith("Genotype: WT;")]
+    assert wild_type  # elife-00666 has the table twice (Table 1 and its appendix copy)
+    for line in wild_type:
+        assert line.startswith(
+            "Genotype: WT; Day n: 8; Night n: 8; GLVs (percent IS plant⁻¹) / (Z)-Hexen-3-ol / Day: 0.99%; "
+        )
+        assert "; TPS10 products (percent IS plant⁻¹) / TAB / Day: 0.37%; " in line
+        assert "; Day: " not in line and "; Night: " not in line  # no value without its compound
+
+
 def test_bold_data_rows_with_numbers_are_not_headers() -> None:
     table = etree.fromstring(
         "<table><thead><tr><th>Group</th><th>n</th></tr></thead><tbody>"
