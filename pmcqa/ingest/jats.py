@@ -13,6 +13,11 @@ Parsing rules (also in the README):
 - Superscripts and subscripts (<sup>/<sub>, MathML msup/msub/msubsup, footnote-marker xrefs) never merge with
   the text around them: Unicode super/subscript characters when every character has one (10⁷, Ca²⁺, CO₂),
   else ^{...} / _{...} (p27^{Kip1}, V_{max}).
+- Other MathML layouts keep their structure in the same convention (`_math_items`): limits under/over a base
+  are its scripts (∑_{i=1}^{n}, lim_{x→0}; an accent reads as typed, x¯); mfrac is numerator/denominator,
+  a part in parentheses unless one name or number (a/b, (a+b)/2, dx/dt), the whole too where it would run
+  into what it multiplies or is the base of ((1/2)x, (a/b)²); msqrt is √(x); mroot its index as a
+  superscript, then the root (³√(x), ^{n}√(x)); mfenced its brackets and separators ((a,b)).
 - Tables: caption line, then rowspan/colspan (and OASIS namest/nameend/spanname/colname) expanded into a full
   grid, multi-row headers joined per column with " / ", one line per body row as `header: value; header:
   value`, then table-wrap-foot lines. Group rows, header rows inside the body and row labels written once
@@ -221,8 +226,20 @@ _SUB_EXPRESSIBLE = frozenset("0123456789+-−=()₀₁₂₃₄₅₆₇₈₉�
 _SCRIPTS = {"sup": "^", "sub": "_"}
 # Footnote markers are typeset as superscripts, also as a bare <xref ref-type="table-fn">a</xref>.
 _FOOTNOTE_XREFS = frozenset({"fn", "table-fn"})
-# MathML scripts: (base, script, script, ...) children, each script with its marker.
-_MATH_SCRIPTS = {"msup": ("^",), "msub": ("_",), "msubsup": ("_", "^")}
+# MathML scripts: (base, script, script, ...) children, each script with its marker. Limits under and over
+# a base (∑, lim) are written as scripts too.
+_MATH_SCRIPTS = {
+    "msup": ("^",),
+    "msub": ("_",),
+    "msubsup": ("_", "^"),
+    "munder": ("_",),
+    "mover": ("^",),
+    "munderover": ("_", "^"),
+}
+# MathML layouts read with structure: scripts and limits, fractions, roots, fences.
+_MATH_LAYOUTS = frozenset(_MATH_SCRIPTS) | {"mfrac", "msqrt", "mroot", "mfenced"}
+# What an accent attribute is called on munder/mover (an accent reads as typed: x¯, v→).
+_ACCENT_ATTRIBUTES = {"munder": "accentunder", "mover": "accent"}
 # Text that closes a phrase: the space put after a block-like element is left out before it ("note." not
 # "note .").
 _CLOSING_PUNCTUATION = frozenset(".,;:!?)]")
@@ -244,6 +261,13 @@ class _Script:
         self.start = len(out)
         out.append("")  # placeholder for "^{" / "_{"
 
+    def read(self, out: list[str]) -> None:
+        """As a mark among MathML nodes: open on first sight, close on the second."""
+        if self.start is None:
+            self.open(out)
+        else:
+            self.close(out)
+
     def close(self, out: list[str]) -> None:
         start = self.start if self.start is not None else len(out)
         content = out[start + 1 :]
@@ -259,22 +283,78 @@ class _Script:
             for index in range(start + 1, len(out)):
                 out[index] = "".join(out[index].split()).translate(table)
             return
-        # Trim the script's own leading and trailing whitespace, piece by piece.
-        first, last = start + 1, len(out) - 1
-        while first <= last and not out[first].strip(_ASCII_WS):
-            out[first] = ""
-            first += 1
-        while last >= first and not out[last].strip(_ASCII_WS):
-            out[last] = ""
-            last -= 1
-        out[first] = out[first].lstrip(_ASCII_WS)
-        out[last] = out[last].rstrip(_ASCII_WS)
+        _trim_ends(out, start + 1)  # the script's own leading and trailing whitespace
         out[start] = self.marker + "{"
         out.append("}")
 
 
+def _trim_ends(out: list[str], first: int) -> None:
+    """Trim the leading and trailing whitespace of the text out[first:], piece by piece."""
+    last = len(out) - 1
+    while first <= last and not out[first].strip(_ASCII_WS):
+        out[first] = ""
+        first += 1
+    while last >= first and not out[last].strip(_ASCII_WS):
+        out[last] = ""
+        last -= 1
+    if first <= last:
+        out[first] = out[first].lstrip(_ASCII_WS)
+        out[last] = out[last].rstrip(_ASCII_WS)
+
+
+class _Group:
+    """A part of a MathML fraction, root or fence being gathered, like `_Script`: opened (a placeholder piece
+    at `start`), then closed, when its pieces are rewritten in place as `before` + `opening` + the part +
+    `closing`. The brackets are left out when `optional` and the part is one name or number ("x", "dt",
+    "2.5"), so a/b reads "a/b" but (a+b)/c "(a+b)/c"."""
+
+    __slots__ = ("before", "closing", "opening", "optional", "start")
+
+    def __init__(self, before: str, optional: bool, opening: str = "(", closing: str = ")") -> None:
+        self.before, self.optional = before, optional
+        self.opening, self.closing = opening, closing
+        self.start: int | None = None
+
+    def read(self, out: list[str]) -> None:
+        """Open on first sight, close on the second."""
+        if self.start is None:
+            self.start = len(out)
+            out.append("")  # placeholder for before + opening
+            return
+        _trim_ends(out, self.start + 1)
+        if self.optional and self._one_name(out, self.start + 1):
+            out[self.start] = self.before
+            return
+        out[self.start] = self.before + self.opening
+        out.append(self.closing)
+
+    @staticmethod
+    def _one_name(out: list[str], first: int) -> bool:
+        """The part is one name or number (or empty). Stops at the first piece that says otherwise: a part
+        of nested fractions begins with its own "(", so nesting costs no rescans."""
+        for index in range(first, len(out)):
+            piece = out[index]
+            if piece and not piece.replace(".", "").isalnum():
+                return False
+        return True
+
+
+class _Literal:
+    """Text between the parts of a MathML layout: a fence's separator ("," in "(a,b)")."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read(self, out: list[str]) -> None:
+        out.append(self.text)
+
+
+# The marks `_gather` reads among nodes (`read`): scripts and groups are read twice, opened then closed.
+_MARKS = frozenset({_Script, _Group, _Literal})
 # Names `_gather` treats otherwise than plain inline markup; every other element is just its text.
-_GATHER_SPECIAL = _NO_TEXT | _FORMULA_NAMES | _SEPARATED | set(_SCRIPTS) | set(_MATH_SCRIPTS) | {"xref"}
+_GATHER_SPECIAL = _NO_TEXT | _FORMULA_NAMES | _SEPARATED | set(_SCRIPTS) | _MATH_LAYOUTS | {"xref"}
 
 
 # How an element's content ends: nothing more, a space (left out when its tail starts with closing
@@ -298,19 +378,100 @@ def _bare_marker(xref: etree._Element) -> bool:
     return not any(_is_element(child) and local(child) in _SCRIPTS for child in xref)
 
 
-def _math_script_items(el: etree._Element, markers: tuple[str, ...]) -> list[etree._Element | _Script] | None:
-    """msup/msub/msubsup as the items to read: the base as it is, each script between the opening and the
-    closing of a `_Script` ("σ²", "N_{inlier}"); None when the element does not have the children its name
-    promises (then it is read as plain markup). Whitespace between MathML elements is not content, so no
-    tail is read between a base and its scripts."""
+_Item = etree._Element | _Script | _Group | _Literal
+
+
+def _math_items(el: etree._Element, name: str) -> list[_Item] | None:
+    """A MathML layout as the items to read, each part between the opening and the closing of its mark:
+
+    - msup/msub/msubsup, and munder/mover/munderover (limits), as scripts of their base ("σ²",
+      "N_{inlier}", "∑_{i=1}^{n}"); an accent (`accent="true"`, or a lone <mo> over or under the base)
+      reads as typed ("x¯");
+    - mfrac as numerator/denominator, each in parentheses unless one name or number ("a/b", "(a+b)/2"),
+      the whole in parentheses too where it would run into what is around it (`_fraction_stands_apart`);
+    - msqrt as "√(x)"; mroot as its index written as a script, then the root ("³√(x)", "^{n}√(x)");
+    - mfenced as its brackets around its children, with its separators between them ("(a,b)").
+
+    None when the element does not have the children its name promises, or is a fraction without a bar
+    (linethickness 0: a binomial coefficient), or an accent: then it is read as plain markup. Whitespace
+    between MathML elements is not content, so no tail is read between the parts."""
     children = [child for child in el if _is_element(child)]
-    if len(children) != len(markers) + 1:
+    if name == "mfenced":
+        return _fenced_items(el, children)
+    if name == "msqrt":
+        root = _Group("√", optional=False)
+        return [root, *children, root]
+    if name == "mroot":
+        if len(children) != 2:
+            return None
+        index, root = _Script("^"), _Group("√", optional=False)
+        return [index, children[1], index, root, children[0], root]
+    if name == "mfrac":
+        if len(children) != 2 or (el.get("linethickness") or "").strip().startswith("0"):
+            return None
+        numerator, denominator = _Group("", optional=True), _Group("/", optional=True)
+        parts: list[_Item] = [numerator, children[0], numerator, denominator, children[1], denominator]
+        if not _fraction_stands_apart(el):
+            whole = _Group("", optional=False)
+            parts = [whole, *parts, whole]
+        return parts
+    markers = _MATH_SCRIPTS[name]
+    if len(children) != len(markers) + 1 or (name in _ACCENT_ATTRIBUTES and _is_accent(el, children[1])):
         return None
-    items: list[etree._Element | _Script] = [children[0]]
+    items: list[_Item] = [children[0]]
     for child, marker in zip(children[1:], markers, strict=True):
         script = _Script(marker)
         items.extend((script, child, script))  # the same script: opened, then closed
     return items
+
+
+def _fenced_items(fence: etree._Element, children: list[etree._Element]) -> list[_Item]:
+    """mfenced: its opening and closing (default "(" and ")") around its children, separated by its
+    separators in turn (default ","; the last one repeats)."""
+    group = _Group("", False, fence.get("open", "("), fence.get("close", ")"))
+    separators = "".join((fence.get("separators", ",")).split())
+    items: list[_Item] = [group]
+    for index, child in enumerate(children):
+        if index and separators:
+            items.append(_Literal(separators[min(index - 1, len(separators) - 1)]))
+        items.append(child)
+    items.append(group)
+    return items
+
+
+def _fraction_stands_apart(fraction: etree._Element) -> bool:
+    """A fraction reads unambiguously without parentheses of its own: not the base of a script ("(a/b)²")
+    and not next to what it multiplies or is the argument of ("(1/2)x", "2(a/b)", "log(a/b)"); as a part of
+    a fraction or root it has that part's parentheses."""
+    parent = fraction.getparent()
+    parent_name = local(parent) if parent is not None else ""
+    if parent_name in _MATH_SCRIPTS:
+        return fraction is not next(_children(parent), None)
+    if parent_name in ("mfrac", "mroot"):
+        return True
+    neighbours = (fraction.getprevious(), fraction.getnext())
+    return all(node is None or not _is_element(node) or _separates(node) for node in neighbours)
+
+
+def _separates(node: etree._Element) -> bool:
+    """A neighbour that keeps a fraction apart: spacing, or an operator ("=", "+", ",") other than a
+    division, a function name ("log") or an invisible product or application (U+2061-U+2064)."""
+    name = local(node)
+    if name == "mspace":
+        return True
+    if name not in ("mo", "mtext"):  # a name, number or layout: it multiplies the fraction
+        return False
+    text = element_text(node)
+    if name == "mtext":
+        return not text.strip()
+    return text != "/" and not text.isalpha() and not ("\u2061" <= text <= "\u2064")
+
+
+def _is_accent(el: etree._Element, script: etree._Element) -> bool:
+    """An over/under script that decorates its base (a bar, hat, arrow, brace) rather than limiting it."""
+    if (el.get(_ACCENT_ATTRIBUTES[local(el)]) or "").strip().lower() == "true":
+        return True
+    return local(script) == "mo" and not any(_is_element(child) for child in script)
 
 
 def _close(closing: _Closing, tail: str | None, out: list[str]) -> None:
@@ -322,7 +483,7 @@ def _close(closing: _Closing, tail: str | None, out: list[str]) -> None:
 
 
 def _gather(
-    nodes: Iterator[etree._Element | _Script],
+    nodes: Iterator[_Item],
     out: list[str],
     refs: list[Mention],
     in_formula: bool,
@@ -338,18 +499,13 @@ def _gather(
     Each bibr citation is recorded in `refs` with the index of the piece its text starts at.
     """
     # Frames: (nodes to read, how the element they belong to closes, its tail, read the nodes' tails).
-    frames: list[tuple[Iterator[etree._Element | _Script], _Closing, str | None, bool]] = [
-        (nodes, None, None, tails)
-    ]
+    frames: list[tuple[Iterator[_Item], _Closing, str | None, bool]] = [(nodes, None, None, tails)]
     while frames:
         children, _, _, with_tails = frames[-1]
         descended = False
         for child in children:
-            if type(child) is _Script:  # math scripts: open on first sight, close on the second
-                if child.start is None:
-                    child.open(out)
-                else:
-                    child.close(out)
+            if type(child) in _MARKS:  # math layout marks
+                child.read(out)  # type: ignore[union-attr]
                 continue
             tag = child.tag
             tail = child.tail if with_tails else None
@@ -387,8 +543,8 @@ def _gather(
             elif name in _SCRIPTS:
                 closing = _Script(_SCRIPTS[name])
                 closing.open(out)
-            elif name in _MATH_SCRIPTS:
-                items = _math_script_items(child, _MATH_SCRIPTS[name])
+            elif name in _MATH_LAYOUTS:
+                items = _math_items(child, name)
                 if items is not None:
                     frames.append((iter(items), None, tail, False))
                     descended = True

@@ -556,8 +556,10 @@ def test_real_mathml_formula_once() -> None:
     paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pone.0117688.xml")
     formula = next(b for b in paper.blocks if b.xml_id == "pone.0117688.e034")
     assert (formula.kind, formula.label) == ("formula", "(4)")
-    # msup/msub keep their scripts apart from the base (issue 13; was "σ 2 = 1 N inlier").
-    assert formula.text.startswith("σ² = 1 N_{inlier}") and formula.text.count("inlier") == 2
+    # msup/msub keep their scripts apart from the base (issue 13; was "σ 2 = 1 N inlier"); the fraction and
+    # the sum's limit keep their structure (were "1 N_{inlier} ∑ i ∈ inlier").
+    assert formula.text.startswith("σ² = (1/(N_{inlier})) ∑_{i ∈ inlier} ∥ y ⃗_{i} - R x ⃗_{i}")
+    assert formula.text.count("inlier") == 2
 
 
 def test_real_bibr_ids_resolve_to_references() -> None:
@@ -776,6 +778,69 @@ def test_mathml_scripts_follow_the_same_rule() -> None:
         )
     )
     assert paper.blocks[0].text == "Area r²+x_{i}³."
+
+
+def mi(name: str) -> str:
+    return f"<mml:mi>{name}</mml:mi>"
+
+
+def mn(number: str) -> str:
+    return f"<mml:mn>{number}</mml:mn>"
+
+
+def mo(operator: str) -> str:
+    return f"<mml:mo>{operator}</mml:mo>"
+
+
+def mrow(*children: str) -> str:
+    return f"<mml:mrow>{''.join(children)}</mml:mrow>"
+
+
+def frac(numerator: str, denominator: str) -> str:
+    return f"<mml:mfrac>{numerator}{denominator}</mml:mfrac>"
+
+
+@pytest.mark.parametrize(
+    ("mathml", "text"),
+    [
+        # mfrac: each part in parentheses unless one name or number; the whole where it would run into
+        # what it multiplies or is the base of (all of these read "a b" style before: "a b", "a+b 2").
+        (frac(mi("a"), mi("b")), "a/b"),
+        (frac(mrow(mi("a"), mo("+"), mi("b")), mn("2")), "(a+b)/2"),
+        (frac(mrow(mi("d"), mi("x")), mrow(mi("d"), mi("t"))), "dx/dt"),
+        (frac(mn("1"), frac(mi("a"), mi("b"))), "1/(a/b)"),
+        (mi("y") + mo("=") + frac(mn("1"), mn("2")), "y=1/2"),
+        (frac(mn("1"), mn("2")) + mi("x"), "(1/2)x"),
+        (f"<mml:msup>{frac(mi('a'), mi('b'))}{mn('2')}</mml:msup>", "(a/b)²"),
+        (f"<mml:mfrac linethickness='0pt'>{mi('n')}{mi('k')}</mml:mfrac>", "nk"),  # no bar: not a fraction
+        # roots: the radicand always in parentheses, an mroot's index written as a script before it
+        (f"<mml:msqrt>{mi('x')}</mml:msqrt>", "√(x)"),
+        (f"<mml:msqrt>{mi('x')}{mo('+')}{mn('1')}</mml:msqrt>", "√(x+1)"),
+        (f"<mml:mroot>{mi('x')}{mn('3')}</mml:mroot>", "³√(x)"),
+        (f"<mml:mroot>{mi('x')}{mi('n')}</mml:mroot>", "^{n}√(x)"),
+        # limits under and over are scripts; an accent reads as typed
+        (
+            f"<mml:munderover>{mo('∑')}{mrow(mi('i'), mo('='), mn('1'))}{mi('n')}</mml:munderover>"
+            f"<mml:msub>{mi('x')}{mi('i')}</mml:msub>",
+            "∑_{i=1}^{n}x_{i}",
+        ),
+        (f"<mml:munder>{mo('lim')}{mrow(mi('x'), mo('→'), mn('0'))}</mml:munder>", "lim_{x→0}"),
+        (f"<mml:mover>{mo('→')}{mi('λ')}</mml:mover>", "→^{λ}"),
+        (f"<mml:mover>{mi('x')}{mo('¯')}</mml:mover>", "x¯"),
+        (f"<mml:mover accent='true'>{mi('v')}{mrow(mo('→'))}</mml:mover>", "v→"),
+        # mfenced: its brackets and separators
+        (f"<mml:mfenced>{mi('a')}{mi('b')}</mml:mfenced>", "(a,b)"),
+        (f"<mml:mfenced open='[' close=']' separators=';'>{mi('a')}{mi('b')}</mml:mfenced>", "[a;b]"),
+    ],
+)
+def test_mathml_layouts_keep_their_structure(mathml: str, text: str) -> None:
+    (paper,) = parse_jats(
+        article(
+            "<p>Is <inline-formula><mml:math xmlns:mml='http://www.w3.org/1998/Math/MathML'>"
+            f"{mathml}</mml:math></inline-formula>.</p>"
+        )
+    )
+    assert paper.blocks[0].text == f"Is {text}."
 
 
 def test_real_table_group_headers_are_carried_down() -> None:
