@@ -12,7 +12,9 @@ Parsing rules (also in the README):
   inside list items (the list goes on in a new block). A `<fn>` inside a paragraph becomes a block after it.
 - Superscripts and subscripts (<sup>/<sub>, MathML msup/msub/msubsup, footnote-marker xrefs) never merge with
   the text around them: Unicode super/subscript characters when every character has one (10⁷, Ca²⁺, CO₂),
-  else ^{...} / _{...} (p27^{Kip1}, V_{max}).
+  else ^{...} / _{...} (p27^{Kip1}, V_{max}). A footnote's own label, when it is a mark (a, †, ¤b, 12; not a
+  heading like "Competing interests:"), is written the same way before the note's text ("^{a} P < 0.05"),
+  so a cell's "0.01^{a}" and its note match.
 - Other MathML layouts keep their structure in the same convention (`_math_items`): limits under/over a base
   are its scripts (∑_{i=1}^{n}, lim_{x→0}; an accent reads as typed, x¯); mfrac is numerator/denominator,
   a part in parentheses unless one name or number (a/b, (a+b)/2, dx/dt), the whole too where it would run
@@ -1331,6 +1333,13 @@ class _Out:
             )
         )
 
+    def prefix(self, index: int, text: str) -> None:
+        """Put `text` and a space before the text of block `index`, its citations' offsets moved along."""
+        block = self.blocks[index]
+        shift = len(text) + 1
+        moved = [(at + shift, rid) for at, rid in block.ref_mentions]
+        self.blocks[index] = block.model_copy(update={"text": f"{text} {block.text}", "ref_mentions": moved})
+
 
 def with_subtitle(title: str, subtitle: str) -> str:
     """A title and its subtitle as one heading: "Title: Subtitle" ("Title? Subtitle" after punctuation)."""
@@ -1435,7 +1444,7 @@ def _walk_mixed(el: etree._Element, ctx: _Ctx, out: _Out, is_block: Callable[[et
             pieces.append(child.tail)
     flush()
     for footnote in footnotes:
-        out.emit(ctx, ctx.para_kind, _text_and_refs(footnote), xml_id=footnote.get("id"))
+        out.emit(ctx, ctx.para_kind, _footnote_text(footnote), xml_id=footnote.get("id"))
 
 
 class _ListBlocks:
@@ -1548,8 +1557,47 @@ _AUTHOR_NOTE_HEADINGS = {
 
 def _walk_fn(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
     """A footnote walked as a block (fn-group, author notes): its kind (`fn-type`: competing interests,
-    contributions, ...) names it, so "Competing interests" is not lost behind "Footnotes"."""
+    contributions, ...) names it, so "Competing interests" is not lost behind "Footnotes"; its marker label
+    starts its first block (`_footnote_text`)."""
+    first = len(out.blocks)
     _walk(el, ctx.deeper(_AUTHOR_NOTE_HEADINGS.get(el.get("fn-type") or "", "")), out)
+    label = _marker_label(el)
+    if label is not None and len(out.blocks) > first:
+        out.prefix(first, _marker_text(label))
+
+
+# The longest mark a footnote label is read as a marker of: "a", "†", "¤b", "12", "**" (comma-separated
+# marks too: "a,b"). A longer label is a heading ("Competing interests:"), not a marker.
+_MAX_MARK = 3
+
+
+def _marker_label(note: etree._Element) -> etree._Element | None:
+    """The note's <label> when it is the note's marker (short marks, `_MAX_MARK`), else None."""
+    label = _child(note, "label")
+    if label is None:
+        return None
+    marks = "".join(label.itertext()).split()
+    return label if len(marks) == 1 and all(len(mark) <= _MAX_MARK for mark in marks[0].split(",")) else None
+
+
+def _marker_text(label: etree._Element) -> str:
+    """A marker label written as the markers that point at it are in the text: a superscript ("^{a}",
+    "¹", "^{†}"), or as it is when it has its own <sup>."""
+    if next(_descendants(label, *_SCRIPTS), None) is not None:
+        return element_text(label)
+    out: list[str] = []
+    script = _Script("^")
+    _gather(iter((script, label, script)), out, [], in_formula=False, tails=False)
+    return normalize("".join(out))
+
+
+def _footnote_text(note: etree._Element) -> _Text:
+    """A footnote read as one text: its marker label first, written as the markers pointing at it are, so a
+    reader can match a cell's "0.01^{a}" with "^{a} P < 0.05" (the label read as plain "a" before)."""
+    label = _marker_label(note)
+    if label is None:
+        return _text_and_refs(note)
+    return _joined([_Text(_marker_text(label)), _text_and_refs(note, skip=frozenset({"label"}))], " ")
 
 
 def _walk_corresp(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
@@ -1567,7 +1615,7 @@ def _table_footer(wrap: etree._Element) -> list[_Text]:
     for foot in _children(wrap, "table-wrap-foot"):
         for child in _children(foot):
             members = list(_children(child, "fn")) if local(child) == "fn-group" else [child]
-            lines.extend(text for text in (_text_and_refs(m) for m in members) if text.text)
+            lines.extend(text for text in (_footnote_text(m) for m in members) if text.text)
     return lines
 
 

@@ -228,7 +228,7 @@ def test_table_linearized_with_spans_headers_and_footnotes(sink: Paper) -> None:
         "Group: Treated; Outcome / Dead: 3; Outcome / Alive: 10",
         "Group: Treated; Outcome / Dead: 4; Outcome / Alive: 11",  # rowspan repeated
         "Group: Control; Outcome: not measured",  # colspan said once, under the shared header
-        "a Footnote of the table.",
+        "^{a} Footnote of the table.",  # its label written as a marker pointing at it is
     ]
     assert table.ref_ids == ["B3"]
     assert one(sink, "See the table").kind == "paragraph"  # not glued to the table
@@ -841,6 +841,51 @@ def test_mathml_layouts_keep_their_structure(mathml: str, text: str) -> None:
         )
     )
     assert paper.blocks[0].text == f"Is {text}."
+
+
+def test_footnote_labels_are_written_as_their_markers() -> None:
+    # A footnote's own <label> is written the way the markers pointing at it are ("^{a}", "²"), so a cell's
+    # "0.01^{a}" finds its note: table footnotes read it as a plain "a", walked footnotes dropped it.
+    (paper,) = parse_jats(
+        b"<article><front><article-meta/></front><body><sec><title>R</title>"
+        b"<p>Text<xref ref-type='fn' rid='n2'>2</xref>."
+        b"<fn id='n3'><label>3</label><p>inline note</p></fn></p>"
+        b"<table-wrap id='t1'><label>Table 1</label><table>"
+        b"<thead><tr><th>G</th><th>P</th></tr></thead><tbody>"
+        b"<tr><td>A</td><td>0.01<xref ref-type='table-fn' rid='ta'>a</xref></td></tr>"
+        b"<tr><td>B</td><td>0.2<sup><xref ref-type='table-fn' rid='tb'>*</xref></sup></td></tr>"
+        b"</tbody></table>"
+        b"<table-wrap-foot><fn id='ta'><label>a</label><p>P &lt; 0.05</p></fn>"
+        b"<fn-group><fn id='tb'><label><sup>*</sup></label><p>star</p></fn></fn-group>"
+        b"<fn id='tc'><label>Note:</label><p>a heading, not a marker</p></fn></table-wrap-foot></table-wrap>"
+        b"</sec></body><back><fn-group><fn id='n2'><label>2</label>"
+        b"<p>See <xref ref-type='bibr' rid='B1'>[1]</xref>.</p><p>More.</p></fn></fn-group></back></article>"
+    )
+    table = next(b for b in paper.blocks if b.kind == "table")
+    assert table.text.split("\n")[1:] == [
+        "G: A; P: 0.01^{a}",
+        "G: B; P: 0.2^{*}",
+        "^{a} P < 0.05",
+        "^{*} star",  # a label with its own <sup> as it is
+        "Note: a heading, not a marker",  # a heading label stays plain text
+    ]
+    assert [b.text for b in paper.blocks if b.kind == "paragraph"] == ["Text².", "³ inline note"]
+    note, more = [b for b in paper.blocks if b.part == "back"]
+    assert (note.text, more.text) == ("² See [1].", "More.")  # the label starts the note's first block
+    assert note.ref_mentions == [(note.text.index("[1]"), "B1")]  # the citation's offset moved along
+
+
+def test_real_footnote_labels_match_their_markers() -> None:
+    # pmed.1001300 Table 2: cells "n^{a}", "aOR^{b}", "(0.9–1.7)^{c}"; its footnotes read "a n shown, ...".
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pmed.1001300.xml")
+    lines = next(b for b in paper.blocks if b.label == "Table 2").text.split("\n")
+    assert "Group 1 drugs: Pyrazinamide; n^{a}: 3,985; aOR^{b}: 1.2; " in lines[1]
+    assert any(line.startswith("^{a} n shown, the number of patients that received") for line in lines)
+    assert any(line.startswith("^{b} aOR for use of drug, with non-use as the reference") for line in lines)
+    # pbio.1001199's author notes: the present addresses ¤a, ¤b, ¤c lost their labels.
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pbio.1001199.xml")
+    notes = [b.text for b in paper.blocks if b.section_path == ["Author notes", "Current address"]]
+    assert [note.split(" ", 1)[0] for note in notes] == ["^{¤a}", "^{¤b}", "^{¤c}"]
 
 
 def test_real_table_group_headers_are_carried_down() -> None:
