@@ -37,6 +37,12 @@ Parsing rules (also in the README):
   `Paper.references`, not text. floats-group content gets part "floats". The front matter's author notes
   (competing interests, contributions, correspondence; under "Author notes" and the note's kind) and funding
   statements ("Funding") are kind "back", part "front": PLOS keeps there what eLife puts in <back>.
+- Funding awards (funding-group/award-group, where eLife names its funders) follow the statements under
+  "Funding" as one block, a sentence a line: "Funded by F and G (awards A and B) to R, with principal
+  investigator P." ("Funded by award A to R." without a funding-source). Names read given names first
+  (surname first when name-style="eastern"); a string-name or plain-text recipient as written; ids
+  (institution-id, contrib-id) and attributes (xlink:href, country) are left out. An award whose funders the
+  statements all name already (case- and whitespace-insensitively, as whole phrases) is left out.
 - An image-only table (no <table>) is a caption block with its table-wrap-foot lines.
 - Sub-articles (decision letters, author responses, peer reviews) are kept apart: kind and part
   "sub-article", `sub_article` set, section_path starting with the sub-article title.
@@ -53,6 +59,8 @@ Hostile input stays bounded (time and memory linear in the input):
   columns or its widest row. A table whose spans would still expand it far past its cells, or whose headers
   repeated on every row would multiply its text more than eightfold, is linearized plainly: one line per
   row (head rows too), cell texts joined by "; ", no span expansion and no header pairing.
+- Funders are looked up in the funding statement (to leave out awards it names) only while funders ×
+  statement length stays under `_FUNDER_MATCH_WORK`; past it every award is written.
 """
 
 from __future__ import annotations
@@ -1844,17 +1852,129 @@ def _abstract_blocks(meta: etree._Element | None, out: _Out) -> None:
         _walk(abstract, ctx, out)
 
 
+# Identifiers (a Crossref Funder ID, ROR, Ringgold; an ORCID) are not prose: left out of funders and names.
+_INSTITUTION_IDS = frozenset({"institution-id"})
+_RECIPIENT_IDS = frozenset({"contrib-id", "institution-id"})
+# What names an award's recipient or investigator: a person (as in references) or an institution.
+_RECIPIENT_ELEMENTS = (*_NAME_ELEMENTS, "institution", "institution-wrap")
+# Statement characters scanned for funder names, summed over the funders: the shared corpus needs at most
+# 2·10⁴, the limit costs about 50 ms. Past it (a crafted article: thousands of funders and a huge statement
+# would take minutes) every award is written, none left out as said already.
+_FUNDER_MATCH_WORK = 1_000_000
+
+
+def _listed(items: list[str]) -> str:
+    """Items as English lists them: "A", "A and B", "A, B and C"."""
+    return f"{', '.join(items[:-1])} and {items[-1]}" if len(items) > 1 else "".join(items)
+
+
+def _plural(word: str, items: list[str]) -> str:
+    return f"{word}s" if len(items) > 1 else word
+
+
+def _folded(text: str) -> str:
+    """Text compared case- and whitespace-insensitively."""
+    return " ".join(text.split()).casefold()
+
+
+def _funder_names(source: etree._Element) -> list[str]:
+    """A funding-source's funders: each institution-wrap's text without its ids, else the source's own text
+    (attributes such as xlink:href or country are not prose)."""
+    holders = list(_children(source, "institution-wrap")) or [source]
+    names = (element_text(holder, _INSTITUTION_IDS) for holder in holders)
+    return [name for name in names if name]
+
+
+def _person_name(el: etree._Element) -> str:
+    """A recipient as a reader writes it: a <name> given names first ("Rosanna A. Alegado"; surname first when
+    name-style="eastern"), a string-name, collab or institution as written, without ids."""
+    if local(el) == "name-alternatives":
+        preferred = _child(el, "name", "string-name")
+        el = preferred if preferred is not None else el
+    if local(el) == "name":
+        given, surname = element_text(_child(el, "given-names")), element_text(_child(el, "surname"))
+        if given or surname:
+            order = (surname, given) if el.get("name-style") == "eastern" else (given, surname)
+            parts = (element_text(_child(el, "prefix")), *order, element_text(_child(el, "suffix")))
+            return " ".join(part for part in parts if part)
+    return element_text(el, _INSTITUTION_IDS)
+
+
+def _recipients(holders: Iterable[etree._Element]) -> list[str]:
+    """Who principal-award-recipient / principal-investigator elements name: their names and institutions,
+    else (a plain-text recipient) their text without ids."""
+    found: list[str] = []
+    for holder in holders:
+        named = list(_children(holder, *_RECIPIENT_ELEMENTS))
+        names = [_person_name(el) for el in named] if named else [element_text(holder, _RECIPIENT_IDS)]
+        found.extend(name for name in names if name)
+    return found
+
+
+def _award_sentence(award: etree._Element, funders: list[str]) -> str:
+    """One award-group as a sentence: "Funded by F (award A) to R, with principal investigator P.";
+    "Funded by award A to R." without a funder; "" when it names nothing."""
+    ids = [text for text in map(element_text, _children(award, "award-id")) if text]
+    recipients = _recipients(_children(award, "principal-award-recipient"))
+    investigators = _recipients(_children(award, "principal-investigator"))
+    awards = f"{_plural('award', ids)} {_listed(ids)}" if ids else ""
+    if funders:
+        sentence = f"Funded by {_listed(funders)}" + (f" ({awards})" if awards else "")
+    elif awards:
+        sentence = f"Funded by {awards}"
+    elif recipients or investigators:
+        sentence = "Funding awarded"
+    else:
+        return ""
+    if recipients:
+        sentence += f" to {_listed(recipients)}"
+    if investigators:
+        sentence += f", with {_plural('principal investigator', investigators)} {_listed(investigators)}"
+    return sentence if sentence.endswith(".") else f"{sentence}."
+
+
+def _said(funder: str, statements: list[str]) -> bool:
+    """Whether a funding statement (folded) names `funder` as a whole phrase ("NIH" is not in "NIHR")."""
+    phrase = re.compile(rf"(?<!\w){re.escape(_folded(funder))}(?!\w)")
+    return any(phrase.search(statement) for statement in statements)
+
+
+def _award_sentences(meta: etree._Element, statements: list[str]) -> list[str]:
+    """A sentence per award-group, in order, leaving out an award whose funders the funding statements
+    (`statements`, folded) all name already: the statement says it, in the authors' words."""
+    awards = [
+        (award, [name for source in _children(award, "funding-source") for name in _funder_names(source)])
+        for award in _descendants(meta, "award-group")
+    ]
+    work = sum(len(funders) for _, funders in awards) * sum(map(len, statements))
+    compare = statements if work <= _FUNDER_MATCH_WORK else []
+    sentences: list[str] = []
+    for award, funders in awards:
+        if funders and compare and all(_said(funder, compare) for funder in funders):
+            continue
+        sentence = _award_sentence(award, funders)
+        if sentence:
+            sentences.append(sentence)
+    return sentences
+
+
 def _front_note_blocks(meta: etree._Element | None, out: _Out) -> None:
     """Author notes (competing interests, contributions, correspondence) and the funding statement: many
-    publishers (PLOS) keep them in the front matter, others (eLife) in <back>, which is walked anyway."""
+    publishers (PLOS) keep them in the front matter, others (eLife) in <back>, which is walked anyway. The
+    funding-group's awards follow the statement, one sentence a line (`_award_sentences`): eLife names its
+    funders only there, the statement says "The funders had no role ..."."""
     if meta is None:
         return
     ctx = _Ctx(path=("Author notes",), part="front", para_kind="back")
     for notes in _children(meta, "author-notes"):
         _walk(notes, ctx, out)  # footnotes filed by kind (`_walk_fn`), correspondence, paragraphs
     funding = replace(ctx, path=("Funding",))
+    statements: list[str] = []
     for statement in _descendants(meta, "funding-statement"):
-        out.emit(funding, "back", _text_and_refs(statement), xml_id=statement.get("id"))
+        text = _text_and_refs(statement)
+        out.emit(funding, "back", text, xml_id=statement.get("id"))
+        statements.append(_folded(text.text))
+    out.emit(funding, "back", "\n".join(_award_sentences(meta, statements)))
 
 
 def _sub_article_blocks(article: etree._Element, out: _Out, prefix: tuple[str, ...] = ()) -> None:
