@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from pmcqa.app.cli import cli
+from pmcqa.app.commands import ingest as ingest_command
 from pmcqa.app.commands import jobs as jobs_command
 from pmcqa.core.settings import Settings
+from pmcqa.core.status import Status
 from pmcqa.ingest.jobs import JobStore, queue_id
+from pmcqa.ingest.pipeline import IngestOutcome
 
 runner = CliRunner()
 XMRV_DOI = "10.1371/journal.pone.0008519"
@@ -132,3 +136,22 @@ def test_jobs_wait_warns_only_when_no_worker_serves_the_queue(tmp_path, monkeypa
     store.worker_seen("elsewhere:1", "redis:pmcqa")  # a worker of another queue serves not this one
     store.worker_gone("host-a:4242")
     assert warning in runner.invoke(cli, ["jobs", job.job_id, "--wait"]).stdout
+
+
+def test_ingest_and_job_tables_print_statuses_whole(tmp_path, monkeypatch, capsys):
+    """A long path or DOI takes the width, but the status stays readable: `no-full-text`, not `no-fu…`."""
+    monkeypatch.setenv("COLUMNS", "60")
+    path = "/a/rather/long/folder/of/jats/files/journal.pbio.0020188.xml"
+    outcomes = [
+        IngestOutcome(requested=path, paper_id=XMRV_DOI, status=Status.NO_FULL_TEXT, reason="no <body>"),
+        IngestOutcome(requested=path + "x", paper_id=XMRV_DOI, status=Status.INGESTED, title="A title"),
+    ]
+    ingest_command.print_table(outcomes)
+    printed = capsys.readouterr().out
+    assert "no-full-text" in printed and "ingested" in printed and path in printed
+
+    store = JobStore.for_settings(type("S", (), {"data_dir": tmp_path})())
+    job = store.create([path])
+    jobs_command.print_job_table(store.get(job.job_id), Console())
+    listed = capsys.readouterr().out
+    assert "pending" in listed and path in listed

@@ -83,7 +83,8 @@ def print_table(outcomes: list[IngestOutcome]) -> None:
     table = Table()
     add_id_column(table, "requested", [o.requested for o in outcomes])
     add_id_column(table, "paper", [o.paper_id or "" for o in outcomes])
-    for column in ("status", "chunks", "title / reason"):
+    add_id_column(table, "status", [str(o.status) for o in outcomes])  # "ingest…" told nothing
+    for column in ("chunks", "title / reason"):
         table.add_column(column)
     colours = {Status.INGESTED: "green", Status.NO_FULL_TEXT: "yellow"}
     for o in outcomes:

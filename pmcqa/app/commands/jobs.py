@@ -44,7 +44,9 @@ def jobs(
             return
         table = Table(title="recent ingest jobs")
         add_id_column(table, "job id", [job.job_id for job in recent])
-        for column in ("created", "state", "ids", "outcomes"):
+        table.add_column("created")
+        add_id_column(table, "state", [job.state for job in recent])
+        for column in ("ids", "outcomes"):
             table.add_column(column)
         for job in recent:
             created = job.created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
@@ -100,7 +102,8 @@ def print_job_table(job: Job, console: Console) -> None:
     items = job.items or []
     add_id_column(table, "id", [item.id for item in items])
     add_id_column(table, "paper id", [item.paper_id or "" for item in items])
-    for column in ("status", "chunks", "title / reason"):
+    add_id_column(table, "status", [str(item.status) for item in items])
+    for column in ("chunks", "title / reason"):
         table.add_column(column)
     for item in items:
         detail = item.title if item.status == Status.INGESTED else (item.reason or "")

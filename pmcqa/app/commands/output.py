@@ -1,8 +1,9 @@
-"""Shared pieces of the commands' terminal output: tables whose ids are printed whole.
+"""Shared pieces of the commands' terminal output: tables whose ids and statuses are printed whole.
 
-Ids (DOIs, job ids) are what a user copies into the next command, so an id column is never cut or wrapped:
-other columns give way, and on a terminal too narrow even for the ids, the table is printed wider than the
-terminal (it wraps the lines, but each id stays one piece of text).
+Ids (DOIs, job ids) are what a user copies into the next command, and a status (`no-full-text`, `failed`) is
+what a user reads a table for, so such a column is never cut or wrapped: other columns give way, and on a
+terminal too narrow even for them, the table is printed wider than the terminal (it wraps the lines, but each
+id stays one piece of text).
 """
 
 from __future__ import annotations
