@@ -85,7 +85,10 @@ class Settings(BaseSettings):
         description="PMC ID Converter API endpoint.",
     )
     ncbi_tool: str = Field("pmcqa", description="`tool` sent to NCBI (register it with NCBI).")
-    ncbi_email: str | None = Field(None, description="Developer `email` sent to NCBI.")
+    ncbi_email: str | None = Field(
+        None,
+        description="Developer `email` sent to NCBI, which asks for one (unset: each process warns once).",
+    )
     ncbi_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("PMCQA_NCBI_API_KEY", "NCBI_API_KEY"),

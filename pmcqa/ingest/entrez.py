@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -49,6 +50,28 @@ from pmcqa.ingest.shared_ratelimit import PostgresRateLimiter, RedisRateLimiter
 from pmcqa.ingest.xml import parse_xml
 
 log = logging.getLogger(__name__)
+
+_email_warned = False
+
+
+def _quiet_biopython_email_warning() -> None:
+    """Biopython warns, in eleven lines, to set `Entrez.email`, which a pmcqa user cannot do: the client says
+    it once per process instead, naming the setting (`_warn_without_email`). Idempotent (an identical filter
+    replaces itself), and run per client, as a `catch_warnings` block may have dropped an earlier one."""
+    warnings.filterwarnings(
+        "ignore", message=r"\s*Email address is not specified", category=UserWarning, module=r"Bio\.Entrez"
+    )
+
+
+def _warn_without_email(settings: Settings) -> None:
+    global _email_warned
+    if settings.ncbi_email or _email_warned:
+        return
+    _email_warned = True
+    log.warning(
+        "PMCQA_NCBI_EMAIL is not set: NCBI asks E-utilities users for a contact email; set it to yours"
+    )
+
 
 IDCONV_MAX_IDS = 200  # the ID Converter takes at most 200 ids (of one type) per call
 RETRY_AFTER_CAP_S = 300.0  # never sleep longer than this on a server's say-so
@@ -295,6 +318,7 @@ class EntrezClient:
         self._sleep = sleep
         self._http = httpx.Client(timeout=settings.ncbi_timeout_s, follow_redirects=True)
         install_entrez_seam()
+        _quiet_biopython_email_warning()
 
     def close(self) -> None:
         self._http.close()
@@ -326,6 +350,7 @@ class EntrezClient:
     def _with_retries(self, what: str, once: Callable[[], T]) -> T:
         tries = max(1, self.settings.ncbi_max_tries)
         endpoint = what.split(" ", 1)[0]  # efetch, elink, idconv
+        _warn_without_email(self.settings)
         for attempt in range(1, tries + 1):
             self.limiter.acquire()
             try:

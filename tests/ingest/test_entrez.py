@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import warnings
 
 import pytest
 from Bio import Entrez
@@ -12,6 +13,7 @@ from fakes.eutils_server import FakeEutils, Fault, RecordedRequest, rate_limited
 from pydantic import SecretStr
 
 from pmcqa.core.settings import Settings
+from pmcqa.ingest import entrez
 from pmcqa.ingest.entrez import (
     EntrezClient,
     IntervalRateLimiter,
@@ -266,3 +268,22 @@ def test_requests_429s_and_retries_are_counted(eutils_settings: Settings, fake_e
     }
     deltas = {key: after[key] - before[key] for key in before}
     assert deltas == {"ok": 1, "throttled": 2, "transient": 1, "429": 2, "retries": 3}
+
+
+def test_an_unset_email_is_one_line_naming_the_setting(
+    eutils_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not Biopython's eleven lines telling a pmcqa user to set `Entrez.email`, at every process's start."""
+    monkeypatch.setattr(entrez, "_email_warned", False)
+    client = _client(eutils_settings, ncbi_email=None)
+    with warnings.catch_warnings(record=True) as caught:
+        client.efetch_pmc(["PMC8435807"])
+        client.efetch_pmc(["PMC8435807"])
+    assert [str(w.message) for w in caught if "Entrez.email" in str(w.message)] == []
+    named = [r for r in caplog.records if "PMCQA_NCBI_EMAIL" in r.getMessage()]
+    assert len(named) == 1 and named[0].levelname == "WARNING"
+
+    caplog.clear()
+    monkeypatch.setattr(entrez, "_email_warned", False)
+    _client(eutils_settings, ncbi_email="dev@example.org").efetch_pmc(["PMC8435807"])
+    assert not [r for r in caplog.records if "PMCQA_NCBI_EMAIL" in r.getMessage()]
