@@ -51,10 +51,12 @@ class PaperNotFound(ServiceError):
     exit_code = 3
 
     @classmethod
-    def for_paper(cls, label: str) -> PaperNotFound:
-        """The not-found message for a paper id, saying how to ingest it."""
+    def for_paper(cls, label: str, hint: str = "") -> PaperNotFound:
+        """The not-found message for a paper id, saying how to ingest it; `hint` names the other reading of a
+        bare number (`pmcqa.core.ids.not_found_hint`)."""
+        aside = f" ({hint})" if hint else ""
         return cls(
-            f"{label} is not in the library. Ingest it first: `pmcqa ingest {label}` "
+            f"{label} is not in the library{aside}. Ingest it first: `pmcqa ingest {label}` "
             f'or `POST /ingest` with {{"ids": ["{label}"]}}.'
         )
 

@@ -44,7 +44,7 @@ from pmcqa.app.errors import (
     ServiceError,
 )
 from pmcqa.app.id_lookup import RequestResolver
-from pmcqa.core.ids import InvalidPaperId, PaperId, parse_id
+from pmcqa.core.ids import InvalidPaperId, PaperId, not_found_hint, parse_id
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, Status
 from pmcqa.core.text import has_unencodable
@@ -276,6 +276,7 @@ class Library:
         burst of unknown PMIDs with NCBI unreachable cannot starve other requests of threads."""
         parsed = self._parse(text)
         if parsed.kind == "pmcid":
+            self._known_if_bare(parsed)
             return parsed.value
         paper_id = self.store.resolve_alias(str(parsed))  # one indexed SQLite read
         if paper_id:
@@ -284,12 +285,13 @@ class Library:
             pmcid = await self.id_resolver.pmcid_async(parsed)
             if pmcid:
                 return pmcid
-        raise PaperNotFound.for_paper(str(parsed))
+        raise PaperNotFound.for_paper(str(parsed), not_found_hint(parsed))
 
     def resolve_id(self, text: str) -> str:
         """Canonical paper id of any accepted form (PMCID, versioned PMCID, URL, PMID, DOI, bare number)."""
         parsed = self._parse(text)
         if parsed.kind == "pmcid":
+            self._known_if_bare(parsed)
             return parsed.value
         # PMID / DOI: the store's aliases first (no network), then NCBI's ID converter, bounded in time
         # (`RequestResolver`): NCBI unreachable is a 503/504 saying so, a definite miss a 404.
@@ -300,7 +302,15 @@ class Library:
             pmcid = self.id_resolver.pmcid(parsed)
             if pmcid:
                 return pmcid
-        raise PaperNotFound.for_paper(str(parsed))
+        raise PaperNotFound.for_paper(str(parsed), not_found_hint(parsed))
+
+    def _known_if_bare(self, parsed: PaperId) -> None:
+        """A bare number read as a PMCID that the library knows nothing of (no paper, no ingest status) is
+        refused here, while the reading is known, with a message naming the other one ("if you meant PMID
+        8026465, pass pmid:8026465"): the caller goes on with the canonical id alone."""
+        pmcid = parsed.value
+        if parsed.bare and self.store.resolve_alias(pmcid) is None and self.store.get_status(pmcid) is None:
+            raise PaperNotFound.for_paper(pmcid, not_found_hint(parsed))
 
     def status_of(self, paper_id: str) -> Status | None:
         """The store's ingest status of a canonical id (queued, ingesting, ingested, failed, ...), or None."""

@@ -74,3 +74,23 @@ def test_every_id_form_gives_the_same_result_everywhere(
     cli_ask = runner.invoke(cli, ["ask", paper, QUESTION, "--json"], env=cli_env)
     assert cli_ask.exit_code == 0, cli_ask.output
     assert answer_of(json.loads(cli_ask.stdout)) == answer
+
+
+def test_a_bare_number_not_in_the_library_names_the_other_reading(
+    client: Any, ingested: dict[str, Any], cli_env: dict[str, str]
+) -> None:
+    """`424242` reads as PMC424242; when no such paper is stored, every door says how to ask for PMID 424242
+    (as `pmcqa ingest` does), not only that PMC424242 is missing."""
+    hint = "if you meant PMID 424242, pass pmid:424242"
+    for path, body in [
+        ("/ask", {"paper_id": "424242", "question": QUESTION}),
+        ("/search", {"query": QUESTION, "paper_id": "424242"}),
+    ]:
+        response = client.post(path, json=body)
+        assert response.status_code == 404 and hint in response.json()["detail"], response.text
+    assert client.get("/papers/424242").status_code == 404 and hint in client.get("/papers/424242").text
+    for args in (["ask", "424242", QUESTION], ["papers", "show", "424242"]):
+        result = runner.invoke(cli, args, env=cli_env)
+        assert result.exit_code == 3 and hint in result.output, result.output
+    spelled_out = client.post("/ask", json={"paper_id": "PMC424242", "question": QUESTION})
+    assert spelled_out.status_code == 404 and "if you meant" not in spelled_out.text  # no other reading
