@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 
+import pytest
 import uvicorn
 from typer.testing import CliRunner
 
 from pmcqa.app.cli import cli
+from pmcqa.app.commands import serve as serve_command
 
 runner = CliRunner()
 
@@ -40,6 +43,30 @@ def test_serve_prints_where_the_api_is(monkeypatch, tmp_path):
     assert "http://127.0.0.1:8765" in result.stdout and "pmcqa ingest PMC" in result.stdout
     assert calls["port"] == 8765 and calls["host"] == "127.0.0.1"
     assert {"/ask", "/healthz", "/metrics"} <= set(calls["app"].openapi()["paths"])
+
+
+def test_serve_refuses_a_port_in_use_before_its_banner_and_worker(monkeypatch, tmp_path):
+    """It printed where the API was, started an embedded worker, then uvicorn failed to bind (exit 3)."""
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("served on a port in use"))
+    monkeypatch.setattr(serve_command, "serve_with_worker", lambda *a: pytest.fail("started a worker"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(cli, ["serve", "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot serve on 127.0.0.1:{port}" in result.output and "pmcqa API on" not in result.output
+
+
+def test_serve_on_port_0_names_the_port_it_serves(monkeypatch, tmp_path):
+    calls = {}
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(kwargs))
+    monkeypatch.setattr(serve_command, "serve_with_worker", lambda *a: None)
+    result = runner.invoke(cli, ["serve", "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert calls["port"] > 0 and f"pmcqa API on http://127.0.0.1:{calls['port']} " in result.stdout
 
 
 def test_a_bad_setting_or_flag_is_a_usage_error_naming_it(monkeypatch, tmp_path, capsys):

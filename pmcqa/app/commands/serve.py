@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 from types import FrameType
@@ -33,6 +34,21 @@ def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
     sys.exit(128 + signum)
 
 
+def free_port(host: str, port: int) -> int:
+    """The port to serve on, checked before the banner and the worker: one that cannot be bound (in use, an
+    unknown address) is one line and exit 1, not a uvicorn error after the banner had said where the API is
+    and a worker had started; port 0 picks a free one now, so the banner names it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            typer.echo(f"pmcqa: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        return int(probe.getsockname()[1])
+
+
 def serve(
     host: str | None = typer.Option(None, help="Bind address (default: PMCQA_HOST, 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default: PMCQA_PORT, 8080)."),
@@ -46,6 +62,7 @@ def serve(
     """Serve the question-answering API (POST /ask, /search, /papers, /healthz, /readyz, /metrics)."""
     overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
     settings = Settings(**overrides)
+    settings = settings.model_copy(update={"port": free_port(settings.host, settings.port)})
     base = f"http://{settings.host}:{settings.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if settings.api_keys else ""
     typer.echo(f"pmcqa API on {base}  (docs: {base}/docs, backend: {settings.answer_backend})")
