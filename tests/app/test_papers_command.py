@@ -70,6 +70,11 @@ def test_papers_delete(in_library, library):
     assert library.store.get_paper("PMC7770002") is None
     assert runner.invoke(cli, ["papers", "delete", "PMC7770002"]).exit_code == 3
 
+    library.store.put_paper(record, copies, library.embedder)
+    as_json = runner.invoke(cli, ["papers", "delete", "PMC7770002", "--json"])  # the README's `--json`
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == {"deleted": "PMC7770002"}  # DELETE /papers/{id}'s body
+
 
 def test_jobs_accepts_a_unique_prefix_and_prints_ids_whole(tmp_path, monkeypatch):
     monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))

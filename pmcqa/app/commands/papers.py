@@ -129,8 +129,11 @@ def text(
 
 
 @papers.command("delete")
-def delete(paper_id: str = typer.Argument(..., help="PMCID, PMID (pmid:123) or DOI.")) -> None:
+def delete(
+    paper_id: str = typer.Argument(..., help="PMCID, PMID (pmid:123) or DOI."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (the body of DELETE /papers/{id})."),
+) -> None:
     """Remove a paper (its chunks, vectors and aliases) from the library."""
     with _library() as library:
         deleted = library.delete(paper_id)
-    typer.echo(f"deleted {deleted}")
+    typer.echo(json.dumps({"deleted": deleted}) if as_json else f"deleted {deleted}")
