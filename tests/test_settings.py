@@ -53,6 +53,20 @@ def test_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert Settings().top_k == 7  # the environment wins over the file
 
 
+def test_a_config_file_named_in_dotenv_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`.env` may name the TOML file like any other setting; it was silently ignored there."""
+    config = tmp_path / "pmcqa.toml"
+    config.write_text("top_k = 5\n")
+    (tmp_path / ".env").write_text(f"PMCQA_CONFIG_FILE={config}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PMCQA_CONFIG_FILE", raising=False)
+    monkeypatch.delenv("PMCQA_TOP_K", raising=False)
+    assert Settings().top_k == 5
+    (tmp_path / ".env").write_text(f"PMCQA_CONFIG_FILE={tmp_path / 'missing.toml'}\n")
+    with pytest.raises(ConfigFileError, match="no such file"):
+        Settings()
+
+
 def test_the_config_file_is_read_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The check that refuses an ignored file hands its parsed values to the settings (it was read and
     parsed again by pydantic-settings' TOML source)."""

@@ -49,6 +49,12 @@ def read_config_file(path: Path, fields: set[str]) -> dict[str, Any]:
     return values
 
 
+def _dotenv_value(source: PydanticBaseSettingsSource, name: str) -> str | None:
+    """The value the `.env` file gives `name` (a name that is no field, which the source itself skips)."""
+    env_vars: dict[str, str | None] = getattr(source, "env_vars", {})  # lower-cased: not case-sensitive
+    return env_vars.get(name.lower())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PMCQA_", env_file=".env", extra="ignore")
 
@@ -324,7 +330,10 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        config_file = os.environ.get("PMCQA_CONFIG_FILE")
+        # Named in the environment or, like any other setting, in `.env` (where it was silently ignored).
+        config_file = os.environ.get("PMCQA_CONFIG_FILE") or _dotenv_value(
+            dotenv_settings, "PMCQA_CONFIG_FILE"
+        )
         if config_file:
             values = read_config_file(Path(config_file), set(settings_cls.model_fields))
             # The values parsed above (what pydantic-settings' TOML source is, minus reading the file again).
