@@ -357,6 +357,14 @@ class Settings(BaseSettings):
     def queue_path(self) -> Path:
         return self.data_dir / "queue.sqlite3"
 
+    @property
+    def jobs_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def idmap_path(self) -> Path:
+        return self.data_dir / "idmap.sqlite3"
+
     def request_backends(self) -> list[str]:
         """The answer backends a request may name: the configured one and `allowed_backends`."""
         return list(dict.fromkeys([self.answer_backend, *self.allowed_backends]))

@@ -738,27 +738,8 @@ class Store(StoreBase):
         return None if row is None else str(row[0])
 
     def integrity_check(self) -> list[str]:
-        """SQLite's integrity check plus ours: every paper has exactly `n_chunks` well-sized vectors.
-
-        Returns the problems found (empty when sound).
-        """
-        conn = self._conn()
-        problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
-        problems += [f"foreign key: {row}" for row in conn.execute("PRAGMA foreign_key_check")]
-        info = self.embedding_info()
-        width = 4 * info.dimension if info else None
-        rows = conn.execute(
-            "SELECT p.paper_id, p.n_chunks, COUNT(c.id), SUM(LENGTH(c.vector) != ?),"
-            " COUNT(DISTINCT c.ordinal), MIN(c.ordinal), MAX(c.ordinal)"
-            " FROM papers p LEFT JOIN chunks c ON c.paper_id = p.paper_id GROUP BY p.paper_id",
-            (width,),
-        )
-        for paper_id, expected, found, bad_width, distinct, low, high in rows:
-            if found != expected or (found and (distinct != found or low != 0 or high != found - 1)):
-                problems.append(f"{paper_id}: {found} chunks stored, record says {expected}")
-            if bad_width:
-                problems.append(f"{paper_id}: {bad_width} vectors of the wrong size")
-        return problems
+        """SQLite's integrity check plus ours (`sqlite_integrity_problems`); empty when sound."""
+        return sqlite_integrity_problems(self._conn())
 
     # --- library-wide search ---------------------------------------------------------------------------
 
@@ -854,6 +835,28 @@ class Store(StoreBase):
                 "UPDATE papers SET embedding_model = ? WHERE paper_id = ?", (encoder.model_name, paper_id)
             )
         return True
+
+
+def sqlite_integrity_problems(conn: sqlite3.Connection) -> list[str]:
+    """The problems of the library database behind `conn` (empty when sound): SQLite's integrity and foreign
+    key checks, plus ours: every paper has exactly `n_chunks` chunks, ordinals 0..n-1, vectors of the
+    recorded dimension. A plain connection will do (a backup checks its copy without opening a `Store`)."""
+    problems = [row[0] for row in conn.execute("PRAGMA integrity_check") if row[0] != "ok"]
+    problems += [f"foreign key: {row}" for row in conn.execute("PRAGMA foreign_key_check")]
+    dimension = conn.execute("SELECT value FROM meta WHERE key = 'embedding_dimension'").fetchone()
+    width = 4 * int(dimension[0]) if dimension else None
+    rows = conn.execute(
+        "SELECT p.paper_id, p.n_chunks, COUNT(c.id), SUM(LENGTH(c.vector) != ?),"
+        " COUNT(DISTINCT c.ordinal), MIN(c.ordinal), MAX(c.ordinal)"
+        " FROM papers p LEFT JOIN chunks c ON c.paper_id = p.paper_id GROUP BY p.paper_id",
+        (width,),
+    )
+    for paper_id, expected, found, bad_width, distinct, low, high in rows:
+        if found != expected or (found and (distinct != found or low != 0 or high != found - 1)):
+            problems.append(f"{paper_id}: {found} chunks stored, record says {expected}")
+        if bad_width:
+            problems.append(f"{paper_id}: {bad_width} vectors of the wrong size")
+    return problems
 
 
 @dataclass

@@ -720,7 +720,7 @@ def queue_id(settings: Settings) -> str:
 
 def live_workers(settings: Settings, jobs: JobStore | None = None) -> list[str]:
     if jobs is None:
-        if postgres_url(settings) is None and not (settings.data_dir / "jobs.sqlite3").exists():
+        if postgres_url(settings) is None and not settings.jobs_path.exists():
             return []  # no worker ever ran here; do not create the database just to ask
         jobs = JobStore.for_settings(settings)
     return jobs.live_workers(queue_id(settings), within_s=recovery_interval(settings) * 3 + 5)

@@ -106,9 +106,17 @@ class S3RawStore:
         return f"s3://{self.bucket}/{key}"
 
 
-def open_raw_store(settings: Settings) -> RawStore:
-    """The raw store `settings.raw_store` names (default: ``data_dir/raw``)."""
+def local_raw_dir(settings: Settings) -> Path | None:
+    """The folder the raw store `settings.raw_store` names (default ``data_dir/raw``); None for a bucket."""
     location = settings.raw_store
     if location and location.startswith("s3://"):
-        return S3RawStore(location, endpoint_url=settings.s3_endpoint_url)
-    return LocalRawStore(Path(location) if location else settings.raw_dir)
+        return None
+    return Path(location) if location else settings.raw_dir
+
+
+def open_raw_store(settings: Settings) -> RawStore:
+    """The raw store `settings.raw_store` names (default: ``data_dir/raw``)."""
+    folder = local_raw_dir(settings)
+    if folder is None:
+        return S3RawStore(str(settings.raw_store), endpoint_url=settings.s3_endpoint_url)
+    return LocalRawStore(folder)

@@ -122,7 +122,7 @@ def open_idmap_cache(settings: Settings) -> IdMapCache | PostgresIdMapCache:
     """The id map of the library `settings` name: PostgreSQL when `database_url` is set, else SQLite."""
     if postgres_url(settings) is not None:
         return PostgresIdMapCache(settings)
-    return IdMapCache(settings.data_dir / "idmap.sqlite3")
+    return IdMapCache(settings.idmap_path)
 
 
 # --- resolver ----------------------------------------------------------------------------------------------
