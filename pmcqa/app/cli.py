@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pmcqa.app.commands.ask",
         "Answer a question about one ingested paper, citing its own sentences.",
     ),
+    "backup": (
+        "pmcqa.app.commands.backup",
+        "Copy the embedded library consistently, even while it is in use; restore with PMCQA_DATA_DIR.",
+    ),
     "eval": (
         "pmcqa.app.commands.eval",
         "Evaluate retrieval per mode, or with --answers the answers (F1, gold contained, abstention).",

@@ -85,6 +85,14 @@ def test_help_and_jobs_load_no_heavy_module(tmp_path: Path) -> None:
     assert jobs_report["code"] == 0 and jobs_report["loaded"] == []
 
 
+def test_backup_loads_no_heavy_module(library_dir: Path, ingested, tmp_path: Path) -> None:
+    """A backup copies files and databases: no model, no FAISS (its file is copied, not read)."""
+    report, stderr = run_cli(["backup", str(tmp_path / "copy"), "--json"], library_dir)
+    assert report["code"] == 0, stderr
+    assert report["loaded"] == [] and report["commands"] == ["pmcqa.app.commands.backup"]
+    assert (tmp_path / "copy" / "index" / "library.faiss").is_file()
+
+
 def test_parse_counts_tokens_without_the_model_weights(tmp_path: Path, shared_data: Path) -> None:
     article = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"
     report, _ = run_cli(["parse", str(article), "--json"], tmp_path)
