@@ -18,9 +18,10 @@ ingest_status, meta; the id map lives here too. Connections come from the proces
   file under `index_dir` on each host, rebuilt from a snapshot of this database, plus an exact search of the
   chunks newer than it. A warning says so at open, and `library_search` names it.
 - **Writes**: one transaction per `put_papers` call. It takes an advisory lock per paper id (two hosts storing
-  one paper queue up instead of failing on its key), claims the model, then per paper deletes the old copy
-  (cascade), inserts the record, COPYs the chunks in binary and writes aliases and status. A killed client's
-  transaction is rolled back by the server, so a paper is whole or absent.
+  one paper queue up instead of failing on its key; a PMCID's write locks its DOI too), claims the model,
+  then per paper deletes the old copy (cascade) and any copy stored under its DOI, inserts the record, COPYs
+  the chunks in binary and writes aliases and status. A killed client's transaction is rolled back by the
+  server, so a paper is whole or absent.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from pmcqa.index.store import (
     content_hash,
     paper_row,
     repoint_aliases,
+    supersede_doi_copy,
     write_aliases,
 )
 
@@ -69,6 +71,12 @@ _MODEL_KEYS = ("embedding_model", "embedding_dimension", "embedding_document_pre
 
 # The ef_search each pooled connection was prepared with (the pool lends a connection to one thread at once).
 _prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], int] = weakref.WeakKeyDictionary()
+
+
+def _written_ids(record: PaperRecord) -> list[str]:
+    """The papers a write of `record` may change: its own, and the copy under its DOI it may replace
+    (`supersede_doi_copy`)."""
+    return [record.paper_id, "doi:" + record.doi] if record.doi else [record.paper_id]
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -182,9 +190,10 @@ class PostgresStore(StoreBase):
 
     @staticmethod
     def _lock_papers(conn: psycopg.Connection[Any], paper_ids: Sequence[str]) -> None:
-        # Sorted: two transactions locking overlapping papers always lock in the same order (no deadlock).
-        for paper_id in sorted(set(paper_ids)):
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (paper_id,))
+        # Keyed as aliases are, so a DOI locks in any case; sorted: two transactions locking overlapping
+        # papers always lock in the same order (no deadlock).
+        for key in sorted({alias_key(paper_id) for paper_id in paper_ids}):
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
     # --- vectors on the wire ---------------------------------------------------------------------------
 
@@ -300,7 +309,7 @@ class PostgresStore(StoreBase):
                 # First: the generation row's lock orders writers, so chunk ids are assigned in commit order
                 # (the FAISS fallback searches ids above its file exactly, which needs exactly that).
                 self._bump_generation(conn)
-            self._lock_papers(conn, [paper.record.paper_id for paper in prepared])
+            self._lock_papers(conn, [key for paper in prepared for key in _written_ids(paper.record)])
             self._claim_model(conn, encoder)
             for paper in prepared:
                 self._write_paper(conn, paper, encoder, now)
@@ -328,6 +337,7 @@ class PostgresStore(StoreBase):
         row = conn.execute(
             "DELETE FROM papers WHERE paper_id = %s RETURNING created_at", (record.paper_id,)
         ).fetchone()
+        supersede_doi_copy(conn, record, "%s")
         conn.execute(
             "INSERT INTO papers(paper_id, pmid, doi, title, journal, year, license, article_type, status,"
             " source, n_chunks, embedding_model, record_json, created_at, updated_at)"

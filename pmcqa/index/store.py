@@ -9,6 +9,8 @@ library shared by many hosts). Both keep the same promises, tested by the same c
   model is refused (`EmbeddingModelMismatch`), and `check_model(encoder)` lets a process fail at start.
 - A paper is written in one transaction (record, chunks, vectors, aliases, status); vectors are computed
   before the transaction opens, so a killed process leaves the paper either whole or absent.
+- One paper, one record: a paper written under its PMCID replaces, in the same transaction, a copy stored
+  under its DOI (a file without PMCID), whose DOI then names the PMCID's record (`supersede_doi_copy`).
 - Per-paper reads go through an index on `(paper_id, ordinal)`: their cost is independent of the library size.
 - Schema versions are alembic revisions (`core.db`): opening migrates an older schema, refuses a newer one.
 
@@ -38,7 +40,7 @@ from typing import Any, Protocol, Self
 import numpy as np
 
 from pmcqa.core.db import ensure_sqlite_schema, postgres_url, require_existing, retry_when_locked
-from pmcqa.core.ids import alias_key
+from pmcqa.core.ids import alias_key, canonical_pmcid
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import IngestState, Status
 from pmcqa.index.library_index import LibraryIndex, VectorSnapshot
@@ -611,6 +613,7 @@ class Store(StoreBase):
         created = row[0] if row else now
         # Replacing: the cascade drops old chunks and aliases; new chunks get fresh (higher) ids.
         conn.execute("DELETE FROM papers WHERE paper_id = ?", (record.paper_id,))
+        supersede_doi_copy(conn, record, "?")
         conn.execute(
             "INSERT INTO papers(paper_id, pmid, doi, title, journal, year, license, article_type, status,"
             " source, n_chunks, embedding_model, record_json, created_at, updated_at)"
@@ -888,11 +891,27 @@ def _vector_batches(rows: sqlite3.Cursor, size: int) -> Iterator[tuple[np.ndarra
         yield ids, matrix
 
 
+def supersede_doi_copy(conn: Any, record: PaperRecord, mark: str) -> str | None:
+    """One paper, one record: a paper written under its PMCID replaces the copy stored under its DOI (a file
+    or upload that carried no PMCID), inside the write (`mark`: the driver's placeholder), so that DOI
+    becomes the PMCID's alias and no orphan copy is left. Returns the id of the copy removed, if any."""
+    if not record.doi or canonical_pmcid(record.paper_id) != record.paper_id:
+        return None
+    key = alias_key("doi:" + record.doi)
+    row = conn.execute(f"SELECT paper_id FROM aliases WHERE alias = {mark}", (key,)).fetchone()
+    if row is None or row[0] == record.paper_id or alias_key(row[0]) != key:  # no copy under the DOI itself
+        return None
+    conn.execute(f"DELETE FROM papers WHERE paper_id = {mark}", (row[0],))  # its chunks and aliases cascade
+    conn.execute(f"DELETE FROM ingest_status WHERE paper_id = {mark}", (row[0],))
+    return str(row[0])
+
+
 def write_aliases(conn: Any, record: PaperRecord, mark: str) -> None:
     """Point the record's aliases (its own id, PMID, DOI) at it, inside a write (`mark`: the driver's
     placeholder). Its own id always; a PMID or DOI it shares with another paper too (the newest copy
-    answers), unless that alias is the other paper's own id (a paper stored under its DOI): taking that
-    over would leave the other paper unreachable once this one is deleted."""
+    answers), unless that alias is the other paper's own id (a paper stored under its DOI, which only a
+    paper under another DOI can meet: `supersede_doi_copy` removed it for a PMCID): taking that over would
+    leave the other paper unreachable once this one is deleted."""
     own = alias_key(record.paper_id)
     others = {alias_key("pmid:" + record.pmid)} if record.pmid else set()
     if record.doi:

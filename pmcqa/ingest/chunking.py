@@ -648,6 +648,23 @@ def chunk_paper(paper: Paper, paper_id: str, counter: TokenCounter, params: Chun
     return chunks
 
 
+def rekeyed(
+    record: PaperRecord, chunks: list[Chunk], paper_id: str, params: ChunkingParams
+) -> tuple[PaperRecord, list[Chunk]]:
+    """A stored paper (chunked with `params`, its `record.chunking`) under another id: its chunks with the
+    ids chunking it under `paper_id` would give them (ids hash the paper id), everything else as stored."""
+    moved = [
+        chunk.model_copy(
+            update={
+                "paper_id": paper_id,
+                "chunk_id": chunk_id(paper_id, params, chunk.start, chunk.end, chunk.text),
+            }
+        )
+        for chunk in chunks
+    ]
+    return record.model_copy(update={"paper_id": paper_id}), moved
+
+
 # --- record ------------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,9 @@ invalid         the id or file is malformed / not JATS / carries no id (`skipped
 
 Each article is parsed once (the fetcher hands over the parsed element) and chunked by
 `ingest.chunking.Chunker`. A file's paper id is the ``--id`` given for it, else its own PMCID, else its DOI
-(`pmcqa.core.ids`). The library (store and embedding model) is opened on first use with
+(`pmcqa.core.ids`); a DOI the library holds under a PMCID stores under that PMCID. One paper is one record:
+PMC's copy of a paper stored under its DOI moves it to its PMCID (`Ingestor._moved_doi_copy`,
+`index.store.supersede_doi_copy`). The library (store and embedding model) is opened on first use with
 `index.library.open_library`, unless the caller hands in a store and its encoder, so resolving and fetching
 need neither.
 """
@@ -45,8 +47,9 @@ from pmcqa.core.ids import (
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, OK, IngestState, OutcomeStatus, Status
 from pmcqa.index.library import open_library
+from pmcqa.index.models import PaperRecord
 from pmcqa.index.store import DocumentEncoder, PaperStore, open_store
-from pmcqa.ingest.chunking import Chunker
+from pmcqa.ingest.chunking import Chunker, rekeyed
 from pmcqa.ingest.entrez import EntrezClient, RateLimiter
 from pmcqa.ingest.fetch import Fetcher, FetchResult
 from pmcqa.ingest.jats import (
@@ -77,6 +80,15 @@ NO_BODY = "the article has no body text (front matter only)"
 def _holds_full_text(store: PaperStore, paper_id: str) -> bool:
     stored = store.get_paper(paper_id)
     return stored is not None and stored.status == Status.INGESTED
+
+
+def _user_copy(record: PaperRecord) -> bool:
+    """Whether a stored paper came from a file or an upload (not from PMC), which an ingest by id keeps."""
+    return record.source not in (None, "efetch", "cache")
+
+
+def _kept_reason(record: PaperRecord) -> str:
+    return f"already in the library from {record.source}; ingest with refresh to fetch PMC's copy"
 
 
 class IngestOutcome(BaseModel):
@@ -191,7 +203,7 @@ class Ingestor:
 
         def on_result(result: FetchResult) -> None:
             for resolution in by_pmcid.get(result.pmcid, []):
-                done[resolution.requested] = self._fetched(resolution, result)
+                done[resolution.requested] = self._fetched(resolution, result, refresh)
                 if progress:
                     progress(done[resolution.requested])
 
@@ -224,9 +236,10 @@ class Ingestor:
         return outcomes
 
     def _stored_spelling(self, paper_id: str) -> str:
-        """The id a paper is already stored under when `paper_id` names it in another case: DOIs are
-        case-insensitive, so `10.1/ABC` and `10.1/abc` are one paper (stored twice, one copy would shadow the
-        other's id and could no longer be read or deleted)."""
+        """The id a paper is already stored under when the DOI `paper_id` names it otherwise: the DOI in
+        another case (DOIs are case-insensitive, so `10.1/ABC` and `10.1/abc` are one paper: stored twice, one
+        copy would shadow the other's id and could no longer be read or deleted), or the PMCID of the stored
+        paper that carries this DOI (one paper, one record, under its canonical id)."""
         if canonical_pmcid(paper_id):
             return paper_id
         try:
@@ -234,7 +247,24 @@ class Ingestor:
         except Exception as exc:  # unreadable store: the write will say what is wrong
             log.warning("could not look up %s: %s", paper_id, exc)
             return paper_id
-        return stored if stored is not None and alias_key(stored) == alias_key(paper_id) else paper_id
+        if stored is None:
+            return paper_id
+        same_doi = alias_key(stored) == alias_key(paper_id)
+        return stored if same_doi or canonical_pmcid(stored) == stored else paper_id
+
+    def _doi_copy(self, paper_id: str, doi: str | None) -> PaperRecord | None:
+        """The paper stored under `doi` itself (a file without PMCID), which storing the PMCID `paper_id` with
+        that DOI replaces (`index.store.supersede_doi_copy`); None when there is none."""
+        if not doi or canonical_pmcid(paper_id) != paper_id:
+            return None
+        try:
+            stored = self._reader().resolve_alias("doi:" + doi)
+            if stored is None or stored == paper_id or alias_key(stored) != alias_key("doi:" + doi):
+                return None
+            return self._reader().get_paper(stored)
+        except Exception as exc:  # an unreadable store: the write will say what is wrong
+            log.warning("could not look up %s: %s", doi, exc)
+            return None
 
     def _kept_local_copy(self, pmcid: str) -> IngestOutcome | None:
         """The outcome for a paper stored from a file or an upload, which an ingest by id without refresh
@@ -245,13 +275,36 @@ class Ingestor:
         except Exception as exc:  # an unreadable store: fetch as usual, the write will say what is wrong
             log.warning("could not read stored %s: %s", pmcid, exc)
             return None
-        if record is None or record.source in (None, "efetch", "cache"):
+        if record is None or not _user_copy(record):
             return None
-        reason = f"already in the library from {record.source}; ingest with refresh to fetch PMC's copy"
         chunks = len(self._reader().get_chunks(pmcid))
         return IngestOutcome(
-            requested=pmcid, paper_id=pmcid, status=record.status, reason=reason, title=record.title,
-            chunks=chunks, source="library",
+            requested=pmcid, paper_id=pmcid, status=record.status, reason=_kept_reason(record),
+            title=record.title, chunks=chunks, source="library",
+        )
+
+    def _moved_doi_copy(self, requested: str, pmcid: str, article: etree._Element) -> IngestOutcome | None:
+        """Without refresh, a copy the user gave of the fetched paper, stored under its DOI (the file carried
+        no PMCID), is kept as `_kept_local_copy` keeps one under the PMCID, and moves to the PMCID, the
+        paper's canonical id: its text and vectors as they are, the DOI naming it still. None when the
+        library holds no such copy."""
+        doi_copy = self._doi_copy(pmcid, article_doi(article))
+        if doi_copy is None or not _user_copy(doi_copy) or doi_copy.chunking is None:
+            return None
+        try:
+            store, encoder = self._writer()
+            record, chunks = rekeyed(doi_copy, store.get_chunks(doi_copy.paper_id), pmcid, doi_copy.chunking)
+            store.put_paper(record, chunks, encoder)  # replaces the DOI's copy; vectors come from it
+            self._in_flight.discard(pmcid)
+        except Exception as exc:
+            log.exception("moving %s to %s failed", doi_copy.paper_id, pmcid)
+            reason = f"store failed: {exc}"
+            self._record_status(pmcid, Status.FAILED, reason)
+            return IngestOutcome(requested=requested, paper_id=pmcid, status=Status.FAILED, reason=reason)
+        reason = f"{_kept_reason(doi_copy)} (stored under its DOI {doi_copy.paper_id} until now)"
+        return IngestOutcome(
+            requested=requested, paper_id=pmcid, status=record.status, reason=reason, title=record.title,
+            chunks=len(chunks), source="library",
         )
 
     def _fail_in_flight(self, exc: BaseException) -> None:
@@ -265,7 +318,7 @@ class Ingestor:
         status = Status.FAILED if resolution.ok else Status(resolution.status)
         return IngestOutcome(requested=resolution.requested, status=status, reason=resolution.error)
 
-    def _fetched(self, resolution: Resolution, result: FetchResult) -> IngestOutcome:
+    def _fetched(self, resolution: Resolution, result: FetchResult, refresh: bool) -> IngestOutcome:
         pmcid = result.pmcid
         if pmcid in self._stored:
             return self._stored[pmcid].model_copy(update={"requested": resolution.requested})
@@ -281,7 +334,10 @@ class Ingestor:
             self._record_status(pmcid, Status.FAILED, outcome.reason)
         else:
             source = "cache" if result.from_cache else "efetch"
-            outcome = self._store_article(resolution.requested, pmcid, result.article, source, result.reason)
+            moved = None if refresh else self._moved_doi_copy(resolution.requested, pmcid, result.article)
+            outcome = moved or self._store_article(
+                resolution.requested, pmcid, result.article, source, result.reason
+            )
         self._stored[pmcid] = outcome
         return outcome
 
@@ -305,10 +361,11 @@ class Ingestor:
         try:
             record, chunks = self.chunker.chunk(paper, paper_id, "efetch" if source == "cache" else source)
             store, encoder = self._writer()
-            if record.status == Status.NO_FULL_TEXT and _holds_full_text(store, paper_id):
+            full = self._stored_full_text(store, record) if record.status == Status.NO_FULL_TEXT else None
+            if full is not None:
                 # A copy without body (a stub upload, a file cut short, a withdrawn PMC text) must not
                 # replace the full text a researcher already asks questions of: it fails like any re-ingest.
-                reason = f"{reason or NO_BODY}; the full text already stored under {paper_id} is kept"
+                reason = f"{reason or NO_BODY}; the full text already stored under {full} is kept"
                 self._record_status(paper_id, Status.FAILED, reason)
                 return IngestOutcome(**base, status=Status.FAILED, reason=reason, title=paper.title)
             store.put_paper(record, chunks, encoder)
@@ -329,6 +386,14 @@ class Ingestor:
             title=paper.title,
             chunks=len(chunks),
         )
+
+    def _stored_full_text(self, store: PaperStore, record: PaperRecord) -> str | None:
+        """The id of a stored full text that writing `record` would replace: its own id's, or that of its
+        copy under its DOI (`_doi_copy`); None when neither holds one."""
+        if _holds_full_text(store, record.paper_id):
+            return record.paper_id
+        doi_copy = self._doi_copy(record.paper_id, record.doi)
+        return doi_copy.paper_id if doi_copy is not None and doi_copy.status == Status.INGESTED else None
 
     # --- local files -------------------------------------------------------------------------------------
     def ingest_files(

@@ -83,16 +83,40 @@ def test_a_shared_pmid_or_doi_never_strands_a_paper(
     store = open_store()
     doi = "10.1371/journal.pbio.2002399"
     store.put_paper(*paper(doi, texts(doi, 2), pmid="555", doi=doi), fake)  # stored under its DOI
-    store.put_paper(*paper("PMC5", texts("PMC5", 2), pmid="555", doi=doi), fake)  # the same article again
+    store.put_paper(*paper("10.1/other", texts("other", 2), pmid="555", doi=doi), fake)  # --id 10.1/other
     assert store.resolve_alias(doi) == doi  # its own id is never taken over
-    assert store.resolve_alias("pmid:555") == "PMC5"  # a shared PMID: the newest copy answers
-    assert store.delete_paper("PMC5")
+    assert store.resolve_alias("pmid:555") == "10.1/other"  # a shared PMID: the newest copy answers
+    assert store.delete_paper("10.1/other")
     assert store.resolve_alias(doi) == doi and store.resolve_alias("pmid:555") == doi  # reachable still
 
     store.put_paper(*paper("PMC6", texts("PMC6", 2), pmid="777"), fake)
     store.put_paper(*paper("PMC7", texts("PMC7", 2), pmid="777"), fake)
     assert store.delete_paper("PMC7") and store.resolve_alias("777") == "PMC6"
     assert store.delete_paper("PMC6") and store.resolve_alias("777") is None
+
+
+def test_a_paper_stored_under_its_pmcid_replaces_its_copy_stored_under_its_doi(
+    open_store: OpenStore,
+    fake: FakeEmbedder,
+    paper: Callable[..., Any],
+    texts: Callable[[str, int], list[str]],
+) -> None:
+    store = open_store()
+    doi = "10.1371/journal.pbio.2002399"
+    store.put_paper(*paper(doi, texts(doi, 2), pmid="555", doi=doi), fake)  # a file without PMCID
+    store.set_status("PMC5", "ingesting")
+    store.put_paper(*paper("PMC5", texts("PMC5", 3), pmid="555", doi=doi.upper()), fake)  # fetched from PMC
+    assert store.paper_ids() == ["PMC5"] and store.count_chunks() == 3  # one paper, one record
+    assert store.get_paper(doi) is None and store.get_chunks(doi) == [] and store.get_status(doi) is None
+    for spelling in (doi, doi.upper(), "pmid:555", "PMC5"):
+        assert store.resolve_alias(spelling) == "PMC5", spelling
+    assert store.integrity_check() == []
+
+    other = "10.1/unrelated"  # a paper whose DOI no stored PMCID carries stays as it is
+    store.put_paper(*paper(other, texts(other, 2), doi=other), fake)
+    store.put_paper(*paper("PMC6", texts("PMC6", 2), doi="10.1/another"), fake)
+    assert store.paper_ids() == ["10.1/unrelated", "PMC5", "PMC6"]
+    assert store.delete_paper("PMC5") and store.resolve_alias(doi) is None
 
 
 def test_reingest_replaces_chunks_and_embeds_only_changed_text(

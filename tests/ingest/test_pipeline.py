@@ -6,11 +6,13 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fakes.eutils_server import FakeEutils
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 import pmcqa.app.commands.ingest as command
@@ -19,7 +21,7 @@ import pmcqa.ingest.pipeline as pipeline_module
 from pmcqa.app.cli import cli
 from pmcqa.app.commands.ingest import _run
 from pmcqa.core.settings import Settings
-from pmcqa.index.store import Store
+from pmcqa.index.store import Store, open_store
 from pmcqa.ingest.pipeline import Ingestor
 
 
@@ -295,3 +297,69 @@ def test_a_doi_in_another_case_names_the_paper_already_stored(ingestor: Ingestor
     (again,) = ingestor.ingest_files([plos], id_override="10.1234/abc.X")  # DOIs are case-insensitive
     assert first.paper_id == again.paper_id == "10.1234/ABC.x" and again.status == "ingested"
     assert ingestor.store.paper_ids() == ["10.1234/ABC.x"]
+
+
+PLOS_DOI = "10.1371/journal.pbio.0020188"  # the file carries no PMCID; the fake serves it as PMC9000001
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_ingestor(
+    request: pytest.FixtureRequest, eutils_settings: Settings, ingestor: Ingestor
+) -> Iterator[Ingestor]:
+    """The pipeline on each store backend (PostgreSQL: a fresh database, skipped where it is unreachable)."""
+    if request.param == "sqlite":
+        yield ingestor
+        return
+    url = request.getfixturevalue("scratch_postgres_database")("pipeline")
+    settings = eutils_settings.model_copy(update={"database_url": SecretStr(url)})
+    with open_store(settings) as store:
+        yield Ingestor(settings, store=store, encoder=HashEncoder())
+
+
+def test_a_paper_given_by_file_under_its_doi_is_one_record_once_fetched_by_pmcid(
+    any_ingestor: Ingestor, fake_eutils: FakeEutils, shared_data: Path
+) -> None:
+    ingestor = any_ingestor
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    store = ingestor.store
+    (given,) = ingestor.ingest_files([plos])
+    assert given.paper_id == PLOS_DOI
+    texts = [c.text for c in store.get_chunks(PLOS_DOI)]
+    vectors = store.get_vectors(PLOS_DOI)[1]
+
+    (kept,) = ingestor.ingest_ids(["PMC9000001"])  # PMC's copy carries the PMCID and the same DOI
+    assert (kept.paper_id, kept.status, kept.source) == ("PMC9000001", "ingested", "library")
+    assert "refresh" in str(kept.reason) and PLOS_DOI in str(kept.reason)
+    assert store.paper_ids() == ["PMC9000001"]  # one paper, one record, under its canonical id
+    assert store.resolve_alias(PLOS_DOI) == "PMC9000001" and store.get_status(PLOS_DOI) is None
+    moved = store.get_paper("PMC9000001")
+    assert moved.source == str(plos) and moved.doi == PLOS_DOI  # the file's copy, not PMC's
+    assert [c.text for c in store.get_chunks("PMC9000001")] == texts
+    np.testing.assert_array_equal(store.get_vectors("PMC9000001")[1], vectors)
+    assert store.get_status("PMC9000001").status == "ingested"
+
+    (again,) = ingestor.ingest_files([plos])  # the file again: the paper the library holds under its PMCID
+    assert again.paper_id == "PMC9000001" and store.paper_ids() == ["PMC9000001"]
+
+    fake_eutils.add_idmap("PMC9000001", doi=PLOS_DOI)
+    (fetched,) = ingestor.ingest_ids([PLOS_DOI], refresh=True)
+    assert fetched.paper_id == "PMC9000001" and fetched.source == "efetch"
+    assert store.paper_ids() == ["PMC9000001"] and store.get_paper("PMC9000001").source == "efetch"
+
+
+def test_a_refresh_replaces_the_copy_stored_under_the_doi_with_pmcs(
+    ingestor: Ingestor, fake_eutils: FakeEutils, shared_data: Path
+) -> None:
+    plos = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pbio.0020188.xml"
+    ingestor.ingest_files([plos])
+    (fetched,) = ingestor.ingest_ids(["PMC9000001"], refresh=True)
+    assert fetched.status == "ingested" and fetched.source == "efetch"
+    store = ingestor.store
+    assert store.paper_ids() == ["PMC9000001"] and store.resolve_alias(PLOS_DOI) == "PMC9000001"
+    assert store.get_paper("PMC9000001").source == "efetch" and store.get_status(PLOS_DOI) is None
+
+    (stub,) = ingestor.ingest_bytes(BODILESS.replace(b"<front><article-meta>", (
+        b'<front><article-meta><article-id pub-id-type="doi">' + PLOS_DOI.upper().encode() + b"</article-id>"
+    )), "upload")
+    assert stub.paper_id == "PMC9000001" and stub.status == "failed"  # its DOI names the stored paper
+    assert store.paper_ids() == ["PMC9000001"] and store.get_paper("PMC9000001").status == "ingested"
