@@ -1532,10 +1532,22 @@ def _walk_list(lst: etree._Element, ctx: _Ctx, out: _Out) -> None:
     blocks.flush()
 
 
+# What a float's label is typeset with after it ("Figure 11.", "Table 2:"), not part of its name.
+_LABEL_PUNCTUATION = re.compile(r"[\s.:]+$")
+
+
+def _float_label(el: etree._Element) -> tuple[str, str]:
+    """(label as written, label as named) of a float: the name without the trailing dot or colon eLife and
+    others typeset after it, so a citation's label reads "Figure 11" as the paper cites it ("(1)" stays)."""
+    written = element_text(_child(el, "label"))
+    return written, _LABEL_PUNCTUATION.sub("", written)
+
+
 def _caption_text(el: etree._Element) -> tuple[str, _Text]:
-    """(label, "label caption-text attribution" with its references) of a fig/table-wrap/media/..."""
-    label = element_text(_child(el, "label"))
-    parts = [_Text(label)] + [_text_and_refs(part) for part in _children(el, "caption", "attrib")]
+    """(label, "label caption-text attribution" with its references) of a fig/table-wrap/media/...: the
+    label named (`_float_label`), the text as written."""
+    written, label = _float_label(el)
+    parts = [_Text(written)] + [_text_and_refs(part) for part in _children(el, "caption", "attrib")]
     return label, _joined(parts, " ")
 
 
@@ -1613,8 +1625,8 @@ def _walk_corresp(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
 
 
 def _walk_supplementary(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
-    label = element_text(_child(el, "label"))
-    text = _joined([_Text(label), _text_and_refs(el, skip=frozenset({"label"}))], " ")
+    written, label = _float_label(el)
+    text = _joined([_Text(written), _text_and_refs(el, skip=frozenset({"label"}))], " ")
     out.emit(ctx, "supplementary", text, label=label, xml_id=el.get("id"))
 
 
@@ -1665,8 +1677,8 @@ def _walk_table(wrap: etree._Element, ctx: _Ctx, out: _Out) -> None:
 
 
 def _walk_formula(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
-    label = element_text(_child(el, "label"))
-    text = _combined(formula_text(el, prefer_tex=True), label)  # label after the formula, as typeset
+    written, label = _float_label(el)
+    text = _combined(formula_text(el, prefer_tex=True), written)  # label after the formula, as typeset
     out.emit(ctx, "formula", text, label=label, xml_id=el.get("id"))
 
 

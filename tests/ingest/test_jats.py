@@ -290,6 +290,29 @@ def test_figure_caption_boxed_text_supplementary(sink: Paper) -> None:
     assert (supp.kind, supp.label, supp.text) == ("supplementary", "S1 Table", "S1 Table Raw data.")
 
 
+def test_float_labels_are_named_without_the_punctuation_typeset_after_them() -> None:
+    (paper,) = parse_jats(
+        article(
+            "<sec><title>Results</title><p>Text.</p>"
+            "<fig id='f11'><label>Figure 11.</label><caption><p>Growth.</p></caption></fig>"
+            "<table-wrap id='t2'><label>Table 2: </label><caption><p>Cohort.</p></caption><table><tbody>"
+            "<tr><td>a</td></tr></tbody></table></table-wrap>"
+            "<supplementary-material id='s1'><label>Supplementary file 1.</label><p>Raw.</p>"
+            "</supplementary-material><disp-formula id='e1'><label>(1)</label><mi>x</mi></disp-formula></sec>"
+        )
+    )
+    labelled = [(b.kind, b.label, b.text.split("\n")[0]) for b in paper.blocks if b.label]
+    assert labelled == [  # the text as written: citations quote it verbatim
+        ("caption", "Figure 11", "Figure 11. Growth."),
+        ("table", "Table 2", "Table 2: Cohort."),
+        ("supplementary", "Supplementary file 1", "Supplementary file 1. Raw."),
+        ("formula", "(1)", "x (1)"),
+    ]
+    elife = parse_shared("jats/elife-tools/elife00005.xml")  # eLife writes its labels "Figure 11."
+    figure = next(b for b in elife.blocks if b.text.startswith("Figure 11."))
+    assert figure.label == "Figure 11"
+
+
 def test_back_matter(sink: Paper) -> None:
     back = [(b.kind, b.section_path, b.text) for b in sink.blocks if b.part == "back"]
     assert back == [
