@@ -2073,7 +2073,8 @@ def find_articles(root: etree._Element) -> list[etree._Element]:
         if not any(local(a) == "article" for a in el.iterancestors())
     ]
     if not found and local(root) != "OAI-PMH":
-        raise JatsError(f"not a JATS document: root element <{local(root)}> holds no <article>")
+        # The detail only: callers say it is no JATS article ("not a JATS article: root element <html> ...").
+        raise JatsError(f"root element <{local(root)}> holds no <article>")
     return found
 
 

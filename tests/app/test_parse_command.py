@@ -90,7 +90,7 @@ def test_summary_shows_title_ids_outline_and_chunk_count(cli: typer.Typer, small
     [
         (None, "no such file"),
         (b"this is not xml", "not a readable JATS article"),
-        (b"<html><body><p>hi</p></body></html>", "not a readable JATS article"),
+        (b"<html><body><p>hi</p></body></html>", "not a readable JATS article: root element <html> holds no"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_no_traceback(
@@ -102,6 +102,7 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(
     code, out, err = run(cli, str(path), "--json")
     assert code == 2
     assert message in err and "Traceback" not in err + out
+    assert err.count("JATS") <= 1  # one prefix says what is wrong, not one per layer
     assert out == ""
 
 

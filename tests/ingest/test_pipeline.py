@@ -184,6 +184,20 @@ def test_a_copy_without_body_never_replaces_stored_full_text(ingestor: Ingestor,
     assert record.status == "no-full-text" and record.source == "upload"
 
 
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"<html><body/></html>", "not a JATS article: root element <html> holds no <article>"),
+        (b"", "not a JATS article: empty XML document"),
+        (b"<article><front>", "not a JATS article: malformed or truncated XML: "),
+    ],
+)
+def test_a_file_that_is_no_jats_says_so_once(ingestor: Ingestor, data: bytes, reason: str) -> None:
+    (outcome,) = ingestor.ingest_bytes(data, "page.xml")
+    assert outcome.status == "invalid" and str(outcome.reason).startswith(reason)
+    assert str(outcome.reason).count("JATS") == 1
+
+
 def test_cli_ingest_json_and_exit_codes(
     eutils_settings: Settings, fake_eutils: FakeEutils, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
