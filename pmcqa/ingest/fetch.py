@@ -32,7 +32,15 @@ from pmcqa.core.ids import canonical_pmcid
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import FetchStatus, Status
 from pmcqa.ingest.entrez import EntrezClient, EntrezError, PermanentHTTPError, RetriesExhausted
-from pmcqa.ingest.jats import article_pmcids, articleset_errors, find_articles, has_body, is_restricted, local
+from pmcqa.ingest.jats import (
+    NO_BODY,
+    article_pmcids,
+    articleset_errors,
+    find_articles,
+    has_body,
+    is_restricted,
+    local,
+)
 from pmcqa.ingest.raw_store import RawStore, open_raw_store
 from pmcqa.ingest.xml import JatsError, parse_xml
 
@@ -67,7 +75,7 @@ def classify_article(article: etree._Element) -> tuple[FetchStatus, str | None]:
     if is_restricted(article):
         return Status.NO_FULL_TEXT, "the publisher does not allow downloading the full text in XML form"
     if not has_body(article):
-        return Status.NO_FULL_TEXT, "no <body> in the article (front matter only)"
+        return Status.NO_FULL_TEXT, NO_BODY
     return Status.SUCCESS, None
 
 

@@ -1831,6 +1831,10 @@ def is_restricted(article: etree._Element) -> bool:
     return any(RESTRICTED_MARKER in (c.text or "") for c in article.iter(etree.Comment))
 
 
+# Why an article without body is stored `no-full-text`: one wording, fetched by id or given as a file.
+NO_BODY = "the article has no body text (front matter only)"
+
+
 def has_body(article: etree._Element) -> bool:
     """The article has a <body> element (front-matter-only articles, e.g. publish-on-accept, have none)."""
     return _child(article, "body") is not None

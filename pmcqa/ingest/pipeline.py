@@ -53,6 +53,7 @@ from pmcqa.ingest.chunking import Chunker, rekeyed
 from pmcqa.ingest.entrez import EntrezClient, RateLimiter
 from pmcqa.ingest.fetch import Fetcher, FetchResult
 from pmcqa.ingest.jats import (
+    NO_BODY,
     JatsError,
     article_doi,
     article_pmcid,
@@ -72,9 +73,6 @@ TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 MAX_PACKAGE_MEMBERS = 10_000
 
 Progress = Callable[["IngestOutcome"], None]
-
-
-NO_BODY = "the article has no body text (front matter only)"
 
 
 def _holds_full_text(store: PaperStore, paper_id: str) -> bool:

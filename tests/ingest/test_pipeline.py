@@ -22,6 +22,7 @@ from pmcqa.app.cli import cli
 from pmcqa.app.commands.ingest import _run
 from pmcqa.core.settings import Settings
 from pmcqa.index.store import Store, open_store
+from pmcqa.ingest.jats import NO_BODY
 from pmcqa.ingest.pipeline import Ingestor
 
 
@@ -196,6 +197,17 @@ def test_a_file_that_is_no_jats_says_so_once(ingestor: Ingestor, data: bytes, re
     (outcome,) = ingestor.ingest_bytes(data, "page.xml")
     assert outcome.status == "invalid" and str(outcome.reason).startswith(reason)
     assert str(outcome.reason).count("JATS") == 1
+
+
+def test_an_article_without_body_gives_one_reason_fetched_or_given(
+    ingestor: Ingestor, fake_eutils: FakeEutils, shared_data: Path
+) -> None:
+    poa = shared_data / "jats/elife-tools/elife_poa_e06828.xml"  # publish-on-accept: front matter only
+    (fetched,) = ingestor.ingest_ids(["PMC9000003"])
+    (given,) = ingestor.ingest_files([poa], id_override="PMC9999995")
+    (uploaded,) = ingestor.ingest_bytes(poa.read_bytes(), "upload", id_override="PMC9999994")
+    assert {o.status for o in (fetched, given, uploaded)} == {"no-full-text"}
+    assert fetched.reason == given.reason == uploaded.reason == NO_BODY
 
 
 def test_cli_ingest_json_and_exit_codes(
