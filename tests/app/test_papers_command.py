@@ -4,8 +4,10 @@ printed whole, even on a narrow terminal."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+from conftest import make_settings, shared_path
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -14,6 +16,9 @@ from pmcqa.app.commands import ingest as ingest_command
 from pmcqa.app.commands import jobs as jobs_command
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
+from pmcqa.index.store import Store
+from pmcqa.ingest.chunking import Chunker
+from pmcqa.ingest.jats import parse_jats
 from pmcqa.ingest.jobs import JobStore, queue_id
 from pmcqa.ingest.pipeline import IngestOutcome
 
@@ -43,6 +48,23 @@ def test_papers_list_and_show(in_library):
     missing = runner.invoke(cli, ["papers", "show", "PMC424242"])
     assert missing.exit_code == 3 and "pmcqa ingest PMC424242" in missing.output
     assert runner.invoke(cli, ["papers", "show", "banana"]).exit_code == 2
+
+
+def test_papers_list_shows_each_papers_status_whole(library_dir, ingested, embedder, tmp_path, monkeypatch):
+    copy = tmp_path / "library"  # a copy: other tests see the session library unchanged
+    shutil.copytree(library_dir, copy)
+    settings = make_settings(copy)
+    (stub,) = parse_jats(shared_path("jats/elife-tools/elife_poa_e06828.xml").read_bytes())  # no <body>
+    with Store(settings) as store:
+        store.put_paper(*Chunker(settings).chunk(stub, "PMC9999993", source="upload"), embedder)
+        store.set_status("PMC1182327", "queued")  # a refresh of it waits in the queue
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(copy))
+    monkeypatch.setenv("COLUMNS", "50")  # narrow: ids and statuses are still printed whole
+    listed = runner.invoke(cli, ["papers", "list"])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[1]: line for line in listed.stdout.splitlines() if "PMC" in line}
+    assert "no-full-text" in rows["PMC9999993"] and XMRV_DOI in listed.stdout
+    assert "queued" in rows["PMC1182327"] and "ingested" in rows["PMC2795199"]
 
 
 def test_papers_text_shows_a_span_in_context(in_library):

@@ -68,13 +68,19 @@ def list_papers(
         return
     table = Table(title=f"{listing.total} papers (showing {offset + 1}-{offset + len(listing.papers)})")
     add_id_column(table, "paper id", [p.paper_id for p in listing.papers])
+    add_id_column(table, "status", [p.status for p in listing.papers])  # no-full-text: abstract only
     add_id_column(table, "pmid", [p.pmid or "" for p in listing.papers])
     add_id_column(table, "doi", [p.doi or "" for p in listing.papers])
     table.add_column("year")
     table.add_column("title")
     for paper in listing.papers:
         table.add_row(
-            paper.paper_id, paper.pmid or "", paper.doi or "", paper.year or "", escape(paper.title)
+            paper.paper_id,
+            paper.status,
+            paper.pmid or "",
+            paper.doi or "",
+            paper.year or "",
+            escape(paper.title),
         )
     print_table(table)
 
