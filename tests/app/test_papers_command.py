@@ -19,7 +19,7 @@ from pmcqa.core.status import Status
 from pmcqa.index.store import Store
 from pmcqa.ingest.chunking import Chunker
 from pmcqa.ingest.jats import parse_jats
-from pmcqa.ingest.jobs import JobStore, queue_id
+from pmcqa.ingest.jobs import JobItem, JobStore, queue_id
 from pmcqa.ingest.pipeline import IngestOutcome
 
 runner = CliRunner()
@@ -182,3 +182,28 @@ def test_ingest_and_job_tables_print_statuses_whole(tmp_path, monkeypatch, capsy
     jobs_command.print_job_table(store.get(job.job_id), Console())
     listed = capsys.readouterr().out
     assert "pending" in listed and path in listed
+
+
+def test_long_failure_reasons_are_printed_whole(tmp_path, monkeypatch, capsys):
+    """NCBI's error text is why an id failed: wrapped to the terminal (a long URL folded), never cut."""
+    monkeypatch.setenv("COLUMNS", "80")
+    url = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/efetch.fcgi?db=pmc&retmode=xml&id=PMC8435807,PMC2647976"
+    reason = (
+        f"gave up after 6 tries: HTTP 400 Bad Request from {url}: "
+        '{"error":"API key invalid","api-key":"0123456789abcdef","type":"api-key","status":"error"} '
+        "[the key was revoked] and the last words of the reason"
+    )
+    whole = "".join(reason.split())
+    ingest_command.print_table([IngestOutcome(requested="PMC8435807", status=Status.FAILED, reason=reason)])
+    assert whole in _squeezed(capsys.readouterr().out)
+
+    store = JobStore.for_settings(type("S", (), {"data_dir": tmp_path})())
+    job = store.get(store.create(["PMC8435807"]).job_id)
+    failed = JobItem(id="PMC8435807", status=Status.FAILED, reason=reason)
+    jobs_command.print_job_table(job.model_copy(update={"items": [failed]}), Console())
+    assert whole in _squeezed(capsys.readouterr().out)
+
+
+def _squeezed(printed: str) -> str:
+    """A table's text without whitespace and cell borders: a cell wrapped over lines reads as one."""
+    return "".join(char for char in printed if not char.isspace() and char not in "│┃")

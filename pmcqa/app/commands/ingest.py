@@ -24,7 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from pmcqa.app.commands.jobs import follow_job
-from pmcqa.app.commands.output import add_id_column
+from pmcqa.app.commands.output import add_id_column, add_text_column
 from pmcqa.app.commands.output import print_table as print_wide_table
 from pmcqa.core.settings import Settings, get_settings
 from pmcqa.core.status import Status
@@ -84,8 +84,8 @@ def print_table(outcomes: list[IngestOutcome]) -> None:
     add_id_column(table, "requested", [o.requested for o in outcomes])
     add_id_column(table, "paper", [o.paper_id or "" for o in outcomes])
     add_id_column(table, "status", [str(o.status) for o in outcomes])  # "ingest…" told nothing
-    for column in ("chunks", "title / reason"):
-        table.add_column(column)
+    table.add_column("chunks")
+    add_text_column(table, "title / reason")
     colours = {Status.INGESTED: "green", Status.NO_FULL_TEXT: "yellow"}
     for o in outcomes:
         colour = colours.get(o.status, "dim" if o.skipped else "red")
@@ -95,7 +95,7 @@ def print_table(outcomes: list[IngestOutcome]) -> None:
             o.paper_id or "",
             f"[{colour}]{o.status}[/]",
             str(o.chunks),
-            escape((detail or "")[:120]),
+            escape(detail or ""),
         )
     print_wide_table(table)
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from pmcqa.app.commands.output import add_id_column, print_table
+from pmcqa.app.commands.output import add_id_column, add_text_column, print_table
 from pmcqa.core.db import require_existing
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import Status
@@ -103,11 +103,11 @@ def print_job_table(job: Job, console: Console) -> None:
     add_id_column(table, "id", [item.id for item in items])
     add_id_column(table, "paper id", [item.paper_id or "" for item in items])
     add_id_column(table, "status", [str(item.status) for item in items])
-    for column in ("chunks", "title / reason"):
-        table.add_column(column)
+    table.add_column("chunks")
+    add_text_column(table, "title / reason")
     for item in items:
         detail = item.title if item.status == Status.INGESTED else (item.reason or "")
-        cells = (item.id, item.paper_id or "", item.status, str(item.chunks or ""), (detail or "")[:70])
+        cells = (item.id, item.paper_id or "", item.status, str(item.chunks or ""), detail or "")
         table.add_row(*(Text(cell) for cell in cells))  # ids and reasons are data, never rich markup
     print_table(table, console)
     console.print(", ".join(f"{status}: {count}" for status, count in sorted(job.counts.items())))
