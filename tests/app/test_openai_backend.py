@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,7 @@ from fakes.tiny_gpt_oss import sample_paper
 from pmcqa.app.answering import prompts
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, Draft
 from pmcqa.app.answering.openai_backend import OpenAIBackend, split_reply
-from pmcqa.app.errors import GenerationTimeout, ModelServerError
+from pmcqa.app.errors import BackendNotReady, GenerationTimeout, ModelServerError
 from pmcqa.core.settings import Settings
 
 QUESTION = "How do the kidney organoid protocols compare?"
@@ -132,6 +133,43 @@ def test_stream_raises_server_errors_and_timeouts(server: FakeOpenAIServer) -> N
     server.script(*[ScriptedReply(content=ANSWER, delay_s=1.5)] * 2)
     with pytest.raises(GenerationTimeout):
         list(backend_for(server, generation_timeout_s=0.3).stream(QUESTION, passages, paper))
+
+
+HUNG_S = 10.0  # a server that does not answer while a test runs
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_hung_server_fails_at_the_one_deadline(server: FakeOpenAIServer, streamed: bool) -> None:
+    # A retry with a full timeout of its own held the generation thread ~2.5x the limit.
+    paper, passages = sample_paper()
+    server.script(*[ScriptedReply(content=ANSWER, delay_s=HUNG_S)] * 2)
+    backend = backend_for(server, generation_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(GenerationTimeout, match="exceeded 1 s"):
+        if streamed:
+            list(backend.stream(QUESTION, passages, paper))
+        else:
+            backend.generate(QUESTION, passages, paper)
+    assert 0.9 < time.monotonic() - started < 1.6
+    assert len(server.requests_to("/v1/chat/completions")) == 1
+
+
+def test_an_early_connection_failure_is_retried(server: FakeOpenAIServer) -> None:
+    paper, passages = sample_paper()
+    server.script(ScriptedReply(drop=True), ScriptedReply(content=ANSWER, reasoning=REASONING))
+    assert_expected_draft(backend_for(server).generate(QUESTION, passages, paper), passages)
+    assert len(server.requests_to("/v1/chat/completions")) == 2
+
+
+def test_no_retry_once_less_than_half_the_deadline_is_left(server: FakeOpenAIServer) -> None:
+    # Dropped after 0.6 s of a 1 s deadline: a retry could not answer in time, so none is made.
+    paper, passages = sample_paper()
+    server.script(ScriptedReply(drop=True, delay_s=0.6), ScriptedReply(content=ANSWER, delay_s=0.9))
+    started = time.monotonic()
+    with pytest.raises(BackendNotReady, match="cannot reach"):
+        backend_for(server, generation_timeout_s=1.0).generate(QUESTION, passages, paper)
+    assert time.monotonic() - started < 1.0
+    assert len(server.requests_to("/v1/chat/completions")) == 1
 
 
 @pytest.mark.parametrize(

@@ -213,7 +213,7 @@ def test_a_hung_model_server_never_starves_the_extractive_answers(
         serve_app(create_app(library.settings, library_factory=lambda _s: library)) as url,
         httpx.Client(base_url=url, timeout=60) as http,
     ):
-        with ThreadPoolExecutor(4) as clients:  # at once: each holds a generation thread ~1 s past its 504
+        with ThreadPoolExecutor(4) as clients:  # at once: each holds a generation thread until its 504
             statuses = list(clients.map(lambda _: http.post("/ask", json=hung).status_code, range(4)))
         assert statuses == [504] * 4
         extractive = http.post("/ask", json={**hung, "backend": "extractive"})

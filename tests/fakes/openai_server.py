@@ -1,9 +1,9 @@
 """A local OpenAI-compatible server (the shape vLLM / llama.cpp / Ollama serve) for end-to-end backend tests.
 
 Serves `GET /v1/models` and `POST /v1/chat/completions` (JSON, or SSE when `stream: true`) on 127.0.0.1 in a
-background thread. Replies are scripted (`ScriptedReply`), and every request (path, headers, body; GETs
-too) is recorded so tests can assert what the real `openai` client sent over HTTP. A stream whose client
-hangs up before the end is counted in `disconnects`.
+background thread. Replies are scripted (`ScriptedReply`: late or hung, failing, dropped, cut short), and
+every request (path, headers, body; GETs too) is recorded so tests can assert what the real `openai` client
+sent over HTTP. A stream whose client hangs up before the end is counted in `disconnects`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class ScriptedReply:
     chunk_delay_s: float = 0.0  # pause before each streamed chunk (a slow model)
     raw: str | None = None  # sent verbatim as the body (with `status`): a reply that is not a completion
     cut_short: bool = False  # a stream that ends mid-answer (no finish_reason, no [DONE])
+    drop: bool = False  # close the connection without answering (a server restarting)
 
 
 @dataclass
@@ -102,6 +103,9 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return
             reply = fake.replies.popleft() if fake.replies else ScriptedReply(content="(no scripted reply)")
             time.sleep(reply.delay_s)
+            if reply.drop:
+                self.close_connection = True
+                return
             if reply.raw is not None:
                 self._raw(reply.status, reply.raw.encode())
             elif reply.status != 200:
@@ -115,11 +119,14 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self._raw(status, json.dumps(payload).encode())
 
         def _raw(self, status: int, data: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped waiting (its timeout)
+                self.close_connection = True
 
         def _stream(self, body: dict[str, Any], reply: ScriptedReply) -> None:
             self.send_response(200)

@@ -10,6 +10,11 @@ Readiness (`unavailable()`: GET /models lists our model) is cached for `openai_r
 cost a round trip, and an unreachable server is reported as such ("cannot reach http://...: connection
 refused"); a connection lost during generation is a `BackendNotReady` with the same message. The request id
 of the request being served goes to the server as `X-Request-ID`.
+
+One deadline per answer (`generation_timeout_s`): each try of a chat call gets only the time left, and the
+one retry (a refused or dropped connection, a 408/409/429/5xx, as the `openai` client retries) happens only
+when the first try failed early enough that half the deadline is left. A hung server is a `GenerationTimeout`
+at the deadline, never after a second full timeout.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import openai
 from openai import OpenAI
@@ -82,6 +87,22 @@ def connection_problem(error: BaseException) -> str:
 
 
 READY_CHECK_TIMEOUT_S = 5.0
+# A retry is worth it only after an early failure: at least this share of the deadline must be left.
+RETRY_MIN_SHARE = 0.5
+RETRY_PAUSE_S = 0.5  # the `openai` client's first back-off
+RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx: what the `openai` client retries
+
+Reply = TypeVar("Reply")
+
+
+def retryable(error: openai.OpenAIError) -> bool:
+    """A failure another try may not repeat: the connection refused or dropped, or the server busy or failing
+    (a timeout is not: the deadline is spent)."""
+    if isinstance(error, openai.APITimeoutError):
+        return False
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in RETRY_STATUSES or error.status_code >= 500
+    return isinstance(error, openai.APIConnectionError)
 
 
 class OpenAIBackend:
@@ -91,12 +112,15 @@ class OpenAIBackend:
         self.settings = settings
         self.model = settings.openai_model
         self.base_url = settings.openai_base_url
-        self._client = client or OpenAI(
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key.get_secret_value(),
-            timeout=settings.generation_timeout_s,
-            max_retries=1,
-        )
+        # No retries of the client's own: each would get a full timeout again (`_within_deadline` retries).
+        self._client = (
+            client
+            or OpenAI(
+                base_url=settings.openai_base_url,
+                api_key=settings.openai_api_key.get_secret_value(),
+                timeout=settings.generation_timeout_s,
+            )
+        ).with_options(max_retries=0)
         self._checked: tuple[float, str | None] | None = None  # (monotonic time, problem or None)
         self._check_lock = threading.Lock()
 
@@ -152,13 +176,28 @@ class OpenAIBackend:
             "extra_body": {"chat_template_kwargs": {"reasoning_effort": effort}},
         }
 
-    def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft:
+    def _within_deadline(self, deadline: float, call: Callable[[float], Reply]) -> Reply:
+        """`call(timeout)` with the time left before `deadline`; again after an early retryable failure."""
+        timeout_s = self.settings.generation_timeout_s
         try:
-            response = self._client.chat.completions.create(**self._params(question, passages, paper))
+            return call(deadline - time.monotonic())
+        except openai.OpenAIError as error:
+            left = deadline - time.monotonic()
+            if not retryable(error) or left < RETRY_MIN_SHARE * timeout_s:
+                raise
+            log.warning("%s failed (%s); retrying, %.1f s left", self.base_url, type(error).__name__, left)
+        time.sleep(min(RETRY_PAUSE_S, left / 4))
+        return call(deadline - time.monotonic())
+
+    def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft:
+        deadline = time.monotonic() + self.settings.generation_timeout_s
+        params = self._params(question, passages, paper)
+        try:
+            response = self._within_deadline(
+                deadline, lambda left: self._client.chat.completions.create(**params, timeout=left)
+            )
         except openai.APITimeoutError as error:
-            raise GenerationTimeout(
-                f"model server exceeded {self.settings.generation_timeout_s:.0f} s"
-            ) from error
+            raise GenerationTimeout(self._timeout_message()) from error
         except openai.APIConnectionError as error:
             raise self._unreachable(error) from error
         except openai.APIStatusError as error:
@@ -199,8 +238,12 @@ class OpenAIBackend:
         deadline = time.monotonic() + self.settings.generation_timeout_s
         assembler, reasoning, content, finish = StreamAssembler(), "", "", None
         try:
-            chunks = self._client.chat.completions.create(
-                **self._params(question, passages, paper), stream=True
+            params = self._params(question, passages, paper)
+            # A read waits at most the time that was left when the stream opened; the deadline is checked on
+            # every chunk.
+            chunks = self._within_deadline(
+                deadline,
+                lambda left: self._client.chat.completions.create(**params, stream=True, timeout=left),
             )
             with chunks:
                 for chunk in chunks:
@@ -232,4 +275,4 @@ class OpenAIBackend:
         yield StreamAssembler.done(build_draft(analysis, final, passages, self.model, truncated=truncated))
 
     def _timeout_message(self) -> str:
-        return f"model server exceeded {self.settings.generation_timeout_s:.0f} s"
+        return f"model server exceeded {self.settings.generation_timeout_s:g} s"
