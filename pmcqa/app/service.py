@@ -416,12 +416,14 @@ class Library:
         timings = {"retrieve": round(time.perf_counter() - started, 4)}
         return Prepared(paper, question, passages, chosen, timings, started)
 
-    def answer(self, prepared: Prepared, draft: Draft) -> Answer:
+    def answer(self, prepared: Prepared, draft: Draft, deadline: float | None = None) -> Answer:
         """The final Answer: the draft's text with only verified citations, each claim checked against what
-        it cites (unsupported claims flagged, dropped or kept: `settings.unsupported_claims`)."""
+        it cites (unsupported claims flagged, dropped or kept: `settings.unsupported_claims`). Claims whose
+        turn comes after `deadline` (`time.monotonic()`: the answer's, set when generation began) are marked
+        not checked, so the whole answer keeps to `generation_timeout_s`."""
         citations = finalize(draft, prepared.paper, prepared.passages)
         started = time.perf_counter()
-        claims = check_claims(draft, citations, prepared.passages, self.embedder)
+        claims = check_claims(draft, citations, prepared.passages, self.embedder, deadline)
         checked = apply_policy(draft, citations, claims, self.settings.unsupported_claims, ABSTAIN_ANSWER)
         if claims and not draft.verbatim:
             prepared.timings["check_claims"] = round(time.perf_counter() - started, 4)
@@ -455,6 +457,7 @@ class Library:
     ) -> Answer:
         prepared = self.prepare(paper_id, question, top_k, backend)
         started = time.perf_counter()
+        deadline = time.monotonic() + self.settings.generation_timeout_s  # generation and the claim check
         future = self._pool(prepared.backend.name).submit(
             contextvars.copy_context().run,  # the request id travels with the generation
             prepared.backend.generate,
@@ -471,7 +474,7 @@ class Library:
                 f"generation ran past {self.settings.generation_timeout_s:g}s (PMCQA_GENERATION_TIMEOUT_S)"
             ) from None
         prepared.timings["generate"] = round(time.perf_counter() - started, 4)
-        return self.answer(prepared, draft)
+        return self.answer(prepared, draft, deadline)
 
     def stream(self, prepared: Prepared, cancelled: threading.Event | None = None) -> Iterator[AnswerEvent]:
         """Steps and answer deltas as the backend produces them, then `AnswerDone` with the final Answer, or
@@ -530,7 +533,7 @@ class Library:
             if isinstance(item, DraftDone):
                 draft = item.data.model_copy(update={"steps": item.data.steps or steps})
                 prepared.timings["generate"] = round(time.perf_counter() - started, 4)
-                yield AnswerDone(data=self.answer(prepared, draft))
+                yield AnswerDone(data=self.answer(prepared, draft, deadline))
                 return
             if isinstance(item, StepEvent):
                 steps.append(item.data)

@@ -1,11 +1,27 @@
-"""The claim check's parts: splitting answers into claims, the facts check, the unsupported-claim policy."""
+"""The claim check's parts: splitting answers into claims, the facts check, the unsupported-claim policy, and
+the answer's deadline."""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pytest
+from fakes.slow_embedder import SlowEmbedder
+from fakes.tiny_gpt_oss import sample_paper
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, Citation, Claim, Draft
-from pmcqa.app.answering.claims import apply_policy, missing_facts, names, quantities, split_claims
+from pmcqa.app.answering.citations import finalize
+from pmcqa.app.answering.claims import (
+    NOT_CHECKED,
+    apply_policy,
+    check_claims,
+    missing_facts,
+    names,
+    quantities,
+    split_claims,
+)
+from pmcqa.app.answering.postprocess import build_draft
 
 
 def test_split_claims_moves_markers_after_a_period_onto_the_claim() -> None:
@@ -104,3 +120,41 @@ def test_policy_keep_leaves_the_answer() -> None:
     checked = apply_policy(Draft(answer=ANSWER), CITATIONS, CLAIMS, "keep", ABSTAIN_ANSWER)
     assert checked.answer == ANSWER and checked.citations == CITATIONS
     assert "not supported" in checked.steps[0]
+
+
+# --- the deadline -------------------------------------------------------------------------------------------
+
+FAITHFUL = (
+    "Both Morizane and Takasato protocols generated immature tissue [1]. "
+    "Organoids expressed about 20% of adult transcription factors [2]."
+)
+
+
+class NoEmbedder:
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        raise AssertionError("the claim check embedded after its deadline")
+
+
+def test_claims_past_the_deadline_are_not_checked_and_never_pass() -> None:
+    paper, passages = sample_paper()
+    draft = build_draft("", FAITHFUL, passages, "test-model")
+    citations = finalize(draft, paper, passages)
+    claims = check_claims(draft, citations, passages, NoEmbedder(), deadline=time.monotonic())
+    assert [(c.checked, c.supported, c.reason) for c in claims] == [(False, False, NOT_CHECKED)] * 2
+    flagged = apply_policy(draft, citations, claims, "flag", ABSTAIN_ANSWER)
+    assert "Not verified: 2 of 2 statements could not be checked in time" in flagged.answer
+    dropped = apply_policy(draft, citations, claims, "drop", ABSTAIN_ANSWER)
+    assert dropped.abstained and dropped.answer == ABSTAIN_ANSWER
+
+
+def test_the_claim_check_stops_at_the_deadline(embedder) -> None:
+    # Each claim embeds its own new texts: the first, begun in time, is judged; the second's turn is too late.
+    paper, passages = sample_paper()
+    draft = build_draft("", FAITHFUL, passages, "test-model")
+    citations = finalize(draft, paper, passages)
+    slow = SlowEmbedder(embedder, per_call_s=0.6)
+    claims = check_claims(draft, citations, passages, slow, deadline=time.monotonic() + 0.3)
+    assert [(c.checked, c.supported, c.citations) for c in claims] == [(True, True, [0]), (False, False, [1])]
+    assert claims[1].reason == NOT_CHECKED and slow.calls == [1]  # one call: the claim is its cited sentence
+    unlimited = check_claims(draft, citations, passages, embedder)
+    assert [(c.checked, c.supported) for c in unlimited] == [(True, True), (True, True)]

@@ -3,11 +3,13 @@ OpenAI-compatible fake, the real embedder/store/retriever, and the claim check i
 
 The fake's replies are written from the passages the service will retrieve (retrieval is deterministic), so
 each test knows exactly which excerpt says what: a faithful answer, a number that differs from the cited
-text, a claim citing an excerpt that does not contain it, and a claim with no citation.
+text, a claim citing an excerpt that does not contain it, a claim with no citation, and a long answer whose
+check would outlast the answer's deadline.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from fakes.openai_server import FakeOpenAIServer, ScriptedReply
 from fakes.serving import serve_app
+from fakes.slow_embedder import SlowEmbedder
 
 from pmcqa.app.main import create_app
 from pmcqa.core.text import split_sentences, tokenize
@@ -131,3 +134,43 @@ def test_claim_without_citation_is_flagged(service) -> None:
     assert first["supported"]
     assert not second["supported"] and second["reason"] == "no citation" and second["citations"] == []
     assert "Not verified: 1 of 2 statements" in answer["answer"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_claim_check_keeps_to_the_answers_deadline(make_library, stream: bool) -> None:
+    # A slow embedder (0.1 s a text): checking every claim of this answer takes ~4 s, past the 2 s deadline.
+    timeout_s, per_text_s = 2.0, 0.1
+    with FakeOpenAIServer() as fake:
+        library = make_library(
+            answer_backend="openai",
+            openai_base_url=fake.base_url,
+            openai_model="bio-gpt-oss-20b",
+            generation_timeout_s=timeout_s,
+        )
+        slow = library.embedder = SlowEmbedder(library.embedder, per_text_s=per_text_s)
+        faithful = [
+            f"{sentence} [{number}]"
+            for number, passage in enumerate(passages_of(library), start=1)
+            for sentence in sentences(passage)[:1]
+            if "[" not in sentence
+        ]
+        assert len(faithful) >= 4
+        fake.script(ScriptedReply(content=" ".join(faithful), reasoning="1) Read the excerpts."))
+        ask = {"paper_id": PAPER, "question": QUESTION, "backend": "openai", "stream": stream}
+        with (
+            serve_app(create_app(library.settings, library_factory=lambda _settings: library)) as url,
+            httpx.Client(base_url=url, timeout=60) as http,
+        ):
+            response = http.post("/ask", json=ask)
+        library.close()
+    assert response.status_code == 200, response.text
+    answer = response.json() if not stream else json.loads(response.text.split("data: ")[-1])["answer"]
+    claims = answer["claims"]
+    assert claims[0]["checked"] and claims[0]["supported"], claims[0]
+    assert not claims[-1]["checked"] and not claims[-1]["supported"], claims[-1]
+    assert claims[-1]["reason"].startswith("not checked")
+    assert "could not be checked in time" in answer["answer"]
+    # From generation's start: the deadline, overrun by at most the embedding call under way (~0.8 s here).
+    assert max(slow.calls) * per_text_s < 1.0, slow.calls
+    timings = answer["timings"]
+    assert timings["generate"] + timings["check_claims"] < timeout_s + 1.5, timings

@@ -68,8 +68,13 @@ class Claim(BaseModel):
     citations: list[int] = Field(
         default_factory=list, description="Positions (0-based) in the answer's `citations` of what it cites."
     )
-    supported: bool
+    supported: bool = Field(description="Checked and supported by what it cites.")
     reason: str = Field(description="Why it is (not) supported, e.g. 'number 12% is not in the cited text'.")
+    checked: bool = Field(
+        True,
+        description="False when the answer's time (generation_timeout_s) ran out before the check reached "
+        "this claim: it is then not supported (`supported` false), and the answer says it was not verified.",
+    )
 
 
 class Answer(BaseModel):

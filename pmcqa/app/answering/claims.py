@@ -14,11 +14,17 @@ excerpts it cites (each passage with the neighbours merged into it, as the model
 The extractive backend's claims are its own quotes (`Draft.verbatim`), verbatim text of the paper: they pass
 by construction. What happens to an unsupported claim is a setting (`unsupported_claims`): ``flag`` (kept,
 and the answer says so), ``drop`` (removed from the answer; nothing left means an abstention) or ``keep``.
+
+The check runs within the answer's deadline (`generation_timeout_s` from the start of generation): claims are
+judged in order, each embedding what no earlier claim did, and once the deadline has passed the rest are
+marked not checked (``checked`` false, ``supported`` false, the reason saying so): never passed unseen, and
+unsupported for the policy. A claim whose turn began in time may finish up to one embedding call late.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -185,10 +191,36 @@ def support_score(claim_vector: np.ndarray, sentence_vectors: np.ndarray, overla
     return SIMILARITY_WEIGHT * cosine + (1 - SIMILARITY_WEIGHT) * overlap
 
 
+NOT_CHECKED = "not checked: the answer's time (generation_timeout_s) ran out before its turn"
+
+
+class _Vectors:
+    """Embeddings of texts, each text embedded once (claims citing one excerpt share its sentences)."""
+
+    def __init__(self, embedder: _Embedder) -> None:
+        self.embedder = embedder
+        self.known: dict[str, np.ndarray] = {}
+
+    def of_claim(self, claim: str, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(the claim's vector, one row per cited sentence), embedding what is new in one encode call."""
+        texts = [claim, *sentences]
+        new = [text for text in dict.fromkeys(texts) if text not in self.known]
+        if new:
+            embedded = np.asarray(self.embedder.embed_documents(new), dtype=np.float32)
+            self.known.update(zip(new, embedded, strict=True))
+        rows = np.stack([self.known[text] for text in texts])
+        return rows[0], rows[1:]
+
+
 def check_claims(
-    draft: Draft, citations: Sequence[Citation], passages: Sequence[Passage], embedder: _Embedder
+    draft: Draft,
+    citations: Sequence[Citation],
+    passages: Sequence[Passage],
+    embedder: _Embedder,
+    deadline: float | None = None,
 ) -> list[Claim]:
-    """The draft's claims, each marked supported or not (with the reason)."""
+    """The draft's claims, each marked supported or not (with the reason); those whose turn comes after
+    `deadline` (`time.monotonic()`) are marked not checked."""
     if draft.abstained:
         return []
     if draft.verbatim:
@@ -196,35 +228,37 @@ def check_claims(
             Claim(text=c.quote, citations=[i], supported=True, reason="verbatim quote of the paper")
             for i, c in enumerate(citations)
         ]
-    claims = split_claims(draft.answer)
-    if not claims:
-        return []
     position = {citation.chunk_id: i for i, citation in enumerate(citations)}
-    cited: list[tuple[list[int], str, list[str]]] = []
-    for claim in claims:
-        indexes: list[int] = []
-        texts: list[str] = []
-        sentences: list[str] = []
-        for number in claim.excerpts:
-            if not 1 <= number <= len(passages):
-                continue
-            for chunk in excerpt_chunks(passages[number - 1]):  # the excerpt's citations are its chunks
-                if chunk.chunk_id in position and position[chunk.chunk_id] not in indexes:
-                    indexes.append(position[chunk.chunk_id])
-                texts.append(chunk.text)
-                sentences.extend(chunk.text[s:e] for s, e in split_sentences(chunk.text))
-        cited.append((indexes, " ".join(texts), sentences))
-    # One encode call for every claim and every cited sentence.
-    all_sentences = sorted({s for _, _, sentences in cited for s in sentences})
-    vectors = np.asarray(embedder.embed_documents([c.text for c in claims] + all_sentences), dtype=np.float32)
-    claim_vectors, sentence_vectors = vectors[: len(claims)], vectors[len(claims) :]
-    row_of = {sentence: i for i, sentence in enumerate(all_sentences)}
+    vectors = _Vectors(embedder)
     checked: list[Claim] = []
-    for claim, claim_vector, (indexes, text, sentences) in zip(claims, claim_vectors, cited, strict=True):
-        checked.append(
-            _judge(claim, claim_vector, indexes, text, sentence_vectors[[row_of[s] for s in sentences]])
-        )
+    for claim in split_claims(draft.answer):
+        indexes, cited_text, sentences = _cited(claim, passages, position)
+        if deadline is not None and time.monotonic() >= deadline:
+            checked.append(
+                Claim(text=claim.text, citations=indexes, supported=False, checked=False, reason=NOT_CHECKED)
+            )
+        else:
+            claim_vector, sentence_vectors = vectors.of_claim(claim.text, sentences)
+            checked.append(_judge(claim, claim_vector, indexes, cited_text, sentence_vectors))
     return checked
+
+
+def _cited(
+    claim: DraftClaim, passages: Sequence[Passage], position: dict[str, int]
+) -> tuple[list[int], str, list[str]]:
+    """(positions in the answer's citations, text, sentences) of what the claim cites."""
+    indexes: list[int] = []
+    texts: list[str] = []
+    sentences: list[str] = []
+    for number in claim.excerpts:
+        if not 1 <= number <= len(passages):
+            continue
+        for chunk in excerpt_chunks(passages[number - 1]):  # the excerpt's citations are its chunks
+            if chunk.chunk_id in position and position[chunk.chunk_id] not in indexes:
+                indexes.append(position[chunk.chunk_id])
+            texts.append(chunk.text)
+            sentences.extend(chunk.text[s:e] for s, e in split_sentences(chunk.text))
+    return indexes, " ".join(texts), sentences
 
 
 def _judge(
@@ -263,7 +297,7 @@ def apply_policy(
     draft: Draft, citations: list[Citation], claims: list[Claim], policy: str, abstain_answer: str
 ) -> Checked:
     """The answer after the claim check: unsupported claims flagged (the answer says so), dropped, or kept."""
-    unsupported = [claim for claim in claims if not claim.supported]
+    unsupported = [claim for claim in claims if not claim.supported]  # not checked in time included
     if not unsupported or draft.verbatim:
         return Checked(draft.answer, citations, claims, [], draft.abstained)
     described = "; ".join(f'"{_short(claim.text)}": {claim.reason}' for claim in unsupported)
@@ -273,10 +307,7 @@ def apply_policy(
     if policy == "keep":
         return Checked(draft.answer, citations, claims, [step + f"not supported: {described}."], False)
     if policy == "flag":
-        note = (
-            f"\n\n(Not verified: {len(unsupported)} of {len(claims)} statements are not supported by the "
-            f"excerpts they cite — {described}.)"
-        )
+        note = f"\n\n(Not verified: {_unverified(claims)} — {described}.)"
         return Checked(draft.answer + note, citations, claims, [step + f"flagged: {described}."], False)
     # drop: remove the unsupported sentences, and the citations only they referred to.
     kept_claims = [claim for claim in claims if claim.supported]
@@ -292,6 +323,18 @@ def apply_policy(
         for claim in claims
     ]
     return Checked(answer, [citations[i] for i in used], remapped, [step + f"dropped: {described}."], False)
+
+
+def _unverified(claims: list[Claim]) -> str:
+    """How many statements are not verified, and why: not supported by what they cite, or not checked."""
+    failed = sum(claim.checked and not claim.supported for claim in claims)
+    unchecked = sum(not claim.checked for claim in claims)
+    parts = []
+    if failed:
+        parts.append(f"{failed} of {len(claims)} statements are not supported by the excerpts they cite")
+    if unchecked:
+        parts.append(f"{unchecked} of {len(claims)} statements could not be checked in time")
+    return "; ".join(parts)
 
 
 def _short(text: str, limit: int = 80) -> str:
