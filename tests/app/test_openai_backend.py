@@ -116,6 +116,23 @@ def test_stream_with_harmony_content(server: FakeOpenAIServer) -> None:
     assert_expected_draft(Draft.model_validate(events[-1].data), passages)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 2, 4, 9])
+def test_a_streamed_answer_is_only_ever_answer_text(server: FakeOpenAIServer, chunk_size: int) -> None:
+    # A first delta "<" (of "<|channel|>") or "an" (of collapsed "analysis…assistantfinal…") went out as
+    # answer text, and the answer proper, which does not extend it, never followed.
+    paper, passages = sample_paper()
+    tagged = (
+        f"<|channel|>analysis<|message|>{REASONING}<|end|>"
+        f"<|start|>assistant<|channel|>final<|message|>{ANSWER}"
+    )
+    for content in (tagged, f"analysis{REASONING}assistantfinal{ANSWER}"):
+        server.script(ScriptedReply(content=content, chunk_size=chunk_size))
+        events = list(backend_for(server).stream(QUESTION, passages, paper))
+        assert "".join(event.data for event in events if event.event == "answer") == ANSWER
+        assert_expected_draft(Draft.model_validate(events[-1].data), passages)
+        assert [event.data for event in events if event.event == "step"] == events[-1].data.steps
+
+
 def test_timeout_raises_generation_timeout(server: FakeOpenAIServer) -> None:
     paper, passages = sample_paper()
     server.script(ScriptedReply(content=ANSWER, delay_s=1.5), ScriptedReply(content=ANSWER, delay_s=1.5))

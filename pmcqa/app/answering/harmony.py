@@ -265,7 +265,10 @@ _MESSAGE_RE = re.compile(
     re.DOTALL,
 )
 # What `skip_special_tokens=True` (or some servers) leave of harmony: "analysis…assistantfinal…".
-_COLLAPSED_RE = re.compile(r"^\s*analysis(?P<analysis>.*?)assistantfinal(?P<final>.*)$", re.DOTALL)
+COLLAPSED_ANALYSIS, COLLAPSED_FINAL = "analysis", "assistantfinal"
+_COLLAPSED_RE = re.compile(
+    rf"^\s*{COLLAPSED_ANALYSIS}(?P<analysis>.*?){COLLAPSED_FINAL}(?P<final>.*)$", re.DOTALL
+)
 _PARTIAL_TAG_RE = re.compile(r"<(?:\|[A-Za-z_0-9]*\|?)?$")
 
 
@@ -291,11 +294,20 @@ def parse_completion(text: str) -> Completion:
 
 
 def parse_partial(text: str) -> Completion:
-    """Parse a completion still being streamed: hold back a control tag or header that is only half there."""
+    """Parse a completion still being streamed: hold back a control tag or header that is only half there, and
+    collapsed harmony ("analysis…assistantfinal…") until its final begins, so its analysis never reads as the
+    answer."""
     text = _PARTIAL_TAG_RE.sub("", text)
-    if text.lstrip().startswith("<|") and MESSAGE not in text:
+    if MESSAGE not in text and (text.lstrip().startswith("<|") or _may_be_collapsed(text)):
         return Completion("", None, False, None)  # "<|channel|>ana…": no body yet
     return parse_completion(text)
+
+
+def _may_be_collapsed(text: str) -> bool:
+    head = text.lstrip()
+    return COLLAPSED_ANALYSIS.startswith(head) or (
+        head.startswith(COLLAPSED_ANALYSIS) and COLLAPSED_FINAL not in head
+    )
 
 
 def _join(parts: list[str]) -> str:

@@ -57,7 +57,7 @@ def _encodable(text: str) -> str:
 
 
 def _has_harmony_tags(content: str) -> bool:
-    return "<|" in content or content.lstrip().startswith("analysis")
+    return "<|" in content or content.lstrip().startswith(harmony.COLLAPSED_ANALYSIS)
 
 
 def split_reply(
@@ -65,10 +65,13 @@ def split_reply(
 ) -> tuple[str, str | None, bool]:
     """(analysis, final, truncated) of a server reply. Cut: finish_reason "length" (max_tokens), or none at
     all once the reply is over (a stream the server closed mid-answer). Text no UTF-8 can carry (a lone
-    surrogate) becomes "?": it could be neither embedded for the claim check nor sent as JSON."""
+    surrogate) becomes "?": it could be neither embedded for the claim check nor sent as JSON.
+
+    A reply still streaming (`partial`) is always read as harmony may be: its first delta "<" may be the start
+    of "<|channel|>", and "ana" of collapsed "analysis…assistantfinal…"; neither is answer text yet."""
     reasoning, content = _encodable(reasoning), _encodable(content or "")
     cut = finish_reason == "length" or (finish_reason is None and not partial)
-    if content and _has_harmony_tags(content):
+    if content and (partial or _has_harmony_tags(content)):
         parsed = (harmony.parse_partial if partial else harmony.parse_completion)(content)
         analysis = "\n".join(part for part in (reasoning, parsed.analysis) if part)
         return analysis, parsed.final, cut or parsed.final is None
