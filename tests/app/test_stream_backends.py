@@ -6,10 +6,11 @@ readiness cached instead of a GET /models per question."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +21,10 @@ from fakes.openai_server import FakeOpenAIServer, ScriptedReply
 from fakes.serving import free_port, serve_app
 from fakes.tiny_gpt_oss import save_checkpoint
 
-from pmcqa.app.answering.openai_backend import OpenAIBackend
+from pmcqa.app.answering import harmony
+from pmcqa.app.answering.base import AnswerDelta, StepEvent
+from pmcqa.app.answering.openai_backend import OpenAIBackend, ReplyStream, split_reply
+from pmcqa.app.answering.postprocess import StreamAssembler
 from pmcqa.app.answering.transformers_backend import TransformersBackend
 from pmcqa.app.main import create_app
 from pmcqa.core.settings import Settings
@@ -218,3 +222,162 @@ def test_a_hung_model_server_never_starves_the_extractive_answers(
         assert statuses == [504] * 4
         extractive = http.post("/ask", json={**hung, "backend": "extractive"})
         assert extractive.status_code == 200, extractive.text
+
+
+# --- the streamed parse: read piece by piece, the same as parsing the text so far at every piece -----------
+
+STEPS = "Steps:\n1) Locate the section on organoids [1].\n2) Compare the protocols (p < 0.05).\n3) Answer."
+FINAL = "Both protocols generated immature <b>tissue</b> [1]; about 20% of adult factors [2]."
+OPEN_FINAL = "<|start|>assistant<|channel|>final<|message|>"
+WELL_FORMED = [  # replies a harmony model or server writes: streamed, the same as parsed whole
+    f"<|channel|>analysis<|message|>{STEPS}<|end|>{OPEN_FINAL}{FINAL}<|return|>",
+    f"<|channel|>analysis<|message|>{STEPS}<|end|>{OPEN_FINAL}{FINAL}<|end|>",  # Unsloth-trained ending
+    f"<|channel|>analysis<|message|>Steps: 1) Read it. 2) Quote it. 3) Done.<|end|>{OPEN_FINAL}{FINAL}",
+    "<|channel|>analysis<|message|>We need the ratio.<|end|>"
+    "<|start|>assistant<|channel|>commentary to=functions.x <|constrain|>json<|message|>{}<|call|>"
+    "<|start|>assistant<|channel|>analysis<|message|>\n1. Find it.\n2. Divide.  \n<|end|>"
+    f"{OPEN_FINAL} {FINAL} <|return|>",
+    f"{OPEN_FINAL}{FINAL}",  # no analysis
+    f"analysis{STEPS}assistantfinal{FINAL}",  # collapsed (skip_special_tokens)
+    FINAL,  # plain text
+]
+ODD = [  # what no model should write: still streamed exactly as parsed (the first parsed whole)
+    f"Sure. <|channel|>final<|message|>{FINAL}",  # plain text turning into harmony
+    f"<|channel|>analysis<|message|>a <|x|>b <|half\n<|en\nc<|start|>assistant<|start|>x<|channel|>final"
+    f" <|constrain|>json<|message|> {FINAL} <\n",
+    f"<|channel|>analysis<|message|>{STEPS}<|channel|>final<|message|>{FINAL}",  # an analysis never closed
+]
+
+
+def splits(text: str) -> Iterator[list[str]]:
+    """`text` in two pieces split at every position, one character a piece, and in random pieces."""
+    for cut in range(len(text) + 1):
+        yield [text[:cut], text[cut:]]
+    yield list(text)
+    rng = random.Random(len(text))
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, len(text) // 3)))
+        yield [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+def reparsed(parses: list[tuple[str, str | None]], finished: tuple[str, str | None]) -> list[tuple[str, str]]:
+    """The events of the whole texts parsed again at every piece, then of the finished reply: what
+    `StreamAssembler.update` made of them before it read pieces."""
+    events: list[tuple[str, str]] = []
+    steps_sent, answer_sent = 0, ""
+    for index, (analysis, final) in enumerate([*parses, finished]):
+        over = index == len(parses) or final is not None
+        ready = harmony.split_steps(analysis) if over else harmony.numbered_steps(analysis)[:-1]
+        events += [("step", step) for step in ready[steps_sent:]]
+        steps_sent = max(steps_sent, len(ready))
+        if final and len(final) > len(answer_sent) and final.startswith(answer_sent):
+            events.append(("answer", final[len(answer_sent) :]))
+            answer_sent = final
+    return events
+
+
+def kinds(events: Iterable[StepEvent | AnswerDelta]) -> list[tuple[str, str]]:
+    return [(event.event, event.data) for event in events]
+
+
+def streamed(pieces: list[str]) -> list[tuple[str, str]]:
+    """The transformers backend's stream: each piece parsed once, then the whole completion."""
+    parser, assembler = harmony.CompletionStream(), StreamAssembler()
+    events = [event for piece in pieces for event in assembler.take(parser.feed(piece))]
+    whole = harmony.parse_completion("".join(pieces))
+    return kinds([*events, *assembler.update(whole.analysis, whole.final, finished=True)])
+
+
+@pytest.mark.parametrize("text", WELL_FORMED + ODD)
+def test_the_stream_parser_reads_each_prefix_as_parse_partial(text: str) -> None:
+    for pieces in splits(text):
+        parser, analysis, final, begun = harmony.CompletionStream(), "", "", False
+        for count, piece in enumerate(pieces, start=1):
+            progress = parser.feed(piece)
+            assert progress.whole is None or text not in WELL_FORMED, "read piece by piece, not whole"
+            if progress.whole is not None:
+                analysis, final = progress.whole.analysis, progress.whole.final or ""
+                begun = progress.whole.final is not None
+            else:
+                analysis, final = analysis + progress.analysis, final + progress.final
+                begun = progress.final_begun
+            expected = harmony.parse_partial("".join(pieces[:count]))
+            assert (analysis, final if begun else None) == (expected.analysis, expected.final), pieces[:count]
+
+
+@pytest.mark.parametrize(
+    "analysis",
+    [
+        STEPS,
+        "Reasoning :  \n 1)  Read.\n  2) Quote, p < 0.05) here.\n3. c 4) d\n5) e",
+        "We need X. Step 1: find it. step 2: check 12. Step 3: done 2) 3) 4) x",
+        "1)\n  2) x 3) y\n3. z",
+    ],
+)
+def test_the_step_tracker_reads_each_prefix_as_numbered_steps(analysis: str) -> None:
+    for pieces in splits(analysis):
+        tracker = harmony.StepTracker()
+        for count, piece in enumerate(pieces, start=1):
+            tracker.extend(piece)
+            assert tracker.complete == harmony.numbered_steps("".join(pieces[:count]))[:-1], pieces[:count]
+
+
+@pytest.mark.parametrize("text", WELL_FORMED + ODD)
+def test_streamed_events_are_those_of_parsing_again_at_every_piece(text: str) -> None:
+    whole = harmony.parse_completion(text)
+    for pieces in splits(text):
+        parses = [harmony.parse_partial("".join(pieces[:count])) for count in range(1, len(pieces) + 1)]
+        expected = reparsed([(p.analysis, p.final) for p in parses], (whole.analysis, whole.final))
+        assert streamed(pieces) == expected, pieces
+
+
+@pytest.mark.parametrize("text", WELL_FORMED)
+def test_a_streamed_reply_is_its_parse(text: str) -> None:
+    whole = harmony.parse_completion(text)
+    for pieces in splits(text):
+        events = streamed(pieces)
+        assert "".join(data for kind, data in events if kind == "answer") == whole.final, pieces
+        assert [data for kind, data in events if kind == "step"] == harmony.split_steps(whole.analysis)
+
+
+def openai_events(deltas: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(the events of `ReplyStream`, those of splitting the whole reply again at every delta)."""
+    whole_analysis, whole_final, _ = split_reply(*map("".join, zip(*deltas, strict=True)), "stop")
+    reply = ReplyStream()
+    events = [event for reasoning, content in deltas for event in reply.add(reasoning, content)]
+    events += reply.assembler.update(whole_analysis, whole_final, finished=True)
+    parses = [
+        split_reply(*map("".join, zip(*deltas[:n], strict=True)), None, partial=True)
+        for n in range(1, len(deltas) + 1)
+    ]
+    expected = reparsed([(analysis, final) for analysis, final, _ in parses], (whole_analysis, whole_final))
+    return kinds(events), expected
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "content"),
+    [
+        (STEPS, FINAL),  # vLLM, Ollama: reasoning in its own field
+        ("", f"<|channel|>analysis<|message|>{STEPS}<|end|>{OPEN_FINAL}{FINAL}"),  # llama.cpp, tags kept
+        ("Read first.", f"<|channel|>analysis<|message|>{STEPS}<|end|>{OPEN_FINAL}{FINAL}"),  # both
+        ("", f"analysis{STEPS}assistantfinal{FINAL}"),  # collapsed
+    ],
+)
+def test_an_openai_stream_reads_each_delta_once_as_its_whole_split(reasoning: str, content: str) -> None:
+    _, final, _ = split_reply(reasoning, content, "stop")
+    for pieces in splits(reasoning + content):
+        deltas, at = [], 0  # each piece reasoning, content, or (where it straddles them) both
+        for piece in pieces:
+            cut = min(max(len(reasoning) - at, 0), len(piece))
+            deltas.append((piece[:cut], piece[cut:]))
+            at += len(piece)
+        events, expected = openai_events(deltas)
+        assert events == expected, deltas
+        assert "".join(data for kind, data in events if kind == "answer") == final
+
+
+def test_reasoning_after_the_contents_own_analysis_is_joined_as_split_reply_joins_it() -> None:
+    deltas = [("", "<|channel|>analysis<|message|>1) Read.\n2) Quo"), ("Late reasoning.", "te.<|end|>")]
+    events, expected = openai_events([*deltas, ("", f"{OPEN_FINAL}{FINAL}")])
+    assert events == expected
+    assert "".join(data for kind, data in events if kind == "answer") == FINAL

@@ -30,7 +30,7 @@ import openai
 from openai import OpenAI
 
 from pmcqa.app.answering import harmony
-from pmcqa.app.answering.base import BackendEvent, Draft
+from pmcqa.app.answering.base import AnswerDelta, BackendEvent, Draft, StepEvent
 from pmcqa.app.answering.postprocess import StreamAssembler, build_draft
 from pmcqa.app.errors import BackendNotReady, GenerationTimeout, ModelServerError
 from pmcqa.core.logs import REQUEST_ID_HEADER, request_id
@@ -87,6 +87,50 @@ def connection_problem(error: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(cause).strip()) or type(cause).__name__
     return text[:1].lower() + text[1:]
+
+
+class ReplyStream:
+    """A streamed reply's reasoning and content deltas as steps and answer deltas, each delta read once: the
+    content through `harmony.CompletionStream`, its own analysis joined after the reasoning as `split_reply`
+    joins them. Where that stops holding (reasoning again after the content's analysis, content parsed
+    whole), every delta splits the whole reply, as `split_reply(partial=True)`."""
+
+    def __init__(self) -> None:
+        self.assembler = StreamAssembler()
+        self._parser = harmony.CompletionStream()
+        self._reasoning: list[str] = []
+        self._content: list[str] = []
+        self._reasoned = False  # some reasoning came
+        self._content_analysis = False  # the content's own analysis has begun
+        self._whole = False
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    @property
+    def content(self) -> str:
+        return "".join(self._content)
+
+    def add(self, reasoning: str, content: str) -> Iterator[StepEvent | AnswerDelta]:
+        reasoning, content = _encodable(reasoning), _encodable(content)
+        self._reasoning.append(reasoning)
+        self._content.append(content)
+        self._whole = self._whole or bool(reasoning and self._content_analysis)
+        progress = None if self._whole else self._parser.feed(content)
+        if progress is None or progress.whole is not None:
+            self._whole = True
+            analysis, final, _ = split_reply(self.reasoning, self.content, None, partial=True)
+            yield from self.assembler.update(analysis, final)
+            return
+        self._reasoned = self._reasoned or bool(reasoning)
+        gained = reasoning
+        if progress.analysis:
+            if self._reasoned and not self._content_analysis:
+                gained += "\n"
+            self._content_analysis = True
+            gained += progress.analysis
+        yield from self.assembler.grow(gained, progress.final, final_begun=progress.final_begun)
 
 
 READY_CHECK_TIMEOUT_S = 5.0
@@ -239,7 +283,7 @@ class OpenAIBackend:
         `cancelled` is checked on every chunk: set, the HTTP stream is closed, which stops the server's
         generation (vLLM aborts a request whose connection closes)."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
-        assembler, reasoning, content, finish = StreamAssembler(), "", "", None
+        reply, finish = ReplyStream(), None
         try:
             params = self._params(question, passages, paper)
             # A read waits at most the time that was left when the stream opened; the deadline is checked on
@@ -258,13 +302,13 @@ class OpenAIBackend:
                         if not chunk.choices:
                             continue
                         choice = chunk.choices[0]
-                        reasoning += reasoning_of(choice.delta)
-                        content += choice.delta.content or ""
+                        reasoning, content = reasoning_of(choice.delta), choice.delta.content or ""
+                        if not isinstance(content, str):
+                            raise TypeError(f"content is {type(content).__name__}")
                     except (AttributeError, TypeError) as error:  # a chunk that is not a completion delta
                         raise self._unreadable(error) from error
                     finish = choice.finish_reason or finish
-                    analysis, final, _ = split_reply(reasoning, content, None, partial=True)
-                    yield from assembler.update(analysis, final)
+                    yield from reply.add(reasoning, content)
         except openai.APITimeoutError as error:
             raise GenerationTimeout(self._timeout_message()) from error
         except openai.APIConnectionError as error:
@@ -273,8 +317,8 @@ class OpenAIBackend:
             raise self._failed(error) from error
         except (openai.OpenAIError, ValueError) as error:
             raise self._unreadable(error) from error
-        analysis, final, truncated = split_reply(reasoning, content, finish)
-        yield from assembler.update(analysis, final, finished=True)
+        analysis, final, truncated = split_reply(reply.reasoning, reply.content, finish)
+        yield from reply.assembler.update(analysis, final, finished=True)
         yield StreamAssembler.done(build_draft(analysis, final, passages, self.model, truncated=truncated))
 
     def _timeout_message(self) -> str:

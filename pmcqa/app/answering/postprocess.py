@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, AnswerDelta, CitedSpan, Draft, DraftDone, StepEvent
-from pmcqa.app.answering.harmony import CITATION_MARKER, excerpt_chunks, numbered_steps, split_steps
+from pmcqa.app.answering.harmony import CITATION_MARKER, Progress, StepTracker, excerpt_chunks, split_steps
 from pmcqa.core.text import split_sentences
 from pmcqa.index.models import Passage
 
@@ -95,28 +95,68 @@ def build_draft(
 
 
 class StreamAssembler:
-    """Turns growing (analysis, final) texts into `StepEvent`s and `AnswerDelta`s.
+    """Turns a growing (analysis, final) into `StepEvent`s and `AnswerDelta`s.
 
     A step is emitted once the next one has begun (or the analysis is over); answer events carry text deltas.
+    `grow` takes what the texts gained (from `harmony.CompletionStream`): its work is in the gain's length, so
+    a streamed reply costs time linear in its length. `update` takes the whole texts, for the end of a reply
+    or one parsed whole.
     """
 
     def __init__(self) -> None:
+        self._steps = StepTracker()
         self._steps_sent = 0
-        self._answer_sent = ""
+        self._split: list[str] | None = None  # split_steps of the analysis, once over (until it changes)
+        self._answer_sent: list[str] = []
+        self._answer_length = 0
+
+    def take(self, progress: Progress) -> Iterator[StepEvent | AnswerDelta]:
+        """The events of one piece of a `CompletionStream`."""
+        if progress.whole is not None:
+            return self.update(progress.whole.analysis, progress.whole.final)
+        return self.grow(progress.analysis, progress.final, final_begun=progress.final_begun)
+
+    def grow(self, analysis: str, final: str, *, final_begun: bool) -> Iterator[StepEvent | AnswerDelta]:
+        """The analysis gained `analysis` and the answer `final` (`final_begun`: the analysis is over)."""
+        if analysis:
+            self._steps.extend(analysis)
+            self._split = None
+        yield from self._new_steps(analysis_over=final_begun)
+        if final:
+            yield self._send(final)
 
     def update(
         self, analysis: str, final: str | None, *, finished: bool = False
     ) -> Iterator[StepEvent | AnswerDelta]:
-        analysis_over = finished or final is not None
+        """The whole analysis and final so far (`final` None: not begun); costs their length."""
+        known = self._steps.analysis
+        if analysis != known:
+            if not analysis.startswith(known):  # rewritten, not grown: read it again
+                self._steps = StepTracker()
+                known = ""
+            self._steps.extend(analysis[len(known) :])
+            self._split = None
+        yield from self._new_steps(analysis_over=finished or final is not None)
+        # Only ever append: a partial parse that would rewrite already-sent text waits for more tokens.
+        if final and len(final) > self._answer_length and final.startswith("".join(self._answer_sent)):
+            yield self._send(final[self._answer_length :])
+
+    def _send(self, delta: str) -> AnswerDelta:
+        self._answer_sent.append(delta)
+        self._answer_length += len(delta)
+        return AnswerDelta(data=delta)
+
+    def _new_steps(self, *, analysis_over: bool) -> Iterator[StepEvent]:
         # While reasoning runs, only a numbered split is stable enough to emit its completed steps.
-        ready = split_steps(analysis) if analysis_over else numbered_steps(analysis)[:-1]
+        if not analysis_over:
+            ready = self._steps.complete
+        else:
+            if self._split is None:
+                self._split = split_steps(self._steps.analysis)
+            ready = self._split
         for step in ready[self._steps_sent :]:
             yield StepEvent(data=step)
         self._steps_sent = max(self._steps_sent, len(ready))
-        # Only ever append: a partial parse that would rewrite already-sent text waits for more tokens.
-        if final and len(final) > len(self._answer_sent) and final.startswith(self._answer_sent):
-            yield AnswerDelta(data=final[len(self._answer_sent) :])
-            self._answer_sent = final
 
     @staticmethod
     def done(draft: Draft) -> DraftDone:

@@ -387,12 +387,10 @@ class TransformersBackend:
             target=self._stream_worker, args=(prompt_ids, streamer, outcome, cancelled), daemon=True
         )
         worker.start()
-        assembler, text = StreamAssembler(), ""
+        parser, assembler = harmony.CompletionStream(), StreamAssembler()
         try:
             for piece in streamer:
-                text += piece
-                partial = harmony.parse_partial(text)
-                yield from assembler.update(partial.analysis, partial.final)
+                yield from assembler.take(parser.feed(piece))
         except BaseException:  # closed early (GeneratorExit: the consumer went away) or failed
             cancelled.set()  # generation stops at the next token and releases the lock
             raise
