@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from conftest import make_settings
 from fastapi.testclient import TestClient
 
 from pmcqa.app.cli import COMMANDS, load_command
@@ -284,8 +285,6 @@ def test_a_library_whose_database_comes_up_late_is_waited_for(monkeypatch) -> No
 
 def test_waiting_for_the_database_loads_the_embedding_model_once(monkeypatch, tmp_path: Path) -> None:
     """Only the database part is retried: the embedding model is not built again at each try."""
-    from conftest import make_settings
-
     import pmcqa.app.loader as loader_module
     import pmcqa.index.library as library_module
     from pmcqa.core.db import DatabaseUnavailable
