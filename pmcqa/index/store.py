@@ -891,15 +891,29 @@ def _vector_batches(rows: sqlite3.Cursor, size: int) -> Iterator[tuple[np.ndarra
         yield ids, matrix
 
 
+def doi_copy_alias(paper_id: str, doi: str | None) -> str | None:
+    """The alias key of `doi` when a paper written under the PMCID `paper_id` replaces a copy stored under
+    that DOI itself (`supersede_doi_copy`); None when `paper_id` is no PMCID or there is no DOI."""
+    if not doi or canonical_pmcid(paper_id) != paper_id:
+        return None
+    return alias_key("doi:" + doi)
+
+
+def is_doi_copy(stored: str | None, paper_id: str, key: str) -> bool:
+    """Whether `stored`, the paper the DOI alias `key` names, is a copy of `paper_id` stored under that DOI
+    itself (not `paper_id`, nor a paper stored under another id that carries the DOI)."""
+    return stored is not None and stored != paper_id and alias_key(stored) == key
+
+
 def supersede_doi_copy(conn: Any, record: PaperRecord, mark: str) -> str | None:
     """One paper, one record: a paper written under its PMCID replaces the copy stored under its DOI (a file
     or upload that carried no PMCID), inside the write (`mark`: the driver's placeholder), so that DOI
     becomes the PMCID's alias and no orphan copy is left. Returns the id of the copy removed, if any."""
-    if not record.doi or canonical_pmcid(record.paper_id) != record.paper_id:
+    key = doi_copy_alias(record.paper_id, record.doi)
+    if key is None:
         return None
-    key = alias_key("doi:" + record.doi)
     row = conn.execute(f"SELECT paper_id FROM aliases WHERE alias = {mark}", (key,)).fetchone()
-    if row is None or row[0] == record.paper_id or alias_key(row[0]) != key:  # no copy under the DOI itself
+    if row is None or not is_doi_copy(row[0], record.paper_id, key):
         return None
     conn.execute(f"DELETE FROM papers WHERE paper_id = {mark}", (row[0],))  # its chunks and aliases cascade
     conn.execute(f"DELETE FROM ingest_status WHERE paper_id = {mark}", (row[0],))

@@ -48,7 +48,7 @@ from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, OK, IngestState, OutcomeStatus, Status
 from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord
-from pmcqa.index.store import DocumentEncoder, PaperStore, open_store
+from pmcqa.index.store import DocumentEncoder, PaperStore, doi_copy_alias, is_doi_copy, open_store
 from pmcqa.ingest.chunking import Chunker, rekeyed
 from pmcqa.ingest.entrez import EntrezClient, RateLimiter
 from pmcqa.ingest.fetch import Fetcher, FetchResult
@@ -253,11 +253,12 @@ class Ingestor:
     def _doi_copy(self, paper_id: str, doi: str | None) -> PaperRecord | None:
         """The paper stored under `doi` itself (a file without PMCID), which storing the PMCID `paper_id` with
         that DOI replaces (`index.store.supersede_doi_copy`); None when there is none."""
-        if not doi or canonical_pmcid(paper_id) != paper_id:
+        key = doi_copy_alias(paper_id, doi) if doi else None
+        if doi is None or key is None:
             return None
         try:
             stored = self._reader().resolve_alias("doi:" + doi)
-            if stored is None or stored == paper_id or alias_key(stored) != alias_key("doi:" + doi):
+            if stored is None or not is_doi_copy(stored, paper_id, key):
                 return None
             return self._reader().get_paper(stored)
         except Exception as exc:  # an unreadable store: the write will say what is wrong
