@@ -1949,24 +1949,53 @@ def _award_sentence(award: etree._Element, funders: list[str]) -> str:
     return sentence if sentence.endswith(".") else f"{sentence}."
 
 
-def _said(funder: str, statements: list[str]) -> bool:
-    """Whether a funding statement (folded) names `funder` as a whole phrase ("NIH" is not in "NIHR")."""
-    phrase = re.compile(rf"(?<!\w){re.escape(_folded(funder))}(?!\w)")
-    return any(phrase.search(statement) for statement in statements)
+# "Howard Hughes Medical Institute (HHMI)": the acronym a funder's name gives itself.
+_OWN_ACRONYM = re.compile(r"\s*\(([A-Z][A-Za-z]*[A-Z])\)\s*$")
+# Words an acronym skips ("National Institutes of Health" is NIH).
+_ACRONYM_SKIPS = frozenset({"of", "for", "and", "the", "on", "in", "at", "to", "&"})
+
+
+def _acronyms(name: str) -> set[str]:
+    """Acronyms a statement may use for a funder of three or more words: the one its name gives, and the
+    initials of its words when every other word is one acronyms skip ("National Science Foundation": NSF)."""
+    found: set[str] = set()
+    given = _OWN_ACRONYM.search(name)
+    if given:
+        found.add(given.group(1))
+        name = name[: given.start()]
+    words = [word for word in name.replace(",", " ").split() if word.casefold() not in _ACRONYM_SKIPS]
+    if len(words) >= 3 and all(word[0].isupper() for word in words):
+        found.add("".join(word[0] for word in words))
+    return found
+
+
+def _said(funder: str, statements: list[str], folded: list[str]) -> bool:
+    """Whether a funding statement names `funder` as a whole phrase ("NIH" is not in "NIHR"): by its name,
+    compared folded and with or without a leading "The", or by its acronym, as written (case matters: "NSF",
+    not "nsf")."""
+    name = _OWN_ACRONYM.sub("", funder)
+    names = {_folded(name), _folded(name.removeprefix("The ").removeprefix("the "))}
+    phrase = re.compile("|".join(rf"(?<!\w){re.escape(each)}(?!\w)" for each in sorted(names) if each))
+    acronyms = _acronyms(funder)
+    acronym = re.compile("|".join(rf"(?<!\w){re.escape(each)}(?!\w)" for each in sorted(acronyms)))
+    return any(phrase.search(text) for text in folded) or bool(
+        acronyms and any(acronym.search(statement) for statement in statements)
+    )
 
 
 def _award_sentences(meta: etree._Element, statements: list[str]) -> list[str]:
     """A sentence per award-group, in order, leaving out an award whose funders the funding statements
-    (`statements`, folded) all name already: the statement says it, in the authors' words."""
+    (`statements`) all name already: the statement says it, in the authors' words."""
     awards = [
         (award, [name for source in _children(award, "funding-source") for name in _funder_names(source)])
         for award in _descendants(meta, "award-group")
     ]
     work = sum(len(funders) for _, funders in awards) * sum(map(len, statements))
     compare = statements if work <= _FUNDER_MATCH_WORK else []
+    folded = [_folded(statement) for statement in compare]
     sentences: list[str] = []
     for award, funders in awards:
-        if funders and compare and all(_said(funder, compare) for funder in funders):
+        if funders and compare and all(_said(funder, compare, folded) for funder in funders):
             continue
         sentence = _award_sentence(award, funders)
         if sentence:
@@ -1989,7 +2018,7 @@ def _front_note_blocks(meta: etree._Element | None, out: _Out) -> None:
     for statement in _descendants(meta, "funding-statement"):
         text = _text_and_refs(statement)
         out.emit(funding, "back", text, xml_id=statement.get("id"))
-        statements.append(_folded(text.text))
+        statements.append(text.text)
     out.emit(funding, "back", "\n".join(_award_sentences(meta, statements)))
 
 

@@ -1208,6 +1208,38 @@ def test_funding_awards_the_statement_names_are_left_out() -> None:
     assert funding_blocks(unsaid) == ["Funded by National Institutes of Health (award A-1Nat)."]
 
 
+def test_funding_awards_the_statement_names_by_acronym_or_without_the_are_left_out() -> None:
+    def award(funder: str) -> str:
+        return f"<award-group><funding-source>{funder}</funding-source><award-id>A</award-id></award-group>"
+
+    funders = [
+        "National Institutes of Health",  # NIH
+        "Japan Society for the Promotion of Science",  # JSPS
+        "Howard Hughes Medical Institute (HHMI)",  # the acronym its name gives
+        "The Murdock Charitable Trust",  # named without "The"
+        "National Science Foundation",  # "nsf" in lower case is not the acronym
+        "Max Planck Society",  # MPS is not said
+        "Wellcome Trust",  # two words: no acronym ("WT" is said, meaning wild type)
+    ]
+    statement = (
+        "<funding-statement>Supported by NIH TR000006, JSPS Fellowships, the HHMI, Murdock Charitable Trust, "
+        "nsf and WT stocks.</funding-statement>"
+    )
+    meta = f"<funding-group>{''.join(map(award, funders))}{statement}</funding-group>"
+    assert funding_blocks(meta)[1].split("\n") == [
+        "Funded by National Science Foundation (award A).",
+        "Funded by Max Planck Society (award A).",
+        "Funded by Wellcome Trust (award A).",
+    ]
+
+
+def test_real_funders_the_statement_names_by_acronym_are_left_out() -> None:
+    # The statement says "NSF BCS-1228397 to BAW, ... (NIH TR000006, ...) ... JSPS": each award was repeated.
+    paper = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pcbi.1004692.xml")
+    funding = [b.text for b in paper.blocks if b.section_path == ["Funding"]]
+    assert len(funding) == 1 and "NSF BCS-1228397" in funding[0] and "Funded by" not in funding[0]
+
+
 def test_many_funders_and_a_long_statement_parse_in_time_linear_in_their_size() -> None:
     # Looking each funder up in the statement costs funders x statement: 2,000 funders and a 200 KB statement
     # took 15 s before the work was bounded (then every award is written, none left out).
