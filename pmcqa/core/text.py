@@ -101,6 +101,11 @@ def _is_abbreviation(text: str, dot_end: int, floor: int = 0) -> bool:
     return word in ABBREVIATIONS or (len(word) == 2 and word[0].isalpha())
 
 
+def ends_with_abbreviation(text: str) -> bool:
+    """Whether `text` ends with an abbreviation's or an initial's period ("Geocoris spp.", "E.")."""
+    return text.endswith(".") and _is_abbreviation(text, len(text))
+
+
 def _opens_sentence(text: str, position: int, end: int) -> bool:
     """Whether text[position:] can begin a sentence: an upper-case letter or a digit, maybe after an
     opening bracket or quote."""

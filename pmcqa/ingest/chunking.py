@@ -47,7 +47,8 @@ from pmcqa.index.models import Chunk, ChunkingParams, ChunkKind, OutlineEntry, P
 from pmcqa.ingest.models import Block, Paper, Section
 
 # Bump whenever the rules below change what chunks come out: stored papers record it and get re-chunked.
-CHUNKER_VERSION = 8  # 8: an award whose funder the funding statement names by acronym (NIH) is left out
+CHUNKER_VERSION = 9  # 9: section headings without the period or colon typeset after them ("PCR." → "PCR")
+# 8: an award whose funder the funding statement names by acronym (NIH) is left out
 # 7: float labels without the punctuation typeset after them ("Figure 11." → "Figure 11")
 # 6: funding awards (funding-group/award-group) as sentences after the funding statement
 # 5: header rows right below a table head go under it (the head's labels kept),

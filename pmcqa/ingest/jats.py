@@ -74,6 +74,7 @@ from itertools import accumulate
 from lxml import etree
 
 from pmcqa.core.ids import canonical_pmcid
+from pmcqa.core.text import ends_with_abbreviation
 from pmcqa.index.models import ChunkKind, ReferenceInfo
 from pmcqa.ingest.models import Block, Paper, Part, Section
 from pmcqa.ingest.xml import JatsError, parse_xml
@@ -1358,14 +1359,27 @@ def with_subtitle(title: str, subtitle: str) -> str:
     return f"{title} {subtitle}" if title[-1] in ".:;?!" else f"{title}: {subtitle}"
 
 
+# What a label is typeset with after it ("Figure 11.", "Table 2:", "Box 1."), not part of its name.
+_LABEL_PUNCTUATION = re.compile(r"[\s.:]+$")
+
+
+def _untypeset(title: str) -> str:
+    """A heading without the period or colon typeset after it (PLOS's run-in "PCR.", "Background:"); an
+    abbreviation keeps its period ("Assay of predation by Geocoris spp.")."""
+    if title.endswith(":") or (title.endswith(".") and not ends_with_abbreviation(title)):
+        return title[:-1].rstrip()
+    return title
+
+
 def heading(el: etree._Element) -> tuple[str, str]:
     """(label, title) of a sec/app/boxed-text/..., title falling back to caption/title; a subtitle joins
-    the title."""
-    label = element_text(_child(el, "label"))
+    the title. Neither keeps the punctuation typeset after it ("Box 1." "Statistical analysis." read "Box 1"
+    "Statistical analysis", as float labels do), so section paths name sections as the paper cites them."""
+    label = _LABEL_PUNCTUATION.sub("", element_text(_child(el, "label")))
     title = element_text(_child(el, "title"))
     if not title:
         title = element_text(_path(el, "caption", "title"))
-    return label, with_subtitle(title, element_text(_child(el, "subtitle")))
+    return label, _untypeset(with_subtitle(title, element_text(_child(el, "subtitle"))))
 
 
 def _combined(label: str, title: str) -> str:
@@ -1530,10 +1544,6 @@ def _walk_list(lst: etree._Element, ctx: _Ctx, out: _Out) -> None:
     blocks = _ListBlocks(ctx, out, lst.get("id"))
     blocks.add_list(lst)
     blocks.flush()
-
-
-# What a float's label is typeset with after it ("Figure 11.", "Table 2:"), not part of its name.
-_LABEL_PUNCTUATION = re.compile(r"[\s.:]+$")
 
 
 def _float_label(el: etree._Element) -> tuple[str, str]:

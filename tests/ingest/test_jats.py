@@ -313,6 +313,33 @@ def test_float_labels_are_named_without_the_punctuation_typeset_after_them() -> 
     assert figure.label == "Figure 11"
 
 
+def test_section_headings_are_named_without_the_punctuation_typeset_after_them() -> None:
+    (paper,) = parse_jats(
+        article(
+            "<sec><label>2.</label><title>Methods</title>"
+            "<sec><title>Statistical analysis.</title><p>Stata.</p></sec>"  # PLOS run-in headings
+            "<sec><title>Background:</title><p>Context.</p></sec>"
+            "<sec><title>Assay of predation by Geocoris spp.</title><p>Bugs.</p></sec>"  # an abbreviation
+            "<sec><title>Why?</title><p>Because.</p></sec>"
+            "<boxed-text><label>Box 1.</label><p>Boxed.</p></boxed-text></sec>"
+        )
+    )
+    assert [b.section_path for b in paper.blocks] == [
+        ["2 Methods", "Statistical analysis"],
+        ["2 Methods", "Background"],
+        ["2 Methods", "Assay of predation by Geocoris spp."],
+        ["2 Methods", "Why?"],
+        ["2 Methods", "Box 1"],
+    ]
+    (methods,) = paper.sections
+    assert (methods.label, methods.title) == ("2", "Methods")
+    assert [child.title for child in methods.children][:2] == ["Statistical analysis", "Background"]
+    plos = parse_shared("jats/allofplos/allofplos/starter_corpus/journal.pmed.0030520.xml")
+    assert ["Methods", "Meta-Analysis", "Search strategy and selection criteria"] in [
+        b.section_path for b in plos.blocks
+    ]
+
+
 def test_back_matter(sink: Paper) -> None:
     back = [(b.kind, b.section_path, b.text) for b in sink.blocks if b.part == "back"]
     assert back == [
