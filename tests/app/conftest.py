@@ -7,8 +7,11 @@ Loading the embedding model dominates the cost, so it happens once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +38,46 @@ def shared_path(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data not found: {path} (expected ../shared/data beside the checkout)")
     return path
+
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: PYTHONPATH of `run_cli`
+HEAVY = ("torch", "transformers", "sentence_transformers", "faiss", "bm25s", "openai", "onnxscript")
+
+# Runs the CLI in a fresh interpreter, then reports its exit code and which heavy modules it imported.
+_PROBE = """
+import json, sys
+heavy = set(json.loads(sys.argv[2]))
+sys.argv = ["pmcqa", *json.loads(sys.argv[1])]
+from pmcqa.app.cli import main
+try:
+    main()
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+loaded = sorted({name.split(".")[0] for name in sys.modules} & heavy)
+commands = sorted(name for name in sys.modules if name.startswith("pmcqa.app.commands."))
+print(json.dumps({"code": code, "loaded": loaded, "commands": commands}), file=sys.stderr)
+"""
+
+
+def run_cli(args: list[str], data_dir: Path, extra_env: dict[str, str] | None = None) -> tuple[dict, str]:
+    """(the probe's report, the command's own stderr) of `pmcqa args` in a subprocess."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "PMCQA_DATA_DIR": str(data_dir),
+        **(extra_env or {}),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(args), json.dumps(HEAVY)],
+        env=env,
+        cwd=data_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *output, report = done.stderr.strip().splitlines()
+    return json.loads(report), "\n".join(output)
 
 
 # (stored id, PMID alias, file under shared/data/jats)

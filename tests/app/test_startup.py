@@ -16,52 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import make_settings
+from conftest import HEAVY, ROOT, make_settings, run_cli
 from fastapi.testclient import TestClient
 
 from pmcqa.app.cli import COMMANDS, load_command
 from pmcqa.app.main import create_app
 from pmcqa.app.service import Library
 
-ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "transformers", "sentence_transformers", "faiss", "bm25s", "openai", "onnxscript")
 QUESTION = "What is the probability that a research claim is true?"
-
-# Runs the CLI in a fresh interpreter, then reports its exit code and which heavy modules it imported.
-_PROBE = """
-import json, sys
-heavy = set(json.loads(sys.argv[2]))
-sys.argv = ["pmcqa", *json.loads(sys.argv[1])]
-from pmcqa.app.cli import main
-try:
-    main()
-    code = 0
-except SystemExit as exc:
-    code = exc.code
-loaded = sorted({name.split(".")[0] for name in sys.modules} & heavy)
-commands = sorted(name for name in sys.modules if name.startswith("pmcqa.app.commands."))
-print(json.dumps({"code": code, "loaded": loaded, "commands": commands}), file=sys.stderr)
-"""
-
-
-def run_cli(args: list[str], data_dir: Path, extra_env: dict[str, str] | None = None) -> tuple[dict, str]:
-    """(the probe's report, the command's own stderr) of `pmcqa args` in a subprocess."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(ROOT),
-        "PMCQA_DATA_DIR": str(data_dir),
-        **(extra_env or {}),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(args), json.dumps(HEAVY)],
-        env=env,
-        cwd=data_dir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    *output, report = done.stderr.strip().splitlines()
-    return json.loads(report), "\n".join(output)
 
 
 def test_ask_with_a_malformed_id_exits_without_importing_torch(tmp_path: Path) -> None:
