@@ -47,6 +47,7 @@ from pmcqa.app.answering.extractive import ExtractiveBackend, find_answer_model
 from pmcqa.app.errors import ServiceError
 from pmcqa.app.evaluation import EvalQuestion, fill_store, load_eval_set, reserved_pmcid
 from pmcqa.app.service import Library
+from pmcqa.core.logs import quiet_backend_status
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.library import open_library
 from pmcqa.index.models import PaperRecord, Passage
@@ -337,13 +338,20 @@ def run_answer_evaluation(
         stack.callback(library.close)
         if eval_set.papers:
             fill_store(parts.store, eval_set, settings, embedder, f"squad:{path.name}")
-        extractive = None
-        if store_dir is not None and eval_set.papers and (backend or settings.answer_backend) == "extractive":
-            extractive = library.load_backend("extractive")
-            if isinstance(extractive, ExtractiveBackend):
-                extractive.load_vectors(store_dir / SENTENCE_VECTORS)
-        library.wait_for_backend(backend)  # e.g. a trained scorer loading in the background
-        library.backend(backend)  # one that failed to load or cannot answer stops the run, saying why
+        # A backend that failed to load or cannot answer stops the run: the error raised says why, so the log
+        # does not say it first. A server lost mid-run is still logged: the report counts errors, not why.
+        with quiet_backend_status():
+            extractive = None
+            if (
+                store_dir is not None
+                and eval_set.papers
+                and (backend or settings.answer_backend) == "extractive"
+            ):
+                extractive = library.load_backend("extractive")
+                if isinstance(extractive, ExtractiveBackend):
+                    extractive.load_vectors(store_dir / SENTENCE_VECTORS)
+            library.wait_for_backend(backend)  # e.g. a trained scorer loading in the background
+            library.backend(backend)
         setup = time.perf_counter() - started
         report = evaluate_answers(
             library,

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
 import uuid
+from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Literal, TextIO
@@ -73,6 +75,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # Loggers whose INFO lines are the ones `log_format=json` promises (a line per request, per ingest outcome).
 ACCESS_LOGGER = "pmcqa.access"
 OUTCOME_LOGGER = "pmcqa.ingest.outcome"
+# Why an answer backend cannot answer (its model server is not ready). A server's log is the only place its
+# operator reads that; a command answering in-process says it as its own error line (`quiet_backend_status`).
+BACKEND_STATUS_LOGGER = "pmcqa.backend_status"
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -100,3 +105,16 @@ def configure_logging(log_format: Literal["text", "json"], level: int = logging.
     if log_format == "json":  # the per-request and per-outcome lines, whatever the general level
         for name in (ACCESS_LOGGER, OUTCOME_LOGGER):
             logging.getLogger(name).setLevel(min(level, logging.INFO))
+
+
+@contextlib.contextmanager
+def quiet_backend_status() -> Iterator[None]:
+    """`BACKEND_STATUS_LOGGER` drops its records within the block: for a command that reports a backend's
+    problem itself (`BackendNotReady` as its error line), which the log would otherwise say first."""
+    logger = logging.getLogger(BACKEND_STATUS_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)  # above every level: nothing it logs is emitted
+    try:
+        yield
+    finally:
+        logger.setLevel(level)  # restored: an in-process caller (tests, a server) keeps its log

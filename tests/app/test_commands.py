@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import uvicorn
+from conftest import run_cli
+from fakes.openai_server import FakeOpenAIServer
+from fakes.serving import free_port
 from typer.testing import CliRunner
 
 from pmcqa.app.cli import cli
 from pmcqa.app.commands import serve as serve_command
 
 runner = CliRunner()
+QUESTION = "What is the probability that a research claim is true?"
 
 
 def test_ask_command_answers_in_process(library_dir, ingested, monkeypatch):
@@ -174,3 +179,28 @@ def test_ingest_creates_a_missing_data_dir(monkeypatch, tmp_path, shared_data):
     assert json.loads(result.stdout)[0]["status"] == "ingested"
     listed = runner.invoke(cli, ["papers", "list", "--json"])  # and the read-only commands then find it
     assert listed.exit_code == 0 and json.loads(listed.stdout)["total"] == 1, listed.output
+
+
+@pytest.mark.parametrize("command", ["ask", "eval"])
+def test_a_model_server_not_ready_is_reported_once(
+    command: str, library_dir: Path, ingested, tmp_path: Path, shared_onnx_exports: Path
+) -> None:
+    """`ask` and `eval --answers` with an OpenAI-compatible server that cannot answer said why twice: the
+    readiness check's log warning, then the command's own error line. Now the error line alone says it."""
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
+    args = {
+        "ask": ["ask", "PMC1182327", QUESTION, "--backend", "openai"],
+        "eval": ["eval", str(questions), "--answers", "--backend", "openai"],
+    }[command]
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with FakeOpenAIServer(models=["another-model"]) as without_model:
+        for url, reason in [
+            (closed, f"cannot reach {closed}: connection refused"),
+            (without_model.base_url, f"{without_model.base_url} does not serve 'bio-gpt-oss-20b'"),
+        ]:
+            env = {"PMCQA_OPENAI_BASE_URL": url, "PMCQA_EMBEDDING_EXPORT_DIR": str(shared_onnx_exports)}
+            report, stderr = run_cli(args, library_dir, env)
+            said = " ".join(stderr.split())  # rich wraps eval's lines
+            assert report["code"] == 5 and said.count(reason) == 1, stderr
+            assert f"error: answer backend 'openai' is not ready: {reason}" in said, stderr

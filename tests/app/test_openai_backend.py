@@ -7,12 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 from fakes.openai_server import FakeOpenAIServer, ScriptedReply
+from fakes.serving import free_port
 from fakes.tiny_gpt_oss import sample_paper
 
 from pmcqa.app.answering import prompts
 from pmcqa.app.answering.base import ABSTAIN_ANSWER, Draft
 from pmcqa.app.answering.openai_backend import OpenAIBackend, split_reply
 from pmcqa.app.errors import BackendNotReady, GenerationTimeout, ModelServerError
+from pmcqa.core.logs import BACKEND_STATUS_LOGGER, quiet_backend_status
 from pmcqa.core.settings import Settings
 
 QUESTION = "How do the kidney organoid protocols compare?"
@@ -224,6 +226,21 @@ def test_is_ready_checks_the_model_list(server: FakeOpenAIServer) -> None:
     assert backend_for(server).is_ready()
     assert not backend_for(server, openai_model="other-model").is_ready()
     assert not OpenAIBackend(Settings(openai_base_url="http://127.0.0.1:9/v1")).is_ready()
+
+
+def test_a_server_not_ready_is_logged_unless_the_caller_reports_it(caplog: pytest.LogCaptureFixture) -> None:
+    backend = OpenAIBackend(
+        Settings(openai_base_url=f"http://127.0.0.1:{free_port()}/v1", openai_ready_ttl_s=0)
+    )
+
+    def logged() -> list[str]:
+        return [record.levelname for record in caplog.records if record.name == BACKEND_STATUS_LOGGER]
+
+    with quiet_backend_status():  # `pmcqa ask`: its error line says why
+        assert backend.unavailable() is not None
+    assert logged() == []
+    assert backend.unavailable() is not None  # `pmcqa serve`: the log is where it is read
+    assert logged() == ["WARNING"]
 
 
 def test_paper_control_tokens_never_reach_the_server(server: FakeOpenAIServer) -> None:

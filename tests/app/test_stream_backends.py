@@ -27,6 +27,7 @@ from pmcqa.app.answering.openai_backend import OpenAIBackend, ReplyStream, split
 from pmcqa.app.answering.postprocess import StreamAssembler
 from pmcqa.app.answering.transformers_backend import TransformersBackend
 from pmcqa.app.main import create_app
+from pmcqa.core.logs import BACKEND_STATUS_LOGGER
 from pmcqa.core.settings import Settings
 
 QUESTION = (
@@ -179,7 +180,9 @@ def test_request_id_reaches_the_openai_server_and_readiness_is_cached(
     assert len(fake_server.requests_to("/v1/models")) == 1  # four questions, one readiness check
 
 
-def test_unreachable_openai_server_is_reported_as_such(make_library) -> None:
+def test_unreachable_openai_server_is_reported_as_such(
+    make_library, caplog: pytest.LogCaptureFixture
+) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     library = openai_library(make_library, closed, answer_backend="openai", openai_ready_ttl_s=0.5)
     ask = {"paper_id": "PMC2795199", "question": QUESTION, "backend": "openai"}
@@ -195,6 +198,12 @@ def test_unreachable_openai_server_is_reported_as_such(make_library) -> None:
         ready = http.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["detail"] == f"cannot reach {closed}: connection refused"
+        # The server's log says so too: there it is the operator's only report (`pmcqa ask` quiets it).
+        logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == BACKEND_STATUS_LOGGER]
+        assert (
+            "WARNING",
+            f"OpenAI-compatible server not ready: cannot reach {closed}: connection refused",
+        ) in logged
 
         # The server comes up on that port: after the TTL, the service answers.
         port = int(closed.rsplit(":", 1)[1].split("/")[0])

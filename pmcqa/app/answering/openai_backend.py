@@ -33,11 +33,12 @@ from pmcqa.app.answering import harmony
 from pmcqa.app.answering.base import AnswerDelta, BackendEvent, Draft, StepEvent
 from pmcqa.app.answering.postprocess import StreamAssembler, build_draft
 from pmcqa.app.errors import BackendNotReady, GenerationTimeout, ModelServerError
-from pmcqa.core.logs import REQUEST_ID_HEADER, request_id
+from pmcqa.core.logs import BACKEND_STATUS_LOGGER, REQUEST_ID_HEADER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import PaperRecord, Passage
 
 log = logging.getLogger(__name__)
+status_log = logging.getLogger(BACKEND_STATUS_LOGGER)
 
 REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
 
@@ -201,7 +202,7 @@ class OpenAIBackend:
                 return None
             serving = ", ".join(served) or "nothing"
             problem = f"{self.base_url} does not serve {self.model!r} (it serves: {serving})"
-        log.warning("OpenAI-compatible server not ready: %s", problem)
+        status_log.warning("OpenAI-compatible server not ready: %s", problem)
         return problem
 
     def _unreachable(self, error: openai.APIConnectionError) -> BackendNotReady:

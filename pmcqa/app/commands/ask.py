@@ -11,6 +11,7 @@ import typer
 from pmcqa.app.answering.registry import BACKENDS
 from pmcqa.app.errors import ServiceError
 from pmcqa.app.service import Library, check_paper_id, check_question
+from pmcqa.core.logs import quiet_backend_status
 from pmcqa.core.settings import Settings
 from pmcqa.index.store import require_library
 
@@ -31,12 +32,14 @@ def ask(
         check_paper_id(paper_id, settings)
         check_question(question, settings)
         require_library(settings)  # a mistyped PMCQA_DATA_DIR: refused, not created empty
-        library = Library.create(settings)
-        try:
-            library.wait_for_backend()  # a model loading in the background: wait, as a server would not
-            answer = library.ask(paper_id, question, top_k)
-        finally:
-            library.close()
+        # A backend that cannot answer is this command's error line below, not also a log line before it.
+        with quiet_backend_status():
+            library = Library.create(settings)
+            try:
+                library.wait_for_backend()  # a model loading in the background: wait, as a server would not
+                answer = library.ask(paper_id, question, top_k)
+            finally:
+                library.close()
     except ServiceError as exc:  # its exit code tells scripts "not ingested yet" from a bad question
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(exc.exit_code) from None
