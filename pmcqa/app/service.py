@@ -45,6 +45,7 @@ from pmcqa.app.errors import (
 )
 from pmcqa.app.id_lookup import RequestResolver
 from pmcqa.core.ids import InvalidPaperId, PaperId, not_found_hint, parse_id
+from pmcqa.core.logs import BACKEND_STATUS_LOGGER
 from pmcqa.core.settings import Settings
 from pmcqa.core.status import BUSY, Status
 from pmcqa.core.text import has_unencodable
@@ -55,6 +56,8 @@ from pmcqa.index.retrieval import MODES, Mode
 from pmcqa.index.store import open_store
 
 log = logging.getLogger(__name__)
+# A server's only report of a backend that failed to load (with its traceback); `pmcqa ask` quiets it.
+status_log = logging.getLogger(BACKEND_STATUS_LOGGER)
 
 # What a refusal tells a client to wait (HTTP `Retry-After`) while something is still loading.
 RETRY_AFTER_S = 5
@@ -190,7 +193,7 @@ class Library:
             try:
                 backend = create_backend(name, self.settings, self.embedder)
             except Exception as exc:  # missing optional dependency, unknown name, bad configuration, ...
-                log.exception("answer backend %s failed to load", name)
+                status_log.exception("answer backend %s failed to load", name)
                 self.backend_errors[name] = f"{type(exc).__name__}: {exc}"
                 return None
             self.backends[name] = backend
@@ -203,7 +206,7 @@ class Library:
         try:
             load()
         except Exception as exc:  # no GPU, weights missing, out of memory: report it, keep serving
-            log.exception("answer backend %s failed to load", name)
+            status_log.exception("answer backend %s failed to load", name)
             with self._lock:
                 self.backend_errors[name] = f"{type(exc).__name__}: {exc}"
                 self.backends.pop(name, None)

@@ -75,8 +75,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # Loggers whose INFO lines are the ones `log_format=json` promises (a line per request, per ingest outcome).
 ACCESS_LOGGER = "pmcqa.access"
 OUTCOME_LOGGER = "pmcqa.ingest.outcome"
-# Why an answer backend cannot answer (its model server is not ready). A server's log is the only place its
-# operator reads that; a command answering in-process says it as its own error line (`quiet_backend_status`).
+# Why an answer backend cannot answer: it failed to load (logged with its traceback), or its model server is
+# not ready. A server's log is the only place its operator reads that; a command answering in-process says it
+# as its own error line instead (`quiet_backend_status`).
 BACKEND_STATUS_LOGGER = "pmcqa.backend_status"
 
 

@@ -204,3 +204,28 @@ def test_a_model_server_not_ready_is_reported_once(
             said = " ".join(stderr.split())  # rich wraps eval's lines
             assert report["code"] == 5 and said.count(reason) == 1, stderr
             assert f"error: answer backend 'openai' is not ready: {reason}" in said, stderr
+
+
+@pytest.mark.parametrize("command", ["ask", "eval"])
+def test_a_backend_that_fails_to_load_is_one_line_not_a_traceback(
+    command: str, library_dir: Path, ingested, tmp_path: Path, shared_onnx_exports: Path
+) -> None:
+    """A transformers model path that does not exist: the failed load was logged with its traceback before
+    the command's own error line. Now the error line alone (exit 5, as for any backend not ready)."""
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
+    args = {
+        "ask": ["ask", "PMC1182327", QUESTION, "--backend", "transformers"],
+        "eval": ["eval", str(questions), "--answers", "--backend", "transformers"],
+    }[command]
+    env = {
+        "PMCQA_MODEL": str(tmp_path / "no-such-model"),
+        "PMCQA_EMBEDDING_EXPORT_DIR": str(shared_onnx_exports),
+        "HF_HUB_OFFLINE": "1",  # a path that is not there is never looked up on the Hub
+    }
+    report, stderr = run_cli(args, library_dir, env)
+    said = " ".join(stderr.split())  # rich wraps eval's lines
+    assert report["code"] == 5 and "Traceback" not in stderr, stderr
+    assert (
+        said.count("failed to load") == 1 and "error: answer backend 'transformers' failed to load: " in said
+    )

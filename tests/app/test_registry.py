@@ -14,6 +14,7 @@ from pmcqa.app.answering.registry import BACKENDS, UnknownBackend, create_backen
 from pmcqa.app.errors import BackendNotReady
 from pmcqa.app.service import Library
 from pmcqa.core.extras import MissingExtra
+from pmcqa.core.logs import BACKEND_STATUS_LOGGER, quiet_backend_status
 from pmcqa.core.settings import Settings
 
 
@@ -69,6 +70,32 @@ def test_a_slow_backend_loads_in_the_background(monkeypatch, tmp_path):
     while not backend.is_ready() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert library.backend("later") is backend
+
+
+class FailsToLoad(LoadsLater):
+    def load(self) -> None:
+        raise OSError("no weights at /nowhere")
+
+
+def test_a_failed_load_is_logged_with_its_traceback_unless_the_caller_reports_it(
+    monkeypatch, tmp_path, caplog
+):
+    monkeypatch.setitem(BACKENDS, "broken", lambda settings, embedder: FailsToLoad(settings, load=False))
+
+    def failed_load() -> Library:
+        library = Library(Settings(data_dir=tmp_path), store=None, embedder=None, retriever=None)
+        library.wait_for_backend("broken")
+        with pytest.raises(BackendNotReady, match="failed to load: OSError: no weights at /nowhere"):
+            library.backend("broken")
+        return library
+
+    failed_load()  # a server: its log is where the operator reads why, traceback included
+    logged = [record for record in caplog.records if record.name == BACKEND_STATUS_LOGGER]
+    assert [(record.levelname, record.exc_info is not None) for record in logged] == [("ERROR", True)]
+    caplog.clear()
+    with quiet_backend_status():  # `pmcqa ask`: its error line says why, once
+        failed_load()
+    assert [record for record in caplog.records if record.name == BACKEND_STATUS_LOGGER] == []
 
 
 @pytest.mark.parametrize(
