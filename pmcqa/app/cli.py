@@ -123,7 +123,8 @@ def _group(
 
 def _library_error_code(exc: BaseException) -> int | None:
     """The exit code of an error about the library this process was pointed at, None when `exc` is none: 2
-    (a usage error) for one that is not there (a mistyped PMCQA_DATA_DIR), 1 for one it cannot use."""
+    (a usage error) for one that is not there (a mistyped PMCQA_DATA_DIR, a database without pmcqa's
+    tables), 1 for one it cannot use."""
     store, db = sys.modules.get("pmcqa.index.store"), sys.modules.get("pmcqa.core.db")
     if db is not None and isinstance(exc, db.LibraryNotFound):
         return 2

@@ -67,13 +67,28 @@ class SchemaTooNew(DatabaseError):
 
 
 class LibraryNotFound(DatabaseError):
-    """A command that only reads was pointed at an embedded library that is not there (a mistyped
-    `PMCQA_DATA_DIR`, or nothing ingested yet): it refuses rather than create an empty one."""
+    """A command that only reads was pointed at a library that is not there (a mistyped `PMCQA_DATA_DIR`, a
+    PostgreSQL database without pmcqa's tables, or nothing ingested yet): it refuses rather than create an
+    empty one. `where` is the missing path, or the database's URL without its password."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        super().__init__(
-            f"no library at {path}: check PMCQA_DATA_DIR, or ingest papers first (`pmcqa ingest` creates it)"
+    def __init__(self, where: Path | str, message: str) -> None:
+        self.where = where
+        super().__init__(message)
+
+    @classmethod
+    def at_path(cls, path: Path) -> LibraryNotFound:
+        return cls(
+            path,
+            f"no library at {path}: check PMCQA_DATA_DIR, or ingest papers first (`pmcqa ingest` creates it)",
+        )
+
+    @classmethod
+    def in_database(cls, url: str) -> LibraryNotFound:
+        where = redact(url)
+        return cls(
+            where,
+            f"no library in the PostgreSQL database {where} (it has no pmcqa tables): check "
+            "PMCQA_DATABASE_URL, or run `pmcqa ingest` or `pmcqa serve` first (they create them)",
         )
 
 
@@ -95,13 +110,19 @@ def postgres_url(settings: Settings) -> str | None:
 def require_existing(settings: Settings, *paths: Path) -> None:
     """For commands that only read: `LibraryNotFound` naming the first of `data_dir` and `paths` (files under
     it) that does not exist, before anything is created. A PostgreSQL library lives in its database (papers,
-    jobs, queue); what `data_dir` holds beside it on a host (a FAISS copy, model exports) is a cache rebuilt
-    on use, so nothing is required there, and a mistyped database URL fails to connect, saying so."""
-    if postgres_url(settings) is not None:
+    jobs, queue): `LibraryNotFound` naming the database where it has no pmcqa schema (opening a store would
+    migrate it into one), and a mistyped database URL fails to connect, saying so (`DatabaseUnavailable`).
+    What `data_dir` holds beside it on a host (a FAISS copy, model exports) is a cache rebuilt on use, so
+    nothing is required there."""
+    url = postgres_url(settings)
+    if url is not None:
+        with connection_pool(settings).connection() as conn:
+            if _postgres_revision(conn) is None:
+                raise LibraryNotFound.in_database(url)
         return
     for path in (Path(settings.data_dir), *paths):
         if not path.exists():
-            raise LibraryNotFound(path)
+            raise LibraryNotFound.at_path(path)
 
 
 # --- PostgreSQL connections ---------------------------------------------------------------------------------

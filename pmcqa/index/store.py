@@ -232,8 +232,9 @@ def open_store(settings: Settings, **options: float) -> PaperStore:
 
 
 def require_library(settings: Settings) -> None:
-    """For commands that only read the library (ask, search, papers): `core.db.LibraryNotFound` where the
-    embedded one is not there, before a model loads or `open_store` creates an empty one."""
+    """For commands that only read the library (ask, search, papers): `core.db.LibraryNotFound` where it is
+    not there (no embedded database file; a PostgreSQL database without pmcqa's tables), before a model loads
+    or `open_store` creates an empty one."""
     require_existing(settings, Path(settings.index_dir) / DB_NAME)
 
 

@@ -5,15 +5,20 @@ through `open_library` as a deployed replica would.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
+from pmcqa.app.cli import cli, main
 from pmcqa.app.main import create_app
 from pmcqa.app.service import Library
+from pmcqa.core.settings import Settings, get_settings
 from pmcqa.core.status import Status
 from pmcqa.index.library import open_library
 from pmcqa.index.store import open_store
@@ -104,3 +109,54 @@ def test_a_database_restart_costs_no_request_and_an_outage_is_a_503(pg_client, m
     refused = client.get("/papers")
     assert refused.status_code == 503 and refused.json()["error"] == "database_unavailable", refused.text
     assert refused.headers["Retry-After"]
+
+
+def _tables(url: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_read_only_commands_refuse_a_database_without_the_library_and_create_nothing(
+    scratch_postgres_database, monkeypatch, tmp_path: Path, capsys, request
+) -> None:
+    """A database without pmcqa's tables (a mistyped database name): ask, search, papers, jobs and eval of
+    JSONL questions exit 2 naming it, as for a missing PMCQA_DATA_DIR, where they migrated it into an empty
+    library and answered "not found" or nothing. A writer still creates the tables; readers then use them."""
+    url = scratch_postgres_database("readers")
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("PMCQA_DATABASE_URL", url)
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(data_dir))
+    get_settings.cache_clear()  # eval reads the process-wide settings: these, and none cached after
+    request.addfinalizer(get_settings.cache_clear)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
+    commands = [
+        ["papers", "list"],
+        ["papers", "show", "PMC1182327"],
+        ["ask", "PMC1182327", "What is true?"],
+        ["search", "research claims"],
+        ["jobs"],
+        ["eval", str(questions)],
+    ]
+    for args in commands:
+        monkeypatch.setattr(sys, "argv", ["pmcqa", *args])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and err[-1] == (
+            f"pmcqa: no library in the PostgreSQL database {url} (it has no pmcqa tables): check "
+            "PMCQA_DATABASE_URL, or run `pmcqa ingest` or `pmcqa serve` first (they create them)"
+        ), (args, err)
+        assert _tables(url) == [] and not data_dir.exists(), args
+
+    with open_store(Settings()):  # what `ingest`, `serve`, `worker` and `reindex` open: it creates them
+        pass
+    assert "papers" in _tables(url)
+    listed = CliRunner().invoke(cli, ["papers", "list", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.stdout)["total"] == 0, listed.output
+    assert CliRunner().invoke(cli, ["jobs"]).exit_code == 0
