@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -181,9 +182,19 @@ def test_ingest_creates_a_missing_data_dir(monkeypatch, tmp_path, shared_data):
     assert listed.exit_code == 0 and json.loads(listed.stdout)["total"] == 1, listed.output
 
 
+@pytest.fixture
+def library_copy(library_dir: Path, ingested, tmp_path: Path) -> Path:
+    """The session library, copied for a subprocess to open: closing what it sees as the last connection to
+    the session's own database, it would delete the WAL this process still reads (SQLite's POSIX locks, which
+    show this process's connections, are dropped by any close of that file here, e.g. a copy's)."""
+    copy = tmp_path / "library"
+    shutil.copytree(library_dir, copy)
+    return copy
+
+
 @pytest.mark.parametrize("command", ["ask", "eval"])
 def test_a_model_server_not_ready_is_reported_once(
-    command: str, library_dir: Path, ingested, tmp_path: Path, shared_onnx_exports: Path
+    command: str, library_copy: Path, tmp_path: Path, shared_onnx_exports: Path
 ) -> None:
     """`ask` and `eval --answers` with an OpenAI-compatible server that cannot answer said why twice: the
     readiness check's log warning, then the command's own error line. Now the error line alone says it."""
@@ -200,7 +211,7 @@ def test_a_model_server_not_ready_is_reported_once(
             (without_model.base_url, f"{without_model.base_url} does not serve 'bio-gpt-oss-20b'"),
         ]:
             env = {"PMCQA_OPENAI_BASE_URL": url, "PMCQA_EMBEDDING_EXPORT_DIR": str(shared_onnx_exports)}
-            report, stderr = run_cli(args, library_dir, env)
+            report, stderr = run_cli(args, library_copy, env)
             said = " ".join(stderr.split())  # rich wraps eval's lines
             assert report["code"] == 5 and said.count(reason) == 1, stderr
             assert f"error: answer backend 'openai' is not ready: {reason}" in said, stderr
@@ -208,7 +219,7 @@ def test_a_model_server_not_ready_is_reported_once(
 
 @pytest.mark.parametrize("command", ["ask", "eval"])
 def test_a_backend_that_fails_to_load_is_one_line_not_a_traceback(
-    command: str, library_dir: Path, ingested, tmp_path: Path, shared_onnx_exports: Path
+    command: str, library_copy: Path, tmp_path: Path, shared_onnx_exports: Path
 ) -> None:
     """A transformers model path that does not exist: the failed load was logged with its traceback before
     the command's own error line. Now the error line alone (exit 5, as for any backend not ready)."""
@@ -223,7 +234,7 @@ def test_a_backend_that_fails_to_load_is_one_line_not_a_traceback(
         "PMCQA_EMBEDDING_EXPORT_DIR": str(shared_onnx_exports),
         "HF_HUB_OFFLINE": "1",  # a path that is not there is never looked up on the Hub
     }
-    report, stderr = run_cli(args, library_dir, env)
+    report, stderr = run_cli(args, library_copy, env)
     said = " ".join(stderr.split())  # rich wraps eval's lines
     assert report["code"] == 5 and "Traceback" not in stderr, stderr
     assert (
