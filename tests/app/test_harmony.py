@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import pytest
 from fakes.tiny_gpt_oss import build_tokenizer, sample_paper
 
@@ -175,6 +177,35 @@ def test_parse_partial_holds_back_half_tags() -> None:
     text = ANALYSIS + FINAL_OPEN + "It rep<|ret"
     assert harmony.parse_partial(text).final == "It rep"
     assert harmony.parse_partial("<|channel|>analysis<|message|>Step<").analysis == "Step"
+
+
+@pytest.mark.parametrize(
+    ("text", "whole", "partial"),
+    [
+        # no <|message|>: plain text once over; streaming, a header or collapsed analysis may be beginning
+        ("<|channel|>analysis", ("", "analysis", False, None), ("", None, False, None)),
+        (" ana", ("", "ana", False, None), ("", None, False, None)),
+        ("analysis 1) Read.", ("", "analysis 1) Read.", False, None), ("", None, False, None)),
+        ("analysis 1) Read.assistantfinal", ("1) Read.", "", True, None), ("1) Read.", "", True, None)),
+        ("analysis a <|assistantfinal", ("a <|", "", True, None), ("", None, False, None)),
+        # plain text is complete when a stop token ends it; a half tag is text once the reply is over
+        ("Yes.<|return|>  ", ("", "Yes.", True, "<|return|>"), ("", "Yes.", True, "<|return|>")),
+        ("Yes.<|return|> no", ("", "Yes. no", False, None), ("", "Yes. no", False, None)),
+        ("<|return|>", ("", None, False, "<|return|>"), ("", None, False, None)),
+        ("Yes.<|ret", ("", "Yes.<|ret", False, None), ("", "Yes.", False, None)),
+        # harmony: a final message cut by <|start|> is not closed; text before the first header is skipped
+        (f"{FINAL_OPEN}Yes.<|start|>assistant", ("", "Yes.", False, None), None),
+        (
+            "Sure. <|channel|>final<|message|>Yes.<|end|>",
+            ("", "Yes.", True, "<|end|>"),
+            ("", "Yes.", True, "<|end|>"),
+        ),
+        (f"{FINAL_OPEN}Yes <|ret", ("", "Yes <|ret", False, None), ("", "Yes", False, None)),
+    ],
+)
+def test_parse_corners(text: str, whole: tuple, partial: tuple | None) -> None:
+    assert astuple(harmony.parse_completion(text)) == whole
+    assert astuple(harmony.parse_partial(text)) == (partial or whole)
 
 
 def test_should_stop_on_end_only_after_final() -> None:

@@ -298,7 +298,9 @@ def streamed(pieces: list[str]) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("text", WELL_FORMED + ODD)
-def test_the_stream_parser_reads_each_prefix_as_parse_partial(text: str) -> None:
+def test_the_stream_parser_reads_pieces_as_the_text_fed_whole(text: str) -> None:
+    """Fed piece by piece, the parser reads each prefix as fed at once (`parse_partial`), gives what it
+    gained, and finishes as the whole text (`parse_completion`): streaming is the whole-reply parse."""
     for pieces in splits(text):
         parser, analysis, final, begun = harmony.CompletionStream(), "", "", False
         for count, piece in enumerate(pieces, start=1):
@@ -311,7 +313,9 @@ def test_the_stream_parser_reads_each_prefix_as_parse_partial(text: str) -> None
                 analysis, final = analysis + progress.analysis, final + progress.final
                 begun = progress.final_begun
             expected = harmony.parse_partial("".join(pieces[:count]))
+            assert parser.completion == expected, pieces[:count]
             assert (analysis, final if begun else None) == (expected.analysis, expected.final), pieces[:count]
+        assert parser.finish() == harmony.parse_completion(text), pieces
 
 
 @pytest.mark.parametrize(
@@ -323,12 +327,13 @@ def test_the_stream_parser_reads_each_prefix_as_parse_partial(text: str) -> None
         "1)\n  2) x 3) y\n3. z",
     ],
 )
-def test_the_step_tracker_reads_each_prefix_as_numbered_steps(analysis: str) -> None:
+def test_the_step_tracker_reads_pieces_as_the_analysis_fed_whole(analysis: str) -> None:
     for pieces in splits(analysis):
         tracker = harmony.StepTracker()
         for count, piece in enumerate(pieces, start=1):
             tracker.extend(piece)
-            assert tracker.complete == harmony.numbered_steps("".join(pieces[:count]))[:-1], pieces[:count]
+            steps = harmony.numbered_steps("".join(pieces[:count]))
+            assert (tracker.steps, tracker.complete) == (steps, steps[:-1]), pieces[:count]
 
 
 @pytest.mark.parametrize("text", WELL_FORMED + ODD)

@@ -244,6 +244,7 @@ def should_stop_on_end(generated_text: str) -> bool:
 
 
 # --- parsing ------------------------------------------------------------------------------------------------
+# One parser reads a completion piece by piece (`CompletionStream`); a whole completion is it fed once.
 
 
 @dataclass(frozen=True)
@@ -263,61 +264,12 @@ class Completion:
 _HEADER = (
     r"(?:<\|start\|>[^<]*)?<\|channel\|>(?P<channel>[A-Za-z_]+)[^<]*(?:<\|constrain\|>[^<]*)?<\|message\|>"
 )
-_STOP = r"<\|end\|>|<\|return\|>|<\|call\|>|(?=<\|start\|>)"
-_MESSAGE_RE = re.compile(_HEADER + r"(?P<body>.*?)(?P<stop>" + _STOP + r"|$)", re.DOTALL)
+_HEADER_RE = re.compile(_HEADER)
+_STOP_RE = re.compile(r"<\|end\|>|<\|return\|>|<\|call\|>|(?=<\|start\|>)")
 # What `skip_special_tokens=True` (or some servers) leave of harmony: "analysis…assistantfinal…".
 COLLAPSED_ANALYSIS, COLLAPSED_FINAL = "analysis", "assistantfinal"
-_COLLAPSED_RE = re.compile(
-    rf"^\s*{COLLAPSED_ANALYSIS}(?P<analysis>.*?){COLLAPSED_FINAL}(?P<final>.*)$", re.DOTALL
-)
+# A control tag only half there at the end of the text ("<", "<|", "<|ret"), before a last newline too.
 _PARTIAL_TAG_RE = re.compile(r"<(?:\|[A-Za-z_0-9]*\|?)?$")
-
-
-def parse_completion(text: str) -> Completion:
-    """Split a raw completion into analysis and final; text without harmony tags is all final."""
-    if MESSAGE not in text:
-        collapsed = _COLLAPSED_RE.match(text)
-        if collapsed:
-            return Completion(collapsed["analysis"].strip(), collapsed["final"].strip(), True, None)
-        # No channels (a server's plain content, or a model that skipped the format): all final. Complete only
-        # if a stop token closed it; servers report truncation separately (finish_reason).
-        plain = _strip_controls(text).strip()
-        stop = next((tag for tag in (RETURN, END, CALL) if text.rstrip().endswith(tag)), None)
-        return Completion("", plain or None, bool(plain) and stop is not None, stop)
-    analysis: list[str] = []
-    for match in _MESSAGE_RE.finditer(text):
-        channel, body, stop = match["channel"], match["body"], match["stop"] or None
-        if channel == "final":
-            return Completion(_join(analysis), _strip_controls(body).strip(), stop is not None, stop)
-        if channel == "analysis":
-            analysis.append(_strip_controls(body).strip())
-    return Completion(_join(analysis), None, False, None)
-
-
-def parse_partial(text: str) -> Completion:
-    """Parse a completion still being streamed: hold back a control tag or header that is only half there, and
-    collapsed harmony ("analysis…assistantfinal…") until its final begins, so its analysis never reads as the
-    answer."""
-    text = _PARTIAL_TAG_RE.sub("", text)
-    if MESSAGE not in text and (text.lstrip().startswith("<|") or _may_be_collapsed(text)):
-        return Completion("", None, False, None)  # "<|channel|>ana…": no body yet
-    return parse_completion(text)
-
-
-def _may_be_collapsed(text: str) -> bool:
-    head = text.lstrip()
-    return COLLAPSED_ANALYSIS.startswith(head) or (
-        head.startswith(COLLAPSED_ANALYSIS) and COLLAPSED_FINAL not in head
-    )
-
-
-# --- parsing a completion as it streams ---------------------------------------------------------------------
-# Parsing the whole text again at every piece made a streamed reply cost time quadratic in its length (8,000
-# pieces of 4 characters: 11-13 s). `CompletionStream` reads each piece once, and keeps only what may still
-# change: a header being read, or a "<" that may become a control tag.
-
-_HEADER_RE = re.compile(_HEADER)
-_STOP_RE = re.compile(_STOP)
 # A tail that may still be (or, followed by a last newline, be read as) a half control tag: `_PARTIAL_TAG_RE`.
 _TAG_TAIL_RE = re.compile(r"<(?:\|[A-Za-z_0-9]*\|?)?\n?")
 # A header holds at most four tags (start, channel, constrain, message): one being read begins at one of the
@@ -325,12 +277,23 @@ _TAG_TAIL_RE = re.compile(r"<(?:\|[A-Za-z_0-9]*\|?)?\n?")
 _HEADER_TAGS, _HEADER_OPENERS = 4, (START, CHANNEL)
 
 
+def parse_completion(text: str) -> Completion:
+    """Split a raw completion into analysis and final; text without harmony tags is all final."""
+    return CompletionStream(text).finish()
+
+
+def parse_partial(text: str) -> Completion:
+    """Parse a completion still being streamed: hold back a control tag or header that is only half there, and
+    collapsed harmony ("analysis…assistantfinal…") until its final begins, so its analysis never reads as the
+    answer."""
+    return CompletionStream(text).completion
+
+
 @dataclass(frozen=True)
 class Progress:
     """What a streamed completion gained with its latest piece: text appended to the analysis and to the final
-    message (`final_begun`: a final message has begun, so the analysis is over). When the text takes a shape
-    that is not read piece by piece (plain text turning into harmony, collapsed harmony), `whole` is instead
-    `parse_partial` of all of it."""
+    message (`final_begun`: a final message has begun, so the analysis is over). Once plain or collapsed text
+    has turned into harmony, `whole` is instead the completion so far (`parse_partial` of all of it)."""
 
     analysis: str = ""
     final: str = ""
@@ -361,36 +324,67 @@ class _Stripped:
 
 
 class CompletionStream:
-    """`parse_partial` of a completion arriving in pieces, read piece by piece: after every `feed`, what the
-    analysis and the final gained are what `parse_partial` of the text so far adds to them. A piece costs time
-    in its own length (and that of a header or tag it completes) for harmony messages, collapsed harmony and
-    plain text. Plain text that turns into harmony (no model writes it) is parsed whole at every piece
-    (`whole`), as before."""
+    """A completion arriving in pieces, each read once: after every `feed`, `completion` is the parse of the
+    text so far, holding back a control tag or header only half there and collapsed harmony until its final
+    begins (`parse_partial`); `finish` reads what was held back as it stands (`parse_completion`).
 
-    def __init__(self) -> None:
-        self._pieces: list[str] = []  # all of it, for a text parsed whole
+    The text is harmony messages (a header, a body, a stop token), the first final message ending it; or, with
+    no `<|message|>`, collapsed harmony ("analysis…assistantfinal…"); else plain text, all final, complete
+    when it ends with a stop token. A piece costs time in its own length (and that of a header or tag it
+    completes). Plain or collapsed text that turns into harmony (no model writes it) is read again from its
+    start as harmony messages, and then gives the whole completion at every piece (`Progress.whole`)."""
+
+    def __init__(self, text: str = "") -> None:
+        self._pieces: list[str] = []  # all of it, to read again from the start
         self._length = 0  # of all of it
-        # start, plain, between (messages), body, done; collapsed, collapsed final; whole
-        self._state = "start"
+        self._holding = True  # hold back what may still change; not once the completion is finished
+        self._whole = False  # turned into harmony: read again
+        self._restart("start")
+        if text:
+            self.feed(text)
+
+    def _restart(self, state: str) -> None:
+        self._state = state  # start, plain, between (messages), body, done; collapsed, collapsed final
         self._pending = ""  # what may still change: the undecided start, a header, a tag's beginning
-        self._channel = ""  # of the message whose body is being read ("final" for plain text)
+        self._channel = "final" if state == "plain" else ""  # of the message whose body is being read
         self._body = _Stripped()
-        self._analysis_begun = False  # some analysis text was given
+        self._analysis: list[str] = []
+        self._final: list[str] = []
         self._final_begun = False
+        self._complete = False
+        self._stop: str | None = None
         self._collapsed_start = 0  # where collapsed harmony's analysis begins
-        self._gained: tuple[list[str], list[str]] = ([], [])  # (analysis, final) gained by this piece
+
+    @property
+    def completion(self) -> Completion:
+        final = "".join(self._final) if self._final_begun else None
+        return Completion("".join(self._analysis), final, self._complete, self._stop)
 
     def feed(self, piece: str) -> Progress:
         self._pieces.append(piece)
         self._length += len(piece)
-        self._gained = ([], [])
-        text, self._pending = self._pending + piece, ""
-        while text and self._state != "whole":  # each step consumes some of the text, or keeps it pending
+        analysis, final = len(self._analysis), len(self._final)
+        self._read_all(self._pending + piece)
+        if self._whole:
+            return Progress(whole=self.completion)
+        return Progress("".join(self._analysis[analysis:]), "".join(self._final[final:]), self._final_begun)
+
+    def finish(self) -> Completion:
+        """The completion once its text is over (no `feed` after it): nothing held back. With no harmony
+        message or collapsed harmony's final in it, all of it is plain text."""
+        self._holding = False
+        if self._state == "start":  # all of it is pending: "ana", "<|chan"
+            self._state, self._channel = "plain", "final"
+        self._read_all(self._pending)
+        if self._state == "collapsed" or (self._state == "between" and MESSAGE not in "".join(self._pieces)):
+            self._restart("plain")
+            self._read_all("".join(self._pieces))
+        return self.completion
+
+    def _read_all(self, text: str) -> None:
+        self._pending = ""
+        while text:  # each step consumes some of the text, or keeps it pending
             text = self._read(text)
-        if self._state == "whole":
-            return Progress(whole=parse_partial("".join(self._pieces)))
-        analysis, final = self._gained
-        return Progress("".join(analysis), "".join(final), self._final_begun)
 
     def _read(self, text: str) -> str:
         """Read the start of `text` in the current state; what is left to read."""
@@ -403,10 +397,9 @@ class CompletionStream:
         if self._state == "collapsed":
             return self._read_collapsed(text)
         if self._state in ("plain", "collapsed final"):
-            if MESSAGE in text:  # harmony after all: parse_partial reads all of it as messages now
-                self._state = "whole"
-            else:
-                self._read_body_text(text, controls=self._state == "plain")
+            if MESSAGE in text:
+                return self._read_again_as_harmony()
+            self._read_body_text(text, controls=self._state == "plain")
         return ""  # done: nothing after the final message counts
 
     def _read_start(self, text: str) -> str:
@@ -438,48 +431,59 @@ class CompletionStream:
             self._read_body_text(text)
             return ""
         self._give(_strip_controls(text[: stop.start()]))
-        self._state = "done" if self._channel == "final" else "between"
+        if self._channel == "final":
+            self._state, self._stop = "done", stop.group() or None  # "": cut by <|start|>, not closed
+            self._complete = self._stop is not None
+        else:
+            self._state = "between"
         return text[stop.end() :]
 
     def _read_body_text(self, text: str, *, controls: bool = True) -> None:
         """Body text with no stop in it: all of it but a tail that may still become a control tag; `controls`:
         complete control tags are dropped (not in collapsed harmony's final, where none are expected)."""
         last = text.rfind("<")
-        if last >= 0 and _TAG_TAIL_RE.fullmatch(text, last):
+        if self._holding and last >= 0 and _TAG_TAIL_RE.fullmatch(text, last):
             text, self._pending = text[:last], text[last:]
         self._give(_strip_controls(text) if controls else text)
+        # Plain text is complete only if a stop token ends it; servers report truncation (finish_reason).
+        if self._state == "plain" and text.rstrip():
+            self._stop = next((tag for tag in (RETURN, END, CALL) if text.rstrip().endswith(tag)), None)
+            self._complete = self._final_begun and self._stop is not None
 
     def _read_collapsed(self, text: str) -> str:
         """Collapsed harmony's analysis, until "assistantfinal" (outside a half tag) ends it."""
         if MESSAGE in text:
-            self._state = "whole"
-            return ""
+            return self._read_again_as_harmony()
         offset = self._length - len(text)  # `text` is the end of all of it
-        settled = _PARTIAL_TAG_RE.sub("", text)
+        settled = _PARTIAL_TAG_RE.sub("", text) if self._holding else text
         found = settled.find(COLLAPSED_FINAL, max(self._collapsed_start - offset, 0))
         if found < 0:  # keep what a "assistantfinal" may begin in: a half tag, and the characters before it
             self._pending = text[max(len(settled) - len(COLLAPSED_FINAL) + 1, 0) :]
             return ""
         analysis = "".join(self._pieces)[self._collapsed_start : offset + found].strip()
         if analysis:
-            self._gained[0].append(analysis)
-        self._state, self._channel, self._final_begun = "collapsed final", "final", True
+            self._analysis.append(analysis)
+        self._state, self._channel, self._final_begun, self._complete = "collapsed final", "final", True, True
         return text[found + len(COLLAPSED_FINAL) :]
+
+    def _read_again_as_harmony(self) -> str:
+        """Plain or collapsed text with a `<|message|>` in it is harmony after all: read all of it again."""
+        self._whole = True
+        self._restart("between")
+        return "".join(self._pieces)
 
     def _give(self, body: str) -> None:
         first = not self._body.begun
         gained = self._body.add(body)
         if not gained:
             return
-        analysis, final = self._gained
         if self._channel == "final":
             self._final_begun = True  # plain text is final once there is some
-            final.append(gained)
+            self._final.append(gained)
         elif self._channel == "analysis":
-            if first and self._analysis_begun:  # messages are joined by a newline
-                analysis.append("\n")
-            self._analysis_begun = True
-            analysis.append(gained)
+            if first and self._analysis:  # messages are joined by a newline
+                self._analysis.append("\n")
+            self._analysis.append(gained)
 
 
 def _header_tail(text: str) -> str:
@@ -493,10 +497,6 @@ def _header_tail(text: str) -> str:
         if any(text.startswith(tag, start) or tag.startswith(text[start:]) for tag in _HEADER_OPENERS):
             return text[start:]
     return ""
-
-
-def _join(parts: list[str]) -> str:
-    return "\n".join(part for part in parts if part)
 
 
 def _strip_controls(text: str) -> str:
@@ -523,30 +523,12 @@ def split_steps(analysis: str) -> list[str]:
 
 def numbered_steps(analysis: str) -> list[str]:
     """Steps when the analysis is numbered (at least "1)" and "2)"), else []."""
-    text = _STEPS_HEADER_RE.sub("", analysis.strip())
-    for pattern in (_LINE_MARKER_RE, _INLINE_MARKER_RE):
-        steps = _split_on_sequence(text, pattern)
-        if steps:
-            return steps
-    return []
+    tracker = StepTracker()
+    tracker.extend(analysis)
+    return tracker.steps
 
 
-def _split_on_sequence(text: str, pattern: re.Pattern[str]) -> list[str]:
-    # Only markers counting 1, 2, 3 … split, so "Figure 2. shows" or "p < 0.05) " inside a step don't.
-    cuts: list[tuple[int, int]] = []
-    for match in pattern.finditer(text):
-        if int(match.group(1)) == len(cuts) + 1:
-            cuts.append((match.start(), match.end()))
-    if len(cuts) < 2:
-        return []
-    bounds = [*(start for start, _ in cuts[1:]), len(text)]
-    steps = [text[body:stop] for (_, body), stop in zip(cuts, bounds, strict=True)]
-    preamble = text[: cuts[0][0]]  # "We need X." before "1)" is reasoning too
-    return [" ".join(step.split()) for step in (preamble, *steps) if step.strip()]
-
-
-# --- steps as the analysis streams --------------------------------------------------------------------------
-
+# One reader of step markers, `StepTracker`, reads an analysis piece by piece; a whole one is it fed once.
 # Every character a step marker (of either pattern) can hold: a marker not read yet lies in the text's
 # trailing run of them.
 _OUTSIDE_MARKER_RE = re.compile(r"[^\s\d.):step]", re.IGNORECASE)
@@ -579,14 +561,19 @@ class _Text:
 
 
 class _Sequence:
-    """The cuts of one marker pattern in a growing text (markers counting 1, 2, 3 …, as `_split_on_sequence`
-    finds them), and the steps they close: the preamble and each step before the last cut."""
+    """The cuts of one marker pattern in a growing text, and the steps between them. Only markers counting 1,
+    2, 3 … cut, so "Figure 2. shows" or "p < 0.05) " inside a step don't."""
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
-        self.cuts: list[tuple[int, int]] = []
-        self.steps: list[str] = []
+        self.edges = [0]  # where the steps begin and end: 0, then each cut's start and end
         self.scanned = 0  # where the last marker ended: the next search starts there
+        self._steps: list[str] = []  # those before the last cut, read
+        self._unread = 0  # the edge the first step not read yet begins at
+
+    @property
+    def numbered(self) -> bool:
+        return len(self.edges) >= 5  # at least "1)" and "2)"
 
     def scan(self, text: _Text, resume: int) -> None:
         """Read the markers beginning at or after `resume` (none before it can be new)."""
@@ -595,31 +582,35 @@ class _Sequence:
         window = text.slice(begin, text.length).rstrip()
         for match in self.pattern.finditer(window, resume - begin):
             self.scanned = begin + match.end()
-            if int(match.group(1)) == len(self.cuts) + 1:
-                self.cuts.append((begin + match.start(), begin + match.end()))
-                self._close_step(text)
+            if int(match.group(1)) == len(self.edges) // 2 + 1:
+                self.edges += (begin + match.start(), self.scanned)
 
-    def _close_step(self, text: _Text) -> None:
-        if len(self.cuts) == 2:
-            self._add(text.slice(0, self.cuts[0][0]))  # the preamble
-        if len(self.cuts) >= 2:
-            self._add(text.slice(self.cuts[-2][1], self.cuts[-1][0]))
+    def complete(self, text: _Text) -> list[str]:
+        """The preamble and each step before the last cut (those the latest cuts closed read in one slice)."""
+        if self._unread < len(self.edges) - 1:
+            first = self.edges[self._unread]
+            span = text.slice(first, self.edges[-2])
+            bounds = zip(self.edges[self._unread : -1 : 2], self.edges[self._unread + 1 :: 2], strict=True)
+            self._steps += filter(None, (" ".join(span[a - first : b - first].split()) for a, b in bounds))
+            self._unread = len(self.edges) - 1
+        return self._steps
 
-    def _add(self, step: str) -> None:
-        if step.strip():
-            self.steps.append(" ".join(step.split()))
+    def all(self, text: _Text) -> list[str]:
+        """The steps and the one after the last cut."""
+        last = " ".join(text.slice(self.edges[-1], text.length).split())
+        return [step for step in (*self.complete(text), last) if step]
 
 
 class StepTracker:
-    """`numbered_steps(analysis)[:-1]` — the steps known to be complete — of an analysis that grows, in time
-    linear in its length: each piece is read once, with the run of marker characters it may continue."""
+    """The numbered steps of an analysis that grows, in time linear in its length: each piece is read once,
+    with the run of marker characters it may continue."""
 
     def __init__(self) -> None:
         self._pieces: list[str] = []
         self._head: list[str] | None = []  # the start, while the "Steps:" header may still grow
         self._text = _Text()  # the analysis without the header, as `numbered_steps` splits it
         self._run_start = 0  # where the text's trailing run of marker characters begins
-        self._sequences = (_Sequence(_LINE_MARKER_RE), _Sequence(_INLINE_MARKER_RE))
+        self._sequences = (_Sequence(_LINE_MARKER_RE), _Sequence(_INLINE_MARKER_RE))  # line markers win
 
     @property
     def analysis(self) -> str:
@@ -627,11 +618,13 @@ class StepTracker:
 
     @property
     def complete(self) -> list[str]:
-        """The steps before the one being written (line markers win over inline ones: `numbered_steps`)."""
-        for sequence in self._sequences:
-            if len(sequence.cuts) >= 2:
-                return sequence.steps
-        return []
+        """The steps before the one being written: `steps[:-1]`."""
+        return next((sequence.complete(self._text) for sequence in self._sequences if sequence.numbered), [])
+
+    @property
+    def steps(self) -> list[str]:
+        """All the steps (`numbered_steps`): those complete, and the one being written."""
+        return next((sequence.all(self._text) for sequence in self._sequences if sequence.numbered), [])
 
     def extend(self, text: str) -> None:
         if not text:
@@ -654,3 +647,5 @@ class StepTracker:
             self._run_start = start + len(text) - outside.start()
         for sequence in self._sequences:
             sequence.scan(self._text, max(run_start, sequence.scanned))
+            if sequence.numbered:  # it splits the analysis for good: no later sequence counts
+                break
