@@ -4,7 +4,8 @@ Design, in short:
 
 * **dense** — the question's embedding · the paper's own chunk vectors (`store.get_vectors`): exact cosine
   over a few hundred rows, no whole-index scan, so a paper's ranking never depends on the rest of the library.
-* **lexical** — BM25 (`bm25s`) over the paper's chunks, tokenized by `pmcqa.core.text.tokenize`. An index
+* **lexical** — BM25 (`bm25s`) over the paper's chunks, each read with the heading right above it first
+  (`lexical_text`), tokenized by `pmcqa.core.text.tokenize`. An index
   is built per paper on first use and kept in a small LRU keyed by ``(paper_id, hash of the chunk set)``, so
   a re-ingested paper never reuses a stale one.
 * **structure** — questions that name a cited work ("according to Wu et al.", "Wu and Chen (2019)", "in
@@ -42,6 +43,7 @@ from typing import Any, Literal, Protocol
 
 import cachetools
 import numpy as np
+import Stemmer
 
 from pmcqa.core.text import tokenize
 from pmcqa.index.models import Chunk, PaperRecord, Passage, ReferenceInfo
@@ -104,10 +106,51 @@ class LexicalIndex:
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
 
 
+def lexical_text(chunk: Chunk) -> str:
+    """What BM25 reads of a chunk: the heading right above it, then its text. "Do the authors declare
+    competing interests?" shares no word with "University College London holds patents ...", only with its
+    heading "Competing interests". The innermost heading alone: the outer ones ("Author notes", which
+    pmcqa files competing interests and contributions under) would pull those chunks up for every question
+    that says "the authors" (bench/bench_section_questions.py; README "Retrieval"). A chunk without a section
+    (flat text, COVID-QA) reads as its text alone."""
+    if not chunk.section_path:
+        return chunk.text
+    return f"{chunk.section_path[-1]}\n{chunk.text}"
+
+
+# How a question names the paper itself ("What did the authors find?", "this study"): not a subject it asks
+# about. Boilerplate back matter says them too ("The authors declare no competing interests").
+_REFERENT_WORDS = "author authors paper study studies work article manuscript research"
+_stemmers = threading.local()  # a PyStemmer Stemmer is not safe to share between threads
+
+
+def _stems(text: str) -> set[str]:
+    """Snowball stems of a text's tokens, so "funded" meets "Funding" and "contribute" "contributions"."""
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:
+        stemmer = _stemmers.english = Stemmer.Stemmer("english")
+    return set(stemmer.stemWords(tokenize(text)))
+
+
+def asks_about(question: str, back_matter: Sequence[Chunk]) -> list[bool]:
+    """For each back-matter chunk (acknowledgements, funding, author notes), whether the question shares a
+    word with its heading or text beyond the words naming the paper itself: "Who funded this work?" asks about
+    "Funding", "What did the authors find?" asks about none of them."""
+    subject = _stems(question) - _stems(_REFERENT_WORDS)
+    return [
+        bool(subject & _stems(f"{' '.join(chunk.section_path[-1:])} {chunk.text}")) for chunk in back_matter
+    ]
+
+
+def _chunk_text(chunk: Chunk) -> str:
+    return chunk.text
+
+
 def chunk_set_hash(chunks: Sequence[Chunk]) -> str:
     digest = hashlib.sha1()
     for chunk in chunks:
         digest.update(f"{chunk.chunk_id}\x00{chunk.start}\x00{chunk.end}\x00".encode())
+        digest.update("\x00".join(chunk.section_path).encode())  # BM25 reads a heading too
         digest.update(chunk.text.encode())
     return digest.hexdigest()
 
@@ -314,6 +357,8 @@ class Retriever:
         neighbour_offsets: tuple[int, ...] = (1, -1),
         lexical_cache_size: int = 32,
         token_counter: Callable[[str], int] = approx_tokens,
+        lexical_heading: bool = True,
+        back_matter_last: bool = True,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -328,6 +373,8 @@ class Retriever:
         )
         self.neighbour_offsets = neighbour_offsets
         self.count_tokens = token_counter
+        self._lexical_text: Callable[[Chunk], str] = lexical_text if lexical_heading else _chunk_text
+        self.back_matter_last = back_matter_last
         # Shared by the request threads: cachetools caches are not thread-safe, so one lock guards it.
         self._lexical: cachetools.LRUCache[tuple[str, str], LexicalIndex] = cachetools.LRUCache(
             lexical_cache_size
@@ -443,7 +490,7 @@ class Retriever:
         if index is None:
             # Built outside the lock: other papers' requests do not wait for it. Two threads missing the same
             # key at once both build it; the second insert just replaces an equal index.
-            index = LexicalIndex([c.text for c in chunks])
+            index = LexicalIndex([self._lexical_text(c) for c in chunks])
             with self._lexical_lock:
                 self._lexical[key] = index
         return index
@@ -463,7 +510,26 @@ class Retriever:
             fused[index] += self.structure_weight / (self.rrf_k + 1)
         # Ties (rare with two lists) fall back to the dense score, then document order.
         order = sorted(range(len(chunks)), key=lambda i: (-fused[i], -float(dense[i]), i))
+        if self.back_matter_last:
+            order = self._back_matter_last(question, chunks, order)
         return Ranking(chunks, order, fused, dense=dense, lexical=lexical, structural=structural)
+
+    @staticmethod
+    def _back_matter_last(question: str, chunks: list[Chunk], order: list[int]) -> list[int]:
+        """`order` with the back matter the question does not ask about moved after everything else. Short
+        boilerplate ("The authors declare that no competing interests exist.", "These authors contributed
+        equally to this work") outranked the findings for 77% of generic questions ("What did the authors
+        find?") and became the extractive answer; asked about ("Who funded this work?") it keeps its place
+        (bench/bench_section_questions.py)."""
+        back = [i for i in order if chunks[i].kind == "back"]
+        if not back:
+            return order
+        unasked = {
+            i
+            for i, asked in zip(back, asks_about(question, [chunks[i] for i in back]), strict=True)
+            if not asked
+        }
+        return [i for i in order if i not in unasked] + [i for i in order if i in unasked]
 
     def _structural_matches(self, paper_id: str, question: str, chunks: Sequence[Chunk]) -> set[int]:
         matches: set[int] = set()

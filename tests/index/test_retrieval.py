@@ -30,8 +30,10 @@ from pmcqa.index.retrieval import (
     LabelKey,
     Retriever,
     approx_tokens,
+    asks_about,
     author_mentions,
     label_keys,
+    lexical_text,
     matching_references,
     reciprocal_rank_fusion,
 )
@@ -227,6 +229,78 @@ def test_lexical_index_is_cached_per_paper_and_chunk_set(embedder: object) -> No
     second = retriever._lexical_index("PMC1", store.get_chunks("PMC1"))
     assert second is not first
     assert len(retriever._lexical) == 1
+
+
+def test_bm25_reads_each_chunks_section_headings_before_its_text() -> None:
+    # The statement shares no word with the question; its heading does.
+    notes = [
+        (["Author notes", "Competing interests"], "back", "University College London holds patents."),
+        (["Funding"], "back", "Supported by grant 12 of the Wellcome Trust."),
+    ]
+    embedder = _ZeroEmbedder()
+    store = MemoryStore(embedder)
+    store.put_paper(*build_paper("PMC1", VIRUS_PAPER + notes))
+    question = "Do the authors declare any competing interests?"
+    read_with_headings = Retriever(store, embedder, Settings()).rank("PMC1", question, "lexical")
+    text_retriever = Retriever(store, embedder, Settings(), lexical_heading=False)
+    text_alone = text_retriever.rank("PMC1", question, "lexical")
+    assert read_with_headings is not None and text_alone is not None
+    patents = len(VIRUS_PAPER)
+    assert read_with_headings.order[0] == patents and read_with_headings.scores[patents] > 0
+    assert text_alone.scores[patents] == 0
+    # Flat text (COVID-QA) has no headings: BM25 reads it as before.
+    (flat,) = build_paper("PMC2", [([], "paragraph", "Plain text.")])[1]
+    assert lexical_text(flat) == "Plain text."
+
+
+BOILERPLATE = [
+    (["Author notes", "Competing interests"], "back", "The authors declare no competing interests."),
+    (["Author notes", "Author contributions"], "back", "These authors contributed equally to this work."),
+    (["Funding"], "back", "This work was funded by grant 12 of the Wellcome Trust."),
+]
+
+
+@pytest.mark.parametrize(
+    ("question", "first"),
+    [
+        ("What did the authors find in this study?", None),  # names only the paper: no back matter first
+        ("Do the authors declare any competing interests?", "Competing interests"),
+        ("Who funded this work?", "Funding"),  # "funded" and "Funding" share their stem
+        ("What did each author contribute?", "Author contributions"),
+    ],
+)
+def test_back_matter_the_question_does_not_ask_about_ranks_last(
+    embedder: object, question: str, first: str | None
+) -> None:
+    store = MemoryStore(embedder)
+    store.put_paper(*build_paper("PMC1", VIRUS_PAPER + BOILERPLATE))
+    ranking = make_retriever(store, embedder).rank("PMC1", question)
+    assert ranking is not None
+    ranked = [ranking.chunks[i] for i in ranking.order]
+    if first is None:  # every back-matter chunk after every chunk of the paper's own text
+        assert [c.kind for c in ranked[-len(BOILERPLATE) :]] == ["back"] * len(BOILERPLATE)
+    else:
+        assert ranked[0].section_path[-1] == first
+        assert all(c.kind != "back" for c in ranked[1 : -len(BOILERPLATE) + 1])  # the others last
+    unordered = make_retriever(store, embedder, back_matter_last=False).rank("PMC1", question)
+    assert unordered is not None and sorted(unordered.order) == sorted(ranking.order)
+
+
+def test_asks_about_ignores_the_words_that_name_the_paper() -> None:
+    chunks = build_paper("PMC1", BOILERPLATE)[1]
+    assert asks_about("What did the authors conclude in this paper?", chunks) == [False, False, False]
+    assert asks_about("Are there conflicts of interest?", chunks) == [True, False, False]
+    assert asks_about("Who designed the study?", chunks) == [False, False, False]
+
+
+def test_a_changed_section_path_is_a_new_lexical_index() -> None:
+    embedder = _ZeroEmbedder()
+    store = MemoryStore(embedder)
+    store.put_paper(*build_paper("PMC1", VIRUS_PAPER))
+    retriever = Retriever(store, embedder, Settings())
+    first = retriever._lexical_index("PMC1", store.get_chunks("PMC1"))
+    store.put_paper(*build_paper("PMC1", [(["Discussion"], *item[1:]) for item in VIRUS_PAPER]))
+    assert retriever._lexical_index("PMC1", store.get_chunks("PMC1")) is not first
 
 
 class _ZeroEmbedder:

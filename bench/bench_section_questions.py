@@ -1,0 +1,194 @@
+"""Questions a researcher asks about a paper's own sections (funding, competing interests, author
+contributions, ...): does retrieval find the section, and does back matter stay out of questions about the
+findings? BM25 over chunk text alone, BM25 that reads the heading right above each chunk too
+(`retrieval.lexical_text`), and back matter the question does not ask about ranked last
+(`Retriever._back_matter_last`), side by side in one run.
+
+    .venv/bin/python bench/bench_section_questions.py [FOLDER] [--store-dir DIR]  # ../shared/data/jats
+
+Every JATS file of FOLDER is parsed and chunked with the production chunker into a temporary store (or
+`--store-dir`, kept for reruns). For each paper and each kind below whose heading the paper has, each of the
+kind's questions is asked of that paper; a question scores a hit@k when a chunk under a matching heading is
+among the top k passages. The questions are written as researchers ask them, some sharing a word with the
+usual heading ("competing interests"), some none ("Who designed the study?" of "Author contributions").
+Gold is structural (a chunk under the heading), so an answer stated elsewhere too (funding in the
+acknowledgements) counts as a miss: the figures compare the two settings, they do not grade answers.
+
+COVID-QA's papers have only "Title", "Metadata", "Abstract" and "Body" for headings and no back matter; its
+`pmcqa eval` figures with and without the heading are in the README ("Retrieval").
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pmcqa.app.corpus_report import corpus_files
+from pmcqa.app.evaluation import reserved_pmcid
+from pmcqa.core.ids import own_paper_id
+from pmcqa.core.settings import Settings
+from pmcqa.index.embedding import Embedder
+from pmcqa.index.library import open_library
+from pmcqa.index.models import Chunk
+from pmcqa.index.retrieval import Mode, Retriever
+from pmcqa.ingest.chunking import Chunker
+from pmcqa.ingest.jats import parse_jats
+
+DEFAULT_FOLDER = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "jats"
+TOP_K = (1, 3, 8)
+
+# kind: (heading pattern, questions as researchers ask them)
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "funding": (
+        r"\bfunding\b|financial (support|disclosure)",
+        ("Who funded this work?", "What was the source of funding for this study?"),
+    ),
+    "competing interests": (
+        r"competing interest|conflicts? of interest|declaration of interest",
+        ("Do the authors declare any competing interests?", "Are there any conflicts of interest?"),
+    ),
+    "author contributions": (
+        r"author.{0,3} contributions?",
+        ("What did each author contribute?", "Who designed the study?"),
+    ),
+    "acknowledgements": (
+        r"acknowledge?ments?",
+        ("Whom do the authors acknowledge?", "Who do the authors thank?"),
+    ),
+    "data availability": (
+        r"data (availability|access)|availability of data",
+        ("Where are the data available?", "Are the data publicly available?"),
+    ),
+    "statistical analysis": (
+        r"statistical analys[ie]s|statistics",
+        ("How was the statistical analysis done?", "Which statistical tests were used?"),
+    ),
+    "limitations": (
+        r"\blimitations?\b",
+        ("What are the limitations of this study?",),
+    ),
+}
+
+
+# Questions about the paper's findings, which back matter (acknowledgements, funding, author notes: chunks of
+# kind "back") never answers: how often such a chunk reaches their top 3 is the cost of reading headings.
+FINDINGS_QUESTIONS = (
+    "What did the authors find?",
+    "What do the authors conclude?",
+    "What is the main finding of this study?",
+    "What methods did the authors use?",
+    "What is the aim of this paper?",
+)
+
+
+def build(folder: Path, settings: Settings, embedder: Embedder) -> dict[str, list[Chunk]]:
+    """Parse, chunk and store every file (skipping papers the store already holds); paper id -> chunks."""
+    parts = open_library(settings, writable=True, embedder=embedder)
+    store, chunker = parts.store, Chunker(settings)
+    items = []
+    for position, path in enumerate(corpus_files(folder)):
+        try:
+            papers = parse_jats(path.read_bytes())
+        except Exception as exc:  # a file the parser refuses is reported, the rest go on
+            print(f"skipped {path.name}: {exc}", file=sys.stderr)
+            continue
+        for paper in papers[:1]:  # the article itself (sub-articles are in its blocks)
+            paper_id = own_paper_id(paper.pmcid, paper.doi) or reserved_pmcid(path.stem, position)
+            if store.get_paper(paper_id) is None:
+                record, chunks = chunker.chunk(paper, paper_id, "bench")
+                items.append((record, chunks, None))
+    if items:
+        chunks = sum(len(c) for _, c, _ in items)
+        print(f"embedding {chunks} chunks of {len(items)} papers ...", file=sys.stderr)
+        store.put_papers(items, embedder)
+    return {paper_id: store.get_chunks(paper_id) for paper_id in store.paper_ids()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER)
+    parser.add_argument("--store-dir", type=Path, default=None)
+    args = parser.parse_args()
+    if not args.folder.is_dir():
+        print(f"no JATS folder at {args.folder}", file=sys.stderr)
+        return 2
+
+    data_dir = args.store_dir or Path(tempfile.mkdtemp(prefix="pmcqa-bench-sections-"))
+    settings = Settings(data_dir=data_dir)
+    embedder = Embedder(settings)
+    papers = build(args.folder, settings, embedder)
+    store = open_library(settings, writable=True, embedder=embedder).store
+
+    def retriever(heading: bool, back_matter_last: bool) -> Retriever:
+        return Retriever(
+            store, embedder, settings, lexical_heading=heading, back_matter_last=back_matter_last
+        )
+
+    # (mode, what BM25 reads, retriever); back matter goes last in the hybrid ranking only
+    runs: list[tuple[Mode, str, Retriever]] = [
+        ("lexical", "text", retriever(False, False)),
+        ("lexical", "heading + text", retriever(True, False)),
+        ("hybrid", "text", retriever(False, False)),
+        ("hybrid", "heading + text", retriever(True, False)),
+        ("hybrid", "heading + text, back matter last", retriever(True, True)),
+    ]
+
+    # (kind, mode, setting) -> [questions, hits at each k]
+    results: dict[tuple[str, str, str], list[int]] = {}
+    for kind, (pattern, questions) in KINDS.items():
+        heading = re.compile(pattern, re.IGNORECASE)
+        for paper_id, chunks in papers.items():
+            gold = {c.chunk_id for c in chunks if any(heading.search(part) for part in c.section_path)}
+            if not gold:
+                continue
+            for question in questions:
+                for mode, setting, run in runs:
+                    ranking = run.rank(paper_id, question, mode)
+                    assert ranking is not None
+                    ranked = [p.chunk.chunk_id for p in ranking.passages(max(TOP_K))]
+                    row = results.setdefault((kind, mode, setting), [0] * (1 + len(TOP_K)))
+                    row[0] += 1
+                    for i, k in enumerate(TOP_K, start=1):
+                        row[i] += bool(gold.intersection(ranked[:k]))
+
+    # (mode, setting) -> [questions, those with back matter in their top 3]
+    intrusions: dict[tuple[str, str], list[int]] = {}
+    for paper_id in papers:
+        for question in FINDINGS_QUESTIONS:
+            for mode, setting, run in runs:
+                ranking = run.rank(paper_id, question, mode)
+                assert ranking is not None
+                row = intrusions.setdefault((mode, setting), [0, 0])
+                row[0] += 1
+                row[1] += any(p.chunk.kind == "back" for p in ranking.passages(3))
+
+    table = Table(title=f"Section questions: {len(papers)} papers of {args.folder}")
+    for column in ("kind", "mode", "BM25 reads", "questions", *(f"hit@{k}" for k in TOP_K)):
+        table.add_column(column, justify="left" if column in ("kind", "mode", "BM25 reads") else "right")
+    totals: dict[tuple[str, str], list[int]] = {}
+    for (kind, mode, setting), row in results.items():
+        table.add_row(kind, mode, setting, str(row[0]), *(f"{hits / row[0]:.3f}" for hits in row[1:]))
+        total = totals.setdefault((mode, setting), [0] * len(row))
+        for i, value in enumerate(row):
+            total[i] += value
+    for (mode, setting), row in totals.items():
+        table.add_row("all", mode, setting, str(row[0]), *(f"{hits / row[0]:.3f}" for hits in row[1:]))
+    Console(width=140).print(table)
+    control = Table(title="Findings questions with back matter in their top 3 (lower is better)")
+    for column in ("mode", "BM25 reads", "questions", "back matter in top 3"):
+        control.add_column(column, justify="left" if column in ("mode", "BM25 reads") else "right")
+    for (mode, setting), (asked, intruded) in intrusions.items():
+        control.add_row(mode, setting, str(asked), f"{intruded / asked:.3f}")
+    Console(width=140).print(control)
+    store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
