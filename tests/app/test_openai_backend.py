@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from fakes.openai_server import FakeOpenAIServer, ScriptedReply
-from fakes.serving import free_port
+from fakes.serving import free_port, wait_until
 from fakes.tiny_gpt_oss import sample_paper
 
 from pmcqa.app.answering import prompts
@@ -171,6 +172,52 @@ def test_a_hung_server_fails_at_the_one_deadline(server: FakeOpenAIServer, strea
             backend.generate(QUESTION, passages, paper)
     assert 0.9 < time.monotonic() - started < 1.6
     assert len(server.requests_to("/v1/chat/completions")) == 1
+
+
+STALLED_S = 30.0  # a server stuck mid-reply for longer than any test waits
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("heartbeat_s", [None, 0.2], ids=["silent", "kept-alive"])
+def test_a_reply_stalled_at_the_deadline_is_cut_there(
+    server: FakeOpenAIServer, streamed: bool, heartbeat_s: float | None
+) -> None:
+    # The client's timeout is per read, not per reply: a reply that stalled mid-way held the generation
+    # thread and its connection up to twice the deadline, and one kept alive meanwhile (an SSE comment, or a
+    # space before the JSON, every 0.2 s) until the server spoke again (a late completion was even answered).
+    paper, passages = sample_paper()
+    stalled = ScriptedReply(
+        content=ANSWER, reasoning=REASONING, stall_after=3, stall_s=STALLED_S, heartbeat_s=heartbeat_s
+    )
+    server.script(stalled, stalled)
+    backend = backend_for(server, generation_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(GenerationTimeout, match="exceeded 1 s"):
+        if streamed:
+            list(backend.stream(QUESTION, passages, paper))
+        else:
+            backend.generate(QUESTION, passages, paper)
+    # Let go at the deadline, not when the server spoke again: the server saw the connection closed while
+    # it was still stuck (the bound is loose; only a call held for the stall would miss it).
+    assert time.monotonic() - started < STALLED_S / 3
+    wait_until(lambda: server.disconnects == 1, 5, "the server to see the connection closed")
+    assert server.completed_streams == 0
+    assert len(server.requests_to("/v1/chat/completions")) == 1
+
+
+def test_a_reply_in_time_leaves_no_cut_behind(server: FakeOpenAIServer) -> None:
+    # The cut waits for the deadline in a thread of its own; a reply over before it must not leave one
+    # waiting (a minute here) for every answer.
+    paper, passages = sample_paper()
+    server.script(*[ScriptedReply(content=ANSWER, reasoning=REASONING)] * 2)
+    backend = backend_for(server, generation_timeout_s=60.0)
+    assert_expected_draft(backend.generate(QUESTION, passages, paper), passages)
+    assert list(backend.stream(QUESTION, passages, paper))[-1].event == "done"
+
+    def cuts() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name == "pmcqa-reply-cut"]
+
+    wait_until(lambda: not cuts(), 10, "the cuts of replies over in time to end")
 
 
 def test_an_early_connection_failure_is_retried(server: FakeOpenAIServer) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 from fakes.openai_server import FakeOpenAIServer, ScriptedReply
-from fakes.serving import free_port, serve_app
+from fakes.serving import free_port, serve_app, wait_until
 from fakes.tiny_gpt_oss import save_checkpoint
 
 from pmcqa.app.answering import harmony
@@ -40,14 +40,6 @@ def messages_of(response: httpx.Response) -> Iterator[dict]:
     for line in response.iter_lines():
         if line.startswith("data:"):
             yield json.loads(line[5:])
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -1,14 +1,15 @@
 """A local OpenAI-compatible server (the shape vLLM / llama.cpp / Ollama serve) for end-to-end backend tests.
 
 Serves `GET /v1/models` and `POST /v1/chat/completions` (JSON, or SSE when `stream: true`) on 127.0.0.1 in a
-background thread. Replies are scripted (`ScriptedReply`: late or hung, failing, dropped, cut short), and
-every request (path, headers, body; GETs too) is recorded so tests can assert what the real `openai` client
-sent over HTTP. A stream whose client hangs up before the end is counted in `disconnects`.
+background thread. Replies are scripted (`ScriptedReply`: late or hung, failing, dropped, cut short, stalled
+mid-reply), and every request (path, headers, body; GETs too) is recorded so tests can assert what the real
+`openai` client sent over HTTP. A reply whose client hangs up before the end is counted in `disconnects`.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import threading
 import time
 from collections import deque
@@ -30,6 +31,12 @@ class ScriptedReply:
     raw: str | None = None  # sent verbatim as the body (with `status`): a reply that is not a completion
     cut_short: bool = False  # a stream that ends mid-answer (no finish_reason, no [DONE])
     drop: bool = False  # close the connection without answering (a server restarting)
+    # Stuck mid-reply for `stall_s`, the connection open: a stream after this many chunks, a completion after
+    # its headers. Silent, or with a keep-alive every `heartbeat_s` (an SSE comment; a space before the JSON),
+    # so that no read waits long. A client that hangs up meanwhile is seen at once.
+    stall_after: int | None = None
+    stall_s: float = 30.0
+    heartbeat_s: float | None = None
 
 
 @dataclass
@@ -112,6 +119,8 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._json(reply.status, {"error": {"message": "scripted failure", "type": "server_error"}})
             elif body.get("stream"):
                 self._stream(body, reply)
+            elif reply.stall_after is not None:
+                self._stalled_completion(body, reply)
             else:
                 self._json(200, _completion(body, reply))
 
@@ -136,7 +145,9 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
             try:
                 chunks = _chunks(body, reply)
-                for chunk in chunks[: len(chunks) // 2] if reply.cut_short else chunks:
+                for number, chunk in enumerate(chunks[: len(chunks) // 2] if reply.cut_short else chunks):
+                    if number == reply.stall_after and self._stall(reply, b": keep-alive\n\n"):
+                        return
                     time.sleep(reply.chunk_delay_s)
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
@@ -148,6 +159,39 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 fake.disconnects += 1
                 return
             fake.completed_streams += 1
+
+        def _stalled_completion(self, body: dict[str, Any], reply: ScriptedReply) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Connection", "close")  # no length: the heartbeats' is not known yet
+            self.end_headers()
+            self.close_connection = True
+            try:
+                self.wfile.flush()
+                if not self._stall(reply, b" "):
+                    self.wfile.write(json.dumps(_completion(body, reply)).encode())
+            except (BrokenPipeError, ConnectionResetError):  # the client closed the connection
+                fake.disconnects += 1
+
+        def _stall(self, reply: ScriptedReply, heartbeat: bytes) -> bool:
+            """Stuck for `reply.stall_s` (sending `heartbeat` every `reply.heartbeat_s`), or until the client
+            hangs up (counted: True). The client sends nothing while it waits for the reply, so the socket
+            turns readable only when it is closed."""
+            end = time.monotonic() + reply.stall_s
+            while (left := end - time.monotonic()) > 0:
+                wait = min(left, reply.heartbeat_s or left)
+                if select.select([self.connection], [], [], wait)[0]:
+                    try:
+                        closed = self.connection.recv(1024) == b""
+                    except ConnectionResetError:
+                        closed = True
+                    if closed:
+                        fake.disconnects += 1
+                        return True
+                elif reply.heartbeat_s is not None:
+                    self.wfile.write(heartbeat)
+                    self.wfile.flush()
+            return False
 
     return Handler
 

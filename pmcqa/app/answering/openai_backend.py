@@ -14,16 +14,22 @@ of the request being served goes to the server as `X-Request-ID`.
 One deadline per answer (`generation_timeout_s`): each try of a chat call gets only the time left, and the
 one retry (a refused or dropped connection, a 408/409/429/5xx, as the `openai` client retries) happens only
 when the first try failed early enough that half the deadline is left. A hung server is a `GenerationTimeout`
-at the deadline, never after a second full timeout.
+at the deadline, never after a second full timeout. The client's timeout is per read, not per reply, so a
+reply still being read at the deadline has its connection cut there (`ReplyCut`): a server that stalls
+mid-reply, or keeps the connection alive meanwhile, does not hold the thread and the connection past it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from types import TracebackType
 from typing import Any, TypeVar
 
 import openai
@@ -32,7 +38,7 @@ from openai import OpenAI
 from pmcqa.app.answering import harmony
 from pmcqa.app.answering.base import AnswerDelta, BackendEvent, Draft, StepEvent
 from pmcqa.app.answering.postprocess import StreamAssembler, build_draft
-from pmcqa.app.errors import BackendNotReady, GenerationTimeout, ModelServerError
+from pmcqa.app.errors import BackendNotReady, GenerationTimeout, ModelServerError, ServiceError
 from pmcqa.core.logs import BACKEND_STATUS_LOGGER, REQUEST_ID_HEADER, request_id
 from pmcqa.core.settings import Settings
 from pmcqa.index.models import PaperRecord, Passage
@@ -134,6 +140,62 @@ class ReplyStream:
         yield from self.assembler.grow(gained, progress.final, final_begun=progress.final_begun)
 
 
+class ReplyCut:
+    """Shuts down, at `deadline`, the connection of the reply being read (`watch`), unless the reply is over
+    first (`cancel`, leaving the `with` block). The client's timeout is per read: a reply that stalls after
+    some chunks held its thread up to twice the deadline, and one kept alive meanwhile (SSE comments, a
+    trickled body) for as long as the server liked. Shutting the socket down wakes the read blocked on it
+    at once (closing it from another thread does not), so the call fails there; `fired` then says why.
+
+    Only HTTP/1.1 replies (the `network_stream` extension) are cut: their connection carries this reply
+    alone. Others (a transport without sockets) keep the per-read bound."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = threading.Event()
+        self._timer: threading.Timer | None = None
+
+    def watch(self, response: Any) -> None:
+        """Cut `response`'s connection at the deadline (an httpx response: headers read, body not yet)."""
+        network = getattr(response, "extensions", {}).get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        self.cancel()  # a retry's reply replaces the first try's
+        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._cut, (sock,))
+        self._timer.name, self._timer.daemon = "pmcqa-reply-cut", True
+        self._timer.start()
+
+    def _cut(self, sock: socket.socket) -> None:
+        self.fired.set()
+        with contextlib.suppress(OSError):  # closed already: the reply ended as the deadline came
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def __enter__(self) -> ReplyCut:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.cancel()
+
+
+# The cut of the chat call the current thread is making (the HTTP client's response hook finds it here).
+_reply_cut: ContextVar[ReplyCut | None] = ContextVar("pmcqa_openai_reply_cut", default=None)
+
+
+def watch_reply(response: Any) -> None:
+    """httpx response hook: the reply of a chat call under a deadline is cut there. Runs in the calling
+    thread once the headers are in, before the body is read (streamed or not)."""
+    cut = _reply_cut.get()
+    if cut is not None:
+        cut.watch(response)
+
+
 READY_CHECK_TIMEOUT_S = 5.0
 # A retry is worth it only after an early failure: at least this share of the deadline must be left.
 RETRY_MIN_SHARE = 0.5
@@ -157,6 +219,8 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, settings: Settings, *, client: OpenAI | None = None) -> None:
+        """`client`, if given, is used as it is: replies are cut at the deadline only if its HTTP client
+        has `watch_reply` among its response hooks."""
         self.settings = settings
         self.model = settings.openai_model
         self.base_url = settings.openai_base_url
@@ -167,6 +231,7 @@ class OpenAIBackend:
                 base_url=settings.openai_base_url,
                 api_key=settings.openai_api_key.get_secret_value(),
                 timeout=settings.generation_timeout_s,
+                http_client=openai.DefaultHttpxClient(event_hooks={"response": [watch_reply]}),
             )
         ).with_options(max_retries=0)
         self._checked: tuple[float, str | None] | None = None  # (monotonic time, problem or None)
@@ -224,8 +289,16 @@ class OpenAIBackend:
             "extra_body": {"chat_template_kwargs": {"reasoning_effort": effort}},
         }
 
-    def _within_deadline(self, deadline: float, call: Callable[[float], Reply]) -> Reply:
-        """`call(timeout)` with the time left before `deadline`; again after an early retryable failure."""
+    def _within_deadline(self, cut: ReplyCut, call: Callable[[float], Reply]) -> Reply:
+        """`call(timeout)` with the time left before `cut.deadline`, its reply cut there; again after an
+        early retryable failure."""
+        token = _reply_cut.set(cut)  # for `watch_reply`, during this call only
+        try:
+            return self._tries(cut.deadline, call)
+        finally:
+            _reply_cut.reset(token)
+
+    def _tries(self, deadline: float, call: Callable[[float], Reply]) -> Reply:
         timeout_s = self.settings.generation_timeout_s
         try:
             return call(deadline - time.monotonic())
@@ -237,21 +310,28 @@ class OpenAIBackend:
         time.sleep(min(RETRY_PAUSE_S, left / 4))
         return call(deadline - time.monotonic())
 
+    def _failure(self, error: Exception, cut: ReplyCut) -> ServiceError:
+        """What a failed chat call is for the service. Once the reply was cut at the deadline, whatever the
+        cut left behind (a connection error, a body cut short) is the timeout."""
+        if cut.fired.is_set() or isinstance(error, openai.APITimeoutError):
+            return GenerationTimeout(self._timeout_message())
+        if isinstance(error, openai.APIConnectionError):
+            return self._unreachable(error)
+        if isinstance(error, openai.APIStatusError):
+            return self._failed(error)
+        return self._unreadable(error)  # a body that is not a chat completion's JSON
+
     def generate(self, question: str, passages: list[Passage], paper: PaperRecord) -> Draft:
-        deadline = time.monotonic() + self.settings.generation_timeout_s
         params = self._params(question, passages, paper)
-        try:
-            response = self._within_deadline(
-                deadline, lambda left: self._client.chat.completions.create(**params, timeout=left)
-            )
-        except openai.APITimeoutError as error:
-            raise GenerationTimeout(self._timeout_message()) from error
-        except openai.APIConnectionError as error:
-            raise self._unreachable(error) from error
-        except openai.APIStatusError as error:
-            raise self._failed(error) from error
-        except (openai.OpenAIError, ValueError) as error:  # a body that is not a chat completion's JSON
-            raise self._unreadable(error) from error
+        with ReplyCut(time.monotonic() + self.settings.generation_timeout_s) as cut:
+            try:
+                response = self._within_deadline(
+                    cut, lambda left: self._client.chat.completions.create(**params, timeout=left)
+                )
+            except (openai.OpenAIError, ValueError) as error:
+                raise self._failure(error, cut) from error
+        if cut.fired.is_set():  # a body read until the connection closed ends where the cut closed it
+            raise GenerationTimeout(self._timeout_message())
         try:
             choice = response.choices[0]
             message_text, reasoning = choice.message.content, reasoning_of(choice.message)
@@ -282,42 +362,38 @@ class OpenAIBackend:
         """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come.
 
         `cancelled` is checked on every chunk: set, the HTTP stream is closed, which stops the server's
-        generation (vLLM aborts a request whose connection closes)."""
+        generation (vLLM aborts a request whose connection closes). At the deadline the stream's connection is
+        cut (`ReplyCut`), so a stalled stream ends there too."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
         reply, finish = ReplyStream(), None
-        try:
-            params = self._params(question, passages, paper)
-            # A read waits at most the time that was left when the stream opened; the deadline is checked on
-            # every chunk.
-            chunks = self._within_deadline(
-                deadline,
-                lambda left: self._client.chat.completions.create(**params, stream=True, timeout=left),
-            )
-            with chunks:
-                for chunk in chunks:
-                    if cancelled is not None and cancelled.is_set():
-                        return  # leaving the `with` closes the connection
-                    if time.monotonic() > deadline:  # the client's timeout is per read, not per answer
-                        raise GenerationTimeout(self._timeout_message())
-                    try:
-                        if not chunk.choices:
-                            continue
-                        choice = chunk.choices[0]
-                        reasoning, content = reasoning_of(choice.delta), choice.delta.content or ""
-                        if not isinstance(content, str):
-                            raise TypeError(f"content is {type(content).__name__}")
-                    except (AttributeError, TypeError) as error:  # a chunk that is not a completion delta
-                        raise self._unreadable(error) from error
-                    finish = choice.finish_reason or finish
-                    yield from reply.add(reasoning, content)
-        except openai.APITimeoutError as error:
-            raise GenerationTimeout(self._timeout_message()) from error
-        except openai.APIConnectionError as error:
-            raise self._unreachable(error) from error
-        except openai.APIStatusError as error:
-            raise self._failed(error) from error
-        except (openai.OpenAIError, ValueError) as error:
-            raise self._unreadable(error) from error
+        with ReplyCut(deadline) as cut:
+            try:
+                params = self._params(question, passages, paper)
+                chunks = self._within_deadline(
+                    cut,
+                    lambda left: self._client.chat.completions.create(**params, stream=True, timeout=left),
+                )
+                with chunks:
+                    for chunk in chunks:
+                        if cancelled is not None and cancelled.is_set():
+                            return  # leaving the `with` closes the connection
+                        if time.monotonic() > deadline:  # chunks still coming: the cut is for a silent server
+                            raise GenerationTimeout(self._timeout_message())
+                        try:
+                            if not chunk.choices:
+                                continue
+                            choice = chunk.choices[0]
+                            reasoning, content = reasoning_of(choice.delta), choice.delta.content or ""
+                            if not isinstance(content, str):
+                                raise TypeError(f"content is {type(content).__name__}")
+                        except (AttributeError, TypeError) as error:  # a chunk that is not a completion delta
+                            raise self._unreadable(error) from error
+                        finish = choice.finish_reason or finish
+                        yield from reply.add(reasoning, content)
+            except (openai.OpenAIError, ValueError) as error:
+                raise self._failure(error, cut) from error
+        if cut.fired.is_set():  # the end of the stream was where the cut closed it, not the reply's end
+            raise GenerationTimeout(self._timeout_message())
         analysis, final, truncated = split_reply(reply.reasoning, reply.content, finish)
         yield from reply.assembler.update(analysis, final, finished=True)
         yield StreamAssembler.done(build_draft(analysis, final, passages, self.model, truncated=truncated))
