@@ -27,6 +27,7 @@ from pmcqa.app.answering.openai_backend import OpenAIBackend, ReplyStream, split
 from pmcqa.app.answering.postprocess import StreamAssembler
 from pmcqa.app.answering.transformers_backend import TransformersBackend
 from pmcqa.app.main import create_app
+from pmcqa.app.service import GENERATION_THREADS
 from pmcqa.core.logs import BACKEND_STATUS_LOGGER
 from pmcqa.core.settings import Settings
 
@@ -209,20 +210,35 @@ def test_unreachable_openai_server_is_reported_as_such(
 def test_a_hung_model_server_never_starves_the_extractive_answers(
     make_library, fake_server: FakeOpenAIServer
 ) -> None:
-    """Timed-out generations keep their threads until the server answers; they are the openai backend's
-    own: an extractive question asked meanwhile is answered (it went 504 behind four hung calls)."""
-    library = openai_library(make_library, fake_server.base_url, generation_timeout_s=0.5)
-    fake_server.script(*[ScriptedReply(content="Late [1].", delay_s=4.0)] * 8)
+    """Generations the service stopped waiting for keep their threads until they end; those threads are the
+    openai backend's own: an extractive question asked meanwhile is answered (it went 504 behind four hung
+    calls)."""
+    library = openai_library(make_library, fake_server.base_url, generation_timeout_s=3.0)
+    # The service's limit (3 s) is also the extractive answer's: ~10 ms idle, over 0.5 s (the old limit) in
+    # a quarter of tries under heavy CPU load. The openai backend lets go at its own limit, which was the
+    # service's too, so its threads were free again before the extractive question and one pool for all
+    # backends passed as well; with a longer limit of its own it stands for any generation that outlives
+    # the service's wait, and the server answers only when the test lets it, so the threads stay held.
+    long_limit = library.settings.model_copy(update={"generation_timeout_s": 120.0})
+    library.backends["openai"] = OpenAIBackend(long_limit)
+    released = threading.Event()
+    fake_server.script(*[ScriptedReply(content="Late [1].", hold=released)] * GENERATION_THREADS)
     hung = {"paper_id": "PMC2795199", "question": QUESTION, "backend": "openai"}
     with (
         serve_app(create_app(library.settings, library_factory=lambda _s: library)) as url,
         httpx.Client(base_url=url, timeout=60) as http,
     ):
-        with ThreadPoolExecutor(4) as clients:  # at once: each holds a generation thread until its 504
-            statuses = list(clients.map(lambda _: http.post("/ask", json=hung).status_code, range(4)))
-        assert statuses == [504] * 4
-        extractive = http.post("/ask", json={**hung, "backend": "extractive"})
-        assert extractive.status_code == 200, extractive.text
+        try:
+            with ThreadPoolExecutor(GENERATION_THREADS) as clients:  # at once: each holds a generation thread
+                calls = range(GENERATION_THREADS)
+                statuses = list(clients.map(lambda _: http.post("/ask", json=hung).status_code, calls))
+            assert statuses == [504] * GENERATION_THREADS
+            # Premise: the generations still wait for the server, on all the openai backend's threads.
+            assert len(fake_server.requests_to("/v1/chat/completions")) == GENERATION_THREADS
+            extractive = http.post("/ask", json={**hung, "backend": "extractive"})
+            assert extractive.status_code == 200, extractive.text
+        finally:
+            released.set()
 
 
 # --- the streamed parse: read piece by piece, the same as parsing the text so far at every piece -----------

@@ -25,6 +25,7 @@ class ScriptedReply:
     reasoning_field: str = "reasoning"  # vLLM now: "reasoning"; older vLLM / llama.cpp: "reasoning_content"
     finish_reason: str = "stop"
     delay_s: float = 0.0
+    hold: threading.Event | None = None  # answer only once this is set (hung until the test lets it go)
     status: int = 200
     chunk_size: int = 7  # characters per streamed delta
     chunk_delay_s: float = 0.0  # pause before each streamed chunk (a slow model)
@@ -110,6 +111,8 @@ def _handler_for(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return
             reply = fake.replies.popleft() if fake.replies else ScriptedReply(content="(no scripted reply)")
             time.sleep(reply.delay_s)
+            if reply.hold is not None:
+                reply.hold.wait()
             if reply.drop:
                 self.close_connection = True
                 return
