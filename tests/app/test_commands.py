@@ -240,3 +240,5 @@ def test_a_backend_that_fails_to_load_is_one_line_not_a_traceback(
     assert (
         said.count("failed to load") == 1 and "error: answer backend 'transformers' failed to load: " in said
     )
+    # The path, not transformers' "Repo id must be in the form ..." (compared without spaces: rich folds it).
+    assert f"PMCQA_MODEL={env['PMCQA_MODEL']}:nosuchdirectory" in "".join(stderr.split()), stderr

@@ -215,14 +215,23 @@ def checkpoint_keys_of_adapter(adapter_id: str) -> set[str]:
         return set(handle.keys())
 
 
+def _check_local_path(name: str, setting: str) -> None:
+    """A model named by a path (absolute, ./, ../, ~) that is not there is said to be missing; transformers
+    would take it for a malformed Hub id ("Repo id must be in the form 'repo_name' or ...")."""
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise ModelLoadError(f"{setting}={name}: no such directory (give a local checkpoint or a Hub id)")
+
+
 def load_model_and_tokenizer(settings: Settings) -> tuple[Any, Any]:
     """`settings.model` as a full checkpoint or a PEFT adapter on its base."""
+    _check_local_path(settings.model, "PMCQA_MODEL")
     adapter_config = _read_json(settings.model, "adapter_config.json")
     if adapter_config is None:
         return load_causal_lm(settings.model, settings), AutoTokenizer.from_pretrained(settings.model)
     base_id = settings.base_model or adapter_config.get("base_model_name_or_path")
     if not base_id:
         raise ModelLoadError(f"{settings.model} is a PEFT adapter without a base model; set base_model")
+    _check_local_path(base_id, "PMCQA_BASE_MODEL" if settings.base_model else "its base_model_name_or_path")
     model = _load_adapter(load_causal_lm(base_id, settings), settings.model)
     has_tokenizer = _checkpoint_file(settings.model, "tokenizer_config.json") is not None
     return model, AutoTokenizer.from_pretrained(settings.model if has_tokenizer else base_id)
