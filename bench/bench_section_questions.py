@@ -37,6 +37,7 @@ from pmcqa.index.embedding import Embedder
 from pmcqa.index.library import open_library
 from pmcqa.index.models import Chunk
 from pmcqa.index.retrieval import Mode, Retriever
+from pmcqa.index.store import PaperStore
 from pmcqa.ingest.chunking import Chunker
 from pmcqa.ingest.jats import parse_jats
 
@@ -87,10 +88,9 @@ FINDINGS_QUESTIONS = (
 )
 
 
-def build(folder: Path, settings: Settings, embedder: Embedder) -> dict[str, list[Chunk]]:
+def build(folder: Path, settings: Settings, store: PaperStore, embedder: Embedder) -> dict[str, list[Chunk]]:
     """Parse, chunk and store every file (skipping papers the store already holds); paper id -> chunks."""
-    parts = open_library(settings, writable=True, embedder=embedder)
-    store, chunker = parts.store, Chunker(settings)
+    chunker = Chunker(settings)
     items = []
     for position, path in enumerate(corpus_files(folder)):
         try:
@@ -122,8 +122,8 @@ def main() -> int:
     data_dir = args.store_dir or Path(tempfile.mkdtemp(prefix="pmcqa-bench-sections-"))
     settings = Settings(data_dir=data_dir)
     embedder = Embedder(settings)
-    papers = build(args.folder, settings, embedder)
     store = open_library(settings, writable=True, embedder=embedder).store
+    papers = build(args.folder, settings, store, embedder)
 
     def retriever(heading: bool, back_matter_last: bool) -> Retriever:
         return Retriever(

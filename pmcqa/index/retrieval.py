@@ -118,9 +118,6 @@ def lexical_text(chunk: Chunk) -> str:
     return f"{chunk.section_path[-1]}\n{chunk.text}"
 
 
-# How a question names the paper itself ("What did the authors find?", "this study"): not a subject it asks
-# about. Boilerplate back matter says them too ("The authors declare no competing interests").
-_REFERENT_WORDS = "author authors paper study studies work article manuscript research"
 _stemmers = threading.local()  # a PyStemmer Stemmer is not safe to share between threads
 
 
@@ -132,11 +129,16 @@ def _stems(text: str) -> set[str]:
     return set(stemmer.stemWords(tokenize(text)))
 
 
+# How a question names the paper itself ("What did the authors find?", "this study"): not a subject it asks
+# about. Boilerplate back matter says them too ("The authors declare no competing interests").
+_REFERENT_STEMS = frozenset(_stems("author authors paper study studies work article manuscript research"))
+
+
 def asks_about(question: str, back_matter: Sequence[Chunk]) -> list[bool]:
     """For each back-matter chunk (acknowledgements, funding, author notes), whether the question shares a
     word with its heading or text beyond the words naming the paper itself: "Who funded this work?" asks about
     "Funding", "What did the authors find?" asks about none of them."""
-    subject = _stems(question) - _stems(_REFERENT_WORDS)
+    subject = _stems(question) - _REFERENT_STEMS
     return [
         bool(subject & _stems(f"{' '.join(chunk.section_path[-1:])} {chunk.text}")) for chunk in back_matter
     ]
