@@ -192,18 +192,22 @@ def library_copy(library_dir: Path, ingested, tmp_path: Path) -> Path:
     return copy
 
 
+def _answering(command: str, backend: str, tmp_path: Path) -> list[str]:
+    """`pmcqa ask` of one question, or `pmcqa eval --answers` of a one-question file, with `backend`."""
+    if command == "ask":
+        return ["ask", "PMC1182327", QUESTION, "--backend", backend]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
+    return ["eval", str(questions), "--answers", "--backend", backend]
+
+
 @pytest.mark.parametrize("command", ["ask", "eval"])
 def test_a_model_server_not_ready_is_reported_once(
     command: str, library_copy: Path, tmp_path: Path, shared_onnx_exports: Path
 ) -> None:
     """`ask` and `eval --answers` with an OpenAI-compatible server that cannot answer said why twice: the
     readiness check's log warning, then the command's own error line. Now the error line alone says it."""
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
-    args = {
-        "ask": ["ask", "PMC1182327", QUESTION, "--backend", "openai"],
-        "eval": ["eval", str(questions), "--answers", "--backend", "openai"],
-    }[command]
+    args = _answering(command, "openai", tmp_path)
     closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     with FakeOpenAIServer(models=["another-model"]) as without_model:
         for url, reason in [
@@ -223,12 +227,7 @@ def test_a_backend_that_fails_to_load_is_one_line_not_a_traceback(
 ) -> None:
     """A transformers model path that does not exist: the failed load was logged with its traceback before
     the command's own error line. Now the error line alone (exit 5, as for any backend not ready)."""
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
-    args = {
-        "ask": ["ask", "PMC1182327", QUESTION, "--backend", "transformers"],
-        "eval": ["eval", str(questions), "--answers", "--backend", "transformers"],
-    }[command]
+    args = _answering(command, "transformers", tmp_path)
     env = {
         "PMCQA_MODEL": str(tmp_path / "no-such-model"),
         "PMCQA_EMBEDDING_EXPORT_DIR": str(shared_onnx_exports),

@@ -158,18 +158,23 @@ def test_stream_raises_server_errors_and_timeouts(server: FakeOpenAIServer) -> N
 HUNG_S = 10.0  # a server that does not answer while a test runs
 
 
+def answer(backend: OpenAIBackend, streamed: bool) -> None:
+    """The sample question answered to the end, streamed or in one reply."""
+    paper, passages = sample_paper()
+    if streamed:
+        list(backend.stream(QUESTION, passages, paper))
+    else:
+        backend.generate(QUESTION, passages, paper)
+
+
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_hung_server_fails_at_the_one_deadline(server: FakeOpenAIServer, streamed: bool) -> None:
     # A retry with a full timeout of its own held the generation thread ~2.5x the limit.
-    paper, passages = sample_paper()
     server.script(*[ScriptedReply(content=ANSWER, delay_s=HUNG_S)] * 2)
     backend = backend_for(server, generation_timeout_s=1.0)
     started = time.monotonic()
     with pytest.raises(GenerationTimeout, match="exceeded 1 s"):
-        if streamed:
-            list(backend.stream(QUESTION, passages, paper))
-        else:
-            backend.generate(QUESTION, passages, paper)
+        answer(backend, streamed)
     assert 0.9 < time.monotonic() - started < 1.6
     assert len(server.requests_to("/v1/chat/completions")) == 1
 
@@ -185,7 +190,6 @@ def test_a_reply_stalled_at_the_deadline_is_cut_there(
     # The client's timeout is per read, not per reply: a reply that stalled mid-way held the generation
     # thread and its connection up to twice the deadline, and one kept alive meanwhile (an SSE comment, or a
     # space before the JSON, every 0.2 s) until the server spoke again (a late completion was even answered).
-    paper, passages = sample_paper()
     stalled = ScriptedReply(
         content=ANSWER, reasoning=REASONING, stall_after=3, stall_s=STALLED_S, heartbeat_s=heartbeat_s
     )
@@ -193,10 +197,7 @@ def test_a_reply_stalled_at_the_deadline_is_cut_there(
     backend = backend_for(server, generation_timeout_s=1.0)
     started = time.monotonic()
     with pytest.raises(GenerationTimeout, match="exceeded 1 s"):
-        if streamed:
-            list(backend.stream(QUESTION, passages, paper))
-        else:
-            backend.generate(QUESTION, passages, paper)
+        answer(backend, streamed)
     # Let go at the deadline, not when the server spoke again: the server saw the connection closed while
     # it was still stuck (the bound is loose; only a call held for the stall would miss it).
     assert time.monotonic() - started < STALLED_S / 3
