@@ -182,6 +182,18 @@ def test_ingest_creates_a_missing_data_dir(monkeypatch, tmp_path, shared_data):
     assert listed.exit_code == 0 and json.loads(listed.stdout)["total"] == 1, listed.output
 
 
+def test_ingest_of_a_file_given_as_an_id_points_to_xml_and_stores_nothing(monkeypatch, tmp_path, shared_data):
+    data = tmp_path / "data"
+    monkeypatch.setenv("PMCQA_DATA_DIR", str(data))
+    article = shared_data / "jats/allofplos/allofplos/starter_corpus/journal.pmed.0020124.xml"
+    result = runner.invoke(cli, ["ingest", "PMC1182327", str(article)])
+    assert result.exit_code == 2, result.output
+    assert "not paper ids but local files: ingest with --xml" in result.stderr
+    assert article.name in result.stderr and not data.exists()  # the valid id was not ingested either
+    malformed = runner.invoke(cli, ["ingest", "--inline", "banana"])  # not a file: an invalid id, as before
+    assert malformed.exit_code == 1 and "not a paper id" in malformed.stdout
+
+
 @pytest.fixture
 def library_copy(library_dir: Path, ingested, tmp_path: Path) -> Path:
     """The session library, copied for a subprocess to open: closing what it sees as the last connection to

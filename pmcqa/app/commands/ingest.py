@@ -26,6 +26,7 @@ from rich.table import Table
 from pmcqa.app.commands.jobs import follow_job
 from pmcqa.app.commands.output import add_id_column, add_text_column
 from pmcqa.app.commands.output import print_table as print_wide_table
+from pmcqa.core.ids import InvalidPaperId, parse_id
 from pmcqa.core.settings import Settings, get_settings
 from pmcqa.core.status import Status
 from pmcqa.ingest.jobs import Job, live_workers
@@ -37,6 +38,19 @@ PROGRESS_MIN = 5  # show a progress bar from this many ids/paths on
 
 def register(cli: typer.Typer) -> None:
     cli.command("ingest")(ingest)
+
+
+def local_files(ids: list[str]) -> list[str]:
+    """The positional arguments that are no paper id but a file or folder here: `pmcqa ingest paper.xml`
+    means `--xml paper.xml`, which is said rather than queued as an invalid id."""
+    found = []
+    for text in ids:
+        try:
+            parse_id(text)
+        except InvalidPaperId:
+            if Path(text).exists():
+                found.append(text)
+    return found
 
 
 def read_ids_file(path: Path) -> list[str]:
@@ -136,6 +150,12 @@ def ingest(
             raise typer.Exit(2) from None
     if not all_ids and not xml:
         Console(stderr=True).print("[red]error:[/] give paper ids, --ids-file or --xml PATH")
+        raise typer.Exit(2)
+    paths = local_files(all_ids)
+    if paths:
+        named = " ".join(escape(path) for path in paths)
+        message = f"[red]error:[/] not paper ids but local files: ingest with --xml {named}"
+        Console(stderr=True).print(message, soft_wrap=True)  # a path broken over lines cannot be pasted
         raise typer.Exit(2)
     try:
         outcomes = None
