@@ -19,6 +19,7 @@ import pytest
 from fakes.serving import serve_app
 from fastapi.testclient import TestClient
 
+from pmcqa.app.cli import main
 from pmcqa.app.main import create_app
 from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings
@@ -78,6 +79,29 @@ def run_cli(args: list[str], data_dir: Path, extra_env: dict[str, str] | None = 
     )
     *output, report = done.stderr.strip().splitlines()
     return json.loads(report), "\n".join(output)
+
+
+def run_read_only_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> Iterator[tuple[list[str], object, str]]:
+    """Run each command that only reads a library (ask, search, papers, jobs, and eval of JSONL questions,
+    which are asked of the library) in this process: (its arguments, its exit code, its last stderr line)."""
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
+    commands = [
+        ["ask", "PMC1182327", "What is true?"],
+        ["search", "research claims"],
+        ["papers", "list"],
+        ["papers", "show", "PMC1182327"],
+        ["jobs"],
+        ["eval", str(questions)],
+    ]
+    for args in commands:
+        monkeypatch.setattr(sys, "argv", ["pmcqa", *args])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        err = capsys.readouterr().err.strip().splitlines()
+        yield args, stop.value.code, err[-1] if err else ""
 
 
 # (stored id, PMID alias, file under shared/data/jats)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 import uvicorn
-from conftest import run_cli
+from conftest import run_cli, run_read_only_commands
 from fakes.openai_server import FakeOpenAIServer
 from fakes.serving import free_port
 from typer.testing import CliRunner
 
-from pmcqa.app.cli import cli
+from pmcqa.app.cli import cli, main
 from pmcqa.app.commands import serve as serve_command
+from pmcqa.core.settings import Settings, get_settings
+from pmcqa.index.store import Store
 
 runner = CliRunner()
 QUESTION = "What is the probability that a research claim is true?"
@@ -77,12 +80,6 @@ def test_serve_on_port_0_names_the_port_it_serves(monkeypatch, tmp_path):
 
 def test_a_bad_setting_or_flag_is_a_usage_error_naming_it(monkeypatch, tmp_path, capsys):
     """`main` (the installed `pmcqa`) turns an invalid PMCQA_* value or flag into one line and exit 2."""
-    import sys
-
-    import pytest
-
-    from pmcqa.app.cli import main
-
     monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("served on a bad port"))
     for argv, env, named in [
@@ -101,14 +98,6 @@ def test_a_bad_setting_or_flag_is_a_usage_error_naming_it(monkeypatch, tmp_path,
 
 
 def test_a_library_left_mid_reindex_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
-    import sys
-
-    import pytest
-
-    from pmcqa.app.cli import main
-    from pmcqa.core.settings import Settings
-    from pmcqa.index.store import Store
-
     monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
     store = Store(Settings())
     with store._transaction() as conn:  # what a reindex cut short leaves behind
@@ -127,36 +116,15 @@ def test_read_only_commands_refuse_a_missing_library_and_create_nothing(
 ):
     """A mistyped PMCQA_DATA_DIR: ask, search, papers, jobs and eval of JSONL questions exit 2 with one line
     naming the path, where they created an empty library and answered "not found" or nothing."""
-    import sys
-
-    import pytest
-
-    from pmcqa.app.cli import main
-    from pmcqa.core.settings import get_settings
-
     missing = tmp_path / "dtaa"
     monkeypatch.setenv("PMCQA_DATA_DIR", str(missing))
     get_settings.cache_clear()  # eval reads the process-wide settings: these, and none cached after
     request.addfinalizer(get_settings.cache_clear)
-    questions = tmp_path / "questions.jsonl"  # JSONL questions are asked of the library
-    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
-    commands = [
-        ["ask", "PMC1182327", "What is true?"],
-        ["search", "research claims"],
-        ["papers", "list"],
-        ["papers", "show", "PMC1182327"],
-        ["jobs"],
-        ["eval", str(questions)],
-    ]
-    for args in commands:
-        monkeypatch.setattr(sys, "argv", ["pmcqa", *args])
-        with pytest.raises(SystemExit) as stop:
-            main()
-        err = capsys.readouterr().err.strip().splitlines()
-        assert stop.value.code == 2 and err[-1] == (
+    for args, code, last_line in run_read_only_commands(monkeypatch, capsys, tmp_path):
+        assert code == 2 and last_line == (
             f"pmcqa: no library at {missing}: check PMCQA_DATA_DIR, or ingest papers first "
             "(`pmcqa ingest` creates it)"
-        ), (args, err)
+        ), (args, last_line)
         assert not missing.exists(), args
 
     # A data dir without the library's database (nothing ingested into it): refused, naming the file.

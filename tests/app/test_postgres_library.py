@@ -6,16 +6,16 @@ through `open_library` as a deployed replica would.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_read_only_commands
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from pmcqa.app.cli import cli, main
+from pmcqa.app.cli import cli
 from pmcqa.app.main import create_app
 from pmcqa.app.service import Library
 from pmcqa.core.settings import Settings, get_settings
@@ -133,25 +133,11 @@ def test_read_only_commands_refuse_a_database_without_the_library_and_create_not
     monkeypatch.setenv("PMCQA_DATA_DIR", str(data_dir))
     get_settings.cache_clear()  # eval reads the process-wide settings: these, and none cached after
     request.addfinalizer(get_settings.cache_clear)
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text('{"paper_id": "PMC1182327", "question": "What is true?", "answers": ["x"]}\n')
-    commands = [
-        ["papers", "list"],
-        ["papers", "show", "PMC1182327"],
-        ["ask", "PMC1182327", "What is true?"],
-        ["search", "research claims"],
-        ["jobs"],
-        ["eval", str(questions)],
-    ]
-    for args in commands:
-        monkeypatch.setattr(sys, "argv", ["pmcqa", *args])
-        with pytest.raises(SystemExit) as stop:
-            main()
-        err = capsys.readouterr().err.strip().splitlines()
-        assert stop.value.code == 2 and err[-1] == (
+    for args, code, last_line in run_read_only_commands(monkeypatch, capsys, tmp_path):
+        assert code == 2 and last_line == (
             f"pmcqa: no library in the PostgreSQL database {url} (it has no pmcqa tables): check "
             "PMCQA_DATABASE_URL, or run `pmcqa ingest` or `pmcqa serve` first (they create them)"
-        ), (args, err)
+        ), (args, last_line)
         assert _tables(url) == [] and not data_dir.exists(), args
 
     with open_store(Settings()):  # what `ingest`, `serve`, `worker` and `reindex` open: it creates them
