@@ -301,7 +301,7 @@ def streamed(pieces: list[str]) -> list[tuple[str, str]]:
     """The transformers backend's stream: each piece parsed once, then the whole completion."""
     parser, assembler = harmony.CompletionStream(), StreamAssembler()
     events = [event for piece in pieces for event in assembler.take(parser.feed(piece))]
-    whole = harmony.parse_completion("".join(pieces))
+    whole = parser.finish()
     return kinds([*events, *assembler.update(whole.analysis, whole.final, finished=True)])
 
 

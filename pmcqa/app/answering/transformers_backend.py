@@ -408,7 +408,7 @@ class TransformersBackend:
             return  # stopped on request: no answer to report
         if "error" in outcome:  # the caller reports it (a GenerationTimeout as a generation_timeout event)
             raise outcome["error"]
-        completion = harmony.parse_completion(outcome["text"])
+        completion = parser.finish()  # the streamed pieces are the whole text: each read once
         yield from assembler.update(completion.analysis, completion.final, finished=True)
         draft = build_draft(
             completion.analysis, completion.final, passages, self.model, truncated=completion.truncated
@@ -419,7 +419,7 @@ class TransformersBackend:
         self, prompt_ids: list[int], streamer: Any, outcome: dict[str, Any], cancelled: threading.Event
     ) -> None:
         try:
-            outcome["text"] = self.generate_text(prompt_ids, streamer=streamer, cancelled=cancelled)
+            self.generate_text(prompt_ids, streamer=streamer, cancelled=cancelled)  # its text came streamed
         except Exception as error:  # re-raised in the consuming thread
             outcome["error"] = error
             streamer.end()  # unblock the consumer's iteration
