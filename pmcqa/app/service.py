@@ -486,7 +486,9 @@ class Library:
         The backend runs in a worker thread feeding a queue, so a stalled backend still ends the stream with
         an error event at generation_timeout_s. Setting `cancelled` (the client went away) stops generation:
         the backend sees it (the transformers backend stops at the next token and frees its model, the
-        OpenAI-compatible backend closes its HTTP stream at the next chunk), and its stream is closed.
+        OpenAI-compatible backend cuts its HTTP stream, stalled or not), and its stream is closed. This
+        stream's end, whatever it is, sets `cancelled` too: a backend still running (past this stream's
+        deadline) stops, and nothing of it waits on.
         """
         events: queue.Queue[BackendEvent | BaseException | None] = queue.Queue()
         deadline = time.monotonic() + self.settings.generation_timeout_s
@@ -513,34 +515,37 @@ class Library:
         started = time.perf_counter()
         # The copied context carries the request id into the backend (logs, X-Request-ID to the server).
         self._pool(prepared.backend.name).submit(contextvars.copy_context().run, produce)
-        steps: list[str] = []
-        while True:
-            try:
-                # Short waits, so a consumer whose client left stops waiting too.
-                item = events.get(timeout=min(0.25, max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                if cancelled.is_set():
+        try:
+            steps: list[str] = []
+            while True:
+                try:
+                    # Short waits, so a consumer whose client left stops waiting too.
+                    item = events.get(timeout=min(0.25, max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    if cancelled.is_set():
+                        return
+                    if time.monotonic() < deadline:
+                        continue
+                    timeout_s = self.settings.generation_timeout_s
+                    yield ErrorEvent.of(GenerationTimeout(f"generation ran past {timeout_s:g}s"))
                     return
-                if time.monotonic() < deadline:
-                    continue
-                timeout_s = self.settings.generation_timeout_s
-                yield ErrorEvent.of(GenerationTimeout(f"generation ran past {timeout_s:g}s"))
-                return
-            if item is None:
-                if not cancelled.is_set():
-                    yield ErrorEvent.of(InternalError("no answer produced"))
-                return
-            if isinstance(item, BaseException):
-                yield ErrorEvent.of(_as_service_error(item))
-                return
-            if isinstance(item, DraftDone):
-                draft = item.data.model_copy(update={"steps": item.data.steps or steps})
-                prepared.timings["generate"] = round(time.perf_counter() - started, 4)
-                yield AnswerDone(data=self.answer(prepared, draft, deadline))
-                return
-            if isinstance(item, StepEvent):
-                steps.append(item.data)
-            yield item
+                if item is None:
+                    if not cancelled.is_set():
+                        yield ErrorEvent.of(InternalError("no answer produced"))
+                    return
+                if isinstance(item, BaseException):
+                    yield ErrorEvent.of(_as_service_error(item))
+                    return
+                if isinstance(item, DraftDone):
+                    draft = item.data.model_copy(update={"steps": item.data.steps or steps})
+                    prepared.timings["generate"] = round(time.perf_counter() - started, 4)
+                    yield AnswerDone(data=self.answer(prepared, draft, deadline))
+                    return
+                if isinstance(item, StepEvent):
+                    steps.append(item.data)
+                yield item
+        finally:
+            cancelled.set()  # nobody reads on: the backend stops, and lets go of what it waits on
 
     # --- search --------------------------------------------------------------------------------------------
     def search(

@@ -206,6 +206,24 @@ def test_a_reply_stalled_at_the_deadline_is_cut_there(
     assert len(server.requests_to("/v1/chat/completions")) == 1
 
 
+def test_a_stalled_stream_is_let_go_as_soon_as_it_is_cancelled(server: FakeOpenAIServer) -> None:
+    # `cancelled` was seen only between chunks: a stream stalled mid-reply whose client went away held its
+    # thread (one of the service's generation threads) and the connection until the deadline.
+    paper, passages = sample_paper()
+    server.script(ScriptedReply(content=ANSWER, stall_after=3, stall_s=STALLED_S))
+    backend = backend_for(server, generation_timeout_s=STALLED_S)
+    cancelled = threading.Event()
+    events = backend.stream(QUESTION, passages, paper, cancelled=cancelled)
+    assert next(events).event == "answer"  # the reply began; it stalls after its third chunk
+    threading.Timer(0.2, cancelled.set).start()  # the client goes away while the stream is stalled
+    started = time.monotonic()
+    rest = list(events)  # a cancelled stream ends with no answer and no error
+    assert time.monotonic() - started < STALLED_S / 6  # let go at the cancel, not at the deadline
+    assert "done" not in [event.event for event in rest]
+    wait_until(lambda: server.disconnects == 1, 5, "the server to see the connection closed")
+    assert server.completed_streams == 0
+
+
 def test_a_reply_in_time_leaves_no_cut_behind(server: FakeOpenAIServer) -> None:
     # The cut waits for the deadline in a thread of its own; a reply over before it must not leave one
     # waiting (a minute here) for every answer.

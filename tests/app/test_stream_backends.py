@@ -152,6 +152,38 @@ def test_disconnect_closes_the_openai_stream(make_library, fake_server: FakeOpen
     assert fake_server.completed_streams == 0
 
 
+def test_a_client_leaving_a_stalled_openai_stream_lets_it_go_at_once(
+    make_library, fake_server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The model server stalls mid-reply and the client leaves meanwhile: the generation thread must cut the
+    # stream then (not hold it, and the connection, until the deadline), and a client leaving is no error.
+    stalled_s = 30.0
+    library = openai_library(make_library, fake_server.base_url, generation_timeout_s=stalled_s)
+    answer = "No XMRV was detected [1]. " * 4
+    fake_server.script(ScriptedReply(content=answer, stall_after=3, stall_s=stalled_s))
+    body = {**ASK, "backend": "openai"}
+    with serve_app(create_app(library.settings, library_factory=lambda _s: library)) as url:
+        with httpx.Client(timeout=60) as http, http.stream("POST", f"{url}/ask", json=body) as response:
+            assert next(messages_of(response))["type"] == "answer.delta"  # then the model server stalls
+        wait_until(lambda: fake_server.disconnects == 1, stalled_s / 6, "the model server to see it cut")
+    assert fake_server.completed_streams == 0
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == []
+
+
+def test_a_streamed_answer_leaves_no_cut_waiting(make_library, fake_server: FakeOpenAIServer) -> None:
+    # The backend's cut waits on `cancelled` (and the deadline, a minute here): the service's stream sets it
+    # at its end, so an answer streamed to the end leaves no thread waiting behind it, whoever called it.
+    library = openai_library(make_library, fake_server.base_url, generation_timeout_s=60.0)
+    fake_server.script(ScriptedReply(content="No XMRV was detected [1].", reasoning="1) Read."))
+    prepared = library.prepare("PMC2795199", QUESTION, 1, "openai")
+    assert [event.event for event in library.stream(prepared)][-1] == "done"
+
+    def cuts() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name == "pmcqa-reply-cut"]
+
+    wait_until(lambda: not cuts(), 10, "the cut of the streamed answer to end")
+
+
 def test_request_id_reaches_the_openai_server_and_readiness_is_cached(
     make_library, fake_server: FakeOpenAIServer
 ) -> None:

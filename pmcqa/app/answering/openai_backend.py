@@ -141,39 +141,57 @@ class ReplyStream:
 
 
 class ReplyCut:
-    """Shuts down, at `deadline`, the connection of the reply being read (`watch`), unless the reply is over
-    first (`cancel`, leaving the `with` block). The client's timeout is per read: a reply that stalls after
-    some chunks held its thread up to twice the deadline, and one kept alive meanwhile (SSE comments, a
-    trickled body) for as long as the server liked. Shutting the socket down wakes the read blocked on it
-    at once (closing it from another thread does not), so the call fails there; `fired` then says why.
+    """Shuts down the connection of the reply being read (`watch`) at `deadline`, or as soon as `cancelled`
+    is set, unless the reply is over first (`cancel`, leaving the `with` block). The client's timeout is per
+    read: a reply that stalls after some chunks held its thread up to twice the deadline, and one kept alive
+    meanwhile (SSE comments, a trickled body) for as long as the server liked; a stalled stream whose client
+    went away held it until the deadline. Shutting the socket down wakes the read blocked on it at once
+    (closing it from another thread does not), so the call fails or ends there; `fired` says the deadline
+    did it, `cancelled` that the caller did.
+
+    A thread per reply waits for the deadline on `cancelled`, or on the reply's end when there is no
+    `cancelled`. A reply over in time with `cancelled` given leaves that thread waiting until `cancelled`
+    is set or the deadline: callers set it once they stop reading (the service does at a stream's end).
 
     Only HTTP/1.1 replies (the `network_stream` extension) are cut: their connection carries this reply
     alone. Others (a transport without sockets) keep the per-read bound."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, cancelled: threading.Event | None = None) -> None:
         self.deadline = deadline
+        self.cancelled = cancelled
         self.fired = threading.Event()
-        self._timer: threading.Timer | None = None
+        self._over: threading.Event | None = None  # set when the reply being watched is over
 
     def watch(self, response: Any) -> None:
-        """Cut `response`'s connection at the deadline (an httpx response: headers read, body not yet)."""
+        """Cut `response`'s connection at the deadline or on `cancelled` (an httpx response: headers read,
+        body not yet)."""
         network = getattr(response, "extensions", {}).get("network_stream")
         sock = network.get_extra_info("socket") if network is not None else None
         if not isinstance(sock, socket.socket):
             return
         self.cancel()  # a retry's reply replaces the first try's
-        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._cut, (sock,))
-        self._timer.name, self._timer.daemon = "pmcqa-reply-cut", True
-        self._timer.start()
+        over = self._over = threading.Event()
+        watcher = threading.Thread(target=self._cut_when_due, args=(sock, over), name="pmcqa-reply-cut")
+        watcher.daemon = True
+        watcher.start()
 
-    def _cut(self, sock: socket.socket) -> None:
-        self.fired.set()
-        with contextlib.suppress(OSError):  # closed already: the reply ended as the deadline came
+    def _cut_when_due(self, sock: socket.socket, over: threading.Event) -> None:
+        wake = self.cancelled or over
+        cancelled = wake.wait(max(0.0, self.deadline - time.monotonic())) and wake is self.cancelled
+        if over.is_set():  # the reply ended first (as the deadline or the cancel came, too)
+            return
+        if not cancelled:
+            self.fired.set()
+        with contextlib.suppress(OSError):  # closed already: the reply ended as the cut came
             sock.shutdown(socket.SHUT_RDWR)
 
+    def by_caller(self) -> bool:
+        """The caller gave up on the reply (`cancelled` is set)."""
+        return self.cancelled is not None and self.cancelled.is_set()
+
     def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._over is not None:
+            self._over.set()
 
     def __enter__(self) -> ReplyCut:
         return self
@@ -361,12 +379,13 @@ class OpenAIBackend:
     ) -> Iterator[BackendEvent]:
         """Deltas as they arrive; raises GenerationTimeout past the limit, openai errors as they come.
 
-        `cancelled` is checked on every chunk: set, the HTTP stream is closed, which stops the server's
-        generation (vLLM aborts a request whose connection closes). At the deadline the stream's connection is
-        cut (`ReplyCut`), so a stalled stream ends there too."""
+        Setting `cancelled` cuts the stream's connection at once (`ReplyCut`), stalled or not, which stops the
+        server's generation (vLLM aborts a request whose connection closes); the stream then ends without an
+        answer and without an error. At the deadline the connection is cut too, so a stalled stream ends
+        there (GenerationTimeout)."""
         deadline = time.monotonic() + self.settings.generation_timeout_s
         reply, finish = ReplyStream(), None
-        with ReplyCut(deadline) as cut:
+        with ReplyCut(deadline, cancelled) as cut:
             try:
                 params = self._params(question, passages, paper)
                 chunks = self._within_deadline(
@@ -375,7 +394,7 @@ class OpenAIBackend:
                 )
                 with chunks:
                     for chunk in chunks:
-                        if cancelled is not None and cancelled.is_set():
+                        if cut.by_caller():
                             return  # leaving the `with` closes the connection
                         if time.monotonic() > deadline:  # chunks still coming: the cut is for a silent server
                             raise GenerationTimeout(self._timeout_message())
@@ -391,7 +410,11 @@ class OpenAIBackend:
                         finish = choice.finish_reason or finish
                         yield from reply.add(reasoning, content)
             except (openai.OpenAIError, ValueError) as error:
+                if cut.by_caller():  # what the cut for the caller left behind: no answer, and no failure
+                    return
                 raise self._failure(error, cut) from error
+        if cut.by_caller():  # the stream ended where the cut for the caller closed it
+            return
         if cut.fired.is_set():  # the end of the stream was where the cut closed it, not the reply's end
             raise GenerationTimeout(self._timeout_message())
         analysis, final, truncated = split_reply(reply.reasoning, reply.content, finish)
