@@ -47,7 +47,9 @@ from pmcqa.index.models import Chunk, ChunkingParams, ChunkKind, OutlineEntry, P
 from pmcqa.ingest.models import Block, Paper, Section
 
 # Bump whenever the rules below change what chunks come out: stored papers record it and get re-chunked.
-CHUNKER_VERSION = 9  # 9: section headings without the period or colon typeset after them ("PCR." → "PCR")
+CHUNKER_VERSION = 10  # 10: MathML without the source's indentation between elements ("(d M)/(d t)" →
+# "dM/dt"); funding awards' award-name and award-desc written in their sentence
+# 9: section headings without the period or colon typeset after them ("PCR." → "PCR")
 # 8: an award whose funder the funding statement names by acronym (NIH) is left out
 # 7: float labels without the punctuation typeset after them ("Figure 11." → "Figure 11")
 # 6: funding awards (funding-group/award-group) as sentences after the funding statement

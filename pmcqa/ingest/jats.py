@@ -20,6 +20,10 @@ Parsing rules (also in the README):
   a part in parentheses unless one name or number (a/b, (a+b)/2, dx/dt), the whole too where it would run
   into what it multiplies or is the base of ((1/2)x, (a/b)²); msqrt is √(x); mroot its index as a
   superscript, then the root (³√(x), ^{n}√(x)); mfenced its brackets and separators ((a,b)).
+- MathML reads the same pretty-printed or compact: whitespace-only text between its elements is indentation,
+  not content (`_indentation`), so <mi>d</mi> <mi>M</mi> reads "dM", and operators are spaced only as the
+  formula itself spaces them (a+b; an <mspace> is a space). A token's own text (<mtext> for all </mtext>,
+  <mi>, <mn>, <mo>, <ms>) is kept as written.
 - Tables: caption line, then rowspan/colspan (and OASIS namest/nameend/spanname/colname) expanded into a full
   grid, multi-row headers joined per column with " / ", one line per body row as `header: value; header:
   value`, then table-wrap-foot lines. Group rows, header rows inside the body and row labels written once
@@ -38,8 +42,9 @@ Parsing rules (also in the README):
   (competing interests, contributions, correspondence; under "Author notes" and the note's kind) and funding
   statements ("Funding") are kind "back", part "front": PLOS keeps there what eLife puts in <back>.
 - Funding awards (funding-group/award-group, where eLife names its funders) follow the statements under
-  "Funding" as one block, a sentence a line: "Funded by F and G (awards A and B) to R, with principal
-  investigator P." ("Funded by award A to R." without a funding-source). Names read given names first
+  "Funding" as one block, a sentence a line: "Funded by F and G (awards A and B, "N") to R, with principal
+  investigator P. D." ("Funded by award A ("N") to R." without a funding-source), with the award-name N
+  quoted and the award-desc D as a sentence of its own after the award's. Names read given names first
   (surname first when name-style="eastern"); a string-name or plain-text recipient as written; ids
   (institution-id, contrib-id) and attributes (xlink:href, country) are left out. An award whose funders the
   statements all name already (case- and whitespace-insensitively, as whole phrases) is left out.
@@ -249,6 +254,9 @@ _MATH_SCRIPTS = {
 }
 # MathML layouts read with structure: scripts and limits, fractions, roots, fences.
 _MATH_LAYOUTS = frozenset(_MATH_SCRIPTS) | {"mfrac", "msqrt", "mroot", "mfenced"}
+# MathML token elements: their text, whitespace included, is content. Whitespace between MathML elements
+# is the source's indentation and is left out (`_indentation`).
+_MATH_TOKENS = frozenset({"mi", "mn", "mo", "mtext", "ms"})
 # What an accent attribute is called on munder/mover (an accent reads as typed: x¯, v→).
 _ACCENT_ATTRIBUTES = {"munder": "accentunder", "mover": "accent"}
 # Text that closes a phrase: the space put after a block-like element is left out before it ("note." not
@@ -485,6 +493,14 @@ def _is_accent(el: etree._Element, script: etree._Element) -> bool:
     return local(script) == "mo" and not any(_is_element(child) for child in script)
 
 
+def _indentation(text: str | None, container: etree._Element | None) -> bool:
+    """Whitespace-only text directly inside a MathML element other than a token: pretty-printing between
+    elements ("<mi>d</mi>\n  <mi>M</mi>" reads "dM"), not content. A token's own text is kept as written."""
+    if not text or text.strip(_ASCII_WS):
+        return False
+    return container is None or local(container) not in _MATH_TOKENS
+
+
 def _close(closing: _Closing, tail: str | None, out: list[str]) -> None:
     if closing is _CLOSE_SPACE:
         if not (tail and tail[0] in _CLOSING_PUNCTUATION):
@@ -500,9 +516,11 @@ def _gather(
     in_formula: bool,
     tails: bool,
     skip: frozenset[str] = frozenset(),
+    mathml: bool = False,
 ) -> None:
     """Append the text of `nodes` and everything inside them to `out`, in document order (their own tails
-    too when `tails`); `skip` names nodes to leave out (but not their tails).
+    too when `tails`); `skip` names nodes to leave out (but not their tails). In `mathml`, whitespace-only
+    text between elements is left out (`_indentation`).
 
     A loop over a stack of child iterators, not recursion, so no nesting depth can exhaust Python's stack;
     an element without children is read on the spot. Inside a formula (`in_formula`), nested formula
@@ -520,14 +538,17 @@ def _gather(
                 continue
             tag = child.tag
             tail = child.tail if with_tails else None
+            if mathml and _indentation(tail, child.getparent()):
+                tail = None
             if type(tag) is not str:  # comments, PIs and unexpanded entities carry no prose
                 if tail:
                     out.append(tail)
                 continue
             name = tag.rpartition("}")[2]
+            text = None if mathml and _indentation(child.text, child) else child.text
             if name not in _GATHER_SPECIAL and not (skip and name in skip):  # plain inline markup (<italic>)
-                if child.text:
-                    out.append(child.text)
+                if text:
+                    out.append(text)
                 if len(child):
                     frames.append((iter(child), None, tail, True))
                     descended = True
@@ -566,8 +587,8 @@ def _gather(
                 if child.get("ref-type") in _FOOTNOTE_XREFS and _bare_marker(child):
                     closing = _Script("^")
                     closing.open(out)
-            if child.text:
-                out.append(child.text)
+            if text:
+                out.append(text)
             if len(child):
                 frames.append((iter(child), closing, tail, True))
                 descended = True
@@ -593,11 +614,13 @@ def _gather_into(
     refs: list[Mention],
     skip: frozenset[str] = frozenset(),
     in_formula: bool = False,
+    mathml: bool = False,
 ) -> None:
-    """Text and tails of every descendant of `el`, in order; `skip` names direct children to leave out."""
-    if el.text and _is_element(el):
+    """Text and tails of every descendant of `el`, in order; `skip` names direct children to leave out;
+    `mathml` leaves out the whitespace between MathML elements."""
+    if el.text and _is_element(el) and not (mathml and _indentation(el.text, el)):
         out.append(el.text)
-    _gather(iter(el), out, refs, in_formula, tails=True, skip=skip)
+    _gather(iter(el), out, refs, in_formula, tails=True, skip=skip, mathml=mathml)
 
 
 def _settle(out: list[str], refs: list[Mention]) -> tuple[str, list[Mention]]:
@@ -698,16 +721,16 @@ def _clean_tex(tex: str) -> str:
     return normalize(tex)
 
 
-def _formula_markup_text(el: etree._Element, skip: frozenset[str]) -> str:
+def _formula_markup_text(el: etree._Element, skip: frozenset[str], mathml: bool = False) -> str:
     """element_text of a formula's chosen rendering: formula elements nested in it are plain markup."""
     out: list[str] = []
-    _gather_into(el, out, [], skip, in_formula=True)
+    _gather_into(el, out, [], skip, in_formula=True, mathml=mathml)
     return normalize("".join(out))
 
 
 def _mathml_text(math: etree._Element) -> str:
     # <annotation> holds yet another alternative (often TeX): leave it out.
-    return _formula_markup_text(math, frozenset({"annotation", "annotation-xml"}))
+    return _formula_markup_text(math, frozenset({"annotation", "annotation-xml"}), mathml=True)
 
 
 def formula_text(el: etree._Element, prefer_tex: bool = True) -> str:
@@ -1938,17 +1961,22 @@ def _recipients(holders: Iterable[etree._Element]) -> list[str]:
 
 
 def _award_sentence(award: etree._Element, funders: list[str]) -> str:
-    """One award-group as a sentence: "Funded by F (award A) to R, with principal investigator P.";
-    "Funded by award A to R." without a funder; "" when it names nothing."""
+    """One award-group as a sentence: "Funded by F (award A, "N") to R, with principal investigator P.";
+    "Funded by award A ("N") to R." without a funder; the award-desc follows as a sentence of its own; ""
+    when it names nothing."""
     ids = [text for text in map(element_text, _children(award, "award-id")) if text]
+    names = [f'"{text}"' for text in map(element_text, _children(award, "award-name")) if text]
+    descriptions = [text for text in map(element_text, _children(award, "award-desc")) if text]
     recipients = _recipients(_children(award, "principal-award-recipient"))
     investigators = _recipients(_children(award, "principal-investigator"))
-    awards = f"{_plural('award', ids)} {_listed(ids)}" if ids else ""
+    detail = _award_detail(ids, names)
     if funders:
-        sentence = f"Funded by {_listed(funders)}" + (f" ({awards})" if awards else "")
-    elif awards:
-        sentence = f"Funded by {awards}"
-    elif recipients or investigators:
+        sentence = f"Funded by {_listed(funders)}" + (f" ({detail})" if detail else "")
+    elif ids and names:  # no funder whose parentheses would hold the name: it gets its own
+        sentence = f"Funded by {_award_detail(ids, [])} ({_listed(names)})"
+    elif detail:
+        sentence = f"Funded by {detail}"
+    elif recipients or investigators or descriptions:
         sentence = "Funding awarded"
     else:
         return ""
@@ -1956,7 +1984,20 @@ def _award_sentence(award: etree._Element, funders: list[str]) -> str:
         sentence += f" to {_listed(recipients)}"
     if investigators:
         sentence += f", with {_plural('principal investigator', investigators)} {_listed(investigators)}"
-    return sentence if sentence.endswith(".") else f"{sentence}."
+    return " ".join(_sentence_end(text) for text in (sentence, *descriptions))
+
+
+def _award_detail(ids: list[str], names: list[str]) -> str:
+    """What an award is called: "awards A and B", "award A, "N"", "award "N"" or ""."""
+    if not ids:
+        return f"award {_listed(names)}" if names else ""
+    numbered = f"{_plural('award', ids)} {_listed(ids)}"
+    return f"{numbered}, {_listed(names)}" if names else numbered
+
+
+def _sentence_end(text: str) -> str:
+    """Text ending as a sentence: a period added unless it ends with one (or ! or ?)."""
+    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 # "Howard Hughes Medical Institute (HHMI)": the acronym a funder's name gives itself.

@@ -609,8 +609,10 @@ def test_real_mathml_formula_once() -> None:
     formula = next(b for b in paper.blocks if b.xml_id == "pone.0117688.e034")
     assert (formula.kind, formula.label) == ("formula", "(4)")
     # msup/msub keep their scripts apart from the base (issue 13; was "σ 2 = 1 N inlier"); the fraction and
-    # the sum's limit keep their structure (were "1 N_{inlier} ∑ i ∈ inlier").
-    assert formula.text.startswith("σ² = (1/(N_{inlier})) ∑_{i ∈ inlier} ∥ y ⃗_{i} - R x ⃗_{i}")
+    # the sum's limit keep their structure (were "1 N_{inlier} ∑ i ∈ inlier"). The spaces between elements
+    # are PLOS's pretty-printing, not content (were "σ² = (1/(N_{inlier})) ∑ ... ∥ y ⃗_{i} - R x ⃗_{i}"); the
+    # spaces around ∈ are the formula's own <mspace>s.
+    assert formula.text.startswith("σ²=(1/(N_{inlier}))∑_{i ∈ inlier}∥y⃗_{i}-Rx⃗_{i}-t⃗ ∥₂²")
     assert formula.text.count("inlier") == 2
 
 
@@ -852,47 +854,67 @@ def frac(numerator: str, denominator: str) -> str:
     return f"<mml:mfrac>{numerator}{denominator}</mml:mfrac>"
 
 
-@pytest.mark.parametrize(
-    ("mathml", "text"),
-    [
-        # mfrac: each part in parentheses unless one name or number; the whole where it would run into
-        # what it multiplies or is the base of (all of these read "a b" style before: "a b", "a+b 2").
-        (frac(mi("a"), mi("b")), "a/b"),
-        (frac(mrow(mi("a"), mo("+"), mi("b")), mn("2")), "(a+b)/2"),
-        (frac(mrow(mi("d"), mi("x")), mrow(mi("d"), mi("t"))), "dx/dt"),
-        (frac(mn("1"), frac(mi("a"), mi("b"))), "1/(a/b)"),
-        (mi("y") + mo("=") + frac(mn("1"), mn("2")), "y=1/2"),
-        (frac(mn("1"), mn("2")) + mi("x"), "(1/2)x"),
-        (f"<mml:msup>{frac(mi('a'), mi('b'))}{mn('2')}</mml:msup>", "(a/b)²"),
-        (f"<mml:mfrac linethickness='0pt'>{mi('n')}{mi('k')}</mml:mfrac>", "nk"),  # no bar: not a fraction
-        # roots: the radicand always in parentheses, an mroot's index written as a script before it
-        (f"<mml:msqrt>{mi('x')}</mml:msqrt>", "√(x)"),
-        (f"<mml:msqrt>{mi('x')}{mo('+')}{mn('1')}</mml:msqrt>", "√(x+1)"),
-        (f"<mml:mroot>{mi('x')}{mn('3')}</mml:mroot>", "³√(x)"),
-        (f"<mml:mroot>{mi('x')}{mi('n')}</mml:mroot>", "^{n}√(x)"),
-        # limits under and over are scripts; an accent reads as typed
-        (
-            f"<mml:munderover>{mo('∑')}{mrow(mi('i'), mo('='), mn('1'))}{mi('n')}</mml:munderover>"
-            f"<mml:msub>{mi('x')}{mi('i')}</mml:msub>",
-            "∑_{i=1}^{n}x_{i}",
-        ),
-        (f"<mml:munder>{mo('lim')}{mrow(mi('x'), mo('→'), mn('0'))}</mml:munder>", "lim_{x→0}"),
-        (f"<mml:mover>{mo('→')}{mi('λ')}</mml:mover>", "→^{λ}"),
-        (f"<mml:mover>{mi('x')}{mo('¯')}</mml:mover>", "x¯"),
-        (f"<mml:mover accent='true'>{mi('v')}{mrow(mo('→'))}</mml:mover>", "v→"),
-        # mfenced: its brackets and separators
-        (f"<mml:mfenced>{mi('a')}{mi('b')}</mml:mfenced>", "(a,b)"),
-        (f"<mml:mfenced open='[' close=']' separators=';'>{mi('a')}{mi('b')}</mml:mfenced>", "[a;b]"),
-    ],
-)
+MATHML_LAYOUTS = [
+    # mfrac: each part in parentheses unless one name or number; the whole where it would run into
+    # what it multiplies or is the base of (all of these read "a b" style before: "a b", "a+b 2").
+    (frac(mi("a"), mi("b")), "a/b"),
+    (frac(mrow(mi("a"), mo("+"), mi("b")), mn("2")), "(a+b)/2"),
+    (frac(mrow(mi("d"), mi("x")), mrow(mi("d"), mi("t"))), "dx/dt"),
+    (frac(mn("1"), frac(mi("a"), mi("b"))), "1/(a/b)"),
+    (mi("y") + mo("=") + frac(mn("1"), mn("2")), "y=1/2"),
+    (frac(mn("1"), mn("2")) + mi("x"), "(1/2)x"),
+    (f"<mml:msup>{frac(mi('a'), mi('b'))}{mn('2')}</mml:msup>", "(a/b)²"),
+    (f"<mml:mfrac linethickness='0pt'>{mi('n')}{mi('k')}</mml:mfrac>", "nk"),  # no bar: not a fraction
+    # roots: the radicand always in parentheses, an mroot's index written as a script before it
+    (f"<mml:msqrt>{mi('x')}</mml:msqrt>", "√(x)"),
+    (f"<mml:msqrt>{mi('x')}{mo('+')}{mn('1')}</mml:msqrt>", "√(x+1)"),
+    (f"<mml:mroot>{mi('x')}{mn('3')}</mml:mroot>", "³√(x)"),
+    (f"<mml:mroot>{mi('x')}{mi('n')}</mml:mroot>", "^{n}√(x)"),
+    # limits under and over are scripts; an accent reads as typed
+    (
+        f"<mml:munderover>{mo('∑')}{mrow(mi('i'), mo('='), mn('1'))}{mi('n')}</mml:munderover>"
+        f"<mml:msub>{mi('x')}{mi('i')}</mml:msub>",
+        "∑_{i=1}^{n}x_{i}",
+    ),
+    (f"<mml:munder>{mo('lim')}{mrow(mi('x'), mo('→'), mn('0'))}</mml:munder>", "lim_{x→0}"),
+    (f"<mml:mover>{mo('→')}{mi('λ')}</mml:mover>", "→^{λ}"),
+    (f"<mml:mover>{mi('x')}{mo('¯')}</mml:mover>", "x¯"),
+    (f"<mml:mover accent='true'>{mi('v')}{mrow(mo('→'))}</mml:mover>", "v→"),
+    # mfenced: its brackets and separators
+    (f"<mml:mfenced>{mi('a')}{mi('b')}</mml:mfenced>", "(a,b)"),
+    (f"<mml:mfenced open='[' close=']' separators=';'>{mi('a')}{mi('b')}</mml:mfenced>", "[a;b]"),
+]
+
+
+def inline_math(mathml: str, indent: bool = False) -> str:
+    """The text of a paragraph holding one inline MathML formula, pretty-printed when `indent`."""
+    math = etree.fromstring(f"<mml:math xmlns:mml='http://www.w3.org/1998/Math/MathML'>{mathml}</mml:math>")
+    if indent:
+        etree.indent(math, space="    ")
+    formula = etree.tostring(math, encoding="unicode")
+    (paper,) = parse_jats(article(f"<p>Is <inline-formula>{formula}</inline-formula>.</p>"))
+    return paper.blocks[0].text
+
+
+@pytest.mark.parametrize(("mathml", "text"), MATHML_LAYOUTS)
 def test_mathml_layouts_keep_their_structure(mathml: str, text: str) -> None:
-    (paper,) = parse_jats(
-        article(
-            "<p>Is <inline-formula><mml:math xmlns:mml='http://www.w3.org/1998/Math/MathML'>"
-            f"{mathml}</mml:math></inline-formula>.</p>"
-        )
+    assert inline_math(mathml) == f"Is {text}."
+
+
+@pytest.mark.parametrize(("mathml", "text"), MATHML_LAYOUTS)
+def test_mathml_reads_the_same_pretty_printed(mathml: str, text: str) -> None:
+    # The indentation between MathML elements is not content: PLOS's pretty-printed "(d M)/(d t)" is eLife's
+    # compact "dM/dt" (the spaces also made a part of a fraction look like more than one name).
+    assert inline_math(mathml, indent=True) == f"Is {text}."
+
+
+def test_mathml_token_text_is_kept_as_written() -> None:
+    # Inside <mtext> (and the other tokens) spaces are content; an <mspace> stands for one.
+    mathml = (
+        f"{mi('x')}<mml:mtext> for all </mml:mtext>{mi('y')}<mml:mtext> </mml:mtext>{mi('z')}"
+        f"<mml:mspace width='1em'/>{mo('=')}{frac(mrow(mi('d'), mi('M')), mrow(mi('d'), mi('t')))}"
     )
-    assert paper.blocks[0].text == f"Is {text}."
+    assert inline_math(mathml, indent=True) == "Is x for all y z =dM/dt."
 
 
 def test_footnote_labels_are_written_as_their_markers() -> None:
@@ -1209,6 +1231,32 @@ def test_funding_awards_each_read_as_one_sentence() -> None:
     assert [awards[start:end] for start, end in split_sentences(awards)] == [
         "Funded by National Institutes of Health (award F32 GM086054) to Rosanna A. Alegado.",
         "Funded by Howard Hughes Medical Institute.",
+    ]
+
+
+def test_funding_award_names_and_descriptions_are_written() -> None:
+    # No file of the shared corpus has an <award-name> or <award-desc> (JATS 1.2 and later): they were lost.
+    awards = """
+    <award-group>
+      <funding-source>National Science Foundation</funding-source><award-id>DEB-1234567</award-id>
+      <award-name>Dimensions of   Biodiversity</award-name>
+      <award-desc>Supports field work in <italic>Daphnia</italic> ponds</award-desc>
+      <principal-award-recipient><name><surname>Lovelace</surname><given-names>Ada</given-names></name>
+      </principal-award-recipient>
+    </award-group>
+    <award-group><funding-source>Wellcome Trust</funding-source><award-name>Investigator Award</award-name>
+    </award-group>
+    <award-group><award-id>X-1</award-id><award-name>Career Development Award</award-name></award-group>
+    <award-group><award-name>Seed Grant</award-name><award-desc>A pilot study.</award-desc></award-group>
+    <award-group><award-desc>Equipment only</award-desc></award-group>
+    <award-group><award-name/><award-desc> </award-desc></award-group>"""
+    assert funding_blocks(f"<funding-group>{awards}</funding-group>")[0].split("\n") == [
+        'Funded by National Science Foundation (award DEB-1234567, "Dimensions of Biodiversity") to Ada'
+        " Lovelace. Supports field work in Daphnia ponds.",
+        'Funded by Wellcome Trust (award "Investigator Award").',
+        'Funded by award X-1 ("Career Development Award").',
+        'Funded by award "Seed Grant". A pilot study.',
+        "Funding awarded. Equipment only.",
     ]
 
 
