@@ -17,13 +17,16 @@ Parsing rules (also in the README):
   so a cell's "0.01^{a}" and its note match.
 - Other MathML layouts keep their structure in the same convention (`_math_items`): limits under/over a base
   are its scripts (∑_{i=1}^{n}, lim_{x→0}; an accent reads as typed, x¯); mfrac is numerator/denominator,
-  a part in parentheses unless one name or number (a/b, (a+b)/2, dx/dt), the whole too where it would run
-  into what it multiplies or is the base of ((1/2)x, (a/b)²); msqrt is √(x); mroot its index as a
-  superscript, then the root (³√(x), ^{n}√(x)); mfenced its brackets and separators ((a,b)).
+  a part in parentheses unless it is one token element, scripted or not (a/b, n_{sp}/N, (a+b)/2,
+  (dx)/(dt): decided from the elements, `_one_token`, not the text), the whole too where it would run into
+  what it multiplies or is the base of ((1/2)x, (a/b)²); msqrt is √(x); mroot its index as a superscript,
+  then the root (³√(x), ^{n}√(x)); mfenced its brackets and separators ((a,b)).
 - MathML reads the same pretty-printed or compact: whitespace-only text between its elements is indentation,
   not content (`_indentation`), so <mi>d</mi> <mi>M</mi> reads "dM", and operators are spaced only as the
   formula itself spaces them (a+b; an <mspace> is a space). A token's own text (<mtext> for all </mtext>,
-  <mi>, <mn>, <mo>, <ms>) is kept as written.
+  <mi>, <mn>, <mo>, <ms>) is kept as written. A word (a multi-letter <mi>, <mtext> or <mo>: "and", "sin",
+  "log") is spaced from a name or number it would run into and after a comma or semicolon (`_word_spaces`:
+  "sin x", "5 mg", ", and", "log r_{t}").
 - Tables: caption line, then rowspan/colspan (and OASIS namest/nameend/spanname/colname) expanded into a full
   grid, multi-row headers joined per column with " / ", one line per body row as `header: value; header:
   value`, then table-wrap-foot lines. Group rows, header rows inside the body and row labels written once
@@ -257,6 +260,16 @@ _MATH_LAYOUTS = frozenset(_MATH_SCRIPTS) | {"mfrac", "msqrt", "mroot", "mfenced"
 # MathML token elements: their text, whitespace included, is content. Whitespace between MathML elements
 # is the source's indentation and is left out (`_indentation`).
 _MATH_TOKENS = frozenset({"mi", "mn", "mo", "mtext", "ms"})
+# MathML elements that only hold a row of others, adding no layout: a fraction part or a word's neighbour is
+# looked for through them.
+_MATH_WRAPPERS = frozenset({"mrow", "mstyle", "mpadded"})
+# Tokens that read as one name, number or word: one of them, scripted or not, is a fraction part that needs no
+# parentheses.
+_NAME_TOKENS = frozenset({"mi", "mn", "mtext", "ms"})
+# Tokens that can be a word ("sin", "and", "otherwise"; an operator "log") when longer than a letter.
+_WORD_TOKENS = frozenset({"mi", "mtext", "mo"})
+# Separators a word keeps a space after (", and"), as prose does.
+_WORD_SEPARATORS = frozenset({",", ";"})
 # What an accent attribute is called on munder/mover (an accent reads as typed: x¯, v→).
 _ACCENT_ATTRIBUTES = {"munder": "accentunder", "mover": "accent"}
 # Text that closes a phrase: the space put after a block-like element is left out before it ("note." not
@@ -324,13 +337,13 @@ def _trim_ends(out: list[str], first: int) -> None:
 class _Group:
     """A part of a MathML fraction, root or fence being gathered, like `_Script`: opened (a placeholder piece
     at `start`), then closed, when its pieces are rewritten in place as `before` + `opening` + the part +
-    `closing`. The brackets are left out when `optional` and the part is one name or number ("x", "dt",
-    "2.5"), so a/b reads "a/b" but (a+b)/c "(a+b)/c"."""
+    `closing`, or as `before` + the part when not `bracketed` (a fraction part that is one token,
+    `_one_token`)."""
 
-    __slots__ = ("before", "closing", "opening", "optional", "start")
+    __slots__ = ("before", "bracketed", "closing", "opening", "start")
 
-    def __init__(self, before: str, optional: bool, opening: str = "(", closing: str = ")") -> None:
-        self.before, self.optional = before, optional
+    def __init__(self, before: str, bracketed: bool, opening: str = "(", closing: str = ")") -> None:
+        self.before, self.bracketed = before, bracketed
         self.opening, self.closing = opening, closing
         self.start: int | None = None
 
@@ -341,21 +354,11 @@ class _Group:
             out.append("")  # placeholder for before + opening
             return
         _trim_ends(out, self.start + 1)
-        if self.optional and self._one_name(out, self.start + 1):
+        if not self.bracketed:
             out[self.start] = self.before
             return
         out[self.start] = self.before + self.opening
         out.append(self.closing)
-
-    @staticmethod
-    def _one_name(out: list[str], first: int) -> bool:
-        """The part is one name or number (or empty). Stops at the first piece that says otherwise: a part
-        of nested fractions begins with its own "(", so nesting costs no rescans."""
-        for index in range(first, len(out)):
-            piece = out[index]
-            if piece and not piece.replace(".", "").isalnum():
-                return False
-        return True
 
 
 class _Literal:
@@ -406,8 +409,9 @@ def _math_items(el: etree._Element, name: str) -> list[_Item] | None:
     - msup/msub/msubsup, and munder/mover/munderover (limits), as scripts of their base ("σ²",
       "N_{inlier}", "∑_{i=1}^{n}"); an accent (`accent="true"`, or a lone <mo> over or under the base)
       reads as typed ("x¯");
-    - mfrac as numerator/denominator, each in parentheses unless one name or number ("a/b", "(a+b)/2"),
-      the whole in parentheses too where it would run into what is around it (`_fraction_stands_apart`);
+    - mfrac as numerator/denominator, each in parentheses unless one token (`_one_token`: "a/b",
+      "n_{sp}/N", "(a+b)/2", "(dx)/(dt)"), the whole in parentheses too where it would run into what is
+      around it (`_fraction_stands_apart`);
     - msqrt as "√(x)"; mroot as its index written as a script, then the root ("³√(x)", "^{n}√(x)");
     - mfenced as its brackets around its children, with its separators between them ("(a,b)").
 
@@ -418,20 +422,21 @@ def _math_items(el: etree._Element, name: str) -> list[_Item] | None:
     if name == "mfenced":
         return _fenced_items(el, children)
     if name == "msqrt":
-        root = _Group("√", optional=False)
+        root = _Group("√", bracketed=True)
         return [root, *children, root]
     if name == "mroot":
         if len(children) != 2:
             return None
-        index, root = _Script("^"), _Group("√", optional=False)
+        index, root = _Script("^"), _Group("√", bracketed=True)
         return [index, children[1], index, root, children[0], root]
     if name == "mfrac":
         if len(children) != 2 or (el.get("linethickness") or "").strip().startswith("0"):
             return None
-        numerator, denominator = _Group("", optional=True), _Group("/", optional=True)
+        numerator = _Group("", bracketed=not _one_token(children[0]))
+        denominator = _Group("/", bracketed=not _one_token(children[1]))
         parts: list[_Item] = [numerator, children[0], numerator, denominator, children[1], denominator]
         if not _fraction_stands_apart(el):
-            whole = _Group("", optional=False)
+            whole = _Group("", bracketed=True)
             parts = [whole, *parts, whole]
         return parts
     markers = _MATH_SCRIPTS[name]
@@ -447,7 +452,7 @@ def _math_items(el: etree._Element, name: str) -> list[_Item] | None:
 def _fenced_items(fence: etree._Element, children: list[etree._Element]) -> list[_Item]:
     """mfenced: its opening and closing (default "(" and ")") around its children, separated by its
     separators in turn (default ","; the last one repeats)."""
-    group = _Group("", False, fence.get("open", "("), fence.get("close", ")"))
+    group = _Group("", True, fence.get("open", "("), fence.get("close", ")"))
     separators = "".join((fence.get("separators", ",")).split())
     items: list[_Item] = [group]
     for index, child in enumerate(children):
@@ -456,6 +461,25 @@ def _fenced_items(fence: etree._Element, children: list[etree._Element]) -> list
         items.append(child)
     items.append(group)
     return items
+
+
+def _one_token(part: etree._Element) -> bool:
+    """A fraction part that reads as one unit without parentheses: one name, number or word (<mi>, <mn>,
+    an <mtext> without spaces), scripted or not ("N_{inlier}", "λ₂²"), or nothing; through wrappers (<mrow>)
+    holding nothing else. Decided from the elements, not the text: "dM" (two <mi>) is two tokens."""
+    node = part
+    while True:
+        name = local(node)
+        children = [child for child in node if _is_element(child)]
+        if name in _MATH_WRAPPERS and len(children) <= 1:
+            if not children:
+                return True
+            node = children[0]
+        elif name in _MATH_SCRIPTS and len(children) == len(_MATH_SCRIPTS[name]) + 1:
+            node = children[0]  # the base: scripts read apart from it either way ("x_{i}", "x²")
+        else:
+            text = element_text(node)
+            return name in _NAME_TOKENS and bool(text) and not any(char.isspace() for char in text)
 
 
 def _fraction_stands_apart(fraction: etree._Element) -> bool:
@@ -484,6 +508,70 @@ def _separates(node: etree._Element) -> bool:
     if name == "mtext":
         return not text.strip()
     return text != "/" and not text.isalpha() and not ("\u2061" <= text <= "\u2064")
+
+
+def _is_word(token: etree._Element) -> bool:
+    """A multi-letter <mi>, <mtext> or <mo>: a word or function name ("and", "sin", "log"), not a one-letter
+    variable or a symbol."""
+    text = element_text(token)
+    return len(text) > 1 and any(char.isalpha() for char in text)
+
+
+def _invisible(node: etree._Element) -> bool:
+    """An invisible operator (function application, invisible times, U+2061-U+2064): it separates nothing."""
+    text = node.text or ""
+    return local(node) == "mo" and len(text) == 1 and "\u2061" <= text <= "\u2064"
+
+
+def _neighbour(token: etree._Element, before: bool) -> etree._Element | None:
+    """The element read right before (or after) a token in its row, through wrappers (<mrow>) and invisible
+    operators, and after it into a scripted name's base; None at the edge of a row or between the parts of a
+    layout (a script's base, a fraction's numerator), which are set apart by the layout itself."""
+    node = token
+    while True:
+        sibling = node.getprevious() if before else node.getnext()
+        while sibling is not None and (not _is_element(sibling) or _invisible(sibling)):
+            sibling = sibling.getprevious() if before else sibling.getnext()
+        parent = node.getparent()
+        if parent is None:
+            return None
+        if sibling is not None:
+            break
+        if local(parent) not in _MATH_WRAPPERS:
+            return None
+        node = parent
+    if local(parent) in _MATH_LAYOUTS and local(parent) != "msqrt":
+        return None
+    while True:
+        name = local(sibling)
+        children = [child for child in sibling if _is_element(child) and not _invisible(child)]
+        if name in _MATH_WRAPPERS and children:
+            sibling = children[-1] if before else children[0]
+        elif not before and name in _MATH_SCRIPTS and len(children) == len(_MATH_SCRIPTS[name]) + 1:
+            sibling = children[0]  # a scripted name begins with its base ("log r_{t}")
+        else:
+            return sibling
+
+
+def _word_spaces(token: etree._Element) -> tuple[str, str]:
+    """The spaces around a MathML word (`_is_word`): one on a side where a letter or digit of it would
+    run into one of a neighbouring token ("sin x", "x and y", "5 mg"), and one after a comma or semicolon
+    (", and"). A side that ends in a space or punctuation of its own ("skew(", "<mtext> for all </mtext>")
+    is set apart already."""
+    if not _is_word(token):
+        return "", ""
+    text = "".join(token.itertext())
+    spaces = []
+    for before in (True, False):
+        edge = text[:1] if before else text[-1:]
+        neighbour = _neighbour(token, before) if edge.isalnum() else None
+        touching = ""
+        if neighbour is not None and local(neighbour) in _MATH_TOKENS:
+            neighbour_text = "".join(neighbour.itertext())
+            touching = neighbour_text[-1:] if before else neighbour_text[:1]
+        spaced = touching.isalnum() or (before and touching in _WORD_SEPARATORS)
+        spaces.append(" " if spaced else "")
+    return spaces[0], spaces[1]
 
 
 def _is_accent(el: etree._Element, script: etree._Element) -> bool:
@@ -547,12 +635,17 @@ def _gather(
             name = tag.rpartition("}")[2]
             text = None if mathml and _indentation(child.text, child) else child.text
             if name not in _GATHER_SPECIAL and not (skip and name in skip):  # plain inline markup (<italic>)
+                before, after = _word_spaces(child) if mathml and name in _WORD_TOKENS else ("", "")
+                if before:
+                    out.append(before)
                 if text:
                     out.append(text)
                 if len(child):
-                    frames.append((iter(child), None, tail, True))
+                    frames.append((iter(child), _CLOSE_SPACE if after else None, tail, True))
                     descended = True
                     break
+                if after:
+                    out.append(after)
                 if tail:
                     out.append(tail)
                 continue

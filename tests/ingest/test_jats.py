@@ -611,9 +611,27 @@ def test_real_mathml_formula_once() -> None:
     # msup/msub keep their scripts apart from the base (issue 13; was "σ 2 = 1 N inlier"); the fraction and
     # the sum's limit keep their structure (were "1 N_{inlier} ∑ i ∈ inlier"). The spaces between elements
     # are PLOS's pretty-printing, not content (were "σ² = (1/(N_{inlier})) ∑ ... ∥ y ⃗_{i} - R x ⃗_{i}"); the
-    # spaces around ∈ are the formula's own <mspace>s.
-    assert formula.text.startswith("σ²=(1/(N_{inlier}))∑_{i ∈ inlier}∥y⃗_{i}-Rx⃗_{i}-t⃗ ∥₂²")
+    # spaces around ∈ are the formula's own <mspace>s. N_{inlier} is one scripted name: no parentheses.
+    assert formula.text.startswith("σ²=(1/N_{inlier})∑_{i ∈ inlier}∥y⃗_{i}-Rx⃗_{i}-t⃗ ∥₂²")
     assert formula.text.count("inlier") == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "xml_id", "text"),
+    [
+        # Pretty-printed PLOS MathML: fraction parts of several elements keep their parentheses (were
+        # "dM/dt=λ_{g}G+λ₁λ₂²/(λ₂²+αA²)" once the indentation was left out), one scripted name needs none.
+        ("journal.pone.0114370.xml", "pone.0114370.e002", "(dM)/(dt)=λ_{g}G+(λ₁λ₂²)/(λ₂²+αA²)−M, (1)"),
+        ("journal.pcbi.1004141.xml", "pcbi.1004141.e034", "I^_{Ber}=(1/n_{sp})ℒ_{lnb}+(1/r¯)H^[r] (20)"),
+        # A word keeps its space after a comma and before a name (were ",and" and "logr_{t}!").
+        ("journal.pcbi.1004141.xml", "pcbi.1004141.e090", "O(ρ³), and (49)"),
+        ("journal.pcbi.1004141.xml", "pcbi.1004141.e021", "-∑_{t=1}^{N}log r_{t}! (11)"),
+    ],
+)
+def test_real_mathml_fractions_and_words_read_unambiguously(path: str, xml_id: str, text: str) -> None:
+    paper = parse_shared(f"jats/allofplos/allofplos/starter_corpus/{path}")
+    formula = next(b for b in paper.blocks if b.xml_id == xml_id)
+    assert formula.text.endswith(text)
 
 
 def test_real_bibr_ids_resolve_to_references() -> None:
@@ -850,16 +868,42 @@ def mrow(*children: str) -> str:
     return f"<mml:mrow>{''.join(children)}</mml:mrow>"
 
 
+def mtext(text: str) -> str:
+    return f"<mml:mtext>{text}</mml:mtext>"
+
+
 def frac(numerator: str, denominator: str) -> str:
     return f"<mml:mfrac>{numerator}{denominator}</mml:mfrac>"
 
 
+def msub(base: str, script: str) -> str:
+    return f"<mml:msub>{base}{script}</mml:msub>"
+
+
+def msup(base: str, script: str) -> str:
+    return f"<mml:msup>{base}{script}</mml:msup>"
+
+
 MATHML_LAYOUTS = [
-    # mfrac: each part in parentheses unless one name or number; the whole where it would run into
-    # what it multiplies or is the base of (all of these read "a b" style before: "a b", "a+b 2").
+    # mfrac: each part in parentheses unless one token (a name or number, scripted or not, in nothing but
+    # <mrow>s); the whole where it would run into what it multiplies or is the base of (all of these read
+    # "a b" style before: "a b", "a+b 2").
     (frac(mi("a"), mi("b")), "a/b"),
     (frac(mrow(mi("a"), mo("+"), mi("b")), mn("2")), "(a+b)/2"),
-    (frac(mrow(mi("d"), mi("x")), mrow(mi("d"), mi("t"))), "dx/dt"),
+    (
+        frac(mrow(mi("d"), mi("x")), mrow(mi("d"), mi("t"))),
+        "(dx)/(dt)",
+    ),  # two names each: "dx/dt" was a guess
+    (frac(msub(mi("n"), mrow(mi("s"), mi("p"))), mrow(mi("N"), mi("Δ"))), "n_{sp}/(NΔ)"),
+    (
+        frac(
+            mrow(msub(mi("λ"), mn("1")), msup(msub(mi("λ"), mn("2")), mn("2"))),
+            mrow(msup(msub(mi("λ"), mn("2")), mn("2")), mo("+"), mi("α"), msup(mi("A"), mn("2"))),
+        ),
+        "(λ₁λ₂²)/(λ₂²+αA²)",
+    ),
+    (frac(mrow(mrow(mi("x"))), mn("2.5")), "x/2.5"),
+    (frac(mtext("cells"), mtext("all cells")), "cells/(all cells)"),
     (frac(mn("1"), frac(mi("a"), mi("b"))), "1/(a/b)"),
     (mi("y") + mo("=") + frac(mn("1"), mn("2")), "y=1/2"),
     (frac(mn("1"), mn("2")) + mi("x"), "(1/2)x"),
@@ -896,6 +940,30 @@ def inline_math(mathml: str, indent: bool = False) -> str:
     return paper.blocks[0].text
 
 
+MATHML_WORDS = [
+    # A word (a multi-letter <mi>, <mtext> or <mo>) is spaced from a name or number next to it, through
+    # <mrow>s and into a scripted name's base, and after a comma or semicolon.
+    (mi("sin") + mi("x"), "sin x"),
+    (mi("x") + mtext("and") + mi("y"), "x and y"),
+    (mn("5") + mi("mg"), "5 mg"),
+    (mi("x") + mo(",") + mi("and") + mi("y"), "x, and y"),
+    (mrow(mi("k")) + mrow(mo("ln"), mi("x")), "k ln x"),
+    (mo("log") + msub(mi("r"), mi("t")), "log r_{t}"),
+    # ... but not from operators, its own punctuation or spaces, or the other parts of a layout
+    (mi("x") + mo("+") + mi("sin") + mo("(") + mi("x") + mo(")"), "x+sin(x)"),
+    (mtext("skew(") + mi("x") + mo(")"), "skew(x)"),
+    (mi("x") + mtext(" for all ") + mi("y"), "x for all y"),
+    (msub(mi("N"), mi("tot")) + mi("x"), "N_{tot}x"),
+    (mi("xy") + mo(";") + mi("z"), "xy;z"),
+]
+
+
+@pytest.mark.parametrize("indent", [False, True])
+@pytest.mark.parametrize(("mathml", "text"), MATHML_WORDS)
+def test_mathml_words_are_spaced_from_names(mathml: str, text: str, indent: bool) -> None:
+    assert inline_math(mathml, indent=indent) == f"Is {text}."
+
+
 @pytest.mark.parametrize(("mathml", "text"), MATHML_LAYOUTS)
 def test_mathml_layouts_keep_their_structure(mathml: str, text: str) -> None:
     assert inline_math(mathml) == f"Is {text}."
@@ -904,7 +972,7 @@ def test_mathml_layouts_keep_their_structure(mathml: str, text: str) -> None:
 @pytest.mark.parametrize(("mathml", "text"), MATHML_LAYOUTS)
 def test_mathml_reads_the_same_pretty_printed(mathml: str, text: str) -> None:
     # The indentation between MathML elements is not content: PLOS's pretty-printed "(d M)/(d t)" is eLife's
-    # compact "dM/dt" (the spaces also made a part of a fraction look like more than one name).
+    # compact "(dM)/(dt)"; whether a fraction part needs parentheses is read from its elements, not its text.
     assert inline_math(mathml, indent=True) == f"Is {text}."
 
 
@@ -914,7 +982,7 @@ def test_mathml_token_text_is_kept_as_written() -> None:
         f"{mi('x')}<mml:mtext> for all </mml:mtext>{mi('y')}<mml:mtext> </mml:mtext>{mi('z')}"
         f"<mml:mspace width='1em'/>{mo('=')}{frac(mrow(mi('d'), mi('M')), mrow(mi('d'), mi('t')))}"
     )
-    assert inline_math(mathml, indent=True) == "Is x for all y z =dM/dt."
+    assert inline_math(mathml, indent=True) == "Is x for all y z =(dM)/(dt)."
 
 
 def test_footnote_labels_are_written_as_their_markers() -> None:
