@@ -4,7 +4,7 @@ findings? BM25 over chunk text alone, BM25 that reads the heading right above ea
 (`retrieval.lexical_text`), and back matter the question does not ask about ranked last
 (`Retriever._back_matter_last`), side by side in one run.
 
-    .venv/bin/python bench/bench_section_questions.py [FOLDER] [--store-dir DIR]  # ../shared/data/jats
+    .venv/bin/python bench/bench_section_questions.py [FOLDER] [--store-dir DIR] [--answers]
 
 Every JATS file of FOLDER is parsed and chunked with the production chunker into a temporary store (or
 `--store-dir`, kept for reruns). For each paper and each kind below whose heading the paper has, each of the
@@ -13,6 +13,11 @@ among the top k passages. The questions are written as researchers ask them, som
 usual heading ("competing interests"), some none ("Who designed the study?" of "Author contributions").
 Gold is structural (a chunk under the heading), so an answer stated elsewhere too (funding in the
 acknowledgements) counts as a miss: the figures compare the two settings, they do not grade answers.
+
+With --answers, the production retrieval's passages are also answered by the extractive backend, with and
+without `ExtractiveBackend.named_sections` (a question naming the back-matter section of its best passage is
+answered from that section), side by side in one run: how often the answer quotes the section asked about,
+quotes something else, or abstains; and how often a findings question is answered from back matter.
 
 COVID-QA's papers have only "Title", "Metadata", "Abstract" and "Body" for headings and no back matter; its
 `pmcqa eval` figures with and without the heading are in the README ("Retrieval").
@@ -29,6 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pmcqa.app.answering.extractive import Decision, ExtractiveBackend
 from pmcqa.app.corpus_report import corpus_files
 from pmcqa.app.evaluation import reserved_pmcid
 from pmcqa.core.ids import own_paper_id
@@ -114,6 +120,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER)
     parser.add_argument("--store-dir", type=Path, default=None)
+    parser.add_argument("--answers", action="store_true", help="answer with the extractive backend too")
     args = parser.parse_args()
     if not args.folder.is_dir():
         print(f"no JATS folder at {args.folder}", file=sys.stderr)
@@ -186,8 +193,72 @@ def main() -> int:
     for (mode, setting), (asked, intruded) in intrusions.items():
         control.add_row(mode, setting, str(asked), f"{intruded / asked:.3f}")
     Console(width=140).print(control)
+    if args.answers:
+        answer_tables(papers, retriever(True, True), ExtractiveBackend(settings, embedder), store)
     store.close()
     return 0
+
+
+FINDINGS = "findings"
+OUTCOMES = ("quotes the section", "quotes elsewhere", "abstained")
+
+
+def _outcome(decision: Decision | None, backend: ExtractiveBackend, gold: set[str]) -> str:
+    """What an answer quotes: a chunk of `gold` (of a findings question: back matter), other text, nothing."""
+    if decision is None or decision.confidence < backend.min_confidence:
+        return "abstained"
+    chosen = {decision.sentences[i].chunk.chunk_id for i in decision.chosen}
+    return "quotes the section" if chosen & gold else "quotes elsewhere"
+
+
+def answer_tables(
+    papers: dict[str, list[Chunk]], run: Retriever, backend: ExtractiveBackend, store: PaperStore
+) -> None:
+    """Answer every question with the production retrieval's passages, named sections off and on."""
+    questions: list[tuple[str, str, str, set[str]]] = []  # kind, paper id, question, gold chunk ids
+    for kind, (pattern, asked) in KINDS.items():
+        heading = re.compile(pattern, re.IGNORECASE)
+        for paper_id, chunks in papers.items():
+            gold = {c.chunk_id for c in chunks if any(heading.search(part) for part in c.section_path)}
+            questions.extend((kind, paper_id, question, gold) for question in asked if gold)
+    for paper_id, chunks in papers.items():
+        back = {c.chunk_id for c in chunks if c.kind == "back"}  # "gold" of a findings question: back matter
+        questions.extend((FINDINGS, paper_id, question, back) for question in FINDINGS_QUESTIONS)
+
+    counts: dict[tuple[str, str], dict[str, int]] = {}  # (kind, named sections) -> outcome -> questions
+    named = {"answers": 0, "quoting the section asked about": 0}  # section questions answered from a section
+    for kind, paper_id, question, gold in questions:
+        record = store.get_paper(paper_id)
+        assert record is not None
+        passages = run.retrieve(paper_id, question)
+        for setting in ("off", "on"):
+            backend.named_sections = setting == "on"
+            decision = backend.decide(question, passages, record)
+            outcome = _outcome(decision, backend, gold)
+            for row_kind in (kind, "all section questions") if kind != FINDINGS else (kind,):
+                row = counts.setdefault((row_kind, setting), dict.fromkeys(OUTCOMES, 0))
+                row[outcome] += 1
+            if setting == "on" and kind != FINDINGS and decision is not None and decision.section:
+                named["answers"] += 1
+                named["quoting the section asked about"] += outcome == "quotes the section"
+
+    table = Table(
+        title="Extractive answers with the production retrieval (findings: 'the section' is back matter)"
+    )
+    for column in ("kind", "named sections", "questions", *OUTCOMES):
+        table.add_column(column, justify="left" if column in ("kind", "named sections") else "right")
+    order = [*KINDS, "all section questions", FINDINGS]
+    for (kind, setting), row in sorted(
+        counts.items(), key=lambda item: (order.index(item[0][0]), item[0][1])
+    ):
+        total = sum(row.values())
+        table.add_row(kind, setting, str(total), *(f"{row[name] / total:.3f}" for name in OUTCOMES))
+    Console(width=140).print(table)
+    share = named["quoting the section asked about"] / max(named["answers"], 1)
+    print(
+        f"section questions answered from a named section: {named['answers']}; "
+        f"share quoting the section asked about: {share:.3f} (NAMED_SECTION_CONFIDENCE)"
+    )
 
 
 if __name__ == "__main__":

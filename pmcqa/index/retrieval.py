@@ -144,6 +144,15 @@ def asks_about(question: str, back_matter: Sequence[Chunk]) -> list[bool]:
     ]
 
 
+def names_heading(question: str, chunk: Chunk) -> bool:
+    """Whether the question names the heading right above `chunk` by a word beyond those naming the paper
+    itself: "Who funded this work?" names "Funding", "Are the data publicly available?" names "Data
+    availability"; any chunk without a heading is named by no question."""
+    if not chunk.section_path:
+        return False
+    return bool((_stems(question) - _REFERENT_STEMS) & _stems(chunk.section_path[-1]))
+
+
 def _chunk_text(chunk: Chunk) -> str:
     return chunk.text
 

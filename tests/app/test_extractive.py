@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER
-from pmcqa.app.answering.extractive import DEFAULT_MIN_CONFIDENCE, ExtractiveBackend, chunk_sentences
+from pmcqa.app.answering.extractive import (
+    DEFAULT_MIN_CONFIDENCE,
+    NAMED_SECTION_CHARS,
+    NAMED_SECTION_CONFIDENCE,
+    ExtractiveBackend,
+    candidates,
+    chunk_sentences,
+    named_section,
+    section_opening,
+)
 from pmcqa.core.text import split_sentences
-from pmcqa.index.models import Chunk
+from pmcqa.index.models import Chunk, Passage
 
 OWN_QUESTION = "What is the probability that a research claim is true?"
 FOREIGN_QUESTION = "Was XMRV detected in the blood of patients with chronic fatigue syndrome?"
@@ -112,3 +121,82 @@ def test_stream_yields_steps_then_answer_then_done(library, ingested):
     answer = "".join(str(e.data) for e in events if e.event == "answer")
     assert events[-1].data.answer == answer
     assert len(events[-1].data.steps) == 3
+
+
+def _section_chunk(chunk_id: str, text: str, path: list[str], start: int, kind: str = "back") -> Chunk:
+    return Chunk(
+        chunk_id=chunk_id,
+        paper_id="PMC1182327",
+        ordinal=start,
+        kind=kind,
+        section_path=path,
+        text=text,
+        start=start,
+        end=start + len(text),
+    )
+
+
+FUNDING = _section_chunk("funding", "Funded by the Wellcome Trust (award 123).", ["Funding"], 900_000)
+COMPETING = _section_chunk("competing", "None declared.", ["Author notes", "Competing interests"], 900_100)
+RESULTS = _section_chunk(
+    "results", "Mice given the drug lived longer than controls.", ["Results"], 1000, "paragraph"
+)
+
+
+def test_a_question_names_the_back_matter_section_of_its_best_passage_only():
+    passages = [
+        Passage(chunk=FUNDING, score=1.0, rank=1, neighbours=[COMPETING]),
+        Passage(chunk=RESULTS, score=0.5, rank=2),
+    ]
+    section = named_section("Who funded this work?", passages)
+    assert section is not None
+    # The funding passage alone, without its neighbour from another section.
+    assert [p.chunk.chunk_id for p in section] == ["funding"] and section[0].neighbours == []
+    # Words that name the paper itself ("authors", "work") name no section.
+    assert named_section("What did the authors find in this work?", passages) is None
+    # A question naming a back-matter heading whose best passage is the body is not answered from the back.
+    body_first = [p.model_copy(update={"rank": 3 - p.rank}) for p in passages]
+    assert named_section("Who funded this work?", body_first) is None
+    assert named_section("Who funded this work?", []) is None
+
+
+def test_a_named_section_keeps_its_short_statements_and_quotes_its_opening():
+    assert candidates([Passage(chunk=COMPETING, score=1.0, rank=1)]) == []  # a fragment elsewhere
+    (statement,) = candidates([Passage(chunk=COMPETING, score=1.0, rank=1)], min_terms=1)
+    assert statement.text == "None declared."
+    sentence = "The Wellcome Trust funded this study under award 123. "
+    long = _section_chunk("long", sentence * 40, ["Funding"], 0)
+    sentences = chunk_sentences(long)
+    chosen = section_opening(sentences)
+    assert chosen == list(range(len(chosen))) and 1 < len(chosen) < len(sentences)
+    assert sum(len(sentences[i].text) for i in chosen) <= NAMED_SECTION_CHARS
+    assert section_opening(chunk_sentences(_section_chunk("one", "x" * 2000 + ".", ["Funding"], 0))) == [0]
+
+
+def test_a_question_naming_a_back_matter_section_is_answered_from_it(library, ingested):
+    paper = ingested["ioannidis"]
+    backend = library.backend("extractive")
+    question = "Did the author declare any competing interests?"
+    draft = backend.generate(question, library.retriever.retrieve(paper.paper_id, question), paper)
+    assert draft.answer == "The author has declared that no competing interests exist."
+    assert [paper.text[c.start : c.end] for c in draft.cited] == [draft.answer]
+    assert draft.steps[2].startswith(
+        '3) The question asks for the paper\'s "Author notes > Competing interests"'
+    )
+    assert draft.confidence is not None and draft.confidence >= NAMED_SECTION_CONFIDENCE
+    # "interests" names that heading too, but the body ranks first: answered from the body.
+    question = "How do financial interests affect whether research findings are true?"
+    passages = library.retriever.retrieve(paper.paper_id, question)
+    draft = backend.generate(question, passages, paper)
+    assert draft.steps[2].startswith("3) Selected") and "Competing interests" not in draft.steps[2]
+
+
+def test_a_named_section_s_short_statement_answers(library, ingested):
+    """ "None declared." is too short to be a candidate elsewhere; under the heading asked about it is the
+    answer, where the backend without named sections has no sentence at all."""
+    paper, question = ingested["ioannidis"], "Do the authors declare competing interests?"
+    passages = [Passage(chunk=COMPETING, score=1.0, rank=1), Passage(chunk=RESULTS, score=0.5, rank=2)]
+    draft = ExtractiveBackend(library.settings, library.embedder).generate(question, passages, paper)
+    assert draft.answer == "None declared." and not draft.abstained
+    unnamed = ExtractiveBackend(library.settings, library.embedder, named_sections=False)
+    assert "None declared." not in unnamed.generate(question, passages, paper).answer

@@ -13,6 +13,11 @@ question asked of its own paper and of a different one, checked for calibration 
 ``settings.min_confidence`` (default: the answer model's, chosen on dev) the backend says the paper does not
 appear to answer the question, rather than quoting something loosely related.
 
+A question that names the back-matter section of its best passage ("Who funded this work?" of "Funding",
+"Are there any conflicts of interest?" of "Competing interests") is answered from that section alone: its
+opening sentences, short statements such as "None declared." included, at `NAMED_SECTION_CONFIDENCE`
+(`named_section`). The confidence model, fitted on questions about findings, abstained on most of these.
+
 Ranker, confidence model and threshold make an `AnswerModel`. The hand-set one is this module's constants
 (`RANKER_WEIGHTS`: 0.5 cosine with the retrieval encoder + 0.5 term coverage; `CONFIDENCE_WEIGHTS`, fitted
 offline by ``bench/fit_answer_models.py``). `pmcqa train-answerer` (`app/answer_training.py`) makes a trained
@@ -28,7 +33,7 @@ import math
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -50,6 +55,7 @@ from pmcqa.core.text import split_sentences, tokenize
 from pmcqa.index import onnx_backend
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.models import Chunk, PaperRecord, Passage
+from pmcqa.index.retrieval import names_heading
 
 # --- the fitted models (bench/fit_answer_models.py prints these constants) --------------------------------
 
@@ -116,6 +122,14 @@ ANSWER_MODEL_FILE = "answer-model.json"
 SENTENCE_VECTOR_CACHE = 50_000
 IDF_CACHE = 64
 
+# The confidence of an answer from the back-matter section a question names (`named_section`). Over the
+# 1,116 section questions of bench/bench_section_questions.py --answers (2026-12-02), all 621 such answers
+# quoted the section asked about; 0.95, not 1, because the section is not always the whole answer (an
+# acknowledgements section past `NAMED_SECTION_CHARS`, funding also thanked elsewhere).
+NAMED_SECTION_CONFIDENCE = 0.95
+# How much of that section the answer quotes: its opening sentences up to this many characters.
+NAMED_SECTION_CHARS = 800
+
 FRONT_MATTER = frozenset({"Title", "Metadata"})
 _NUMBER_QUESTION = re.compile(
     r"\bhow (?:many|much|large|big|high|low|often|old)\b|\b(?:what|which) (?:is the |was the |are the )?"
@@ -166,16 +180,48 @@ def chunk_sentences(chunk: Chunk) -> list[Sentence]:
     ]
 
 
-def candidates(passages: Sequence[Passage]) -> list[Sentence]:
-    """Sentences of the retrieved chunks (and their neighbours), each chunk once, in paper order."""
+def candidates(passages: Sequence[Passage], min_terms: int = 3) -> list[Sentence]:
+    """Sentences of the retrieved chunks (and their neighbours) with at least `min_terms` terms (shorter
+    ones are fragments: "Results.", "(A)"), each chunk once, in paper order."""
     chunks: dict[str, Chunk] = {}
     for passage in passages:
         for chunk in [passage.chunk, *passage.neighbours]:
             chunks.setdefault(chunk.chunk_id, chunk)
     sentences: list[Sentence] = []
     for chunk in sorted(chunks.values(), key=lambda c: c.start):
-        sentences.extend(s for s in chunk_sentences(chunk) if len(tokenize(s.text)) >= 3)
+        sentences.extend(s for s in chunk_sentences(chunk) if len(tokenize(s.text)) >= min_terms)
     return sentences
+
+
+def section_opening(sentences: Sequence[Sentence]) -> list[int]:
+    """The first sentences of a section, in paper order, within `NAMED_SECTION_CHARS` (at least one): what
+    a section says is its answer ("Who funded this work?" lists every funder, "Do the authors declare any
+    competing interests?" is answered by each author's statement), not the one sentence the ranker likes."""
+    chosen, used = [0], len(sentences[0].text)
+    for i in range(1, len(sentences)):
+        used += len(sentences[i].text)
+        if used > NAMED_SECTION_CHARS:
+            break
+        chosen.append(i)
+    return chosen
+
+
+def named_section(question: str, passages: Sequence[Passage]) -> list[Passage] | None:
+    """When the best passage is back matter (funding, competing interests, author contributions,
+    acknowledgements) whose own heading the question names ("Who funded this work?" of "Funding"), the
+    passages and neighbours under that heading: the answer is that section's, whatever the confidence model
+    (fitted on COVID-QA's questions about findings) makes of a statement such as "The authors have declared
+    that no competing interests exist." Else None. Only the best passage counts: "What genes of interest
+    were studied?" names "Competing interests" too, but retrieval ranks the body first."""
+    best = min(passages, key=lambda p: p.rank, default=None)
+    if best is None or best.chunk.kind != "back" or not names_heading(question, best.chunk):
+        return None
+    path = best.chunk.section_path
+    return [
+        passage.model_copy(update={"neighbours": [c for c in passage.neighbours if c.section_path == path]})
+        for passage in passages
+        if passage.chunk.section_path == path
+    ]
 
 
 # --- features -----------------------------------------------------------------------------------------------
@@ -426,6 +472,7 @@ class Decision:
     chosen: list[int]
     features: np.ndarray  # the answer's `ANSWER_FEATURES`
     confidence: float
+    section: str | None = None  # the section the question names, when the answer is chosen from it alone
 
     @property
     def text(self) -> str:
@@ -457,9 +504,14 @@ class ExtractiveBackend:
     name = "extractive"
 
     def __init__(
-        self, settings: Settings, embedder: _Embedder | None = None, answer_model: AnswerModel | None = None
+        self,
+        settings: Settings,
+        embedder: _Embedder | None = None,
+        answer_model: AnswerModel | None = None,
+        named_sections: bool = True,
     ) -> None:
         self.settings = settings
+        self.named_sections = named_sections  # answer a question naming a back-matter section from it
         self._embedder = embedder
         self.answer_model = answer_model or find_answer_model(settings)
         self._scorer: _Embedder | None = None  # the trained model's sentence scorer, loaded on first use
@@ -611,7 +663,22 @@ class ExtractiveBackend:
         return feature_rows(question, sentences, dense, self._paper_idf(paper), passages)
 
     def decide(self, question: str, passages: list[Passage], paper: PaperRecord) -> Decision | None:
-        """Rank the candidate sentences, choose the answer, estimate its confidence (None: no candidates)."""
+        """Rank the candidate sentences, choose the answer, estimate its confidence (None: no candidates).
+        A question naming the back-matter section of the best passage is answered from that section alone
+        (`named_section`), every sentence of it a candidate ("None declared." included), at the confidence
+        measured for such answers."""
+        section = named_section(question, passages) if self.named_sections else None
+        sentences = candidates(section, min_terms=1) if section else []
+        if sentences and section:
+            decision = decide_on(
+                sentences, self.sentence_features(question, sentences, paper, section), self.answer_model
+            )
+            return replace(
+                decision,
+                chosen=section_opening(sentences),
+                confidence=max(decision.confidence, NAMED_SECTION_CONFIDENCE),
+                section=section[0].chunk.section,
+            )
         sentences = candidates(passages)
         if not sentences:
             return None
@@ -644,11 +711,18 @@ class ExtractiveBackend:
             return
         chosen = [decision.sentences[i] for i in decision.chosen]
         where = "; ".join(dict.fromkeys(place_of(s.chunk) for s in chosen))
-        yield StepEvent(
-            data=f"3) Selected {len(chosen)} of {count} sentences from {where}; estimated "
-            f"{decision.confidence:.0%} chance that they hold the right information "
-            f"(answering at {self.min_confidence:.0%} or more).",
-        )
+        if decision.section:
+            yield StepEvent(
+                data=f'3) The question asks for the paper\'s "{decision.section}" section, the best '
+                f"passage; quoting {len(chosen)} of its {count} sentences; estimated "
+                f"{decision.confidence:.0%} chance that they hold the right information.",
+            )
+        else:
+            yield StepEvent(
+                data=f"3) Selected {len(chosen)} of {count} sentences from {where}; estimated "
+                f"{decision.confidence:.0%} chance that they hold the right information "
+                f"(answering at {self.min_confidence:.0%} or more).",
+            )
         short = self.shorten(question, decision)
         if short is not None:
             yield StepEvent(
