@@ -1706,7 +1706,10 @@ def _walk_fn(el: etree._Element, ctx: _Ctx, out: _Out) -> None:
     contributions, ...) names it, so "Competing interests" is not lost behind "Footnotes"; its marker label
     starts its first block (`_footnote_text`)."""
     first = len(out.blocks)
-    _walk(el, ctx.deeper(_AUTHOR_NOTE_HEADINGS.get(el.get("fn-type") or "", "")), out)
+    heading = _AUTHOR_NOTE_HEADINGS.get(el.get("fn-type") or "", "")
+    if ctx.path and ctx.path[-1].casefold() == heading.casefold():
+        heading = ""  # its group's title says it already (eLife's "Competing interests" fn-group)
+    _walk(el, ctx.deeper(heading), out)
     label = _marker_label(el)
     if label is not None and len(out.blocks) > first:
         out.prefix(first, _marker_text(label))

@@ -1424,3 +1424,12 @@ def test_real_back_footnotes_are_named_by_their_kind() -> None:
     paper = parse_shared("jats/elife-tools/elife00270.xml")
     note = next(b for b in paper.blocks if "Howard Hughes Medical Institute" in b.text and b.part == "back")
     assert note.section_path == ["Footnotes", "Competing interests"]
+    # An fn-group whose title already says the notes' kind is not named twice.
+    paper = parse_shared("jats/elife-tools/elife00013.xml")
+    notes = [
+        b.section_path for b in paper.blocks if b.text.startswith(("JC: Reviewing Editor", "RA: Conception"))
+    ]
+    assert notes == [
+        ["Additional information", "Competing interests"],
+        ["Additional information", "Author contributions"],
+    ]
