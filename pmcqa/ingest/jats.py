@@ -7,6 +7,8 @@ Parsing rules (also in the README):
 - Blocks in document order: title, abstracts, body, back matter, floats-group, sub-articles.
 - Section paths combine label and title ("2.1 Cell culture"); an untitled, unlabelled `<sec>` adds no path
   level (its content belongs to the parent's path), so paths never contain empty parts.
+- A paragraph that only shows an object's DOI as a link (eLife: "DOI: http://dx.doi.org/…" after each abstract
+  and figure caption) is left out, like the <object-id> it displays (`_is_doi_display`).
 - Block elements (list, table-wrap, fig, disp-formula, boxed-text, ...) nested inside `<p>` are split out as
   their own blocks; the paragraph text around them becomes separate paragraph blocks, in order. So are those
   inside list items (the list goes on in a new block). A `<fn>` inside a paragraph becomes a block after it.
@@ -649,7 +651,8 @@ def _gather(
                 if tail:
                     out.append(tail)
                 continue
-            if name in _NO_TEXT or (skip and len(frames) == 1 and name in skip):
+            skipped = skip and len(frames) == 1 and name in skip
+            if name in _NO_TEXT or skipped or (name == "p" and _is_doi_display(child)):
                 if not in_formula:
                     _hidden_mentions(child, len(out), refs)
                 if tail:
@@ -1543,8 +1546,27 @@ def _walk_sec(sec: etree._Element, ctx: _Ctx, out: _Out) -> None:
     _walk(sec, inner, out)
 
 
+def _is_doi_display(p: etree._Element) -> bool:
+    """eLife's "<p><bold>DOI:</bold> <ext-link ...>http://dx.doi.org/…</ext-link></p>" after an abstract or
+    a figure caption: the object's DOI shown as a link (its <object-id> is left out already), no prose."""
+    if (p.text or "").strip() or len(p) != 2:
+        return False
+    bold, link = p
+    return (
+        local(bold) == "bold"
+        and (bold.text or "").strip() == "DOI:"
+        and not (bold.tail or "").strip()
+        and local(link) == "ext-link"
+        and link.get("ext-link-type") == "doi"
+        and not (link.tail or "").strip()
+    )
+
+
 def _walk_p(p: etree._Element, ctx: _Ctx, out: _Out) -> None:
-    """A paragraph; block elements nested in it become their own blocks between the text segments."""
+    """A paragraph; block elements nested in it become their own blocks between the text segments. A DOI
+    shown as a link (`_is_doi_display`) is left out."""
+    if _is_doi_display(p):
+        return
     if next(_children(p, *_BLOCK_IN_P, "fn"), None) is None:  # the usual one: text and inline markup only
         pieces: list[str] = []
         marks: list[Mention] = []
