@@ -14,10 +14,13 @@ usual heading ("competing interests"), some none ("Who designed the study?" of "
 Gold is structural (a chunk under the heading), so an answer stated elsewhere too (funding in the
 acknowledgements) counts as a miss: the figures compare the two settings, they do not grade answers.
 
-With --answers, the production retrieval's passages are also answered by the extractive backend, with and
-without `ExtractiveBackend.named_sections` (a question naming the back-matter section of its best passage is
-answered from that section), side by side in one run: how often the answer quotes the section asked about,
-quotes something else, or abstains; and how often a findings question is answered from back matter.
+With --answers, the questions are also answered by the extractive backend with the production retrieval, with
+the answer rules off and on, side by side in one run: a question naming the back-matter section of its best
+passage answered from that section (`ExtractiveBackend.named_sections`), and a question asking only what the
+paper found answered with the closing sentences of its abstract (`findings_abstract`, in retrieval and in the
+backend). Each table row says how often the answer quotes the section asked about, quotes something else, or
+abstains; for the findings questions "the section" is back matter (which never answers them), and on papers
+with a structured abstract it is the abstract's conclusions.
 
 COVID-QA's papers have only "Title", "Metadata", "Abstract" and "Body" for headings and no back matter; its
 `pmcqa eval` figures with and without the heading are in the README ("Retrieval").
@@ -42,7 +45,7 @@ from pmcqa.core.settings import Settings
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.library import open_library
 from pmcqa.index.models import Chunk
-from pmcqa.index.retrieval import Mode, Retriever
+from pmcqa.index.retrieval import Mode, Retriever, asks_for_findings, is_main_abstract
 from pmcqa.index.store import PaperStore
 from pmcqa.ingest.chunking import Chunker
 from pmcqa.ingest.jats import parse_jats
@@ -132,18 +135,25 @@ def main() -> int:
     store = open_library(settings, writable=True, embedder=embedder).store
     papers = build(args.folder, settings, store, embedder)
 
-    def retriever(heading: bool, back_matter_last: bool) -> Retriever:
+    def retriever(heading: bool, back_matter_last: bool, findings_abstract: bool = False) -> Retriever:
         return Retriever(
-            store, embedder, settings, lexical_heading=heading, back_matter_last=back_matter_last
+            store,
+            embedder,
+            settings,
+            lexical_heading=heading,
+            back_matter_last=back_matter_last,
+            findings_abstract=findings_abstract,
         )
 
-    # (mode, what BM25 reads, retriever); back matter goes last in the hybrid ranking only
+    # (mode, what BM25 reads, retriever); back matter goes last, and a question asking for the findings names
+    # the abstract, in the hybrid ranking only
     runs: list[tuple[Mode, str, Retriever]] = [
         ("lexical", "text", retriever(False, False)),
         ("lexical", "heading + text", retriever(True, False)),
         ("hybrid", "text", retriever(False, False)),
         ("hybrid", "heading + text", retriever(True, False)),
         ("hybrid", "heading + text, back matter last", retriever(True, True)),
+        ("hybrid", "heading + text, back matter last, findings: abstract", retriever(True, True, True)),
     ]
 
     # (kind, mode, setting) -> [questions, hits at each k]
@@ -186,21 +196,24 @@ def main() -> int:
             total[i] += value
     for (mode, setting), row in totals.items():
         table.add_row("all", mode, setting, str(row[0]), *(f"{hits / row[0]:.3f}" for hits in row[1:]))
-    Console(width=140).print(table)
+    Console(width=170).print(table)
     control = Table(title="Findings questions with back matter in their top 3 (lower is better)")
     for column in ("mode", "BM25 reads", "questions", "back matter in top 3"):
         control.add_column(column, justify="left" if column in ("mode", "BM25 reads") else "right")
     for (mode, setting), (asked, intruded) in intrusions.items():
         control.add_row(mode, setting, str(asked), f"{intruded / asked:.3f}")
-    Console(width=140).print(control)
+    Console(width=170).print(control)
     if args.answers:
-        answer_tables(papers, retriever(True, True), ExtractiveBackend(settings, embedder), store)
+        answer_tables(papers, store, settings, embedder)
     store.close()
     return 0
 
 
 FINDINGS = "findings"
+STRUCTURED = "findings, structured abstract"
 OUTCOMES = ("quotes the section", "quotes elsewhere", "abstained")
+# The part of a structured abstract where it states its conclusion: the gold of a findings question there.
+CONCLUSIONS = re.compile(r"conclusion|significance|interpretation|implication", re.IGNORECASE)
 
 
 def _outcome(decision: Decision | None, backend: ExtractiveBackend, gold: set[str]) -> str:
@@ -211,11 +224,9 @@ def _outcome(decision: Decision | None, backend: ExtractiveBackend, gold: set[st
     return "quotes the section" if chosen & gold else "quotes elsewhere"
 
 
-def answer_tables(
-    papers: dict[str, list[Chunk]], run: Retriever, backend: ExtractiveBackend, store: PaperStore
-) -> None:
-    """Answer every question with the production retrieval's passages, named sections off and on."""
-    questions: list[tuple[str, str, str, set[str]]] = []  # kind, paper id, question, gold chunk ids
+def _questions(papers: dict[str, list[Chunk]]) -> list[tuple[str, str, str, set[str]]]:
+    """(kind, paper id, question, gold chunk ids) of every question the answer tables ask."""
+    questions: list[tuple[str, str, str, set[str]]] = []
     for kind, (pattern, asked) in KINDS.items():
         heading = re.compile(pattern, re.IGNORECASE)
         for paper_id, chunks in papers.items():
@@ -224,41 +235,66 @@ def answer_tables(
     for paper_id, chunks in papers.items():
         back = {c.chunk_id for c in chunks if c.kind == "back"}  # "gold" of a findings question: back matter
         questions.extend((FINDINGS, paper_id, question, back) for question in FINDINGS_QUESTIONS)
+        conclusions = {
+            c.chunk_id
+            for c in chunks
+            if is_main_abstract(c) and len(c.section_path) > 1 and CONCLUSIONS.search(c.section_path[-1])
+        }
+        if conclusions:  # a structured abstract: its conclusions answer what the paper found
+            asked = [question for question in FINDINGS_QUESTIONS if asks_for_findings(question)]
+            questions.extend((STRUCTURED, paper_id, question, conclusions) for question in asked)
+    return questions
 
-    counts: dict[tuple[str, str], dict[str, int]] = {}  # (kind, named sections) -> outcome -> questions
-    named = {"answers": 0, "quoting the section asked about": 0}  # section questions answered from a section
-    for kind, paper_id, question, gold in questions:
+
+def answer_tables(
+    papers: dict[str, list[Chunk]], store: PaperStore, settings: Settings, embedder: Embedder
+) -> None:
+    """Answer every question with the production retrieval, the answer rules off and on: a question naming a
+    back-matter section answered from it (`ExtractiveBackend.named_sections`), a question asking what the
+    paper found answered from its abstract (`findings_abstract`, in retrieval and in the backend)."""
+    backend = ExtractiveBackend(settings, embedder)
+    retrievers = {
+        setting: Retriever(store, embedder, settings, findings_abstract=setting == "on")
+        for setting in ("off", "on")
+    }
+    counts: dict[tuple[str, str], dict[str, int]] = {}  # (kind, rules) -> outcome -> questions
+    ruled = {kind: [0, 0] for kind in ("section", "findings")}  # answers by a rule, and quoting the gold
+    for kind, paper_id, question, gold in _questions(papers):
         record = store.get_paper(paper_id)
         assert record is not None
-        passages = run.retrieve(paper_id, question)
-        for setting in ("off", "on"):
-            backend.named_sections = setting == "on"
-            decision = backend.decide(question, passages, record)
+        for setting, run in retrievers.items():
+            backend.named_sections = backend.findings_abstract = setting == "on"
+            decision = backend.decide(question, run.retrieve(paper_id, question), record)
             outcome = _outcome(decision, backend, gold)
-            for row_kind in (kind, "all section questions") if kind != FINDINGS else (kind,):
+            for row_kind in (kind, "all section questions") if kind in KINDS else (kind,):
                 row = counts.setdefault((row_kind, setting), dict.fromkeys(OUTCOMES, 0))
                 row[outcome] += 1
-            if setting == "on" and kind != FINDINGS and decision is not None and decision.section:
-                named["answers"] += 1
-                named["quoting the section asked about"] += outcome == "quotes the section"
+            if setting == "on" and decision is not None and kind != FINDINGS:
+                rule = "findings" if decision.findings else "section" if decision.section else None
+                if rule is not None and (rule == "findings") == (kind == STRUCTURED):
+                    ruled[rule][0] += 1
+                    ruled[rule][1] += outcome == "quotes the section"
 
     table = Table(
-        title="Extractive answers with the production retrieval (findings: 'the section' is back matter)"
+        title="Extractive answers with the production retrieval ('the section' of a findings question: back "
+        "matter; of a findings question on a structured abstract: its conclusions)"
     )
-    for column in ("kind", "named sections", "questions", *OUTCOMES):
-        table.add_column(column, justify="left" if column in ("kind", "named sections") else "right")
-    order = [*KINDS, "all section questions", FINDINGS]
+    for column in ("kind", "answer rules", "questions", *OUTCOMES):
+        table.add_column(column, justify="left" if column in ("kind", "answer rules") else "right")
+    order = [*KINDS, "all section questions", FINDINGS, STRUCTURED]
     for (kind, setting), row in sorted(
         counts.items(), key=lambda item: (order.index(item[0][0]), item[0][1])
     ):
         total = sum(row.values())
         table.add_row(kind, setting, str(total), *(f"{row[name] / total:.3f}" for name in OUTCOMES))
-    Console(width=140).print(table)
-    share = named["quoting the section asked about"] / max(named["answers"], 1)
-    print(
-        f"section questions answered from a named section: {named['answers']}; "
-        f"share quoting the section asked about: {share:.3f} (NAMED_SECTION_CONFIDENCE)"
-    )
+    Console(width=150).print(table)
+    for rule, (answers, right) in ruled.items():
+        constant = "NAMED_SECTION_CONFIDENCE" if rule == "section" else "FINDINGS_CONFIDENCE"
+        gold = "the section asked about" if rule == "section" else "the abstract's conclusions"
+        print(
+            f"answers by the {rule} rule: {answers}; share quoting {gold}: {right / max(answers, 1):.3f} "
+            f"({constant})"
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ Design, in short:
   a re-ingested paper never reuses a stale one.
 * **structure** — questions that name a cited work ("according to Wu et al.", "Wu and Chen (2019)", "in
   Smith's study") or a float ("Table 2", "Fig. 3", "Supplementary Table S1") add one more ranked list: the
-  chunks citing a reference whose first author matches, or the caption/table chunk with that label.
+  chunks citing a reference whose first author matches, or the caption/table chunk with that label. A
+  question asking only what the paper found ("What did the authors find?", `asks_for_findings`) names the
+  main abstract, where a paper states it.
 * **fusion** — reciprocal rank fusion, ``sum(w / (k + rank))``; by default ``k = 10``, dense weight 1 and
   BM25 weight 2 (chosen on COVID-QA dev, see ``DEFAULT_RRF_K``).
   Every structural match shares rank 1 of the structure list, whose weight defaults to the sum of the
@@ -151,6 +153,30 @@ def names_heading(question: str, chunk: Chunk) -> bool:
     if not chunk.section_path:
         return False
     return bool((_stems(question) - _REFERENT_STEMS) & _stems(chunk.section_path[-1]))
+
+
+# What a question says when it asks what the paper found or concluded as a whole and nothing more specific:
+# "What did the authors find?", "What is the main conclusion?", "What are the key results of this study?".
+_FINDINGS_STEMS = frozenset(
+    _stems(
+        "find finding findings found conclude conclusion conclusions main key major principal primary "
+        "overall result results show shows shown showed demonstrate demonstrated significance implications "
+        "message"
+    )
+)
+
+
+def asks_for_findings(question: str) -> bool:
+    """Whether the question asks only what the paper found or concluded ("What did the authors find?"),
+    beside the words naming the paper itself; "What did the authors find about IL-6?" asks about IL-6."""
+    subject = _stems(question) - _REFERENT_STEMS
+    return bool(subject) and subject <= _FINDINGS_STEMS
+
+
+def is_main_abstract(chunk: Chunk) -> bool:
+    """A chunk of the paper's own abstract (structured or not), not of a summary beside it ("Abstract
+    (executive-summary)", eLife's digest; PLOS's author and editors' summaries)."""
+    return chunk.kind == "abstract" and chunk.section_path[:1] == ["Abstract"]
 
 
 def _chunk_text(chunk: Chunk) -> str:
@@ -370,6 +396,7 @@ class Retriever:
         token_counter: Callable[[str], int] = approx_tokens,
         lexical_heading: bool = True,
         back_matter_last: bool = True,
+        findings_abstract: bool = True,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -386,6 +413,7 @@ class Retriever:
         self.count_tokens = token_counter
         self._lexical_text: Callable[[Chunk], str] = lexical_text if lexical_heading else _chunk_text
         self.back_matter_last = back_matter_last
+        self.findings_abstract = findings_abstract  # a question asking for the findings names the abstract
         # Shared by the request threads: cachetools caches are not thread-safe, so one lock guards it.
         self._lexical: cachetools.LRUCache[tuple[str, str], LexicalIndex] = cachetools.LRUCache(
             lexical_cache_size
@@ -544,6 +572,8 @@ class Retriever:
 
     def _structural_matches(self, paper_id: str, question: str, chunks: Sequence[Chunk]) -> set[int]:
         matches: set[int] = set()
+        if self.findings_abstract and asks_for_findings(question):
+            matches.update(i for i, c in enumerate(chunks) if is_main_abstract(c))
         wanted_labels = label_keys(question)
         if wanted_labels:
             matches.update(i for i, c in enumerate(chunks) if chunk_label_key(c) in wanted_labels)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pmcqa.app.answering.base import ABSTAIN_ANSWER
 from pmcqa.app.answering.extractive import (
     DEFAULT_MIN_CONFIDENCE,
+    FINDINGS_CHARS,
+    FINDINGS_CONFIDENCE,
     NAMED_SECTION_CHARS,
     NAMED_SECTION_CONFIDENCE,
     ExtractiveBackend,
     candidates,
     chunk_sentences,
+    closing_sentences,
     named_section,
     section_opening,
 )
@@ -200,3 +203,35 @@ def test_a_named_section_s_short_statement_answers(library, ingested):
     assert draft.answer == "None declared." and not draft.abstained
     unnamed = ExtractiveBackend(library.settings, library.embedder, named_sections=False)
     assert "None declared." not in unnamed.generate(question, passages, paper).answer
+
+
+def test_the_findings_close_the_abstract_before_its_registration():
+    findings = "We found that the drug halves mortality in adults. " * 3
+    conclusions = _section_chunk(
+        "c", findings + "It should be used.", ["Abstract", "Conclusions"], 0, "abstract"
+    )
+    registration = _section_chunk(
+        "r", "ClinicalTrials.gov NCT0000001.", ["Abstract", "Trial Registration"], 300
+    )
+    sentences = chunk_sentences(conclusions) + chunk_sentences(registration)
+    chosen = closing_sentences(sentences)
+    assert chosen[-1] == 3 and chosen == list(range(chosen[0], 4))  # the conclusions' last ones, in order
+    assert sum(len(sentences[i].text) for i in chosen) <= FINDINGS_CHARS
+    assert closing_sentences(chunk_sentences(registration)) == []  # nothing that states a finding
+
+
+def test_a_question_asking_what_the_paper_found_is_answered_by_its_abstract(library, ingested):
+    """XMRV's structured abstract ends with its Conclusion: the answer quotes it, where the sentence ranker
+    found nothing it was confident about in a question without a subject."""
+    paper = ingested["xmrv"]
+    question = "What did the authors find?"
+    passages = library.retriever.retrieve(paper.paper_id, question)
+    draft = library.backend("extractive").generate(question, passages, paper)
+    assert not draft.abstained and "we found no evidence that XMRV is associated with CFS" in draft.answer
+    by_id = {c.chunk_id: c for p in passages for c in [p.chunk, *p.neighbours]}
+    assert {tuple(by_id[c.chunk_id].section_path) for c in draft.cited} == {("Abstract", "Conclusion")}
+    assert all(paper.text[c.start : c.end] == c.quote for c in draft.cited)
+    assert draft.steps[2].startswith("3) The question asks what the paper found: quoting the closing")
+    assert draft.confidence is not None and draft.confidence >= FINDINGS_CONFIDENCE
+    plain = ExtractiveBackend(library.settings, library.embedder, findings_abstract=False)
+    assert plain.generate(question, passages, paper).steps[2] != draft.steps[2]

@@ -31,6 +31,7 @@ from pmcqa.index.retrieval import (
     Retriever,
     approx_tokens,
     asks_about,
+    asks_for_findings,
     author_mentions,
     label_keys,
     lexical_text,
@@ -291,6 +292,30 @@ def test_asks_about_ignores_the_words_that_name_the_paper() -> None:
     assert asks_about("What did the authors conclude in this paper?", chunks) == [False, False, False]
     assert asks_about("Are there conflicts of interest?", chunks) == [True, False, False]
     assert asks_about("Who designed the study?", chunks) == [False, False, False]
+
+
+ABSTRACT = [
+    (["Abstract"], "abstract", "We tested compound K against influenza A virus in ferrets."),
+    (["Abstract"], "abstract", "Compound K is a candidate antiviral for influenza."),
+    (["Abstract (summary)"], "abstract", "Flu is a common illness; a new drug may help."),
+]
+
+
+def test_a_question_asking_only_for_the_findings_ranks_the_main_abstract_first(embedder: object) -> None:
+    assert asks_for_findings("What did the authors find?")
+    assert asks_for_findings("What is the main conclusion of this study?")
+    assert not asks_for_findings("What did the authors find about fever?")  # asks about fever
+    assert not asks_for_findings("What methods did the authors use?")
+    assert not asks_for_findings("What is this?")  # asks nothing
+    store = MemoryStore(embedder)
+    store.put_paper(*build_paper("PMC1", [VIRUS_PAPER[0], *ABSTRACT, *VIRUS_PAPER[1:]]))
+    question = "What did the authors find?"
+    ranking = make_retriever(store, embedder).rank("PMC1", question)
+    assert ranking is not None
+    first = [ranking.chunks[i] for i in ranking.order[:2]]
+    assert [c.section_path for c in first] == [["Abstract"], ["Abstract"]]  # not the summary beside it
+    plain = make_retriever(store, embedder, findings_abstract=False).rank("PMC1", question)
+    assert plain is not None and plain.structural == set()
 
 
 def test_a_changed_section_path_is_a_new_lexical_index() -> None:

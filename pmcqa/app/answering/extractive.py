@@ -17,6 +17,9 @@ A question that names the back-matter section of its best passage ("Who funded t
 "Are there any conflicts of interest?" of "Competing interests") is answered from that section alone: its
 opening sentences, short statements such as "None declared." included, at `NAMED_SECTION_CONFIDENCE`
 (`named_section`). The confidence model, fitted on questions about findings, abstained on most of these.
+A question asking only what the paper found ("What did the authors find?", "What is the main conclusion?") is
+answered with the closing sentences of its abstract, where a paper states its conclusion, at
+`FINDINGS_CONFIDENCE` (`findings_passages`): a question with no subject gave the ranker nothing to go on.
 
 Ranker, confidence model and threshold make an `AnswerModel`. The hand-set one is this module's constants
 (`RANKER_WEIGHTS`: 0.5 cosine with the retrieval encoder + 0.5 term coverage; `CONFIDENCE_WEIGHTS`, fitted
@@ -55,7 +58,7 @@ from pmcqa.core.text import split_sentences, tokenize
 from pmcqa.index import onnx_backend
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.models import Chunk, PaperRecord, Passage
-from pmcqa.index.retrieval import names_heading
+from pmcqa.index.retrieval import asks_for_findings, is_main_abstract, names_heading
 
 # --- the fitted models (bench/fit_answer_models.py prints these constants) --------------------------------
 
@@ -129,6 +132,16 @@ IDF_CACHE = 64
 NAMED_SECTION_CONFIDENCE = 0.95
 # How much of that section the answer quotes: its opening sentences up to this many characters.
 NAMED_SECTION_CHARS = 800
+# A question asking only what the paper found ("What did the authors find?", `retrieval.asks_for_findings`) is
+# answered with the closing sentences of its abstract, up to this many characters, where a paper states its
+# conclusion. Its confidence (2026-12-02): bench/bench_section_questions.py --answers asked 114 such questions
+# of the 38 JATS papers with a structured abstract, and every answer quoted its Conclusions part; on COVID-QA
+# train's 18 such questions, 4 answers contain the annotated span, and about 15 of 18 state the paper's
+# conclusion, read by hand (the annotators picked one sentence of several that say it).
+FINDINGS_CHARS = 500
+FINDINGS_CONFIDENCE = 0.85
+# The closing parts of a structured abstract that state no finding.
+_NOT_FINDINGS = re.compile(r"registration|funding|keywords|abbreviations|availability", re.IGNORECASE)
 
 FRONT_MATTER = frozenset({"Title", "Metadata"})
 _NUMBER_QUESTION = re.compile(
@@ -204,6 +217,39 @@ def section_opening(sentences: Sequence[Sentence]) -> list[int]:
             break
         chosen.append(i)
     return chosen
+
+
+def _states_no_finding(chunk: Chunk) -> bool:
+    """A part of a structured abstract such as "Trial Registration" or "Funding"."""
+    return len(chunk.section_path) > 1 and bool(_NOT_FINDINGS.search(chunk.section_path[-1]))
+
+
+def closing_sentences(sentences: Sequence[Sentence]) -> list[int]:
+    """The last sentences of an abstract, in paper order, within `FINDINGS_CHARS` (at least one), leaving
+    out a closing part of a structured abstract that states no finding ("Trial Registration")."""
+    usable = [i for i, sentence in enumerate(sentences) if not _states_no_finding(sentence.chunk)]
+    if not usable:
+        return []
+    chosen, used = [usable[-1]], len(sentences[usable[-1]].text)
+    for i in reversed(usable[:-1]):
+        used += len(sentences[i].text)
+        if used > FINDINGS_CHARS:
+            break
+        chosen.append(i)
+    return sorted(chosen)
+
+
+def findings_passages(question: str, passages: Sequence[Passage]) -> list[Passage] | None:
+    """When the question asks only what the paper found (`retrieval.asks_for_findings`), the passages of its
+    main abstract (retrieval ranks them first for such a question); else None."""
+    if not asks_for_findings(question):
+        return None
+    abstract = [
+        passage.model_copy(update={"neighbours": [c for c in passage.neighbours if is_main_abstract(c)]})
+        for passage in passages
+        if is_main_abstract(passage.chunk)
+    ]
+    return abstract or None
 
 
 def named_section(question: str, passages: Sequence[Passage]) -> list[Passage] | None:
@@ -473,6 +519,7 @@ class Decision:
     features: np.ndarray  # the answer's `ANSWER_FEATURES`
     confidence: float
     section: str | None = None  # the section the question names, when the answer is chosen from it alone
+    findings: bool = False  # the question asks what the paper found: the answer closes its abstract
 
     @property
     def text(self) -> str:
@@ -509,9 +556,11 @@ class ExtractiveBackend:
         embedder: _Embedder | None = None,
         answer_model: AnswerModel | None = None,
         named_sections: bool = True,
+        findings_abstract: bool = True,
     ) -> None:
         self.settings = settings
         self.named_sections = named_sections  # answer a question naming a back-matter section from it
+        self.findings_abstract = findings_abstract  # answer a question asking for findings from the abstract
         self._embedder = embedder
         self.answer_model = answer_model or find_answer_model(settings)
         self._scorer: _Embedder | None = None  # the trained model's sentence scorer, loaded on first use
@@ -679,6 +728,20 @@ class ExtractiveBackend:
                 confidence=max(decision.confidence, NAMED_SECTION_CONFIDENCE),
                 section=section[0].chunk.section,
             )
+        abstract = findings_passages(question, passages) if self.findings_abstract else None
+        sentences = candidates(abstract) if abstract else []
+        closing = closing_sentences(sentences) if sentences else []
+        if closing and abstract:
+            decision = decide_on(
+                sentences, self.sentence_features(question, sentences, paper, abstract), self.answer_model
+            )
+            return replace(
+                decision,
+                chosen=closing,
+                confidence=max(decision.confidence, FINDINGS_CONFIDENCE),
+                section="Abstract",
+                findings=True,
+            )
         sentences = candidates(passages)
         if not sentences:
             return None
@@ -711,7 +774,13 @@ class ExtractiveBackend:
             return
         chosen = [decision.sentences[i] for i in decision.chosen]
         where = "; ".join(dict.fromkeys(place_of(s.chunk) for s in chosen))
-        if decision.section:
+        if decision.findings:
+            yield StepEvent(
+                data=f"3) The question asks what the paper found: quoting the closing {len(chosen)} of the "
+                f"{count} sentences of its abstract, where a paper states its conclusion; estimated "
+                f"{decision.confidence:.0%} chance that they hold the right information.",
+            )
+        elif decision.section:
             yield StepEvent(
                 data=f'3) The question asks for the paper\'s "{decision.section}" section, the best '
                 f"passage; quoting {len(chosen)} of its {count} sentences; estimated "
