@@ -713,40 +713,49 @@ class ExtractiveBackend:
 
     def decide(self, question: str, passages: list[Passage], paper: PaperRecord) -> Decision | None:
         """Rank the candidate sentences, choose the answer, estimate its confidence (None: no candidates).
-        A question naming the back-matter section of the best passage is answered from that section alone
-        (`named_section`), every sentence of it a candidate ("None declared." included), at the confidence
-        measured for such answers."""
+        Two answer rules come first, each at the confidence measured for it: a question naming the
+        back-matter section of the best passage is answered with that section's opening (`named_section`,
+        "None declared." included), and one asking only what the paper found with the closing sentences of its
+        abstract (`findings_passages`)."""
         section = named_section(question, passages) if self.named_sections else None
-        sentences = candidates(section, min_terms=1) if section else []
-        if sentences and section:
-            decision = decide_on(
-                sentences, self.sentence_features(question, sentences, paper, section), self.answer_model
-            )
-            return replace(
-                decision,
-                chosen=section_opening(sentences),
-                confidence=max(decision.confidence, NAMED_SECTION_CONFIDENCE),
-                section=section[0].chunk.section,
-            )
+        if section and (sentences := candidates(section, min_terms=1)):
+            chosen = section_opening(sentences)
+            where = section[0].chunk.section
+            return self._quote(question, sentences, section, paper, chosen, NAMED_SECTION_CONFIDENCE, where)
         abstract = findings_passages(question, passages) if self.findings_abstract else None
-        sentences = candidates(abstract) if abstract else []
-        closing = closing_sentences(sentences) if sentences else []
-        if closing and abstract:
-            decision = decide_on(
-                sentences, self.sentence_features(question, sentences, paper, abstract), self.answer_model
-            )
-            return replace(
-                decision,
-                chosen=closing,
-                confidence=max(decision.confidence, FINDINGS_CONFIDENCE),
-                section="Abstract",
-                findings=True,
+        if abstract and (sentences := candidates(abstract)) and (closing := closing_sentences(sentences)):
+            return self._quote(
+                question, sentences, abstract, paper, closing, FINDINGS_CONFIDENCE, "Abstract", True
             )
         sentences = candidates(passages)
         if not sentences:
             return None
         return decide_on(
             sentences, self.sentence_features(question, sentences, paper, passages), self.answer_model
+        )
+
+    def _quote(
+        self,
+        question: str,
+        sentences: list[Sentence],
+        passages: list[Passage],
+        paper: PaperRecord,
+        chosen: list[int],
+        confidence: float,
+        section: str,
+        findings: bool = False,
+    ) -> Decision:
+        """The decision of an answer rule: the sentences `chosen` by the rule, not by the ranker, at least
+        `confidence` confident (the rule's measured share), from `section`."""
+        rows = self.sentence_features(question, sentences, paper, passages)
+        ranked = decide_on(sentences, rows, self.answer_model)
+        return replace(
+            ranked,
+            chosen=chosen,
+            features=answer_features(rows, ranked.logits, chosen),
+            confidence=max(ranked.confidence, confidence),
+            section=section,
+            findings=findings,
         )
 
     # --- the backend protocol ------------------------------------------------------------------------------
