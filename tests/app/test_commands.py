@@ -47,10 +47,11 @@ def test_serve_prints_where_the_api_is(monkeypatch, tmp_path):
     calls = {}
     monkeypatch.setenv("PMCQA_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(kwargs, app=app))
-    result = runner.invoke(cli, ["serve", "--port", "8765"])
+    port = free_port()  # a fixed port failed whenever something on the machine served on it
+    result = runner.invoke(cli, ["serve", "--port", str(port)])
     assert result.exit_code == 0, result.output
-    assert "http://127.0.0.1:8765" in result.stdout and "pmcqa ingest PMC" in result.stdout
-    assert calls["port"] == 8765 and calls["host"] == "127.0.0.1"
+    assert f"http://127.0.0.1:{port}" in result.stdout and "pmcqa ingest PMC" in result.stdout
+    assert calls["port"] == port and calls["host"] == "127.0.0.1"
     assert {"/ask", "/healthz", "/metrics"} <= set(calls["app"].openapi()["paths"])
 
 
