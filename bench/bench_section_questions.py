@@ -1,7 +1,8 @@
 """Questions a researcher asks about a paper's own sections (funding, competing interests, author
 contributions, ...): does retrieval find the section, and does back matter stay out of questions about the
 findings? BM25 over chunk text alone, BM25 that reads the heading right above each chunk too
-(`retrieval.lexical_text`), and back matter the question does not ask about ranked last
+(`retrieval.lexical_text`), BM25 that also meets that heading by Snowball stem ("funded" meets "Funding":
+`retrieval.heading_stem_terms`), and back matter the question does not ask about ranked last
 (`Retriever._back_matter_last`), side by side in one run.
 
     .venv/bin/python bench/bench_section_questions.py [FOLDER] [--store-dir DIR] [--answers]
@@ -135,12 +136,15 @@ def main() -> int:
     store = open_library(settings, writable=True, embedder=embedder).store
     papers = build(args.folder, settings, store, embedder)
 
-    def retriever(heading: bool, back_matter_last: bool, findings_abstract: bool = False) -> Retriever:
+    def retriever(
+        heading: bool, heading_stems: bool, back_matter_last: bool, findings_abstract: bool = False
+    ) -> Retriever:
         return Retriever(
             store,
             embedder,
             settings,
             lexical_heading=heading,
+            lexical_heading_stems=heading_stems,
             back_matter_last=back_matter_last,
             findings_abstract=findings_abstract,
         )
@@ -148,12 +152,18 @@ def main() -> int:
     # (mode, what BM25 reads, retriever); back matter goes last, and a question asking for the findings names
     # the abstract, in the hybrid ranking only
     runs: list[tuple[Mode, str, Retriever]] = [
-        ("lexical", "text", retriever(False, False)),
-        ("lexical", "heading + text", retriever(True, False)),
-        ("hybrid", "text", retriever(False, False)),
-        ("hybrid", "heading + text", retriever(True, False)),
-        ("hybrid", "heading + text, back matter last", retriever(True, True)),
-        ("hybrid", "heading + text, back matter last, findings: abstract", retriever(True, True, True)),
+        ("lexical", "text", retriever(False, False, False)),
+        ("lexical", "heading + text", retriever(True, False, False)),
+        ("lexical", "heading + stems + text", retriever(True, True, False)),
+        ("hybrid", "text", retriever(False, False, False)),
+        ("hybrid", "heading + text", retriever(True, False, False)),
+        ("hybrid", "heading + text, back matter last", retriever(True, False, True)),
+        ("hybrid", "heading + stems + text, back matter last", retriever(True, True, True)),
+        (
+            "hybrid",
+            "heading + stems + text, back matter last, findings: abstract",
+            retriever(True, True, True, True),
+        ),
     ]
 
     # (kind, mode, setting) -> [questions, hits at each k]

@@ -5,9 +5,10 @@ Design, in short:
 * **dense** — the question's embedding · the paper's own chunk vectors (`store.get_vectors`): exact cosine
   over a few hundred rows, no whole-index scan, so a paper's ranking never depends on the rest of the library.
 * **lexical** — BM25 (`bm25s`) over the paper's chunks, each read with the heading right above it first
-  (`lexical_text`), tokenized by `pmcqa.core.text.tokenize`. An index
-  is built per paper on first use and kept in a small LRU keyed by ``(paper_id, hash of the chunk set)``, so
-  a re-ingested paper never reuses a stale one.
+  (`lexical_text`), tokenized by `pmcqa.core.text.tokenize`, plus that heading's Snowball stems as marked
+  terms only a question's own stems meet (`heading_stem_terms`: "Who funded this work?" meets "Funding",
+  body text matches as before). An index is built per paper on first use and kept in a small LRU keyed by
+  ``(paper_id, hash of the chunk set)``, so a re-ingested paper never reuses a stale one.
 * **structure** — questions that name a cited work ("according to Wu et al.", "Wu and Chen (2019)", "in
   Smith's study") or a float ("Table 2", "Fig. 3", "Supplementary Table S1") add one more ranked list: the
   chunks citing a reference whose first author matches, or the caption/table chunk with that label. A
@@ -87,22 +88,25 @@ def approx_tokens(text: str) -> int:
 
 
 class LexicalIndex:
-    """BM25 over one paper's chunks (in the order given)."""
+    """BM25 over one paper's chunks, given as their tokens (in the order given); a query is read by
+    ``query_tokens``, which must speak the documents' vocabulary."""
 
-    def __init__(self, texts: Sequence[str]) -> None:
+    def __init__(
+        self, documents: Sequence[list[str]], query_tokens: Callable[[str], list[str]] = tokenize
+    ) -> None:
         import bm25s  # ~0.7 s (scipy): loaded by the first lexical ranking, not by every import
 
         # bm25s sets its logger to DEBUG when imported, so its "Building index from tokens" got through at any
         # configured level: it follows the configured (root) level instead.
         logging.getLogger("bm25s").setLevel(logging.NOTSET)
-        self.size = len(texts)
+        self.size = len(documents)
+        self._query_tokens = query_tokens
         self._bm25 = bm25s.BM25()
         # bm25s needs at least one token per document; an empty chunk gets a placeholder that never matches.
-        corpus = [tokenize(text) or ["\u2400"] for text in texts]
-        self._bm25.index(corpus, show_progress=False)
+        self._bm25.index([list(tokens) or ["\u2400"] for tokens in documents], show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
-        tokens = tokenize(query)
+        tokens = self._query_tokens(query)
         if not tokens or not self.size:
             return np.zeros(self.size, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
@@ -123,12 +127,32 @@ def lexical_text(chunk: Chunk) -> str:
 _stemmers = threading.local()  # a PyStemmer Stemmer is not safe to share between threads
 
 
-def _stems(text: str) -> set[str]:
-    """Snowball stems of a text's tokens, so "funded" meets "Funding" and "contribute" "contributions"."""
+def stemmed_tokens(text: str) -> list[str]:
+    """Snowball English stems of `tokenize`'s tokens, in order: "funded" and "Funding" both read "fund"."""
     stemmer = getattr(_stemmers, "english", None)
     if stemmer is None:
         stemmer = _stemmers.english = Stemmer.Stemmer("english")
-    return set(stemmer.stemWords(tokenize(text)))
+    return stemmer.stemWords(tokenize(text))
+
+
+# Marks a heading-stem term: `tokenize` yields runs of word characters, so no body token can start with it.
+HEADING_STEM_MARK = "\u00a7"
+
+
+def heading_stem_terms(text: str) -> list[str]:
+    """`stemmed_tokens` of a text, marked as heading terms: a chunk under "Funding" gets "§fund", and
+    "Who funded this work?" asks for it, while body text still matches on `tokenize`'s tokens alone."""
+    return [HEADING_STEM_MARK + stem for stem in stemmed_tokens(text)]
+
+
+def query_tokens_with_heading_stems(query: str) -> list[str]:
+    """A query's `tokenize` tokens, then its heading-stem terms (`heading_stem_terms`)."""
+    return tokenize(query) + heading_stem_terms(query)
+
+
+def _stems(text: str) -> set[str]:
+    """Snowball stems of a text's tokens, so "funded" meets "Funding" and "contribute" "contributions"."""
+    return set(stemmed_tokens(text))
 
 
 # How a question names the paper itself ("What did the authors find?", "this study"): not a subject it asks
@@ -396,6 +420,7 @@ class Retriever:
         token_counter: Callable[[str], int] = approx_tokens,
         lexical_heading: bool = True,
         back_matter_last: bool = True,
+        lexical_heading_stems: bool = True,
         findings_abstract: bool = True,
     ) -> None:
         self.store = store
@@ -413,6 +438,9 @@ class Retriever:
         self.count_tokens = token_counter
         self._lexical_text: Callable[[Chunk], str] = lexical_text if lexical_heading else _chunk_text
         self.back_matter_last = back_matter_last
+        # Heading-stem terms are a way of reading the heading: BM25 over chunk text alone reads neither. Each
+        # retriever keeps its own index cache, so the chunk-set key needs no tokenizer setting in it.
+        self.lexical_heading_stems = lexical_heading and lexical_heading_stems
         self.findings_abstract = findings_abstract  # a question asking for the findings names the abstract
         # Shared by the request threads: cachetools caches are not thread-safe, so one lock guards it.
         self._lexical: cachetools.LRUCache[tuple[str, str], LexicalIndex] = cachetools.LRUCache(
@@ -529,10 +557,18 @@ class Retriever:
         if index is None:
             # Built outside the lock: other papers' requests do not wait for it. Two threads missing the same
             # key at once both build it; the second insert just replaces an equal index.
-            index = LexicalIndex([self._lexical_text(c) for c in chunks])
+            index = self._build_lexical_index(chunks)
             with self._lexical_lock:
                 self._lexical[key] = index
         return index
+
+    def _build_lexical_index(self, chunks: Sequence[Chunk]) -> LexicalIndex:
+        documents = [tokenize(self._lexical_text(chunk)) for chunk in chunks]
+        if not self.lexical_heading_stems:
+            return LexicalIndex(documents)
+        for tokens, chunk in zip(documents, chunks, strict=True):
+            tokens += heading_stem_terms(" ".join(chunk.section_path[-1:]))  # the heading lexical_text reads
+        return LexicalIndex(documents, query_tokens_with_heading_stems)
 
     def _fuse(
         self, paper_id: str, question: str, chunks: list[Chunk], dense: np.ndarray, lexical: np.ndarray

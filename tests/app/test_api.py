@@ -312,7 +312,10 @@ def test_search_inside_a_paper_and_across_the_library(client):
     assert len(body["passages"]) == 3 and all(hit["paper_id"] == "PMC2795199" for hit in body["passages"])
     assert [hit["rank"] for hit in body["passages"]] == [1, 2, 3]
     lexical = client.post("/search", json={"query": "XMRV", "paper_id": "PMC2795199", "mode": "lexical"})
-    assert lexical.status_code == 200 and "XMRV" in lexical.json()["passages"][0]["text"]
+    assert lexical.status_code == 200
+    # BM25 reads a chunk's heading with its text: the top passage says XMRV in one or the other.
+    top = lexical.json()["passages"][0]
+    assert "XMRV" in top["text"] or "XMRV" in top["section"]
     library_wide = client.post("/search", json={"query": "retrovirus in chronic fatigue syndrome", "k": 2})
     assert library_wide.status_code == 200
     assert library_wide.json()["passages"][0]["paper_id"] == "PMC2795199"

@@ -33,6 +33,7 @@ from pmcqa.index.retrieval import (
     asks_about,
     asks_for_findings,
     author_mentions,
+    heading_stem_terms,
     label_keys,
     lexical_text,
     matching_references,
@@ -252,6 +253,27 @@ def test_bm25_reads_each_chunks_section_headings_before_its_text() -> None:
     # Flat text (COVID-QA) has no headings: BM25 reads it as before.
     (flat,) = build_paper("PMC2", [([], "paragraph", "Plain text.")])[1]
     assert lexical_text(flat) == "Plain text."
+
+
+def test_bm25_meets_a_heading_in_another_form_of_its_word() -> None:
+    # The grant's text never says fund*; its heading "Funding" shares only a Snowball stem with "funded".
+    grant = (["Funding"], "back", "Supported by grant 12 of the Wellcome Trust.")
+    # Body text matches as tokenize reads it: "work" meets "work", "funding" in a text does not meet "funded".
+    body = (RESULTS, "paragraph", "This work is the first to test compound K in ferrets.")
+    body_funding = (RESULTS, "paragraph", "Funding cuts delayed the second trial of compound K.")
+    embedder = _ZeroEmbedder()
+    store = MemoryStore(embedder)
+    store.put_paper(*build_paper("PMC1", VIRUS_PAPER + [grant, body, body_funding]))
+    question = "Who funded this work?"
+    with_stems = Retriever(store, embedder, Settings()).rank("PMC1", question, "lexical")
+    plain_heading = Retriever(store, embedder, Settings(), lexical_heading_stems=False)
+    without = plain_heading.rank("PMC1", question, "lexical")
+    assert with_stems is not None and without is not None
+    grant_at, body_at, body_funding_at = range(len(VIRUS_PAPER), len(VIRUS_PAPER) + 3)
+    assert with_stems.order[0] == grant_at and with_stems.scores[body_at] > 0
+    assert with_stems.scores[body_funding_at] == 0
+    assert without.order[0] == body_at and without.scores[grant_at] == 0
+    assert heading_stem_terms("Funding") == heading_stem_terms("funded") == ["\u00a7fund"]
 
 
 BOILERPLATE = [

@@ -126,8 +126,8 @@ SENTENCE_VECTOR_CACHE = 50_000
 IDF_CACHE = 64
 
 # The confidence of an answer from the back-matter section a question names (`named_section`). Over the
-# 1,116 section questions of bench/bench_section_questions.py --answers (2026-12-02), all 621 such answers
-# quoted the section asked about; 0.95, not 1, because the section is not always the whole answer (an
+# 1,116 section questions of bench/bench_section_questions.py --answers (2026-12-02), 729 of the 730 such
+# answers quoted the section asked about; 0.95, not 1, because the section is not always the whole answer (an
 # acknowledgements section past `NAMED_SECTION_CHARS`, funding also thanked elsewhere).
 NAMED_SECTION_CONFIDENCE = 0.95
 # How much of that section the answer quotes: its opening sentences up to this many characters.
