@@ -16,9 +16,9 @@ appear to answer the question, rather than quoting something loosely related.
 A question that names the back-matter section of its best passage ("Who funded this work?" of "Funding",
 "Are there any conflicts of interest?" of "Competing interests") is answered from that section alone: its
 opening sentences, short statements such as "None declared." included, at `NAMED_SECTION_CONFIDENCE`
-(`named_section`). The confidence model, fitted on questions about findings, abstained on most of these.
-A question asking only what the paper found ("What did the authors find?", "What is the main conclusion?") is
-answered with the closing sentences of its abstract, where a paper states its conclusion, at
+(`named_section`); the confidence model, fitted on COVID-QA's questions about what a paper reports, abstained
+on most of these. A question asking only what the paper found ("What did the authors find?", "What is the main
+conclusion?") is answered with the closing sentences of its abstract, where a paper states its conclusion, at
 `FINDINGS_CONFIDENCE` (`findings_passages`): a question with no subject gave the ranker nothing to go on.
 
 Ranker, confidence model and threshold make an `AnswerModel`. The hand-set one is this module's constants
@@ -256,9 +256,9 @@ def named_section(question: str, passages: Sequence[Passage]) -> list[Passage] |
     """When the best passage is back matter (funding, competing interests, author contributions,
     acknowledgements) whose own heading the question names ("Who funded this work?" of "Funding"), the
     passages and neighbours under that heading: the answer is that section's, whatever the confidence model
-    (fitted on COVID-QA's questions about findings) makes of a statement such as "The authors have declared
-    that no competing interests exist." Else None. Only the best passage counts: "What genes of interest
-    were studied?" names "Competing interests" too, but retrieval ranks the body first."""
+    (fitted on COVID-QA's questions about what a paper reports) makes of a statement such as "The authors have
+    declared that no competing interests exist." Else None. Only the best passage counts: "What genes of
+    interest were studied?" names "Competing interests" too, but retrieval ranks the body first."""
     best = min(passages, key=lambda p: p.rank, default=None)
     if best is None or best.chunk.kind != "back" or not names_heading(question, best.chunk):
         return None
