@@ -280,8 +280,8 @@ def answer_tables(
                 row = counts.setdefault((row_kind, setting), dict.fromkeys(OUTCOMES, 0))
                 row[outcome] += 1
             if setting == "on" and decision is not None and kind != FINDINGS:
-                rule = "findings" if decision.findings else "section" if decision.section else None
-                if rule is not None and (rule == "findings") == (kind == STRUCTURED):
+                rule = decision.rule
+                if rule in ruled and (rule == "findings") == (kind == STRUCTURED):
                     ruled[rule][0] += 1
                     ruled[rule][1] += outcome == "quotes the section"
 

@@ -12,8 +12,8 @@ Design, in short:
 * **structure** — questions that name a cited work ("according to Wu et al.", "Wu and Chen (2019)", "in
   Smith's study") or a float ("Table 2", "Fig. 3", "Supplementary Table S1") add one more ranked list: the
   chunks citing a reference whose first author matches, or the caption/table chunk with that label. A
-  question asking only what the paper found ("What did the authors find?", `asks_for_findings`) names the
-  main abstract, where a paper states it.
+  question asking only what the paper found or set out to do ("What did the authors find?", "What was the aim
+  of this study?": `asks_for_findings`, `asks_for_aim`) names the main abstract, where a paper states both.
 * **fusion** — reciprocal rank fusion, ``sum(w / (k + rank))``; by default ``k = 10``, dense weight 1 and
   BM25 weight 2 (chosen on COVID-QA dev, see ``DEFAULT_RRF_K``).
   Every structural match shares rank 1 of the structure list, whose weight defaults to the sum of the
@@ -195,6 +195,18 @@ def asks_for_findings(question: str) -> bool:
     beside the words naming the paper itself; "What did the authors find about IL-6?" asks about IL-6."""
     subject = _stems(question) - _REFERENT_STEMS
     return bool(subject) and subject <= _FINDINGS_STEMS
+
+
+# What a question says when it asks only what the paper set out to do: "What was the aim of this study?",
+# "What is the purpose of this research?", "What are the objectives of the study?".
+_AIM_STEMS = frozenset(_stems("aim aims goal goals purpose objective objectives main primary"))
+
+
+def asks_for_aim(question: str) -> bool:
+    """Whether the question asks only what the paper set out to do ("What was the purpose of this study?"),
+    beside the words naming the paper itself."""
+    subject = _stems(question) - _REFERENT_STEMS
+    return bool(subject & (_AIM_STEMS - _FINDINGS_STEMS)) and subject <= _AIM_STEMS
 
 
 def is_main_abstract(chunk: Chunk) -> bool:
@@ -441,7 +453,7 @@ class Retriever:
         # Heading-stem terms are a way of reading the heading: BM25 over chunk text alone reads neither. Each
         # retriever keeps its own index cache, so the chunk-set key needs no tokenizer setting in it.
         self.lexical_heading_stems = lexical_heading and lexical_heading_stems
-        self.findings_abstract = findings_abstract  # a question asking for the findings names the abstract
+        self.findings_abstract = findings_abstract  # a question for the findings or aim names the abstract
         # Shared by the request threads: cachetools caches are not thread-safe, so one lock guards it.
         self._lexical: cachetools.LRUCache[tuple[str, str], LexicalIndex] = cachetools.LRUCache(
             lexical_cache_size
@@ -608,7 +620,7 @@ class Retriever:
 
     def _structural_matches(self, paper_id: str, question: str, chunks: Sequence[Chunk]) -> set[int]:
         matches: set[int] = set()
-        if self.findings_abstract and asks_for_findings(question):
+        if self.findings_abstract and (asks_for_findings(question) or asks_for_aim(question)):
             matches.update(i for i, c in enumerate(chunks) if is_main_abstract(c))
         wanted_labels = label_keys(question)
         if wanted_labels:

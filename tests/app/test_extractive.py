@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pmcqa.app.answering.base import ABSTAIN_ANSWER
 from pmcqa.app.answering.extractive import (
+    AIM_CONFIDENCE,
     DEFAULT_MIN_CONFIDENCE,
     FINDINGS_CHARS,
     FINDINGS_CONFIDENCE,
     NAMED_SECTION_CHARS,
     NAMED_SECTION_CONFIDENCE,
     ExtractiveBackend,
+    aim_sentence,
     candidates,
     chunk_sentences,
     closing_sentences,
@@ -235,3 +237,35 @@ def test_a_question_asking_what_the_paper_found_is_answered_by_its_abstract(libr
     assert draft.confidence is not None and draft.confidence >= FINDINGS_CONFIDENCE
     plain = ExtractiveBackend(library.settings, library.embedder, findings_abstract=False)
     assert plain.generate(question, passages, paper).steps[2] != draft.steps[2]
+
+
+def test_the_aim_is_the_abstract_s_objective_else_its_first_sentence_saying_it():
+    background = "Influenza kills thousands each winter. Vaccines wane."
+    aims = "We sought to test a new adjuvant. We found that it doubles titres."
+    plain = chunk_sentences(_section_chunk("a", f"{background} {aims}", ["Abstract"], 0, "abstract"))
+    assert [plain[i].text for i in aim_sentence(plain)] == ["We sought to test a new adjuvant."]
+    structured = chunk_sentences(
+        _section_chunk("b", background, ["Abstract", "Background"], 0, "abstract")
+    ) + chunk_sentences(
+        _section_chunk("o", "To compare two doses. Adults were enrolled.", ["Abstract", "Objectives"], 60)
+    )
+    assert [structured[i].text for i in aim_sentence(structured)] == ["To compare two doses."]
+    own_work = chunk_sentences(
+        _section_chunk("c", f"{background} Here we show a new route.", ["Abstract"], 0)
+    )
+    assert [own_work[i].text for i in aim_sentence(own_work)] == ["Here we show a new route."]
+    assert aim_sentence(chunk_sentences(_section_chunk("d", background, ["Abstract"], 0))) == []
+
+
+def test_a_question_asking_for_the_paper_s_aim_is_answered_by_its_abstract(library, ingested):
+    paper, question = ingested["xmrv"], "What was the aim of this study?"
+    passages = library.retriever.retrieve(paper.paper_id, question)
+    draft = library.backend("extractive").generate(question, passages, paper)
+    (cited,) = draft.cited
+    by_id = {c.chunk_id: c for p in passages for c in [p.chunk, *p.neighbours]}
+    assert (
+        by_id[cited.chunk_id].section_path[0] == "Abstract"
+        and paper.text[cited.start : cited.end] == cited.quote
+    )
+    assert draft.steps[2].startswith("3) The question asks what the paper set out to do")
+    assert draft.confidence is not None and draft.confidence >= AIM_CONFIDENCE

@@ -31,6 +31,7 @@ from pmcqa.index.retrieval import (
     Retriever,
     approx_tokens,
     asks_about,
+    asks_for_aim,
     asks_for_findings,
     author_mentions,
     heading_stem_terms,
@@ -329,6 +330,9 @@ def test_a_question_asking_only_for_the_findings_ranks_the_main_abstract_first(e
     assert not asks_for_findings("What did the authors find about fever?")  # asks about fever
     assert not asks_for_findings("What methods did the authors use?")
     assert not asks_for_findings("What is this?")  # asks nothing
+    assert asks_for_aim("What was the purpose of this study?")
+    assert asks_for_aim("What are the main objectives?")
+    assert not asks_for_aim("What is the main finding?") and not asks_for_aim("What is the aim of the drug?")
     store = MemoryStore(embedder)
     store.put_paper(*build_paper("PMC1", [VIRUS_PAPER[0], *ABSTRACT, *VIRUS_PAPER[1:]]))
     question = "What did the authors find?"
@@ -338,6 +342,9 @@ def test_a_question_asking_only_for_the_findings_ranks_the_main_abstract_first(e
     assert [c.section_path for c in first] == [["Abstract"], ["Abstract"]]  # not the summary beside it
     plain = make_retriever(store, embedder, findings_abstract=False).rank("PMC1", question)
     assert plain is not None and plain.structural == set()
+    aim = make_retriever(store, embedder).rank("PMC1", "What was the aim of this study?")
+    assert aim is not None
+    assert [aim.chunks[i].section_path for i in aim.order[:2]] == [["Abstract"], ["Abstract"]]
 
 
 def test_a_changed_section_path_is_a_new_lexical_index() -> None:

@@ -19,7 +19,9 @@ opening sentences, short statements such as "None declared." included, at `NAMED
 (`named_section`); the confidence model, fitted on COVID-QA's questions about what a paper reports, abstained
 on most of these. A question asking only what the paper found ("What did the authors find?", "What is the main
 conclusion?") is answered with the closing sentences of its abstract, where a paper states its conclusion, at
-`FINDINGS_CONFIDENCE` (`findings_passages`): a question with no subject gave the ranker nothing to go on.
+`FINDINGS_CONFIDENCE`, and one asking only what it set out to do with the sentence of its abstract that states
+its aim, at `AIM_CONFIDENCE` (`abstract_passages`): a question with no subject gave the ranker nothing to go
+on.
 
 Ranker, confidence model and threshold make an `AnswerModel`. The hand-set one is this module's constants
 (`RANKER_WEIGHTS`: 0.5 cosine with the retrieval encoder + 0.5 term coverage; `CONFIDENCE_WEIGHTS`, fitted
@@ -58,7 +60,7 @@ from pmcqa.core.text import split_sentences, tokenize
 from pmcqa.index import onnx_backend
 from pmcqa.index.embedding import Embedder
 from pmcqa.index.models import Chunk, PaperRecord, Passage
-from pmcqa.index.retrieval import asks_for_findings, is_main_abstract, names_heading
+from pmcqa.index.retrieval import asks_for_aim, asks_for_findings, is_main_abstract, names_heading
 
 # --- the fitted models (bench/fit_answer_models.py prints these constants) --------------------------------
 
@@ -142,6 +144,22 @@ FINDINGS_CHARS = 500
 FINDINGS_CONFIDENCE = 0.85
 # The closing parts of a structured abstract that state no finding.
 _NOT_FINDINGS = re.compile(r"registration|funding|keywords|abbreviations|availability", re.IGNORECASE)
+# A question asking only what the paper set out to do ("What was the aim of this study?",
+# `retrieval.asks_for_aim`) is answered with the sentence of its abstract that states it: the first of its
+# Objective / Aim / Purpose part, else its first sentence saying "aim", "objective", "purpose" or "goal", or
+# "we sought / investigated / examined ...", else the first in which the authors speak of their own work
+# ("Here we ...", "In this study ..."), which in an abstract follows the background. Its confidence
+# (2026-12-02): of COVID-QA's 11 such questions (dev and train), 9 were answered so, 5 of them containing the
+# annotated span; read by hand, about 7 of the 9 state the paper's aim (2 answered and 1 right before).
+AIM_CONFIDENCE = 0.55
+_AIM_PART = re.compile(r"\b(?:objectives?|aims?|purpose|goals?)\b", re.IGNORECASE)
+_AIM_SENTENCE = re.compile(
+    r"\b(?:aims?|aimed|objectives?|purpose|goals?)\b"
+    r"|\b(?:we|this study|this paper|this work|the present study)\s+(?:sought|set out|aimed|investigated|"
+    r"examined|assessed|evaluated|explored|tested|determined|studied|asked|compared|analy[sz]ed)\b",
+    re.IGNORECASE,
+)
+_OWN_WORK = re.compile(r"\b(?:we|here|this (?:study|paper|work|report)|the present study)\b", re.IGNORECASE)
 
 FRONT_MATTER = frozenset({"Title", "Metadata"})
 _NUMBER_QUESTION = re.compile(
@@ -239,11 +257,24 @@ def closing_sentences(sentences: Sequence[Sentence]) -> list[int]:
     return sorted(chosen)
 
 
-def findings_passages(question: str, passages: Sequence[Passage]) -> list[Passage] | None:
-    """When the question asks only what the paper found (`retrieval.asks_for_findings`), the passages of its
-    main abstract (retrieval ranks them first for such a question); else None."""
-    if not asks_for_findings(question):
-        return None
+def aim_sentence(sentences: Sequence[Sentence]) -> list[int]:
+    """The sentence of an abstract that states the paper's aim: the first of its Objective / Aim / Purpose
+    part, else the first that says so (`_AIM_SENTENCE`), else the first in which the authors speak of their
+    own work (`_OWN_WORK`); [] when none does."""
+    for i, sentence in enumerate(sentences):
+        path = sentence.chunk.section_path
+        if len(path) > 1 and _AIM_PART.search(path[-1]):
+            return [i]
+    for pattern in (_AIM_SENTENCE, _OWN_WORK):
+        for i, sentence in enumerate(sentences):
+            if pattern.search(sentence.text):
+                return [i]
+    return []
+
+
+def abstract_passages(passages: Sequence[Passage]) -> list[Passage] | None:
+    """The passages of the paper's main abstract (retrieval ranks them first for a question asking for the
+    findings or the aim), with only their main-abstract neighbours; None when there are none."""
     abstract = [
         passage.model_copy(update={"neighbours": [c for c in passage.neighbours if is_main_abstract(c)]})
         for passage in passages
@@ -518,8 +549,8 @@ class Decision:
     chosen: list[int]
     features: np.ndarray  # the answer's `ANSWER_FEATURES`
     confidence: float
-    section: str | None = None  # the section the question names, when the answer is chosen from it alone
-    findings: bool = False  # the question asks what the paper found: the answer closes its abstract
+    section: str | None = None  # where an answer rule chose the answer
+    rule: str | None = None  # which: "section" (named section), "findings" or "aim" (from the abstract)
 
     @property
     def text(self) -> str:
@@ -715,18 +746,25 @@ class ExtractiveBackend:
         """Rank the candidate sentences, choose the answer, estimate its confidence (None: no candidates).
         Two answer rules come first, each at the confidence measured for it: a question naming the
         back-matter section of the best passage is answered with that section's opening (`named_section`,
-        "None declared." included), and one asking only what the paper found with the closing sentences of its
-        abstract (`findings_passages`)."""
+        "None declared." included), one asking only what the paper found with the closing sentences of its
+        abstract, and one asking only for its aim with the abstract's sentence stating it
+        (`abstract_passages`)."""
         section = named_section(question, passages) if self.named_sections else None
         if section and (sentences := candidates(section, min_terms=1)):
             chosen = section_opening(sentences)
             where = section[0].chunk.section
-            return self._quote(question, sentences, section, paper, chosen, NAMED_SECTION_CONFIDENCE, where)
-        abstract = findings_passages(question, passages) if self.findings_abstract else None
-        if abstract and (sentences := candidates(abstract)) and (closing := closing_sentences(sentences)):
             return self._quote(
-                question, sentences, abstract, paper, closing, FINDINGS_CONFIDENCE, "Abstract", True
+                question, sentences, section, paper, chosen, NAMED_SECTION_CONFIDENCE, "section", where
             )
+        findings, aim = asks_for_findings(question), asks_for_aim(question)
+        abstract = abstract_passages(passages) if self.findings_abstract and (findings or aim) else None
+        if abstract and (sentences := candidates(abstract)):
+            if findings and (closing := closing_sentences(sentences)):
+                return self._quote(
+                    question, sentences, abstract, paper, closing, FINDINGS_CONFIDENCE, "findings"
+                )
+            if aim and (stated := aim_sentence(sentences)):
+                return self._quote(question, sentences, abstract, paper, stated, AIM_CONFIDENCE, "aim")
         sentences = candidates(passages)
         if not sentences:
             return None
@@ -742,10 +780,10 @@ class ExtractiveBackend:
         paper: PaperRecord,
         chosen: list[int],
         confidence: float,
-        section: str,
-        findings: bool = False,
+        rule: str,
+        section: str = "Abstract",
     ) -> Decision:
-        """The decision of an answer rule: the sentences `chosen` by the rule, not by the ranker, at least
+        """The decision of an answer `rule`: the sentences `chosen` by the rule, not by the ranker, at least
         `confidence` confident (the rule's measured share), from `section`."""
         rows = self.sentence_features(question, sentences, paper, passages)
         ranked = decide_on(sentences, rows, self.answer_model)
@@ -755,7 +793,7 @@ class ExtractiveBackend:
             features=answer_features(rows, ranked.logits, chosen),
             confidence=max(ranked.confidence, confidence),
             section=section,
-            findings=findings,
+            rule=rule,
         )
 
     # --- the backend protocol ------------------------------------------------------------------------------
@@ -783,13 +821,19 @@ class ExtractiveBackend:
             return
         chosen = [decision.sentences[i] for i in decision.chosen]
         where = "; ".join(dict.fromkeys(place_of(s.chunk) for s in chosen))
-        if decision.findings:
+        if decision.rule == "findings":
             yield StepEvent(
                 data=f"3) The question asks what the paper found: quoting the closing {len(chosen)} of the "
                 f"{count} sentences of its abstract, where a paper states its conclusion; estimated "
                 f"{decision.confidence:.0%} chance that they hold the right information.",
             )
-        elif decision.section:
+        elif decision.rule == "aim":
+            yield StepEvent(
+                data="3) The question asks what the paper set out to do: quoting the sentence of its "
+                f"abstract that states its aim; estimated {decision.confidence:.0%} chance that it holds the "
+                "right information.",
+            )
+        elif decision.rule == "section":
             yield StepEvent(
                 data=f'3) The question asks for the paper\'s "{decision.section}" section, the best '
                 f"passage; quoting {len(chosen)} of its {count} sentences; estimated "
