@@ -591,7 +591,7 @@ class ExtractiveBackend:
     ) -> None:
         self.settings = settings
         self.named_sections = named_sections  # answer a question naming a back-matter section from it
-        self.findings_abstract = findings_abstract  # answer a question asking for findings from the abstract
+        self.findings_abstract = findings_abstract  # answer findings and aim questions from the abstract
         self._embedder = embedder
         self.answer_model = answer_model or find_answer_model(settings)
         self._scorer: _Embedder | None = None  # the trained model's sentence scorer, loaded on first use
@@ -744,7 +744,7 @@ class ExtractiveBackend:
 
     def decide(self, question: str, passages: list[Passage], paper: PaperRecord) -> Decision | None:
         """Rank the candidate sentences, choose the answer, estimate its confidence (None: no candidates).
-        Two answer rules come first, each at the confidence measured for it: a question naming the
+        Three answer rules come first, each at the confidence measured for it: a question naming the
         back-matter section of the best passage is answered with that section's opening (`named_section`,
         "None declared." included), one asking only what the paper found with the closing sentences of its
         abstract, and one asking only for its aim with the abstract's sentence stating it
