@@ -168,21 +168,15 @@ def main() -> int:
 
     # (kind, mode, setting) -> [questions, hits at each k]
     results: dict[tuple[str, str, str], list[int]] = {}
-    for kind, (pattern, questions) in KINDS.items():
-        heading = re.compile(pattern, re.IGNORECASE)
-        for paper_id, chunks in papers.items():
-            gold = {c.chunk_id for c in chunks if any(heading.search(part) for part in c.section_path)}
-            if not gold:
-                continue
-            for question in questions:
-                for mode, setting, run in runs:
-                    ranking = run.rank(paper_id, question, mode)
-                    assert ranking is not None
-                    ranked = [p.chunk.chunk_id for p in ranking.passages(max(TOP_K))]
-                    row = results.setdefault((kind, mode, setting), [0] * (1 + len(TOP_K)))
-                    row[0] += 1
-                    for i, k in enumerate(TOP_K, start=1):
-                        row[i] += bool(gold.intersection(ranked[:k]))
+    for kind, paper_id, question, gold in _section_questions(papers):
+        for mode, setting, run in runs:
+            ranking = run.rank(paper_id, question, mode)
+            assert ranking is not None
+            ranked = [p.chunk.chunk_id for p in ranking.passages(max(TOP_K))]
+            row = results.setdefault((kind, mode, setting), [0] * (1 + len(TOP_K)))
+            row[0] += 1
+            for i, k in enumerate(TOP_K, start=1):
+                row[i] += bool(gold.intersection(ranked[:k]))
 
     # (mode, setting) -> [questions, those with back matter in their top 3]
     intrusions: dict[tuple[str, str], list[int]] = {}
@@ -234,14 +228,21 @@ def _outcome(decision: Decision | None, backend: ExtractiveBackend, gold: set[st
     return "quotes the section" if chosen & gold else "quotes elsewhere"
 
 
-def _questions(papers: dict[str, list[Chunk]]) -> list[tuple[str, str, str, set[str]]]:
-    """(kind, paper id, question, gold chunk ids) of every question the answer tables ask."""
+def _section_questions(papers: dict[str, list[Chunk]]) -> list[tuple[str, str, str, set[str]]]:
+    """(kind, paper id, question, gold chunk ids) of each kind's questions, asked of every paper with a chunk
+    under a heading of that kind (the gold)."""
     questions: list[tuple[str, str, str, set[str]]] = []
     for kind, (pattern, asked) in KINDS.items():
         heading = re.compile(pattern, re.IGNORECASE)
         for paper_id, chunks in papers.items():
             gold = {c.chunk_id for c in chunks if any(heading.search(part) for part in c.section_path)}
             questions.extend((kind, paper_id, question, gold) for question in asked if gold)
+    return questions
+
+
+def _questions(papers: dict[str, list[Chunk]]) -> list[tuple[str, str, str, set[str]]]:
+    """(kind, paper id, question, gold chunk ids) of every question the answer tables ask."""
+    questions = _section_questions(papers)
     for paper_id, chunks in papers.items():
         back = {c.chunk_id for c in chunks if c.kind == "back"}  # "gold" of a findings question: back matter
         questions.extend((FINDINGS, paper_id, question, back) for question in FINDINGS_QUESTIONS)

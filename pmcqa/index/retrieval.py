@@ -160,11 +160,16 @@ def _stems(text: str) -> set[str]:
 _REFERENT_STEMS = frozenset(_stems("author authors paper study studies work article manuscript research"))
 
 
+def _subject_stems(question: str) -> set[str]:
+    """The stems of what a question asks about: its words beside those naming the paper itself."""
+    return _stems(question) - _REFERENT_STEMS
+
+
 def asks_about(question: str, back_matter: Sequence[Chunk]) -> list[bool]:
     """For each back-matter chunk (acknowledgements, funding, author notes), whether the question shares a
     word with its heading or text beyond the words naming the paper itself: "Who funded this work?" asks about
     "Funding", "What did the authors find?" asks about none of them."""
-    subject = _stems(question) - _REFERENT_STEMS
+    subject = _subject_stems(question)
     return [
         bool(subject & _stems(f"{' '.join(chunk.section_path[-1:])} {chunk.text}")) for chunk in back_matter
     ]
@@ -176,7 +181,7 @@ def names_heading(question: str, chunk: Chunk) -> bool:
     availability"; any chunk without a heading is named by no question."""
     if not chunk.section_path:
         return False
-    return bool((_stems(question) - _REFERENT_STEMS) & _stems(chunk.section_path[-1]))
+    return bool(_subject_stems(question) & _stems(chunk.section_path[-1]))
 
 
 # What a question says when it asks what the paper found or concluded as a whole and nothing more specific:
@@ -193,20 +198,21 @@ _FINDINGS_STEMS = frozenset(
 def asks_for_findings(question: str) -> bool:
     """Whether the question asks only what the paper found or concluded ("What did the authors find?"),
     beside the words naming the paper itself; "What did the authors find about IL-6?" asks about IL-6."""
-    subject = _stems(question) - _REFERENT_STEMS
+    subject = _subject_stems(question)
     return bool(subject) and subject <= _FINDINGS_STEMS
 
 
 # What a question says when it asks only what the paper set out to do: "What was the aim of this study?",
 # "What is the purpose of this research?", "What are the objectives of the study?".
 _AIM_STEMS = frozenset(_stems("aim aims goal goals purpose objective objectives main primary"))
+_AIM_ONLY_STEMS = _AIM_STEMS - _FINDINGS_STEMS  # "main" and "primary" ask for the findings as well
 
 
 def asks_for_aim(question: str) -> bool:
     """Whether the question asks only what the paper set out to do ("What was the purpose of this study?"),
     beside the words naming the paper itself."""
-    subject = _stems(question) - _REFERENT_STEMS
-    return bool(subject & (_AIM_STEMS - _FINDINGS_STEMS)) and subject <= _AIM_STEMS
+    subject = _subject_stems(question)
+    return bool(subject & _AIM_ONLY_STEMS) and subject <= _AIM_STEMS
 
 
 def is_main_abstract(chunk: Chunk) -> bool:

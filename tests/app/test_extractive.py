@@ -25,16 +25,21 @@ OWN_QUESTION = "What is the probability that a research claim is true?"
 FOREIGN_QUESTION = "Was XMRV detected in the blood of patients with chronic fatigue syndrome?"
 
 
-def _chunk(text: str, start: int = 100) -> Chunk:
+def _section_chunk(chunk_id: str, text: str, path: list[str], start: int, kind: str = "back") -> Chunk:
     return Chunk(
-        chunk_id="c",
-        paper_id="PMC1",
-        ordinal=0,
-        kind="paragraph",
+        chunk_id=chunk_id,
+        paper_id="PMC1182327",
+        ordinal=start,
+        kind=kind,
+        section_path=path,
         text=text,
         start=start,
         end=start + len(text),
     )
+
+
+def _chunk(text: str, start: int = 100) -> Chunk:
+    return _section_chunk("c", text, [], start, "paragraph")
 
 
 def test_sentence_split_keeps_exact_offsets_and_skips_abbreviations():
@@ -126,19 +131,6 @@ def test_stream_yields_steps_then_answer_then_done(library, ingested):
     answer = "".join(str(e.data) for e in events if e.event == "answer")
     assert events[-1].data.answer == answer
     assert len(events[-1].data.steps) == 3
-
-
-def _section_chunk(chunk_id: str, text: str, path: list[str], start: int, kind: str = "back") -> Chunk:
-    return Chunk(
-        chunk_id=chunk_id,
-        paper_id="PMC1182327",
-        ordinal=start,
-        kind=kind,
-        section_path=path,
-        text=text,
-        start=start,
-        end=start + len(text),
-    )
 
 
 FUNDING = _section_chunk("funding", "Funded by the Wellcome Trust (award 123).", ["Funding"], 900_000)

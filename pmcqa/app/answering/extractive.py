@@ -37,7 +37,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -224,17 +224,22 @@ def candidates(passages: Sequence[Passage], min_terms: int = 3) -> list[Sentence
     return sentences
 
 
+def _within(sentences: Sequence[Sentence], order: Sequence[int], chars: int) -> list[int]:
+    """The sentences taken in `order` while their text fits in `chars` (the first always), in paper order."""
+    chosen, used = [order[0]], len(sentences[order[0]].text)
+    for i in order[1:]:
+        used += len(sentences[i].text)
+        if used > chars:
+            break
+        chosen.append(i)
+    return sorted(chosen)
+
+
 def section_opening(sentences: Sequence[Sentence]) -> list[int]:
     """The first sentences of a section, in paper order, within `NAMED_SECTION_CHARS` (at least one): what
     a section says is its answer ("Who funded this work?" lists every funder, "Do the authors declare any
     competing interests?" is answered by each author's statement), not the one sentence the ranker likes."""
-    chosen, used = [0], len(sentences[0].text)
-    for i in range(1, len(sentences)):
-        used += len(sentences[i].text)
-        if used > NAMED_SECTION_CHARS:
-            break
-        chosen.append(i)
-    return chosen
+    return _within(sentences, range(len(sentences)), NAMED_SECTION_CHARS)
 
 
 def _states_no_finding(chunk: Chunk) -> bool:
@@ -246,15 +251,7 @@ def closing_sentences(sentences: Sequence[Sentence]) -> list[int]:
     """The last sentences of an abstract, in paper order, within `FINDINGS_CHARS` (at least one), leaving
     out a closing part of a structured abstract that states no finding ("Trial Registration")."""
     usable = [i for i, sentence in enumerate(sentences) if not _states_no_finding(sentence.chunk)]
-    if not usable:
-        return []
-    chosen, used = [usable[-1]], len(sentences[usable[-1]].text)
-    for i in reversed(usable[:-1]):
-        used += len(sentences[i].text)
-        if used > FINDINGS_CHARS:
-            break
-        chosen.append(i)
-    return sorted(chosen)
+    return _within(sentences, usable[::-1], FINDINGS_CHARS) if usable else []
 
 
 def aim_sentence(sentences: Sequence[Sentence]) -> list[int]:
@@ -272,15 +269,19 @@ def aim_sentence(sentences: Sequence[Sentence]) -> list[int]:
     return []
 
 
+def _restricted(passages: Sequence[Passage], keep: Callable[[Chunk], bool]) -> list[Passage]:
+    """The passages whose chunk `keep` accepts, each with only the neighbours it accepts too."""
+    return [
+        passage.model_copy(update={"neighbours": [c for c in passage.neighbours if keep(c)]})
+        for passage in passages
+        if keep(passage.chunk)
+    ]
+
+
 def abstract_passages(passages: Sequence[Passage]) -> list[Passage] | None:
     """The passages of the paper's main abstract (retrieval ranks them first for a question asking for the
     findings or the aim), with only their main-abstract neighbours; None when there are none."""
-    abstract = [
-        passage.model_copy(update={"neighbours": [c for c in passage.neighbours if is_main_abstract(c)]})
-        for passage in passages
-        if is_main_abstract(passage.chunk)
-    ]
-    return abstract or None
+    return _restricted(passages, is_main_abstract) or None
 
 
 def named_section(question: str, passages: Sequence[Passage]) -> list[Passage] | None:
@@ -294,11 +295,7 @@ def named_section(question: str, passages: Sequence[Passage]) -> list[Passage] |
     if best is None or best.chunk.kind != "back" or not names_heading(question, best.chunk):
         return None
     path = best.chunk.section_path
-    return [
-        passage.model_copy(update={"neighbours": [c for c in passage.neighbours if c.section_path == path]})
-        for passage in passages
-        if passage.chunk.section_path == path
-    ]
+    return _restricted(passages, lambda chunk: chunk.section_path == path)
 
 
 # --- features -----------------------------------------------------------------------------------------------
